@@ -1,0 +1,209 @@
+//! `EulerDiscreteScheduler` (diffusers `schedulers/scheduling_euler_discrete.py`): Algorithm 2 of
+//! Karras et al. 2022 (k-diffusion's `sample_euler`), with optional churn.
+
+use burn::tensor::Tensor;
+
+use crate::config::SchedulerConfig;
+use crate::error::{Result, SchedulerError};
+use crate::schedule::{
+    f32r, np_arange_f64, np_interp, np_linspace, np_round, sigma_to_t, sigmas_from_alphas_cumprod,
+    torch_linspace_f32, BetaConfig, SigmaBounds, SigmaSpacing,
+};
+use crate::{check_steps, noise_like, NoiseSource, Scheduler, SchedulerClass, StepOptions};
+
+/// What the model predicts (`prediction_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PredictionType {
+    Epsilon,
+    VPrediction,
+    Sample,
+}
+
+impl PredictionType {
+    pub(crate) fn read(r: &mut crate::config::ConfigReader<'_>) -> Result<Self> {
+        Ok(match r.choice("prediction_type", "epsilon", &["epsilon", "v_prediction", "sample"])?.as_str() {
+            "epsilon" => Self::Epsilon,
+            "v_prediction" => Self::VPrediction,
+            _ => Self::Sample,
+        })
+    }
+}
+
+/// `timestep_spacing` (Table 2 of arXiv 2305.08891).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestepSpacing {
+    Linspace,
+    Leading,
+    Trailing,
+}
+
+impl TimestepSpacing {
+    pub(crate) fn read(r: &mut crate::config::ConfigReader<'_>, default: &'static str) -> Result<Self> {
+        Ok(match r.choice("timestep_spacing", default, &["linspace", "leading", "trailing"])?.as_str() {
+            "linspace" => Self::Linspace,
+            "leading" => Self::Leading,
+            _ => Self::Trailing,
+        })
+    }
+}
+
+/// The timesteps of the k-diffusion style samplers (Euler, Euler a, Heun, LMS, KDPM2), as float32:
+/// `linspace(0, T-1, n, dtype=float32)` reversed; `arange(n) * (T // n)` reversed + offset;
+/// `round(arange(T, 0, -T/n)) - 1`.
+pub(crate) fn k_timesteps(spacing: TimestepSpacing, train: usize, n: usize, steps_offset: usize) -> Vec<f64> {
+    match spacing {
+        TimestepSpacing::Linspace => {
+            np_linspace(0.0, (train - 1) as f64, n).into_iter().rev().map(f32r).collect()
+        }
+        TimestepSpacing::Leading => {
+            let ratio = train / n;
+            (0..n).rev().map(|i| f32r((i * ratio) as f64) + steps_offset as f64).map(f32r).collect()
+        }
+        TimestepSpacing::Trailing => {
+            let ratio = train as f64 / n as f64;
+            np_arange_f64(train as f64, 0.0, -ratio).into_iter().map(|t| f32r(np_round(t)) - 1.0).collect()
+        }
+    }
+}
+
+/// EulerDiscreteScheduler, built for `num_inference_steps`.
+#[derive(Debug, Clone)]
+pub struct EulerScheduler {
+    prediction_type: PredictionType,
+    timesteps: Vec<f64>,
+    /// n + 1 values (the last is 0 or σ_min), float32 like diffusers.
+    sigmas: Vec<f64>,
+    init_noise_sigma: f64,
+    options: StepOptions,
+}
+
+impl EulerScheduler {
+    pub fn new(config: &SchedulerConfig, num_inference_steps: usize, options: &StepOptions) -> Result<Self> {
+        let mut r = config.reader("EulerDiscreteScheduler");
+        let betas = BetaConfig::read(
+            &mut r,
+            0.0001,
+            0.02,
+            "linear",
+            &["linear", "scaled_linear", "squaredcos_cap_v2"],
+            true,
+        )?;
+        let prediction_type = PredictionType::read(&mut r)?;
+        let interpolation = r.choice("interpolation_type", "linear", &["linear", "log_linear"])?;
+        let spacing_kind = SigmaSpacing::read(&mut r, true)?;
+        let bounds = SigmaBounds { sigma_min: r.opt_f64("sigma_min")?, sigma_max: r.opt_f64("sigma_max")? };
+        let spacing = TimestepSpacing::read(&mut r, "linspace")?;
+        let timestep_type = r.choice("timestep_type", "discrete", &["discrete", "continuous"])?;
+        let steps_offset = r.usize("steps_offset", 0)?;
+        let final_sigmas_type = r.choice("final_sigmas_type", "zero", &["zero", "sigma_min"])?;
+        r.finish();
+
+        let n = num_inference_steps;
+        check_steps(n, betas.num_train_timesteps)?;
+        let mut alphas_cumprod = betas.alphas_cumprod();
+        if betas.rescale_betas_zero_snr {
+            // `self.alphas_cumprod[-1] = 2**-24`: keeps the last σ finite
+            *alphas_cumprod.last_mut().unwrap() = 2f64.powi(-24);
+        }
+        let train_sigmas = sigmas_from_alphas_cumprod(&alphas_cumprod);
+        // np.log of a float32 array stays float32
+        let log_sigmas: Vec<f64> = train_sigmas.iter().map(|&s| (s as f32).ln() as f64).collect();
+
+        let mut timesteps = k_timesteps(spacing, betas.num_train_timesteps, n, steps_offset);
+        let mut sigmas: Vec<f64> = if interpolation == "linear" {
+            let xp: Vec<f64> = (0..train_sigmas.len()).map(|i| i as f64).collect();
+            timesteps.iter().map(|&t| np_interp(t, &xp, &train_sigmas)).collect()
+        } else {
+            // torch.linspace(log σ[-1], log σ[0], n + 1).exp() — n + 1 values, as diffusers has it
+            let last = (train_sigmas[train_sigmas.len() - 1] as f32).ln() as f64;
+            let first = (train_sigmas[0] as f32).ln() as f64;
+            torch_linspace_f32(last, first, n + 1).into_iter().map(|l| l.exp() as f64).collect()
+        };
+        if let Some(converted) = spacing_kind.convert(&sigmas, n, bounds) {
+            timesteps = converted.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
+            sigmas = converted;
+        }
+        let sigma_last = if final_sigmas_type == "sigma_min" {
+            let a = alphas_cumprod[0] as f32;
+            ((1.0 - a) / a).sqrt() as f64
+        } else {
+            0.0
+        };
+        sigmas.push(sigma_last);
+        let sigmas: Vec<f64> = sigmas.into_iter().map(f32r).collect();
+        let timesteps: Vec<f64> = if timestep_type == "continuous" && prediction_type == PredictionType::VPrediction {
+            sigmas[..sigmas.len() - 1].iter().map(|&s| f32r(0.25 * (s as f32).ln() as f64)).collect()
+        } else {
+            timesteps.into_iter().map(f32r).collect()
+        };
+        let max_sigma = sigmas.iter().cloned().fold(f64::MIN, f64::max);
+        let init_noise_sigma = match spacing {
+            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max_sigma,
+            TimestepSpacing::Leading => f32r((max_sigma * max_sigma + 1.0).sqrt()),
+        };
+        if timesteps.is_empty() {
+            return Err(SchedulerError::Invalid("the schedule has no timesteps".into()));
+        }
+        Ok(Self { prediction_type, timesteps, sigmas, init_noise_sigma, options: *options })
+    }
+}
+
+impl Scheduler for EulerScheduler {
+    fn class(&self) -> SchedulerClass {
+        SchedulerClass::Euler
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn sigmas(&self) -> Option<&[f64]> {
+        Some(&self.sigmas)
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        self.init_noise_sigma
+    }
+
+    fn scale_model_input(&self, sample: Tensor<4>, step_index: usize) -> Tensor<4> {
+        let sigma = self.sigmas[step_index];
+        sample.div_scalar((sigma * sigma + 1.0).sqrt())
+    }
+
+    fn step(
+        &mut self,
+        model_output: Tensor<4>,
+        step_index: usize,
+        sample: Tensor<4>,
+        noise: &mut dyn NoiseSource,
+    ) -> Tensor<4> {
+        let o = &self.options;
+        let sigma = self.sigmas[step_index];
+        let gamma = if o.s_tmin <= sigma && sigma <= o.s_tmax {
+            (o.s_churn / (self.sigmas.len() - 1) as f64).min(2f64.sqrt() - 1.0)
+        } else {
+            0.0
+        };
+        let sigma_hat = f32r(sigma * (gamma + 1.0));
+        let mut sample = sample;
+        if gamma > 0.0 {
+            let eps = noise_like(&model_output, noise).mul_scalar(o.s_noise);
+            sample = sample + eps.mul_scalar((sigma_hat * sigma_hat - sigma * sigma).sqrt());
+        }
+        let pred_original_sample = match self.prediction_type {
+            PredictionType::Sample => model_output,
+            PredictionType::Epsilon => sample.clone() - model_output.mul_scalar(sigma_hat),
+            PredictionType::VPrediction => {
+                let s2 = sigma * sigma + 1.0;
+                model_output.mul_scalar(-sigma / s2.sqrt()) + sample.clone().div_scalar(s2)
+            }
+        };
+        let derivative = (sample.clone() - pred_original_sample).div_scalar(sigma_hat);
+        let dt = self.sigmas[step_index + 1] - sigma_hat;
+        sample + derivative.mul_scalar(dt)
+    }
+
+    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step_index: usize) -> Tensor<4> {
+        original + noise.mul_scalar(self.sigmas[step_index])
+    }
+}

@@ -1,0 +1,48 @@
+//! Small tensor helpers shared by the samplers' `step` functions.
+
+use burn::tensor::{Tensor, TensorData};
+
+use crate::NoiseSource;
+
+/// Draws noise shaped like `sample` (same device and dtype) from `source`, like diffusers'
+/// `randn_tensor(sample.shape, generator=generator, dtype=sample.dtype)`.
+pub fn noise_like(sample: &Tensor<4>, source: &mut dyn NoiseSource) -> Tensor<4> {
+    let dims = sample.dims();
+    let values = source.randn(&dims);
+    assert_eq!(
+        values.len(),
+        dims.iter().product::<usize>(),
+        "NoiseSource returned {} values for shape {dims:?}",
+        values.len()
+    );
+    Tensor::from_data(TensorData::new(values, dims), (&sample.device(), sample.dtype()))
+}
+
+/// Dynamic thresholding (`_threshold_sample` in diffusers' DDPM/DDIM/DPM-Solver/UniPC/DEIS/LCM/TCD,
+/// Imagen §2.3): per batch item, s = clamp(quantile(|x|, ratio), 1, max_value), then
+/// x = clamp(x, −s, s) / s. The quantile interpolates linearly between order statistics like
+/// `torch.quantile`.
+///
+/// # Shapes
+/// - sample: `[batch, channels, height, width]`; returns the same shape.
+pub fn threshold_sample(sample: Tensor<4>, ratio: f64, max_value: f64) -> Tensor<4> {
+    let [b, c, h, w] = sample.dims();
+    let n = c * h * w;
+    let flat: Tensor<2> = sample.reshape([b, n]);
+    let sorted = flat.clone().abs().sort(1);
+    let rank = (ratio as f32 * (n - 1) as f32) as f64;
+    let below = rank.floor() as usize;
+    let above = rank.ceil() as usize;
+    let weight = rank - below as f64;
+    let lo = sorted.clone().slice([0..b, below..below + 1]);
+    let hi = sorted.slice([0..b, above..above + 1]);
+    // torch.lerp: start + w (end − start) for w < 0.5, else end − (end − start)(1 − w)
+    let s = if weight < 0.5 {
+        lo.clone() + (hi - lo).mul_scalar(weight)
+    } else {
+        hi.clone() - (hi - lo).mul_scalar(1.0 - weight)
+    };
+    let s = s.clamp(1.0, max_value).expand([b, n]);
+    let clamped = flat.max_pair(s.clone().neg()).min_pair(s.clone()) / s;
+    clamped.reshape([b, c, h, w])
+}

@@ -155,6 +155,16 @@ classes! {
 }
 
 impl SchedulerClass {
+    /// Whether the class has `use_karras_sigmas` (diffusers' Karras-capable samplers).
+    pub fn supports_karras(self) -> bool {
+        use SchedulerClass as C;
+        matches!(
+            self,
+            C::Lms | C::Euler | C::Heun | C::KDpm2 | C::KDpm2Ancestral | C::DpmSolverMultistep
+                | C::DpmSolverSinglestep | C::UniPc | C::Deis
+        )
+    }
+
     /// Builds this class from `config` (the file's keys; absent keys take this class's defaults)
     /// for `num_inference_steps` steps, like `Class.from_config(config)` + `set_timesteps(n)`.
     pub fn build(

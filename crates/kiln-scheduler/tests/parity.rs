@@ -104,6 +104,9 @@ fn run_case(case: &Value, device: &Device) -> Result<(), String> {
             }
         }
     }
+    if case["sigmas"].is_null() && scheduler.sigmas().is_some() {
+        return Err("kiln exposes sigmas where diffusers' class has none".into());
+    }
     let want_init = case["init_noise_sigma"].as_f64().unwrap();
     if (scheduler.init_noise_sigma() - want_init).abs() > SIGMA_RTOL * want_init.abs().max(1.0) {
         return Err(format!("init_noise_sigma = {}, diffusers {want_init}", scheduler.init_noise_sigma()));

@@ -23,6 +23,8 @@ pub mod schedule;
 mod tensor;
 
 pub mod ddim;
+pub mod dpmsolver_multistep;
+pub mod dpmsolver_singlestep;
 pub mod euler;
 
 pub use config::SchedulerConfig;
@@ -176,6 +178,16 @@ impl SchedulerClass {
         Ok(match self {
             SchedulerClass::Ddim => Box::new(ddim::DdimScheduler::new(config, num_inference_steps, options)?),
             SchedulerClass::Euler => Box::new(euler::EulerScheduler::new(config, num_inference_steps, options)?),
+            SchedulerClass::DpmSolverMultistep => Box::new(dpmsolver_multistep::DpmSolverMultistepScheduler::new(
+                config,
+                num_inference_steps,
+                options,
+            )?),
+            SchedulerClass::DpmSolverSinglestep => Box::new(dpmsolver_singlestep::DpmSolverSinglestepScheduler::new(
+                config,
+                num_inference_steps,
+                options,
+            )?),
             other => {
                 return Err(SchedulerError::Invalid(format!("{} is not implemented yet", other.class_name())));
             }

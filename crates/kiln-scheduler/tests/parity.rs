@@ -188,5 +188,7 @@ macro_rules! parity {
 
 parity! {
     ddim => "DDIMScheduler",
+    dpmsolver_multistep => "DPMSolverMultistepScheduler",
+    dpmsolver_singlestep => "DPMSolverSinglestepScheduler",
     euler => "EulerDiscreteScheduler",
 }

@@ -134,8 +134,13 @@ impl BetaConfig {
         }
         let beta_start = r.f64("beta_start", default_start)?;
         let beta_end = r.f64("beta_end", default_end)?;
-        let name = r.choice("beta_schedule", default_schedule, allowed)?;
         let trained = r.opt_f64_list("trained_betas")?;
+        // diffusers ignores beta_schedule when trained_betas is given
+        let name = if trained.is_some() {
+            r.raw_string("beta_schedule")?.unwrap_or_else(|| default_schedule.to_string())
+        } else {
+            r.choice("beta_schedule", default_schedule, allowed)?
+        };
         let rescale_betas_zero_snr = if knows_rescale { r.bool("rescale_betas_zero_snr", false)? } else { false };
         let schedule = match (trained, name.as_str()) {
             (Some(b), _) => {

@@ -1,0 +1,31 @@
+//! # kiln-nn
+//!
+//! Building blocks shared by kiln's UNet, VAE and text encoders, written after diffusers'
+//! `models/` modules with struct fields named like diffusers' state-dict keys, so checkpoints load
+//! without remapping: [`ResnetBlock2D`], [`Attention`], [`Downsample2D`], [`Upsample2D`],
+//! [`timestep_embedding`] + [`TimestepEmbedding`], and [`load`] (safetensors through burn-store,
+//! with missing and unused tensors reported by name).
+
+pub mod attention;
+pub mod embeddings;
+pub mod load;
+pub mod resnet;
+pub mod sampling;
+
+pub use attention::{Attention, AttentionConfig};
+pub use embeddings::{timestep_embedding, TimestepEmbedding, TimestepEmbeddingConfig};
+pub use load::{load_safetensors, read_config, LoadError};
+pub use resnet::{ResnetBlock2D, ResnetBlock2DConfig};
+pub use sampling::{Downsample2D, Downsample2DConfig, Upsample2D, Upsample2DConfig};
+
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::PaddingConfig2d;
+use burn::tensor::Device;
+
+/// A `nn.Conv2d(c_in, c_out, kernel_size=k, stride=s, padding=p)` as PyTorch builds it.
+pub fn conv2d(c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([c_in, c_out], [kernel, kernel])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(padding, padding, padding, padding))
+        .init(device)
+}

@@ -1,0 +1,128 @@
+//! Loading diffusers / transformers safetensors files into burn modules.
+//!
+//! Weights go through burn-store's `SafetensorsStore` (memory-mapped, lazy per tensor) with
+//! `PyTorchToBurnAdapter` (transposes `Linear` weights, renames norm `weight/bias` to
+//! `gamma/beta`) and `FloatCastAdapter` (the dtype chosen at load). Unlike burn's default, both
+//! tensors the module expects but the file lacks and tensors the file has but the module does not
+//! use are errors listing the names: a silently half-loaded model draws garbage.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::store::{FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use burn::tensor::DType;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+/// Why a model file or config could not be loaded. Every variant names the file.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid safetensors file (corrupt or truncated?): {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("{path} lacks {} tensor(s) the model needs: {}", names.len(), list(names))]
+    Missing { path: PathBuf, names: Vec<String> },
+    #[error("{path} holds {} tensor(s) the model does not use: {}", names.len(), list(names))]
+    Unused { path: PathBuf, names: Vec<String> },
+    #[error("{path}: {}", errors.join("; "))]
+    Mismatch { path: PathBuf, errors: Vec<String> },
+    #[error("malformed config {path}: {source}")]
+    Config { path: PathBuf, source: serde_json::Error },
+    #[error("unsupported value in {path}: {message}")]
+    Unsupported { path: PathBuf, message: String },
+}
+
+fn list(names: &[String]) -> String {
+    const SHOWN: usize = 20;
+    let mut s = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(", … ({} more)", names.len() - SHOWN));
+    }
+    s
+}
+
+/// Reads and parses a JSON config file (`config.json`, `model_index.json`, ...).
+pub fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.into(), source })?;
+    serde_json::from_str(&text).map_err(|source| LoadError::Config { path: path.into(), source })
+}
+
+/// Loads `path` into `module`, casting every float tensor to `dtype`.
+///
+/// `remap` holds `(regex, replacement)` pairs applied to the file's keys before matching (for the
+/// few places where diffusers' key layout cannot be mirrored by field names, e.g. `ff.net.0.proj`);
+/// `ignore` holds regexes of file keys that are known to be unused (e.g. CLIP's `position_ids`
+/// buffer) and are not reported.
+pub fn load_safetensors<M: Module>(
+    mut module: M,
+    path: &Path,
+    dtype: DType,
+    remap: &[(&str, &str)],
+    ignore: &[&str],
+) -> Result<M, LoadError> {
+    // Check the file up front: burn-store opens it lazily, and its errors do not name the path.
+    let file = std::fs::File::open(path).map_err(|source| LoadError::Io { path: path.into(), source })?;
+    check_header(&file, path)?;
+    drop(file);
+
+    let mut store = SafetensorsStore::from_file(path)
+        .with_from_adapter(PyTorchToBurnAdapter.chain(FloatCastAdapter::to(dtype)))
+        .allow_partial(true)
+        .validate(true);
+    for (from, to) in remap {
+        store = store.with_key_remapping(*from, *to);
+    }
+    let result = module.load_from(&mut store).map_err(|e| LoadError::Format { path: path.into(), message: e.to_string() })?;
+    if !result.errors.is_empty() {
+        return Err(LoadError::Mismatch { path: path.into(), errors: result.errors.iter().map(|e| e.to_string()).collect() });
+    }
+    if !result.missing.is_empty() {
+        let mut names: Vec<String> = result.missing.iter().map(|(p, _)| p.clone()).collect();
+        names.sort();
+        return Err(LoadError::Missing { path: path.into(), names });
+    }
+    let ignore: Vec<regex_lite::Regex> = ignore.iter().map(|p| regex_lite::Regex::new(p).expect("valid ignore pattern")).collect();
+    let mut unused: Vec<String> = result.unused.into_iter().filter(|k| !ignore.iter().any(|r| r.is_match(k))).collect();
+    if !unused.is_empty() {
+        unused.sort();
+        return Err(LoadError::Unused { path: path.into(), names: unused });
+    }
+    Ok(module)
+}
+
+/// Validates the safetensors header (8-byte length + JSON) and that the data section the header
+/// describes fits in the file, so truncated downloads are reported as such.
+fn check_header(file: &std::fs::File, path: &Path) -> Result<(), LoadError> {
+    use std::io::Read;
+    let format = |message: String| LoadError::Format { path: path.into(), message };
+    let len = file.metadata().map_err(|source| LoadError::Io { path: path.into(), source })?.len();
+    let mut reader = std::io::BufReader::new(file);
+    let mut n = [0u8; 8];
+    reader.read_exact(&mut n).map_err(|_| format(format!("file is {len} bytes, too short for a header")))?;
+    let header_len = u64::from_le_bytes(n);
+    if header_len > len.saturating_sub(8) || header_len > 100 << 20 {
+        return Err(format(format!("header length {header_len} exceeds the file size {len}")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    reader.read_exact(&mut header).map_err(|e| format(e.to_string()))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| format(format!("header is not JSON: {e}")))?;
+    let obj = header.as_object().ok_or_else(|| format("header is not a JSON object".into()))?;
+    let data_len = len - 8 - header_len;
+    let mut end_max = 0u64;
+    for (name, info) in obj {
+        if name == "__metadata__" {
+            continue;
+        }
+        let offsets = info.get("data_offsets").and_then(|o| o.as_array()).ok_or_else(|| format(format!("tensor {name} has no data_offsets")))?;
+        let end = offsets.get(1).and_then(|e| e.as_u64()).ok_or_else(|| format(format!("tensor {name} has bad data_offsets")))?;
+        end_max = end_max.max(end);
+    }
+    if end_max > data_len {
+        return Err(format(format!(
+            "truncated: the header describes {end_max} bytes of tensor data but only {data_len} are present"
+        )));
+    }
+    Ok(())
+}

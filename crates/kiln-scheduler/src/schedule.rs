@@ -16,7 +16,10 @@ pub fn f32r(x: f64) -> f64 {
 
 /// `torch.linspace(start, end, steps, dtype=torch.float32)` on the CPU
 /// (`aten/src/ATen/native/cpu/RangeFactoriesKernel.cpp::linspace_kernel`): float arithmetic,
-/// the first half counted up from `start`, the second half down from `end`.
+/// the first half counted up from `start`, the second half down from `end`. torch's vectorized
+/// kernels (AVX2/AVX512 builds) fuse `start + step * i` into one multiply-add, so each value is
+/// rounded once: `fma(step, i, start)` (unfused arithmetic is one ulp off in ~20% of the values,
+/// e.g. 196 of the 1000 betas of `linspace(1e-4, 0.02, 1000)`).
 pub fn torch_linspace_f32(start: f64, end: f64, steps: usize) -> Vec<f32> {
     let (start, end) = (start as f32, end as f32);
     if steps == 1 {
@@ -25,7 +28,13 @@ pub fn torch_linspace_f32(start: f64, end: f64, steps: usize) -> Vec<f32> {
     let step = (end - start) / (steps - 1) as f32;
     let halfway = steps / 2;
     (0..steps)
-        .map(|i| if i < halfway { start + step * i as f32 } else { end - step * (steps - i - 1) as f32 })
+        .map(|i| {
+            if i < halfway {
+                step.mul_add(i as f32, start)
+            } else {
+                (-step).mul_add((steps - i - 1) as f32, end)
+            }
+        })
         .collect()
 }
 

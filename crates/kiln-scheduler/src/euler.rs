@@ -139,7 +139,11 @@ impl EulerScheduler {
         let max_sigma = sigmas.iter().cloned().fold(f64::MIN, f64::max);
         let init_noise_sigma = match spacing {
             TimestepSpacing::Linspace | TimestepSpacing::Trailing => max_sigma,
-            TimestepSpacing::Leading => f32r((max_sigma * max_sigma + 1.0).sqrt()),
+            // `(self.sigmas.max() ** 2 + 1) ** 0.5`, in float32
+            TimestepSpacing::Leading => {
+                let m = max_sigma as f32;
+                (m * m + 1.0).sqrt() as f64
+            }
         };
         if timesteps.is_empty() {
             return Err(SchedulerError::Invalid("the schedule has no timesteps".into()));
@@ -166,7 +170,8 @@ impl Scheduler for EulerScheduler {
     }
 
     fn scale_model_input(&self, sample: Tensor<4>, step_index: usize) -> Tensor<4> {
-        // `sample / ((sigma**2 + 1) ** 0.5)` with sigma a float32 tensor: float32 arithmetic
+        // `sample / ((sigma**2 + 1) ** 0.5)` with sigma a float32 tensor: every operation rounds to
+        // float32 (an f64 sqrt differs by one ulp at e.g. sigma = 0.0100013)
         let sigma = self.sigmas[step_index] as f32;
         sample.div_scalar((sigma * sigma + 1.0).sqrt())
     }
@@ -189,13 +194,15 @@ impl Scheduler for EulerScheduler {
         let mut sample = sample;
         if gamma > 0.0 {
             let eps = noise_like(&model_output, noise).mul_scalar(o.s_noise);
-            sample = sample + eps.mul_scalar((sigma_hat * sigma_hat - sigma * sigma).sqrt());
+            // `(sigma_hat**2 - sigma**2) ** 0.5`, in float32
+            let (h, s) = (sigma_hat as f32, sigma as f32);
+            sample = sample + eps.mul_scalar((h * h - s * s).sqrt());
         }
         let pred_original_sample = match self.prediction_type {
             PredictionType::Sample => model_output,
             PredictionType::Epsilon => sample.clone() - model_output.mul_scalar(sigma_hat),
             PredictionType::VPrediction => {
-                // float32 scalar arithmetic, as on diffusers' float32 sigma tensor
+                // `model_output * (-sigma / (sigma**2 + 1) ** 0.5) + sample / (sigma**2 + 1)`, in float32
                 let s = sigma as f32;
                 let s2 = s * s + 1.0;
                 model_output.mul_scalar(-s / s2.sqrt()) + sample.clone().div_scalar(s2)

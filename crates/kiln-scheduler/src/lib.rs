@@ -23,7 +23,11 @@ pub mod schedule;
 mod tensor;
 
 pub mod ddim;
+pub mod ddpm;
 pub mod euler;
+pub mod lcm;
+pub mod pndm;
+pub mod tcd;
 
 pub use config::SchedulerConfig;
 pub use error::{Result, SchedulerError};
@@ -166,6 +170,10 @@ impl SchedulerClass {
         Ok(match self {
             SchedulerClass::Ddim => Box::new(ddim::DdimScheduler::new(config, num_inference_steps, options)?),
             SchedulerClass::Euler => Box::new(euler::EulerScheduler::new(config, num_inference_steps, options)?),
+            SchedulerClass::Ddpm => Box::new(ddpm::DdpmScheduler::new(config, num_inference_steps, options)?),
+            SchedulerClass::Pndm => Box::new(pndm::PndmScheduler::new(config, num_inference_steps, options)?),
+            SchedulerClass::Lcm => Box::new(lcm::LcmScheduler::new(config, num_inference_steps, options)?),
+            SchedulerClass::Tcd => Box::new(tcd::TcdScheduler::new(config, num_inference_steps, options)?),
             other => {
                 return Err(SchedulerError::Invalid(format!("{} is not implemented yet", other.class_name())));
             }

@@ -186,4 +186,8 @@ macro_rules! parity {
 parity! {
     ddim => "DDIMScheduler",
     euler => "EulerDiscreteScheduler",
+    ddpm => "DDPMScheduler",
+    pndm => "PNDMScheduler",
+    lcm => "LCMScheduler",
+    tcd => "TCDScheduler",
 }

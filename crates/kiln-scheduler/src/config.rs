@@ -164,6 +164,15 @@ impl ConfigReader<'_> {
         }
     }
 
+    /// A string key taken as is (no check against a list of choices).
+    pub fn raw_string(&mut self, key: &'static str) -> Result<Option<String>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(Self::bad(key, "a string", v)),
+        }
+    }
+
     pub fn opt_f64_list(&mut self, key: &'static str) -> Result<Option<Vec<f64>>> {
         match self.get(key) {
             None => Ok(None),

@@ -166,7 +166,8 @@ impl Scheduler for EulerScheduler {
     }
 
     fn scale_model_input(&self, sample: Tensor<4>, step_index: usize) -> Tensor<4> {
-        let sigma = self.sigmas[step_index];
+        // `sample / ((sigma**2 + 1) ** 0.5)` with sigma a float32 tensor: float32 arithmetic
+        let sigma = self.sigmas[step_index] as f32;
         sample.div_scalar((sigma * sigma + 1.0).sqrt())
     }
 
@@ -194,8 +195,10 @@ impl Scheduler for EulerScheduler {
             PredictionType::Sample => model_output,
             PredictionType::Epsilon => sample.clone() - model_output.mul_scalar(sigma_hat),
             PredictionType::VPrediction => {
-                let s2 = sigma * sigma + 1.0;
-                model_output.mul_scalar(-sigma / s2.sqrt()) + sample.clone().div_scalar(s2)
+                // float32 scalar arithmetic, as on diffusers' float32 sigma tensor
+                let s = sigma as f32;
+                let s2 = s * s + 1.0;
+                model_output.mul_scalar(-s / s2.sqrt()) + sample.clone().div_scalar(s2)
             }
         };
         let derivative = (sample.clone() - pred_original_sample).div_scalar(sigma_hat);

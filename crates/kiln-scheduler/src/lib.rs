@@ -24,6 +24,8 @@ mod tensor;
 
 pub mod ddim;
 pub mod ddpm;
+pub mod dpmsolver_multistep;
+pub mod dpmsolver_singlestep;
 pub mod euler;
 pub mod lcm;
 pub mod pndm;
@@ -159,6 +161,16 @@ classes! {
 }
 
 impl SchedulerClass {
+    /// Whether the class has `use_karras_sigmas` (diffusers' Karras-capable samplers).
+    pub fn supports_karras(self) -> bool {
+        use SchedulerClass as C;
+        matches!(
+            self,
+            C::Lms | C::Euler | C::Heun | C::KDpm2 | C::KDpm2Ancestral | C::DpmSolverMultistep
+                | C::DpmSolverSinglestep | C::UniPc | C::Deis
+        )
+    }
+
     /// Builds this class from `config` (the file's keys; absent keys take this class's defaults)
     /// for `num_inference_steps` steps, like `Class.from_config(config)` + `set_timesteps(n)`.
     pub fn build(
@@ -174,6 +186,16 @@ impl SchedulerClass {
             SchedulerClass::Pndm => Box::new(pndm::PndmScheduler::new(config, num_inference_steps, options)?),
             SchedulerClass::Lcm => Box::new(lcm::LcmScheduler::new(config, num_inference_steps, options)?),
             SchedulerClass::Tcd => Box::new(tcd::TcdScheduler::new(config, num_inference_steps, options)?),
+            SchedulerClass::DpmSolverMultistep => Box::new(dpmsolver_multistep::DpmSolverMultistepScheduler::new(
+                config,
+                num_inference_steps,
+                options,
+            )?),
+            SchedulerClass::DpmSolverSinglestep => Box::new(dpmsolver_singlestep::DpmSolverSinglestepScheduler::new(
+                config,
+                num_inference_steps,
+                options,
+            )?),
             other => {
                 return Err(SchedulerError::Invalid(format!("{} is not implemented yet", other.class_name())));
             }

@@ -42,7 +42,8 @@ pub fn threshold_sample(sample: Tensor<4>, ratio: f64, max_value: f64) -> Tensor
     } else {
         hi.clone() - (hi - lo).mul_scalar(1.0 - weight)
     };
-    let s = s.clamp(1.0, max_value).expand([b, n]);
+    // torch.clamp(s, min=1, max=max_value): max wins when min > max
+    let s = s.clamp_min(1.0).clamp_max(max_value).expand([b, n]);
     let clamped = flat.max_pair(s.clone().neg()).min_pair(s.clone()) / s;
     clamped.reshape([b, c, h, w])
 }

@@ -46,7 +46,7 @@ fn tensor(values: Vec<f32>, shape: [usize; 4], device: &Device) -> Tensor<4> {
 }
 
 fn compare_samples(what: &str, got: Tensor<4>, want: &[f32]) -> Result<(), String> {
-    let got: Vec<f32> = got.into_data().to_vec::<f32>().unwrap();
+    let got: Vec<f32> = got.into_data().into_vec::<f32>().unwrap();
     let scale = want.iter().fold(1.0f64, |m, &x| m.max((x as f64).abs()));
     let mut worst = 0.0f64;
     for (a, b) in got.iter().zip(want) {
@@ -103,6 +103,9 @@ fn run_case(case: &Value, device: &Device) -> Result<(), String> {
                 return Err(format!("sigmas[{i}] = {g}, diffusers {w}"));
             }
         }
+    }
+    if case["sigmas"].is_null() && scheduler.sigmas().is_some() {
+        return Err("kiln exposes sigmas where diffusers' class has none".into());
     }
     let want_init = case["init_noise_sigma"].as_f64().unwrap();
     if (scheduler.init_noise_sigma() - want_init).abs() > SIGMA_RTOL * want_init.abs().max(1.0) {
@@ -185,6 +188,8 @@ macro_rules! parity {
 
 parity! {
     ddim => "DDIMScheduler",
+    dpmsolver_multistep => "DPMSolverMultistepScheduler",
+    dpmsolver_singlestep => "DPMSolverSinglestepScheduler",
     euler => "EulerDiscreteScheduler",
     ddpm => "DDPMScheduler",
     pndm => "PNDMScheduler",

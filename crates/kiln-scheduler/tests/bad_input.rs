@@ -1,0 +1,95 @@
+//! Bad input gives a typed error naming the value and what is allowed — never a panic.
+
+use kiln_scheduler::{img2img_begin_index, SamplerName, SchedulerClass, SchedulerConfig, SchedulerError, StepOptions};
+
+fn sd15() -> SchedulerConfig {
+    SchedulerConfig::from_json_str(
+        r#"{"_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085, "num_train_timesteps": 1000, "set_alpha_to_one": false,
+            "skip_prk_steps": true, "steps_offset": 1, "trained_betas": null, "clip_sample": false}"#,
+        "sd15",
+    )
+    .unwrap()
+}
+
+#[test]
+fn zero_steps_is_an_error_for_every_sampler() {
+    for (name, sampler) in SamplerName::ALL {
+        match sampler.build(&sd15(), 0, &StepOptions::default()) {
+            Err(SchedulerError::ZeroSteps(0)) => {}
+            Err(e) if e.to_string().contains("not implemented") => {}
+            other => panic!("{name}: expected ZeroSteps, got {:?}", other.map(|s| s.timesteps().to_vec())),
+        }
+    }
+}
+
+#[test]
+fn more_steps_than_training_timesteps_is_an_error() {
+    for (name, sampler) in SamplerName::ALL {
+        match sampler.build(&sd15(), 1001, &StepOptions::default()) {
+            Err(e @ SchedulerError::TooManySteps { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("1001") && msg.contains("1000"), "{name}: {msg}");
+            }
+            Err(e) if e.to_string().contains("not implemented") => {}
+            other => panic!("{name}: expected TooManySteps, got {:?}", other.map(|s| s.timesteps().len())),
+        }
+    }
+}
+
+#[test]
+fn strength_outside_unit_interval_is_an_error() {
+    for s in [-0.1, 1.5, f64::NAN] {
+        let err = img2img_begin_index(20, s, 1).unwrap_err();
+        assert!(matches!(err, SchedulerError::Strength(_)), "{s}: {err}");
+        assert!(err.to_string().contains("[0, 1]"));
+    }
+    // strength so small that int(steps * strength) == 0 leaves no step to run
+    let err = img2img_begin_index(10, 0.05, 1).unwrap_err();
+    assert!(err.to_string().contains("0.05"), "{err}");
+    // diffusers' get_timesteps: t_start = steps - int(steps * strength), times order
+    assert_eq!(img2img_begin_index(10, 0.5, 1).unwrap(), 5);
+    assert_eq!(img2img_begin_index(25, 0.75, 2).unwrap(), 14);
+    assert_eq!(img2img_begin_index(10, 1.0, 1).unwrap(), 0);
+}
+
+#[test]
+fn unknown_sampler_names_list_the_known_ones() {
+    let err = "dpm++3m".parse::<SamplerName>().unwrap_err().to_string();
+    assert!(err.contains("dpm++3m") && err.contains("dpm++2m-sde") && err.contains("euler-a"), "{err}");
+    let err = SchedulerClass::from_class_name("FlowMatchEulerDiscreteScheduler").unwrap_err().to_string();
+    assert!(err.contains("FlowMatchEulerDiscreteScheduler") && err.contains("DDIMScheduler"), "{err}");
+    // names are case-insensitive like diffusers users type them
+    assert_eq!("Euler-A".parse::<SamplerName>().unwrap(), SamplerName::EulerA);
+}
+
+#[test]
+fn unsupported_config_values_are_named() {
+    for (json, needles) in [
+        (r#"{"beta_schedule": "cubic"}"#, vec!["beta_schedule", "cubic"]),
+        (r#"{"prediction_type": "flow_prediction"}"#, vec!["prediction_type", "flow_prediction", "v_prediction"]),
+        (r#"{"timestep_spacing": "middle"}"#, vec!["timestep_spacing", "middle", "trailing"]),
+        (r#"{"num_train_timesteps": -5}"#, vec!["num_train_timesteps", "-5"]),
+        (r#"{"steps_offset": "one"}"#, vec!["steps_offset", "one"]),
+        (r#"{"num_train_timesteps": 100, "trained_betas": [0.1, 0.2]}"#, vec!["trained_betas", "2", "100"]),
+    ] {
+        let config = SchedulerConfig::from_json_str(json, "test").unwrap();
+        for class in [SchedulerClass::Ddim, SchedulerClass::Euler] {
+            let err = class.build(&config, 10, &StepOptions::default()).err().expect("an error").to_string();
+            for n in &needles {
+                assert!(err.contains(n), "{} with {json}: {err:?} should mention {n:?}", class.class_name());
+            }
+        }
+    }
+}
+
+#[test]
+fn malformed_and_missing_configs_are_errors() {
+    let err = SchedulerConfig::from_file("/nonexistent/scheduler_config.json").unwrap_err();
+    assert!(matches!(err, SchedulerError::Io { .. }));
+    assert!(err.to_string().contains("/nonexistent/scheduler_config.json"));
+    let err = SchedulerConfig::from_model_dir("/nonexistent/model").unwrap_err();
+    assert!(err.to_string().contains("scheduler_config.json"), "{err}");
+    assert!(matches!(SchedulerConfig::from_json_str("{\"a\": ", "x"), Err(SchedulerError::Json { .. })));
+    assert!(SchedulerConfig::from_json_str(r#"{"_class_name": 5}"#, "x").is_err());
+}

@@ -23,9 +23,13 @@ pub mod schedule;
 mod tensor;
 
 pub mod ddim;
+pub mod ddpm;
 pub mod dpmsolver_multistep;
 pub mod dpmsolver_singlestep;
 pub mod euler;
+pub mod lcm;
+pub mod pndm;
+pub mod tcd;
 
 pub use config::SchedulerConfig;
 pub use error::{Result, SchedulerError};
@@ -178,6 +182,10 @@ impl SchedulerClass {
         Ok(match self {
             SchedulerClass::Ddim => Box::new(ddim::DdimScheduler::new(config, num_inference_steps, options)?),
             SchedulerClass::Euler => Box::new(euler::EulerScheduler::new(config, num_inference_steps, options)?),
+            SchedulerClass::Ddpm => Box::new(ddpm::DdpmScheduler::new(config, num_inference_steps, options)?),
+            SchedulerClass::Pndm => Box::new(pndm::PndmScheduler::new(config, num_inference_steps, options)?),
+            SchedulerClass::Lcm => Box::new(lcm::LcmScheduler::new(config, num_inference_steps, options)?),
+            SchedulerClass::Tcd => Box::new(tcd::TcdScheduler::new(config, num_inference_steps, options)?),
             SchedulerClass::DpmSolverMultistep => Box::new(dpmsolver_multistep::DpmSolverMultistepScheduler::new(
                 config,
                 num_inference_steps,

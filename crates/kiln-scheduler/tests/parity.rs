@@ -191,4 +191,8 @@ parity! {
     dpmsolver_multistep => "DPMSolverMultistepScheduler",
     dpmsolver_singlestep => "DPMSolverSinglestepScheduler",
     euler => "EulerDiscreteScheduler",
+    ddpm => "DDPMScheduler",
+    pndm => "PNDMScheduler",
+    lcm => "LCMScheduler",
+    tcd => "TCDScheduler",
 }

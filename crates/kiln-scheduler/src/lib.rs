@@ -49,7 +49,8 @@ pub trait NoiseSource {
 /// Step-time knobs that diffusers takes as `step(...)` or pipeline arguments rather than config.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepOptions {
-    /// DDIM's η (pipeline `eta`): 0 is deterministic DDIM, 1 is DDPM-like.
+    /// The pipeline's `eta`, which diffusers passes to every `step` that takes one: DDIM's η
+    /// (0 is deterministic DDIM, 1 is DDPM-like) and TCD's γ (0 deterministic, 0.3 the paper's).
     pub eta: f64,
     /// Euler's churn (`s_churn`, `s_tmin`, `s_tmax`, `s_noise` of `EulerDiscreteScheduler.step`).
     pub s_churn: f64,

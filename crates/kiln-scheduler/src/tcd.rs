@@ -3,12 +3,11 @@
 //! moves to the intermediate timestep s = ⌊(1 − γ) · t_prev⌋, and re-noises from s to t_prev with
 //! fresh noise.
 //!
-//! γ is the `eta` argument of `TCDScheduler.step`, whose default is 0.3 (the paper's
-//! recommendation, and what the parity fixtures use since they call `step` without it). Note that
-//! diffusers' Stable Diffusion pipelines pass their own `eta` argument, default 0.0, to every
-//! `step` that accepts one, so a TCD run through `pipe(...)` without `eta=` is deterministic
-//! (γ = 0). [`TcdScheduler::new`] uses 0.3 — it does not read [`StepOptions::eta`], whose 0.0
-//! default is DDIM's; [`TcdScheduler::with_gamma`] sets γ explicitly.
+//! γ is the `eta` argument of `TCDScheduler.step` (0.3 when `step` is called without it, the
+//! paper's recommendation). diffusers' Stable Diffusion pipelines pass their own `eta` argument,
+//! default 0.0, to every `step` that accepts one, so a TCD run through `pipe(...)` without `eta=`
+//! is deterministic (γ = 0). kiln does what the pipelines do: [`TcdScheduler::new`] takes γ from
+//! [`StepOptions::eta`] (default 0.0), like DDIM's η; pass `eta = 0.3` for the paper's setting.
 //!
 //! TCD keeps `clip_sample`, `thresholding` and `set_alpha_to_one` in its config (they are read and
 //! validated) but its `step` uses none of them. Scalars are computed in `f32` like diffusers'
@@ -38,10 +37,9 @@ pub struct TcdScheduler {
 }
 
 impl TcdScheduler {
-    /// Builds TCD with γ = [`TCD_DEFAULT_GAMMA`] (`TCDScheduler.step`'s default).
+    /// Builds TCD with γ = `options.eta` (the pipeline's `eta`, as diffusers passes it to `step`).
     pub fn new(config: &SchedulerConfig, num_inference_steps: usize, options: &StepOptions) -> Result<Self> {
-        let _ = options;
-        Self::with_gamma(config, num_inference_steps, TCD_DEFAULT_GAMMA)
+        Self::with_gamma(config, num_inference_steps, options.eta)
     }
 
     /// Builds TCD with the given γ (`eta` of `TCDScheduler.step`, in [0, 1]; 0 is deterministic).
@@ -140,7 +138,9 @@ mod tests {
     #[test]
     fn gamma_must_be_within_0_and_1() {
         let c = SchedulerConfig::from_json_str("{}", "test").unwrap();
-        assert_eq!(TcdScheduler::new(&c, 4, &StepOptions::default()).unwrap().gamma(), TCD_DEFAULT_GAMMA);
+        assert_eq!(TcdScheduler::new(&c, 4, &StepOptions::default()).unwrap().gamma(), 0.0);
+        let paper = StepOptions { eta: TCD_DEFAULT_GAMMA, ..StepOptions::default() };
+        assert_eq!(TcdScheduler::new(&c, 4, &paper).unwrap().gamma(), 0.3);
         assert!(TcdScheduler::with_gamma(&c, 4, 0.0).is_ok());
         assert!(TcdScheduler::with_gamma(&c, 4, 1.0).is_ok());
         assert!(TcdScheduler::with_gamma(&c, 4, 1.5).is_err());

@@ -24,6 +24,10 @@ mod tensor;
 
 pub mod ddim;
 pub mod euler;
+pub mod euler_ancestral;
+pub mod heun;
+pub mod kdpm2;
+pub mod lms;
 
 pub use config::SchedulerConfig;
 pub use error::{Result, SchedulerError};
@@ -166,6 +170,15 @@ impl SchedulerClass {
         Ok(match self {
             SchedulerClass::Ddim => Box::new(ddim::DdimScheduler::new(config, num_inference_steps, options)?),
             SchedulerClass::Euler => Box::new(euler::EulerScheduler::new(config, num_inference_steps, options)?),
+            SchedulerClass::Lms => Box::new(lms::LmsScheduler::new(config, num_inference_steps, options)?),
+            SchedulerClass::EulerAncestral => {
+                Box::new(euler_ancestral::EulerAncestralScheduler::new(config, num_inference_steps, options)?)
+            }
+            SchedulerClass::Heun => Box::new(heun::HeunScheduler::new(config, num_inference_steps, options)?),
+            SchedulerClass::KDpm2 => Box::new(kdpm2::KDpm2Scheduler::new(config, num_inference_steps, options)?),
+            SchedulerClass::KDpm2Ancestral => {
+                Box::new(kdpm2::KDpm2Scheduler::new_ancestral(config, num_inference_steps, options)?)
+            }
             other => {
                 return Err(SchedulerError::Invalid(format!("{} is not implemented yet", other.class_name())));
             }

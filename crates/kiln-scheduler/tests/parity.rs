@@ -186,4 +186,9 @@ macro_rules! parity {
 parity! {
     ddim => "DDIMScheduler",
     euler => "EulerDiscreteScheduler",
+    lms => "LMSDiscreteScheduler",
+    euler_ancestral => "EulerAncestralDiscreteScheduler",
+    heun => "HeunDiscreteScheduler",
+    kdpm2 => "KDPM2DiscreteScheduler",
+    kdpm2_ancestral => "KDPM2AncestralDiscreteScheduler",
 }

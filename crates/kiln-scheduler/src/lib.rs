@@ -30,6 +30,10 @@ pub mod euler;
 pub mod lcm;
 pub mod pndm;
 pub mod tcd;
+pub mod euler_ancestral;
+pub mod heun;
+pub mod kdpm2;
+pub mod lms;
 
 pub use config::SchedulerConfig;
 pub use error::{Result, SchedulerError};
@@ -197,6 +201,15 @@ impl SchedulerClass {
                 num_inference_steps,
                 options,
             )?),
+            SchedulerClass::Lms => Box::new(lms::LmsScheduler::new(config, num_inference_steps, options)?),
+            SchedulerClass::EulerAncestral => {
+                Box::new(euler_ancestral::EulerAncestralScheduler::new(config, num_inference_steps, options)?)
+            }
+            SchedulerClass::Heun => Box::new(heun::HeunScheduler::new(config, num_inference_steps, options)?),
+            SchedulerClass::KDpm2 => Box::new(kdpm2::KDpm2Scheduler::new(config, num_inference_steps, options)?),
+            SchedulerClass::KDpm2Ancestral => {
+                Box::new(kdpm2::KDpm2Scheduler::new_ancestral(config, num_inference_steps, options)?)
+            }
             other => {
                 return Err(SchedulerError::Invalid(format!("{} is not implemented yet", other.class_name())));
             }

@@ -478,6 +478,17 @@ mod tests {
     }
 
     #[test]
+    fn linspace_rounds_like_torch() {
+        // torch.linspace(0.0001, 0.02, 1000, dtype=torch.float32), torch 2.15 CPU: these elements
+        // are one ulp below `start + step * i` rounded twice.
+        let b = torch_linspace_f32(0.0001, 0.02, 1000);
+        for (i, bits) in [(7, 0x397b1209u32), (14, 0x39c6a443), (15, 0x39d115de), (28, 0x3a2c6d60), (992, 0x3ca2b29d)] {
+            assert_eq!(b[i].to_bits(), bits, "linspace[{i}] = {}", b[i]);
+        }
+        assert_eq!((b[0], b[999]), (0.0001, 0.02));
+    }
+
+    #[test]
     fn beta_quantiles_match_scipy() {
         // scipy.stats.beta.ppf(q, 0.6, 0.6), scipy 1.17.1.
         for (q, want) in [

@@ -195,4 +195,9 @@ parity! {
     pndm => "PNDMScheduler",
     lcm => "LCMScheduler",
     tcd => "TCDScheduler",
+    lms => "LMSDiscreteScheduler",
+    euler_ancestral => "EulerAncestralDiscreteScheduler",
+    heun => "HeunDiscreteScheduler",
+    kdpm2 => "KDPM2DiscreteScheduler",
+    kdpm2_ancestral => "KDPM2AncestralDiscreteScheduler",
 }

@@ -1,0 +1,232 @@
+//! `HeunDiscreteScheduler` (diffusers `schedulers/scheduling_heun_discrete.py`): Algorithm 2 of
+//! Karras et al. 2022 without churn (k-diffusion's `sample_heun`). Each step calls the model twice:
+//! an Euler predictor from σ_i to σ_{i+1}, then the trapezoidal corrector with the derivative at
+//! σ_{i+1}. The schedule therefore has 2n − 1 timesteps (`[t0, t1, t1, t2, t2, …]`) and 2n sigmas
+//! (`[σ0, σ1, σ1, …, σ_{n−1}, σ_{n−1}, 0]`); the last step is a plain Euler step to σ = 0.
+
+use burn::tensor::Tensor;
+
+use crate::config::SchedulerConfig;
+use crate::error::{Result, SchedulerError};
+use crate::euler::{PredictionType, TimestepSpacing};
+use crate::lms::{k_init_noise_sigma, k_sigma_schedule};
+use crate::schedule::{BetaConfig, BetaSchedule, SigmaSpacing, cumprod_f32, f32r};
+use crate::{NoiseSource, Scheduler, SchedulerClass, StepOptions, check_steps};
+
+/// `betas_for_alpha_bar(n, alpha_transform_type="exp")`: ᾱ(t) = exp(−12 t), in float64 Python
+/// math, then `torch.tensor(..., dtype=float32)`.
+pub(crate) fn betas_for_alpha_bar_exp(n: usize, max_beta: f64) -> Vec<f32> {
+    let alpha_bar = |t: f64| (t * -12.0).exp();
+    (0..n)
+        .map(|i| {
+            let t1 = i as f64 / n as f64;
+            let t2 = (i + 1) as f64 / n as f64;
+            (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(max_beta) as f32
+        })
+        .collect()
+}
+
+/// `[x[:1], x[1:-1].repeat_interleave(2), x[-1:]]` (Heun's sigmas) or, with `keep_last_pair`,
+/// `[x[:1], x[1:].repeat_interleave(2), x[-1:]]` (KDPM2's).
+pub(crate) fn interleave(x: &[f64], keep_last_pair: bool) -> Vec<f64> {
+    let n = x.len();
+    let mut out = vec![x[0]];
+    let end = if keep_last_pair { n } else { n - 1 };
+    for &v in &x[1..end.max(1)] {
+        out.push(v);
+        out.push(v);
+    }
+    out.push(x[n - 1]);
+    out
+}
+
+/// The first half of a Heun step, kept for the second call (`prev_derivative`, `dt`, `sample`).
+#[derive(Debug, Clone)]
+struct FirstOrder {
+    derivative: Tensor<4>,
+    dt: f32,
+    sample: Tensor<4>,
+}
+
+/// HeunDiscreteScheduler, built for `num_inference_steps`.
+#[derive(Debug, Clone)]
+pub struct HeunScheduler {
+    prediction_type: PredictionType,
+    clip_sample: Option<f64>,
+    /// 2n − 1 timesteps.
+    timesteps: Vec<f64>,
+    /// 2n interleaved sigmas, float32 like diffusers.
+    sigmas: Vec<f64>,
+    init_noise_sigma: f64,
+    /// `Some` between the two model calls of a step (`state_in_first_order` is `dt is None`).
+    first: Option<FirstOrder>,
+}
+
+impl HeunScheduler {
+    pub fn new(config: &SchedulerConfig, num_inference_steps: usize, _options: &StepOptions) -> Result<Self> {
+        // Heun alone also knows beta_schedule = "exp" (betas_for_alpha_bar with exp(−12 t)), which
+        // the shared BetaConfig does not: read the other keys with "linear" in its place.
+        let exp_schedule =
+            matches!(config.values.get("beta_schedule"), Some(serde_json::Value::String(s)) if s == "exp");
+        let patched;
+        let config = if exp_schedule {
+            patched = config.clone().with("beta_schedule", "linear");
+            &patched
+        } else {
+            config
+        };
+        let mut r = config.reader("HeunDiscreteScheduler");
+        let betas = BetaConfig::read(
+            &mut r,
+            0.00085,
+            0.012,
+            "linear",
+            &["linear", "scaled_linear", "squaredcos_cap_v2", "exp"],
+            false,
+        )?;
+        let prediction_type = PredictionType::read(&mut r)?;
+        let sigma_spacing = SigmaSpacing::read(&mut r, true)?;
+        let clip = r.bool("clip_sample", false)?;
+        let clip_range = r.f64("clip_sample_range", 1.0)?;
+        let spacing = TimestepSpacing::read(&mut r, "linspace")?;
+        let steps_offset = r.usize("steps_offset", 0)?;
+        r.finish();
+
+        let n = num_inference_steps;
+        check_steps(n, betas.num_train_timesteps)?;
+        let alphas_cumprod: Vec<f64> = if exp_schedule && !matches!(betas.schedule, BetaSchedule::Trained(_)) {
+            let alphas: Vec<f32> =
+                betas_for_alpha_bar_exp(betas.num_train_timesteps, 0.999).iter().map(|b| 1.0 - b).collect();
+            cumprod_f32(&alphas).into_iter().map(|a| a as f64).collect()
+        } else {
+            betas.alphas_cumprod()
+        };
+        let schedule = k_sigma_schedule(&alphas_cumprod, spacing, sigma_spacing, n, steps_offset);
+        // sigmas = concatenate([sigmas, [0.0]]).astype(float32), then
+        // cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2), sigmas[-1:]])
+        let mut sigmas: Vec<f64> = schedule.sigmas.into_iter().map(f32r).collect();
+        sigmas.push(0.0);
+        let sigmas = interleave(&sigmas, false);
+        // timesteps = cat([timesteps[:1], timesteps[1:].repeat_interleave(2)]).to(float32)
+        let t: Vec<f64> = schedule.timesteps.into_iter().map(f32r).collect();
+        if t.is_empty() {
+            return Err(SchedulerError::Invalid("the schedule has no timesteps".into()));
+        }
+        let mut timesteps = vec![t[0]];
+        for &v in &t[1..] {
+            timesteps.push(v);
+            timesteps.push(v);
+        }
+        let init_noise_sigma = k_init_noise_sigma(&sigmas, spacing);
+        Ok(Self {
+            prediction_type,
+            clip_sample: clip.then_some(clip_range),
+            timesteps,
+            sigmas,
+            init_noise_sigma,
+            first: None,
+        })
+    }
+}
+
+impl Scheduler for HeunScheduler {
+    fn class(&self) -> SchedulerClass {
+        SchedulerClass::Heun
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn sigmas(&self) -> Option<&[f64]> {
+        Some(&self.sigmas)
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        self.init_noise_sigma
+    }
+
+    fn order(&self) -> usize {
+        2
+    }
+
+    fn scale_model_input(&self, sample: Tensor<4>, step_index: usize) -> Tensor<4> {
+        let sigma = self.sigmas[step_index] as f32;
+        sample.div_scalar((sigma * sigma + 1.0).sqrt())
+    }
+
+    fn step(
+        &mut self,
+        model_output: Tensor<4>,
+        step_index: usize,
+        sample: Tensor<4>,
+        _noise: &mut dyn NoiseSource,
+    ) -> Tensor<4> {
+        let first_order = self.first.is_none();
+        let (sigma, sigma_next) = if first_order {
+            (self.sigmas[step_index] as f32, self.sigmas[step_index + 1] as f32)
+        } else {
+            (self.sigmas[step_index - 1] as f32, self.sigmas[step_index] as f32)
+        };
+        // gamma = 0: sigma_hat == sigma
+        let sigma_hat = sigma;
+        let sigma_input = if first_order { sigma_hat } else { sigma_next };
+        let pred_original_sample = match self.prediction_type {
+            PredictionType::Epsilon => sample.clone() - model_output.mul_scalar(sigma_input),
+            PredictionType::VPrediction => {
+                let s2 = sigma_input * sigma_input + 1.0;
+                model_output.mul_scalar(-sigma_input / s2.sqrt()) + sample.clone().div_scalar(s2)
+            }
+            PredictionType::Sample => model_output,
+        };
+        let pred_original_sample = match self.clip_sample {
+            Some(range) => pred_original_sample.clamp(-range, range),
+            None => pred_original_sample,
+        };
+        match self.first.take() {
+            None => {
+                // 1. first order: Euler from σ to σ_next, remembered for the corrector
+                let derivative = (sample.clone() - pred_original_sample).div_scalar(sigma_hat);
+                let dt = sigma_next - sigma_hat;
+                let prev_sample = sample.clone() + derivative.clone().mul_scalar(dt);
+                self.first = Some(FirstOrder { derivative, dt, sample });
+                prev_sample
+            }
+            Some(first) => {
+                // 2. second order: the mean of both derivatives, from the first call's sample
+                let derivative = (sample - pred_original_sample).div_scalar(sigma_next);
+                let derivative = (first.derivative + derivative).div_scalar(2.0);
+                first.sample + derivative.mul_scalar(first.dt)
+            }
+        }
+    }
+
+    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step_index: usize) -> Tensor<4> {
+        original + noise.mul_scalar(self.sigmas[step_index] as f32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `HeunDiscreteScheduler(beta_schedule="exp")` (ᾱ(t) = exp(−12t)) with 10 steps, diffusers 0.42.1.
+    #[test]
+    fn exp_beta_schedule_matches_diffusers() {
+        let config = SchedulerConfig::default().with("beta_schedule", "exp");
+        let s = HeunScheduler::new(&config, 10, &StepOptions::default()).unwrap();
+        let sigmas = s.sigmas().unwrap();
+        assert_eq!(sigmas.len(), 20);
+        assert_eq!(s.timesteps().len(), 19);
+        for (i, want) in [(0, 403.4220886230469), (1, 207.26046752929688), (17, 0.10987384617328644), (19, 0.0)] {
+            assert!((sigmas[i] - want).abs() <= 1e-6 * want, "sigmas[{i}] = {}, diffusers {want}", sigmas[i]);
+        }
+        assert_eq!(s.init_noise_sigma(), sigmas[0]);
+    }
+
+    #[test]
+    fn interleaving() {
+        assert_eq!(interleave(&[3.0, 2.0, 1.0, 0.0], false), vec![3.0, 2.0, 2.0, 1.0, 1.0, 0.0]);
+        assert_eq!(interleave(&[3.0, 2.0, 0.0], true), vec![3.0, 2.0, 2.0, 0.0, 0.0, 0.0]);
+    }
+}

@@ -9,6 +9,7 @@ use crate::schedule::{
     f32r, np_arange_f64, np_interp, np_linspace, np_round, sigma_to_t, sigmas_from_alphas_cumprod,
     torch_linspace_f32, BetaConfig, SigmaBounds, SigmaSpacing,
 };
+use crate::tensor::{k_scale_model_input};
 use crate::{check_steps, noise_like, NoiseSource, Scheduler, SchedulerClass, StepOptions};
 
 /// What the model predicts (`prediction_type`).
@@ -170,10 +171,7 @@ impl Scheduler for EulerScheduler {
     }
 
     fn scale_model_input(&self, sample: Tensor<4>, step_index: usize) -> Tensor<4> {
-        // `sample / ((sigma**2 + 1) ** 0.5)` with sigma a float32 tensor: every operation rounds to
-        // float32 (an f64 sqrt differs by one ulp at e.g. sigma = 0.0100013)
-        let sigma = self.sigmas[step_index] as f32;
-        sample.div_scalar((sigma * sigma + 1.0).sqrt())
+        k_scale_model_input(sample, self.sigmas[step_index])
     }
 
     fn step(

@@ -9,6 +9,7 @@ use crate::error::{Result, SchedulerError};
 use crate::euler::{PredictionType, TimestepSpacing, k_timesteps};
 use crate::lms::k_init_noise_sigma;
 use crate::schedule::{BetaConfig, f32r, np_interp, sigmas_from_alphas_cumprod};
+use crate::tensor::{k_scale_model_input, k_pred_original_sample};
 use crate::{NoiseSource, Scheduler, SchedulerClass, StepOptions, check_steps, noise_like};
 
 /// `(sigma_up, sigma_down)` of an ancestral step from `sigma_from` to `sigma_to`, in float32
@@ -85,8 +86,7 @@ impl Scheduler for EulerAncestralScheduler {
     }
 
     fn scale_model_input(&self, sample: Tensor<4>, step_index: usize) -> Tensor<4> {
-        let sigma = self.sigmas[step_index] as f32;
-        sample.div_scalar((sigma * sigma + 1.0).sqrt())
+        k_scale_model_input(sample, self.sigmas[step_index])
     }
 
     fn step(
@@ -97,14 +97,7 @@ impl Scheduler for EulerAncestralScheduler {
         noise: &mut dyn NoiseSource,
     ) -> Tensor<4> {
         let sigma = self.sigmas[step_index] as f32;
-        let pred_original_sample = match self.prediction_type {
-            PredictionType::Epsilon => sample.clone() - model_output.clone().mul_scalar(sigma),
-            PredictionType::VPrediction => {
-                let s2 = sigma * sigma + 1.0;
-                model_output.clone().mul_scalar(-sigma / s2.sqrt()) + sample.clone().div_scalar(s2)
-            }
-            PredictionType::Sample => unreachable!("rejected when reading prediction_type"),
-        };
+        let pred_original_sample = k_pred_original_sample(self.prediction_type, model_output.clone(), &sample, sigma);
         let sigma_to = self.sigmas[step_index + 1] as f32;
         let (sigma_up, sigma_down) = ancestral_sigmas_f32(sigma, sigma_to);
         let derivative = (sample.clone() - pred_original_sample).div_scalar(sigma);

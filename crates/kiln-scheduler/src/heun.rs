@@ -11,6 +11,7 @@ use crate::error::{Result, SchedulerError};
 use crate::euler::{PredictionType, TimestepSpacing};
 use crate::lms::{k_init_noise_sigma, k_sigma_schedule};
 use crate::schedule::{BetaConfig, BetaSchedule, SigmaSpacing, cumprod_f32, f32r};
+use crate::tensor::{k_scale_model_input, k_pred_original_sample};
 use crate::{NoiseSource, Scheduler, SchedulerClass, StepOptions, check_steps};
 
 /// `betas_for_alpha_bar(n, alpha_transform_type="exp")`: ᾱ(t) = exp(−12 t), in float64 Python
@@ -151,8 +152,7 @@ impl Scheduler for HeunScheduler {
     }
 
     fn scale_model_input(&self, sample: Tensor<4>, step_index: usize) -> Tensor<4> {
-        let sigma = self.sigmas[step_index] as f32;
-        sample.div_scalar((sigma * sigma + 1.0).sqrt())
+        k_scale_model_input(sample, self.sigmas[step_index])
     }
 
     fn step(
@@ -171,14 +171,8 @@ impl Scheduler for HeunScheduler {
         // gamma = 0: sigma_hat == sigma
         let sigma_hat = sigma;
         let sigma_input = if first_order { sigma_hat } else { sigma_next };
-        let pred_original_sample = match self.prediction_type {
-            PredictionType::Epsilon => sample.clone() - model_output.mul_scalar(sigma_input),
-            PredictionType::VPrediction => {
-                let s2 = sigma_input * sigma_input + 1.0;
-                model_output.mul_scalar(-sigma_input / s2.sqrt()) + sample.clone().div_scalar(s2)
-            }
-            PredictionType::Sample => model_output,
-        };
+        let pred_original_sample =
+            k_pred_original_sample(self.prediction_type, model_output, &sample, sigma_input);
         let pred_original_sample = match self.clip_sample {
             Some(range) => pred_original_sample.clamp(-range, range),
             None => pred_original_sample,

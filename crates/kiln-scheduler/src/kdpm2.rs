@@ -18,6 +18,7 @@ use crate::euler_ancestral::ancestral_sigmas_f32;
 use crate::heun::interleave;
 use crate::lms::{k_init_noise_sigma, k_sigma_schedule, np_log_f32};
 use crate::schedule::{BetaConfig, SigmaSpacing, f32r, np_round};
+use crate::tensor::{k_scale_model_input, k_pred_original_sample};
 use crate::{NoiseSource, Scheduler, SchedulerClass, StepOptions, check_steps, noise_like};
 
 /// `_sigma_to_t(sigma, log_sigmas)` as KDPM2 calls it for the interpolated sigmas: `sigma` is a
@@ -189,14 +190,7 @@ impl KDpm2Scheduler {
 
     /// `pred_original_sample` for `sigma_input`.
     fn pred_original(&self, model_output: Tensor<4>, sample: &Tensor<4>, sigma_input: f32) -> Tensor<4> {
-        match self.prediction_type {
-            PredictionType::Epsilon => sample.clone() - model_output.mul_scalar(sigma_input),
-            PredictionType::VPrediction => {
-                let s2 = sigma_input * sigma_input + 1.0;
-                model_output.mul_scalar(-sigma_input / s2.sqrt()) + sample.clone().div_scalar(s2)
-            }
-            PredictionType::Sample => unreachable!("rejected when reading prediction_type"),
-        }
+        k_pred_original_sample(self.prediction_type, model_output, sample, sigma_input)
     }
 }
 
@@ -233,8 +227,7 @@ impl Scheduler for KDpm2Scheduler {
                 Variant::Ancestral => self.sigmas_interpol[step_index - 1],
             }
         };
-        let sigma = sigma as f32;
-        sample.div_scalar((sigma * sigma + 1.0).sqrt())
+        k_scale_model_input(sample, sigma)
     }
 
     fn step(

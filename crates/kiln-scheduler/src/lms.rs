@@ -15,6 +15,7 @@ use crate::config::SchedulerConfig;
 use crate::error::{Result, SchedulerError};
 use crate::euler::{PredictionType, TimestepSpacing, k_timesteps};
 use crate::schedule::{BetaConfig, SigmaBounds, SigmaSpacing, f32r, np_interp, sigma_to_t, sigmas_from_alphas_cumprod};
+use crate::tensor::{k_scale_model_input, k_pred_original_sample};
 use crate::{NoiseSource, Scheduler, SchedulerClass, StepOptions, check_steps};
 
 /// `numpy.log` of a float32 value, bit for bit.
@@ -239,9 +240,7 @@ impl Scheduler for LmsScheduler {
     }
 
     fn scale_model_input(&self, sample: Tensor<4>, step_index: usize) -> Tensor<4> {
-        let sigma = self.sigmas[step_index] as f32;
-        // sample / ((sigma**2 + 1) ** 0.5), the divisor a float32 scalar tensor
-        sample.div_scalar((sigma * sigma + 1.0).sqrt())
+        k_scale_model_input(sample, self.sigmas[step_index])
     }
 
     fn step(
@@ -252,14 +251,7 @@ impl Scheduler for LmsScheduler {
         _noise: &mut dyn NoiseSource,
     ) -> Tensor<4> {
         let sigma = self.sigmas[step_index] as f32;
-        let pred_original_sample = match self.prediction_type {
-            PredictionType::Epsilon => sample.clone() - model_output.mul_scalar(sigma),
-            PredictionType::VPrediction => {
-                let s2 = sigma * sigma + 1.0;
-                model_output.mul_scalar(-sigma / s2.sqrt()) + sample.clone().div_scalar(s2)
-            }
-            PredictionType::Sample => model_output,
-        };
+        let pred_original_sample = k_pred_original_sample(self.prediction_type, model_output, &sample, sigma);
         let derivative = (sample.clone() - pred_original_sample).div_scalar(sigma);
         self.derivatives.push_back(derivative);
         if self.derivatives.len() > LMS_ORDER {

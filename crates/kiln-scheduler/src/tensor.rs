@@ -2,6 +2,7 @@
 
 use burn::tensor::{Tensor, TensorData};
 
+use crate::euler::PredictionType;
 use crate::NoiseSource;
 
 /// Draws noise shaped like `sample` (same device and dtype) from `source`, like diffusers'
@@ -46,4 +47,32 @@ pub fn threshold_sample(sample: Tensor<4>, ratio: f64, max_value: f64) -> Tensor
     let s = s.clamp_min(1.0).clamp_max(max_value).expand([b, n]);
     let clamped = flat.max_pair(s.clone().neg()).min_pair(s.clone()) / s;
     clamped.reshape([b, c, h, w])
+}
+
+/// The input scaling of the σ-parameterised samplers (Euler, Euler a, Heun, LMS, KDPM2):
+/// `sample / ((sigma**2 + 1) ** 0.5)`, computed in float32 like diffusers' 0-dim σ tensor (an f64
+/// sqrt differs by one ulp at e.g. σ = 0.0100013).
+pub(crate) fn k_scale_model_input(sample: Tensor<4>, sigma: f64) -> Tensor<4> {
+    let sigma = sigma as f32;
+    sample.div_scalar((sigma * sigma + 1.0).sqrt())
+}
+
+/// x̂₀ of the σ-parameterised samplers at noise level σ (`pred_original_sample` in diffusers'
+/// `scheduling_euler_ancestral_discrete.py`, `scheduling_lms_discrete.py`,
+/// `scheduling_heun_discrete.py`, `scheduling_k_dpm_2_discrete.py`), float32 scalars:
+/// ε: `sample - σ·out`; v: `out·(−σ/√(σ²+1)) + sample/(σ²+1)`; sample: `out`.
+pub(crate) fn k_pred_original_sample(
+    prediction_type: PredictionType,
+    model_output: Tensor<4>,
+    sample: &Tensor<4>,
+    sigma: f32,
+) -> Tensor<4> {
+    match prediction_type {
+        PredictionType::Epsilon => sample.clone() - model_output.mul_scalar(sigma),
+        PredictionType::VPrediction => {
+            let s2 = sigma * sigma + 1.0;
+            model_output.mul_scalar(-sigma / s2.sqrt()) + sample.clone().div_scalar(s2)
+        }
+        PredictionType::Sample => model_output,
+    }
 }

@@ -52,7 +52,7 @@ fn tensor(values: Vec<f32>, shape: [usize; 4], device: &Device) -> Tensor<4> {
 }
 
 fn compare_samples(what: &str, got: Tensor<4>, want: &[f32]) -> Result<(), String> {
-    let got: Vec<f32> = got.into_data().into_vec::<f32>().unwrap();
+    let got: Vec<f32> = got.into_data().try_into_vec::<f32>().unwrap();
     let scale = want.iter().filter(|x| x.is_finite()).fold(1.0f64, |m, &x| m.max((x as f64).abs()));
     let mut worst = 0.0f64;
     for (a, b) in got.iter().zip(want) {

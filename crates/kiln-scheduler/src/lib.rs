@@ -24,12 +24,14 @@ mod tensor;
 
 pub mod ddim;
 pub mod ddpm;
+pub mod deis;
 pub mod dpmsolver_multistep;
 pub mod dpmsolver_singlestep;
 pub mod euler;
 pub mod lcm;
 pub mod pndm;
 pub mod tcd;
+pub mod unipc;
 pub mod euler_ancestral;
 pub mod heun;
 pub mod kdpm2;
@@ -202,6 +204,8 @@ impl SchedulerClass {
                 options,
             )?),
             SchedulerClass::Lms => Box::new(lms::LmsScheduler::new(config, num_inference_steps, options)?),
+            SchedulerClass::UniPc => Box::new(unipc::UniPcScheduler::new(config, num_inference_steps, options)?),
+            SchedulerClass::Deis => Box::new(deis::DeisScheduler::new(config, num_inference_steps, options)?),
             SchedulerClass::EulerAncestral => {
                 Box::new(euler_ancestral::EulerAncestralScheduler::new(config, num_inference_steps, options)?)
             }
@@ -209,9 +213,6 @@ impl SchedulerClass {
             SchedulerClass::KDpm2 => Box::new(kdpm2::KDpm2Scheduler::new(config, num_inference_steps, options)?),
             SchedulerClass::KDpm2Ancestral => {
                 Box::new(kdpm2::KDpm2Scheduler::new_ancestral(config, num_inference_steps, options)?)
-            }
-            other => {
-                return Err(SchedulerError::Invalid(format!("{} is not implemented yet", other.class_name())));
             }
         })
     }

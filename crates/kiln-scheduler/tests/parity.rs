@@ -219,4 +219,6 @@ parity! {
     heun => "HeunDiscreteScheduler",
     kdpm2 => "KDPM2DiscreteScheduler",
     kdpm2_ancestral => "KDPM2AncestralDiscreteScheduler",
+    unipc => "UniPCMultistepScheduler",
+    deis => "DEISMultistepScheduler",
 }

@@ -69,7 +69,9 @@ pub fn load_safetensors<M: Module>(
     let mut store = SafetensorsStore::from_file(path)
         .with_from_adapter(PyTorchToBurnAdapter.chain(FloatCastAdapter::to(dtype)))
         .allow_partial(true)
-        .validate(true);
+        // shape/dtype errors land in `result.errors` and are reported as `Mismatch` below; with
+        // validate(true) burn-store returns them as an opaque store error instead
+        .validate(false);
     for (from, to) in remap {
         store = store.with_key_remapping(*from, *to);
     }

@@ -92,9 +92,6 @@ pub(crate) struct DpmConfig {
     pub raw_beta_schedule: String,
     pub solver_order: usize,
     pub algorithm: AlgorithmType,
-    /// `algorithm_type` as written (`deis` is remapped to `dpmsolver++` but still fails the
-    /// `final_sigmas_type` check, as in diffusers).
-    pub algorithm_as_written: String,
     pub solver_type: SolverType,
     pub prediction: DpmPrediction,
     pub clip: SampleClip,
@@ -182,7 +179,6 @@ impl DpmConfig {
             raw_beta_schedule,
             solver_order,
             algorithm,
-            algorithm_as_written,
             solver_type,
             prediction,
             clip,

@@ -3,7 +3,8 @@
 //! Building blocks shared by kiln's UNet, VAE and text encoders, written after diffusers'
 //! `models/` modules with struct fields named like diffusers' state-dict keys, so checkpoints load
 //! without remapping: [`ResnetBlock2D`], [`Attention`], [`Downsample2D`], [`Upsample2D`],
-//! [`timestep_embedding`] + [`TimestepEmbedding`], and [`load`] (safetensors through burn-store,
+//! [`timestep_embedding`] + [`TimestepEmbedding`], the spatial transformer
+//! ([`Transformer2DModel`], [`BasicTransformerBlock`], [`FeedForward`] with GEGLU), and [`load`] (safetensors through burn-store,
 //! with missing and unused tensors reported by name).
 
 pub mod attention;
@@ -11,12 +12,17 @@ pub mod embeddings;
 pub mod load;
 pub mod resnet;
 pub mod sampling;
+pub mod transformer;
 
 pub use attention::{Attention, AttentionConfig};
 pub use embeddings::{timestep_embedding, TimestepEmbedding, TimestepEmbeddingConfig};
 pub use load::{load_safetensors, read_config, LoadError};
 pub use resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 pub use sampling::{Downsample2D, Downsample2DConfig, Upsample2D, Upsample2DConfig};
+pub use transformer::{
+    BasicTransformerBlock, BasicTransformerBlockConfig, FeedForward, FeedForwardConfig, Geglu, Projection,
+    Transformer2DModel, Transformer2DModelConfig,
+};
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;

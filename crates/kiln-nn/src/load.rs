@@ -69,8 +69,12 @@ pub fn load_safetensors<M: Module>(
     let mut store = SafetensorsStore::from_file(path)
         .with_from_adapter(PyTorchToBurnAdapter.chain(FloatCastAdapter::to(dtype)))
         .allow_partial(true)
-        // shape/dtype errors land in `result.errors` and are reported as `Mismatch` below; with
-        // validate(true) burn-store returns them as an opaque store error instead
+        // Modules that are one of several layer kinds under the same diffusers key (e.g.
+        // Transformer2D's proj_in: Linear or 1×1 Conv2d) are enums; their variant names are not
+        // part of the keys.
+        .skip_enum_variants(true)
+        // Shape/dtype errors are collected in `result.errors` and reported as `Mismatch` below;
+        // with `validate(true)` burn-store returns them as an opaque `ValidationFailed` error.
         .validate(false);
     for (from, to) in remap {
         store = store.with_key_remapping(*from, *to);

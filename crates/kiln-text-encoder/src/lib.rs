@@ -1,0 +1,36 @@
+//! # kiln-text-encoder
+//!
+//! The CLIP text encoders of Stable Diffusion, ported from transformers 5.24
+//! (`models/clip/modeling_clip.py`): [`ClipTextModel`] covers `CLIPTextModel` (SD 1.x CLIP ViT-L/14,
+//! SD 2.x OpenCLIP ViT-H, SDXL's first encoder) and `CLIPTextModelWithProjection` (SDXL's
+//! OpenCLIP bigG), configured from `text_encoder*/config.json` ([`ClipTextConfig`]) and loaded from
+//! `model[.fp16].safetensors`. Every layer's hidden state is returned, so clip_skip and SDXL's
+//! penultimate-layer conditioning are a matter of indexing.
+//!
+//! [`ClipTokenizer`] is transformers' `CLIPTokenizer` on the HF `tokenizers` library, read from a
+//! `tokenizer*/` folder as the Hub ships it.
+//!
+//! ```no_run
+//! use burn::tensor::{DType, Device};
+//! use kiln_text_encoder::{ClipTextModel, ClipTokenizer};
+//! let device = Device::flex();
+//! let tokenizer = ClipTokenizer::from_dir("sd15/tokenizer")?;
+//! let encoder = ClipTextModel::load("sd15/text_encoder", &device, DType::F32, None)?;
+//! let prompt = tokenizer.encode("a photo of a cat")?;
+//! if prompt.dropped_tokens > 0 {
+//!     eprintln!("truncated: {}", prompt.dropped_text);
+//! }
+//! let out = encoder.encode(&[prompt.ids], &device)?;
+//! let context = out.last_hidden_state; // [1, 77, 768]
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod model;
+pub mod tokenizer;
+
+pub use config::{Activation, ClipArchitecture, ClipTextConfig, ResolvedClipConfig};
+pub use error::{TextEncoderError, TokenizerError};
+pub use model::{ClipTextModel, ClipTextOutput};
+pub use tokenizer::{ClipTokenizer, TokenizedPrompt};

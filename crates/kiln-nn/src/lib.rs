@@ -11,6 +11,7 @@ pub mod embeddings;
 pub mod load;
 pub mod resnet;
 pub mod sampling;
+pub mod testing;
 
 pub use attention::{Attention, AttentionConfig};
 pub use embeddings::{timestep_embedding, TimestepEmbedding, TimestepEmbeddingConfig};

@@ -12,6 +12,7 @@ pub mod embeddings;
 pub mod load;
 pub mod resnet;
 pub mod sampling;
+pub mod testing;
 pub mod transformer;
 
 pub use attention::{Attention, AttentionConfig};

@@ -1,1 +1,27 @@
+//! # kiln
+//!
+//! Stable Diffusion-family image generation in Rust, on burn: the facade over kiln's crates.
+//!
+//! - [`pipeline`]: text-to-image pipelines (`StableDiffusion::load` + `txt2img`) and the
+//!   torch-compatible seed generator;
+//! - [`scheduler`]: diffusers' samplers;
+//! - [`unet`], [`vae`], [`text_encoder`], [`nn`]: the models and their layers.
+//!
+//! ```no_run
+//! use kiln::burn::tensor::{DType, Device};
+//! use kiln::pipeline::{StableDiffusion, Txt2ImgOptions};
+//!
+//! let device = Device::flex();
+//! let pipe = StableDiffusion::load("assets/fixtures/models/sd1".as_ref(), &device, DType::F32, None)?;
+//! let options = Txt2ImgOptions { prompt: "a red circle".into(), width: 64, height: 64, num_inference_steps: 10, ..Default::default() };
+//! let images = pipe.txt2img(&options, &mut |_, _| true)?;
+//! # Ok::<(), kiln::pipeline::PipelineError>(())
+//! ```
+
+pub use burn;
+pub use kiln_nn as nn;
+pub use kiln_pipeline as pipeline;
 pub use kiln_scheduler as scheduler;
+pub use kiln_text_encoder as text_encoder;
+pub use kiln_unet as unet;
+pub use kiln_vae as vae;

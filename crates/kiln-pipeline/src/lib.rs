@@ -7,5 +7,7 @@
 //! the stochastic samplers take.
 
 pub mod rng;
+pub mod stable_diffusion;
 
 pub use rng::{NoiseDtype, NormalKernel, TorchGenerator};
+pub use stable_diffusion::{PipelineError, StableDiffusion, StepInfo, Txt2ImgOptions};

@@ -197,7 +197,6 @@ impl HubConfig {
     /// `HF_TOKEN_PATH`, else `$HF_HOME/token`.
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        #[allow(deprecated)] // not deprecated any more since Rust 1.86; kept quiet for older lints
         let home = std::env::home_dir().unwrap_or_else(|| PathBuf::from("."));
         let expand = |v: String| match v.strip_prefix("~/") {
             Some(rest) => home.join(rest),
@@ -245,7 +244,9 @@ impl ModelSource {
         if path.exists() {
             return Ok(ModelSource::Local(path.to_path_buf()));
         }
-        let looks_like_path = spec.starts_with(['/', '.', '~']) || spec.contains('\\') || spec.matches('/').count() != 1;
+        // (a revision may hold `/`, e.g. `refs/pr/1`; the repo part has exactly one)
+        let repo_part = spec.split('@').next().unwrap_or_default();
+        let looks_like_path = spec.starts_with(['/', '.', '~']) || spec.contains('\\') || repo_part.matches('/').count() != 1;
         match HubId::parse(spec) {
             Some(id) if !looks_like_path => Ok(ModelSource::Hub(id)),
             _ if spec.contains(['/', '\\']) || spec.starts_with(['.', '~']) => Err(ModelError::NotFound(path.into())),
@@ -439,7 +440,7 @@ pub fn cached_snapshot(cache_dir: &Path, id: &HubId, offline: bool) -> Result<Pa
         }
     };
     let snapshot = repo_dir.join("snapshots").join(&commit);
-    if !is_commit_hash(&commit) && commit.contains(['/', '\\']) || !snapshot.is_dir() {
+    if (!is_commit_hash(&commit) && commit.contains(['/', '\\'])) || !snapshot.is_dir() {
         return Err(not_in_cache(format!("revision `{rev}` points at commit {commit}, whose snapshot folder is missing")));
     }
     Ok(snapshot)
@@ -551,6 +552,10 @@ impl ModelIndex {
             }
             _ => false,
         };
+        // The SDXL refiner's conditioning (aesthetic scores in the time ids) is not implemented.
+        if let Some(Value::Bool(true)) = map.get("requires_aesthetics_score") {
+            return Err(bad("`requires_aesthetics_score: true` (SDXL refiner conditioning) is not supported".into()));
+        }
         let mut entries = Vec::new();
         for (key, v) in map {
             if key.starts_with('_') {
@@ -955,6 +960,10 @@ mod tests {
         assert!(matches!(ModelSource::parse("./no/such/dir"), Err(ModelError::NotFound(_))));
         assert!(matches!(ModelSource::parse("nosuchthing"), Err(ModelError::NotAModel(_))));
         assert!(matches!(ModelSource::parse("org/name@v1"), Ok(ModelSource::Hub(_))));
+        assert_eq!(
+            ModelSource::parse("org/name@refs/pr/1").unwrap(),
+            ModelSource::Hub(HubId { repo: "org/name".into(), revision: Some("refs/pr/1".into()) })
+        );
     }
 
     #[test]
@@ -967,5 +976,9 @@ mod tests {
         assert!(parse(r#"{"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": "yes"}"#)
             .contains("`force_zeros_for_empty_prompt` must be true or false"));
         assert!(parse(r#"{"_class_name": "StableDiffusionPipeline", "unet": "UNet2DConditionModel"}"#).contains("`unet` must be [library, class]"));
+        assert_eq!(
+            parse(r#"{"_class_name": "StableDiffusionXLImg2ImgPipeline", "requires_aesthetics_score": true}"#),
+            "m/model_index.json: `requires_aesthetics_score: true` (SDXL refiner conditioning) is not supported"
+        );
     }
 }

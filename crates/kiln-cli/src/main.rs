@@ -19,6 +19,20 @@ struct Cli {
 enum Command {
     /// Print the timesteps and sigmas a sampler uses for a model's scheduler config.
     Schedule(ScheduleArgs),
+    /// Describe a PNG (its generation parameters), a model folder or Hub id in the cache
+    /// (pipeline, components, dtypes, parameter counts), a component folder or a safetensors file.
+    Info(InfoArgs),
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    /// A PNG, a diffusers model folder, a Hub id (org/name[@revision], from the Hub cache only),
+    /// a component folder or a .safetensors file.
+    #[arg(value_name = "PATH")]
+    path: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -50,6 +64,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Schedule(args) => schedule(args),
+        Command::Info(args) => info(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,4 +128,19 @@ fn schedule(args: ScheduleArgs) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn info(args: InfoArgs) -> Result<(), String> {
+    use kiln_pipeline::info::{inspect, Info};
+    let info = inspect(&args.path, &kiln_pipeline::HubConfig::from_env()).map_err(|e| e.to_string())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info).map_err(|e| e.to_string())?);
+    } else {
+        print!("{info}");
+    }
+    match &info {
+        // A model kiln cannot run: the summary above, then the reason, and a failure status.
+        Info::Model(m) => m.problem.clone().map_or(Ok(()), Err),
+        _ => Ok(()),
+    }
 }

@@ -1,0 +1,460 @@
+//! `kiln info PATH`: what a PNG, a model folder (or a Hub id in the cache), a component folder or
+//! a safetensors file holds — read from configs and safetensors headers only, never loading
+//! weights.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::model::{cached_snapshot, HubConfig, HubId, ModelError, ModelFolder, PipelineKind, ResolveOptions};
+use crate::png::{self, GenerationParams, PngError};
+
+/// Why `kiln info` could not describe its argument.
+#[derive(Debug, Error)]
+pub enum InfoError {
+    #[error("no such file or folder: {0}")]
+    NotFound(PathBuf),
+    #[error("no such file or folder: {path}; as a Hub id: {hub}")]
+    NotFoundAnywhere { path: PathBuf, hub: ModelError },
+    #[error(transparent)]
+    Png(#[from] PngError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{path} is not a valid safetensors file (corrupt or truncated?): {message}")]
+    Safetensors { path: PathBuf, message: String },
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0} is not a PNG image, a safetensors file or a diffusers model folder")]
+    Unrecognized(PathBuf),
+    #[error("{0} is a folder without model_index.json or config.json: not a diffusers model or component folder")]
+    NotAModelFolder(PathBuf),
+}
+
+/// What `kiln info` found.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Info {
+    /// A PNG with generation parameters.
+    Png {
+        path: PathBuf,
+        /// The raw `parameters` text.
+        parameters: String,
+        /// The parsed fields; `None` when the text is not in A1111's layout (see `parse_error`).
+        parsed: Option<GenerationParams>,
+        parse_error: Option<String>,
+    },
+    Model(ModelSummary),
+    Component(ComponentSummary),
+    Safetensors(WeightsSummary),
+}
+
+/// A model folder: its pipeline, components, and whether kiln can run it.
+#[derive(Debug, Serialize)]
+pub struct ModelSummary {
+    pub path: PathBuf,
+    /// The Hub id, for a model found in the Hub cache.
+    pub hub_id: Option<String>,
+    pub class_name: String,
+    /// `None` for pipeline classes kiln does not run.
+    pub kind: Option<PipelineKind>,
+    /// SDXL's `force_zeros_for_empty_prompt` (as kiln will apply it).
+    pub force_zeros_for_empty_prompt: Option<bool>,
+    pub components: Vec<ComponentSummary>,
+    /// Sum over the components' default weight files (the non-variant ones where both exist).
+    pub parameters: u64,
+    /// `None` when every component the pipeline needs is present, else the error `--model` would
+    /// report.
+    pub problem: Option<String>,
+}
+
+/// One component folder.
+#[derive(Debug, Serialize)]
+pub struct ComponentSummary {
+    pub name: String,
+    /// From `model_index.json` (`[library, class]`), else the config's `_class_name` /
+    /// `architectures`.
+    pub class_name: String,
+    pub dir: PathBuf,
+    /// Whether kiln's pipeline uses it (safety checker, feature extractor: no).
+    pub used: bool,
+    /// Key sizes from its config, in a fixed order.
+    pub config: Vec<(String, Value)>,
+    /// Every `*.safetensors` file in the folder.
+    pub weights: Vec<WeightsSummary>,
+    /// Other files (tokenizer files, pickle weights, ...).
+    pub other_files: Vec<String>,
+}
+
+/// A safetensors file, from its header.
+#[derive(Debug, Clone, Serialize)]
+pub struct WeightsSummary {
+    pub path: PathBuf,
+    pub file_bytes: u64,
+    pub tensors: usize,
+    pub parameters: u64,
+    /// Parameter count per dtype (`F16`, `F32`, ...).
+    pub dtypes: BTreeMap<String, u64>,
+    /// `__metadata__` (e.g. `{"format": "pt"}`).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Describes `arg`: a PNG, a safetensors file, a model or component folder, or a Hub id found in
+/// `hub.cache_dir` (never downloads).
+pub fn inspect(arg: &str, hub: &HubConfig) -> Result<Info, InfoError> {
+    let path = Path::new(arg);
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(_) => {
+            return match HubId::parse(arg) {
+                Some(id) if !arg.starts_with(['.', '/', '~']) => {
+                    let snapshot = cached_snapshot(&hub.cache_dir, &id, false)
+                        .map_err(|hub| InfoError::NotFoundAnywhere { path: path.into(), hub })?;
+                    let mut summary = summarize_model(&snapshot)?;
+                    summary.hub_id = Some(id.to_string());
+                    Ok(Info::Model(summary))
+                }
+                _ => Err(InfoError::NotFound(path.into())),
+            };
+        }
+    };
+    if meta.is_dir() {
+        if path.join("model_index.json").is_file() {
+            return Ok(Info::Model(summarize_model(path)?));
+        }
+        if path.join("config.json").is_file() || path.join("scheduler_config.json").is_file() {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            return Ok(Info::Component(summarize_component(path, &name, None, true)?));
+        }
+        return Err(InfoError::NotAModelFolder(path.into()));
+    }
+    if png::is_png(path)? {
+        let parameters = png::read_parameters(path)?.ok_or_else(|| PngError::NoParameters(path.into()))?;
+        let (parsed, parse_error) = match GenerationParams::parse(&parameters) {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        return Ok(Info::Png { path: path.into(), parameters, parsed, parse_error });
+    }
+    let is_safetensors_name = path.extension().is_some_and(|e| e == "safetensors");
+    match read_weights_summary(path) {
+        Ok(w) => Ok(Info::Safetensors(w)),
+        Err(e) if is_safetensors_name => Err(e),
+        Err(_) if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) => Err(PngError::NotPng(path.into()).into()),
+        Err(_) => Err(InfoError::Unrecognized(path.into())),
+    }
+}
+
+fn read_json(path: &Path) -> Result<Value, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.into(), source })?;
+    serde_json::from_str(&text).map_err(|source| ModelError::Json { path: path.into(), source })
+}
+
+/// Summarises a folder with `model_index.json`, listing every component it names (also broken or
+/// unused ones) and checking it as `--model` would.
+pub fn summarize_model(root: &Path) -> Result<ModelSummary, InfoError> {
+    let index_path = root.join("model_index.json");
+    let index = read_json(&index_path)?;
+    let map = index.as_object().ok_or_else(|| ModelError::BadIndex {
+        path: index_path.display().to_string(),
+        message: "not a JSON object".into(),
+    })?;
+    let class_name = map.get("_class_name").and_then(Value::as_str).unwrap_or("?").to_string();
+    let kind = PipelineKind::from_class_name(&class_name);
+    let required = kind.map(PipelineKind::required_components).unwrap_or(&[]);
+    let mut components = Vec::new();
+    for (name, v) in map {
+        if let Some([Value::String(_lib), Value::String(class)]) = v.as_array().map(Vec::as_slice) {
+            let used = required.contains(&name.as_str());
+            components.push(summarize_component(&root.join(name), name, Some(class), used)?);
+        }
+    }
+    let check = ModelFolder::open(root, &ResolveOptions::default());
+    let force_zeros = check.as_ref().ok().filter(|m| m.kind == PipelineKind::StableDiffusionXL).map(|m| m.force_zeros_for_empty_prompt);
+    let parameters = components
+        .iter()
+        .filter(|c| c.used)
+        .filter_map(|c| c.weights.iter().find(|w| !is_variant(&w.path)).or(c.weights.first()))
+        .map(|w| w.parameters)
+        .sum();
+    Ok(ModelSummary {
+        path: root.into(),
+        hub_id: None,
+        class_name,
+        kind,
+        force_zeros_for_empty_prompt: force_zeros,
+        components,
+        parameters,
+        problem: check.err().map(|e| e.to_string()),
+    })
+}
+
+fn is_variant(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n.to_string_lossy().matches('.').count() > 1)
+}
+
+/// The config keys worth showing, by component class.
+fn summary_keys(class: &str) -> &'static [&'static str] {
+    match class {
+        c if c.starts_with("UNet") => &[
+            "sample_size",
+            "in_channels",
+            "out_channels",
+            "block_out_channels",
+            "layers_per_block",
+            "cross_attention_dim",
+            "attention_head_dim",
+            "transformer_layers_per_block",
+            "use_linear_projection",
+            "upcast_attention",
+            "addition_embed_type",
+            "projection_class_embeddings_input_dim",
+        ],
+        c if c.starts_with("Autoencoder") => {
+            &["sample_size", "in_channels", "latent_channels", "block_out_channels", "layers_per_block", "scaling_factor", "force_upcast"]
+        }
+        c if c.contains("Projection") => &[
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "hidden_act",
+            "max_position_embeddings",
+            "vocab_size",
+            "projection_dim",
+        ],
+        c if c.starts_with("CLIPText") => &[
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "hidden_act",
+            "max_position_embeddings",
+            "vocab_size",
+        ],
+        c if c.contains("Tokenizer") => &["model_max_length", "pad_token", "tokenizer_class"],
+        c if c.ends_with("Scheduler") => &[
+            "num_train_timesteps",
+            "beta_schedule",
+            "beta_start",
+            "beta_end",
+            "prediction_type",
+            "timestep_spacing",
+            "steps_offset",
+        ],
+        _ => &[],
+    }
+}
+
+/// Summarises one component folder (which may be missing: then it lists nothing).
+pub fn summarize_component(dir: &Path, name: &str, class: Option<&str>, used: bool) -> Result<ComponentSummary, InfoError> {
+    let config_path = ["config.json", "scheduler_config.json", "tokenizer_config.json"].iter().map(|f| dir.join(f)).find(|p| p.is_file());
+    let config = match &config_path {
+        Some(p) => Some(read_json(p)?),
+        None => None,
+    };
+    let class_name = class
+        .map(str::to_string)
+        .or_else(|| config.as_ref().and_then(|c| c.get("_class_name")).and_then(Value::as_str).map(str::to_string))
+        .or_else(|| config.as_ref().and_then(|c| c.pointer("/architectures/0")).and_then(Value::as_str).map(str::to_string))
+        .or_else(|| config.as_ref().and_then(|c| c.get("tokenizer_class")).and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| "?".into());
+    let config_summary = match &config {
+        Some(c) => summary_keys(&class_name)
+            .iter()
+            .filter_map(|k| c.get(*k).filter(|v| !v.is_null()).map(|v| (k.to_string(), v.clone())))
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut weights = Vec::new();
+    let mut other_files = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut names: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_file()).collect();
+        names.sort();
+        for p in names {
+            let file = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            if file.ends_with(".safetensors") {
+                weights.push(read_weights_summary(&p)?);
+            } else if Some(&p) != config_path.as_ref() {
+                other_files.push(file);
+            }
+        }
+    }
+    Ok(ComponentSummary { name: name.into(), class_name, dir: dir.into(), used, config: config_summary, weights, other_files })
+}
+
+/// Bytes per element of the safetensors dtypes.
+fn dtype_size(dtype: &str) -> Option<u64> {
+    Some(match dtype {
+        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" => 1,
+        "I16" | "U16" | "F16" | "BF16" => 2,
+        "I32" | "U32" | "F32" => 4,
+        "I64" | "U64" | "F64" => 8,
+        _ => return None,
+    })
+}
+
+/// Reads a safetensors header (8-byte little-endian length, then JSON) and checks every tensor's
+/// offsets against the file, without reading the data.
+pub fn read_weights_summary(path: &Path) -> Result<WeightsSummary, InfoError> {
+    let bad = |message: String| InfoError::Safetensors { path: path.into(), message };
+    let io_err = |source| InfoError::Io { path: path.into(), source };
+    let mut file = File::open(path).map_err(io_err)?;
+    let file_bytes = file.seek(SeekFrom::End(0)).map_err(io_err)?;
+    file.seek(SeekFrom::Start(0)).map_err(io_err)?;
+    if file_bytes < 8 {
+        return Err(bad(format!("{file_bytes} bytes, shorter than the 8-byte header length")));
+    }
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(io_err)?;
+    let header_len = u64::from_le_bytes(len);
+    // safetensors caps headers at 100 MB
+    if header_len > 100_000_000 || 8 + header_len > file_bytes {
+        return Err(bad(format!("header length {header_len} does not fit the file ({file_bytes} bytes)")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(io_err)?;
+    let header: Value = serde_json::from_slice(&header).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+    let map = header.as_object().ok_or_else(|| bad("header is not a JSON object".into()))?;
+    let data_bytes = file_bytes - 8 - header_len;
+    let mut summary = WeightsSummary {
+        path: path.into(),
+        file_bytes,
+        tensors: 0,
+        parameters: 0,
+        dtypes: BTreeMap::new(),
+        metadata: BTreeMap::new(),
+    };
+    for (name, entry) in map {
+        if name == "__metadata__" {
+            if let Some(m) = entry.as_object() {
+                for (k, v) in m {
+                    summary.metadata.insert(k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
+                }
+            }
+            continue;
+        }
+        let tensor_err = |what: &str| bad(format!("tensor `{name}`: {what}"));
+        let dtype = entry.get("dtype").and_then(Value::as_str).ok_or_else(|| tensor_err("no dtype"))?;
+        let shape = entry
+            .get("shape")
+            .and_then(Value::as_array)
+            .and_then(|s| s.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
+            .ok_or_else(|| tensor_err("no valid shape"))?;
+        let offsets = entry
+            .get("data_offsets")
+            .and_then(Value::as_array)
+            .and_then(|o| o.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
+            .filter(|o| o.len() == 2)
+            .ok_or_else(|| tensor_err("no valid data_offsets"))?;
+        let numel = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(|| tensor_err("shape overflows"))?;
+        let (begin, end) = (offsets[0], offsets[1]);
+        if begin > end || end > data_bytes {
+            return Err(tensor_err(&format!("data_offsets [{begin}, {end}] lie outside the {data_bytes} data bytes (truncated file?)")));
+        }
+        if let Some(size) = dtype_size(dtype) {
+            if numel.checked_mul(size) != Some(end - begin) {
+                return Err(tensor_err(&format!("{dtype} {shape:?} needs {} bytes, data_offsets give {}", numel * size, end - begin)));
+            }
+        }
+        summary.tensors += 1;
+        summary.parameters += numel;
+        *summary.dtypes.entry(dtype.to_string()).or_default() += numel;
+    }
+    Ok(summary)
+}
+
+// ---- text output -------------------------------------------------------------------------------
+
+/// `1234567` → `1.23M`.
+pub fn human_count(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+/// `3_500_000` → `3.3 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+}
+
+impl fmt::Display for WeightsSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dtypes = self.dtypes.keys().cloned().collect::<Vec<_>>().join("+");
+        let dtypes = if dtypes.is_empty() { "empty".to_string() } else { dtypes };
+        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
+        write!(f, "{name}: {dtypes}, {} tensors, {} parameters, {}", self.tensors, human_count(self.parameters), human_bytes(self.file_bytes))
+    }
+}
+
+fn write_component(f: &mut fmt::Formatter<'_>, c: &ComponentSummary, indent: &str) -> fmt::Result {
+    let unused = if c.used { "" } else { "  (not used by kiln)" };
+    writeln!(f, "{indent}{:<15} {}{unused}", c.name, c.class_name)?;
+    if !c.config.is_empty() {
+        let cfg = c.config.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+        writeln!(f, "{indent}    {cfg}")?;
+    }
+    for w in &c.weights {
+        writeln!(f, "{indent}    {w}")?;
+    }
+    if !c.other_files.is_empty() {
+        writeln!(f, "{indent}    files: {}", c.other_files.join(", "))?;
+    }
+    if !c.dir.is_dir() {
+        writeln!(f, "{indent}    (folder missing)")?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for Info {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Info::Png { parameters, parse_error, .. } => {
+                writeln!(f, "{parameters}")?;
+                if let Some(e) = parse_error {
+                    writeln!(f, "(not in A1111's layout: {e})")?;
+                }
+                Ok(())
+            }
+            Info::Safetensors(w) => writeln!(f, "{w}"),
+            Info::Component(c) => write_component(f, c, ""),
+            Info::Model(m) => {
+                match &m.hub_id {
+                    Some(id) => writeln!(f, "model: {id} ({})", m.path.display())?,
+                    None => writeln!(f, "model: {}", m.path.display())?,
+                }
+                match m.kind {
+                    Some(kind) => writeln!(f, "pipeline: {} ({kind})", m.class_name)?,
+                    None => writeln!(f, "pipeline: {} (not supported by kiln)", m.class_name)?,
+                }
+                if let Some(z) = m.force_zeros_for_empty_prompt {
+                    writeln!(f, "force_zeros_for_empty_prompt: {z}")?;
+                }
+                writeln!(f, "components:")?;
+                for c in &m.components {
+                    write_component(f, c, "  ")?;
+                }
+                writeln!(f, "parameters: {} ({})", human_count(m.parameters), m.parameters)?;
+                match &m.problem {
+                    None => writeln!(f, "check: ok"),
+                    Some(e) => writeln!(f, "check: FAILED: {e}"),
+                }
+            }
+        }
+    }
+}

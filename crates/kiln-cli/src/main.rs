@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+
+mod generate;
 use kiln::scheduler::{SamplerName, SchedulerClass, SchedulerConfig, StepOptions};
 use serde_json::{json, Value};
 
@@ -17,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate images from a prompt (text-to-image; SD 1.x / 2.x models).
+    Generate(generate::GenerateArgs),
     /// Print the timesteps and sigmas a sampler uses for a model's scheduler config.
     Schedule(ScheduleArgs),
     /// Describe a PNG (its generation parameters), a model folder or Hub id in the cache
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Generate(args) => generate::generate(args),
         Command::Schedule(args) => schedule(args),
         Command::Info(args) => info(args),
     };

@@ -124,11 +124,12 @@ impl StableDiffusion {
         Ok(Self { tokenizer, text_encoder, unet, vae, scheduler_config, device: device.clone() })
     }
 
-    /// `check_inputs`: sizes a multiple of 8 (the VAE's factor), at least one step, guidance ≥ 0.
+    /// `check_inputs`: sizes a multiple of 8 (diffusers checks `% 8` whatever the VAE's factor)
+    /// and of the VAE's factor, at least one step, guidance ≥ 0.
     pub fn check_inputs(&self, o: &Txt2ImgOptions) -> Result<(), PipelineError> {
-        let f = self.vae.downsample_factor();
+        let f = self.vae.downsample_factor().max(8);
         for (what, v) in [("width", o.width), ("height", o.height)] {
-            if v == 0 || v % f != 0 {
+            if v == 0 || v % 8 != 0 || v % f != 0 {
                 return Err(PipelineError::Input { what, value: v.to_string(), allowed: format!("a positive multiple of {f}") });
             }
         }

@@ -11,9 +11,9 @@ use crate::config::SchedulerConfig;
 use crate::ddim::SampleClip;
 use crate::error::{Result, SchedulerError};
 use crate::euler::{PredictionType, TimestepSpacing};
-use crate::schedule::{f32r, np_interp, BetaConfig, SigmaBounds, SigmaSpacing};
+use crate::schedule::{f32r, np_interp, np_log_f32, BetaConfig, SigmaBounds, SigmaSpacing};
 use crate::unipc::{
-    alpha_sigma_f32, multistep_timesteps, np_log_f32, spaced_timesteps, torch_exp_f32, torch_log_f32,
+    alpha_sigma_f32, multistep_timesteps, spaced_timesteps, torch_exp_f32, torch_log_f32,
     train_sigmas_and_logs,
 };
 use crate::{check_steps, NoiseSource, Scheduler, SchedulerClass, StepOptions};

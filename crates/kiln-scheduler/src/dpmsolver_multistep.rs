@@ -17,7 +17,8 @@ use crate::ddim::SampleClip;
 use crate::error::{Result, SchedulerError};
 use crate::euler::TimestepSpacing;
 use crate::schedule::{
-    f32r, np_arange_f64, np_interp, np_linspace, np_round, sigma_to_t, sigmas_from_alphas_cumprod, BetaConfig,
+    f32r, np_arange_f64, np_interp, np_linspace, np_log_f32, np_round, sigma_to_t, sigmas_from_alphas_cumprod,
+    BetaConfig,
     SigmaBounds, SigmaSpacing,
 };
 use crate::{check_steps, noise_like, NoiseSource, Scheduler, SchedulerClass, StepOptions};
@@ -230,7 +231,7 @@ impl DpmConfig {
     ) -> Result<(Vec<f64>, Vec<f64>)> {
         let train_sigmas = sigmas_from_alphas_cumprod(alphas_cumprod);
         // np.log of the float32 σ array stays float32
-        let log_sigmas: Vec<f64> = train_sigmas.iter().map(|&s| (s as f32).ln() as f64).collect();
+        let log_sigmas: Vec<f64> = train_sigmas.iter().map(|&s| np_log_f32(s as f32) as f64).collect();
         let flipped: Vec<f64> = train_sigmas.iter().rev().copied().collect();
         let to_t = |sigmas: &[f64]| -> Vec<f64> { sigmas.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect() };
         let (timesteps, mut sigmas) = match self.spacing {

@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 use crate::config::SchedulerConfig;
 use crate::error::{Result, SchedulerError};
 use crate::schedule::{
-    f32r, np_arange_f64, np_interp, np_linspace, np_round, sigma_to_t, sigmas_from_alphas_cumprod,
+    f32r, np_arange_f64, np_interp, np_linspace, np_log_f32, np_round, sigma_to_t, sigmas_from_alphas_cumprod,
     torch_linspace_f32, BetaConfig, SigmaBounds, SigmaSpacing,
 };
 use crate::tensor::{k_scale_model_input};
@@ -108,7 +108,7 @@ impl EulerScheduler {
         }
         let train_sigmas = sigmas_from_alphas_cumprod(&alphas_cumprod);
         // np.log of a float32 array stays float32
-        let log_sigmas: Vec<f64> = train_sigmas.iter().map(|&s| (s as f32).ln() as f64).collect();
+        let log_sigmas: Vec<f64> = train_sigmas.iter().map(|&s| np_log_f32(s as f32) as f64).collect();
 
         let mut timesteps = k_timesteps(spacing, betas.num_train_timesteps, n, steps_offset);
         let mut sigmas: Vec<f64> = if interpolation == "linear" {

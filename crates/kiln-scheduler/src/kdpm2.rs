@@ -16,8 +16,8 @@ use crate::error::{Result, SchedulerError};
 use crate::euler::{PredictionType, TimestepSpacing};
 use crate::euler_ancestral::ancestral_sigmas_f32;
 use crate::heun::interleave;
-use crate::lms::{k_init_noise_sigma, k_sigma_schedule, np_log_f32};
-use crate::schedule::{BetaConfig, SigmaSpacing, f32r, np_round};
+use crate::lms::{k_init_noise_sigma, k_sigma_schedule};
+use crate::schedule::{BetaConfig, SigmaSpacing, f32r, np_log_f32, np_round};
 use crate::tensor::{k_scale_model_input, k_pred_original_sample};
 use crate::{NoiseSource, Scheduler, SchedulerClass, StepOptions, check_steps, noise_like};
 

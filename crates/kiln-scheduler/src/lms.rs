@@ -14,73 +14,10 @@ use burn::tensor::Tensor;
 use crate::config::SchedulerConfig;
 use crate::error::{Result, SchedulerError};
 use crate::euler::{PredictionType, TimestepSpacing, k_timesteps};
-use crate::schedule::{BetaConfig, SigmaBounds, SigmaSpacing, f32r, np_interp, sigma_to_t, sigmas_from_alphas_cumprod};
+use crate::schedule::{BetaConfig, SigmaBounds, SigmaSpacing, f32r, np_interp, np_log_f32, sigma_to_t, sigmas_from_alphas_cumprod};
 use crate::tensor::{k_scale_model_input, k_pred_original_sample};
 use crate::{NoiseSource, Scheduler, SchedulerClass, StepOptions, check_steps};
 
-/// `numpy.log` of a float32 value, bit for bit.
-///
-/// numpy (x86-64 with AVX2+FMA3 or AVX512F, `loops_exponent_log.dispatch.c.src::simd_log_FLOAT`)
-/// does not call libm for float32 `log`: it splits x = m·2^e with m in (√½, √2], and evaluates
-/// ln(m) as a degree-5/degree-5 rational function of m − 1 (Remez, coefficients from numpy's
-/// `npy_simd_data.h`) with fused multiply-adds, then adds e·ln 2 with one more FMA. That is up to
-/// ~4 ulp off the correctly rounded log (≈19% of the 1000 float32 training sigmas of SD 1.5 differ
-/// by an ulp), and `_sigma_to_t` amplifies an ulp of log σ to ~2 ulp of a fractional timestep
-/// near t = 800, more than the parity tolerance; so diffusers' `np.log(float32 array)` is
-/// reproduced with the same algorithm. (Checked equal to numpy 2.4 for every training sigma of
-/// the linear, scaled-linear and cosine schedules.)
-pub fn np_log_f32(x: f32) -> f32 {
-    const P: [f32; 6] = [
-        0.0,
-        9.999999999999998702752e-01,
-        2.112677543073053063722e+00,
-        1.480000633576506585156e+00,
-        3.808837741388407920751e-01,
-        2.589979117907922693523e-02,
-    ];
-    const Q: [f32; 6] = [
-        1.0,
-        2.612677543073109236779e+00,
-        2.453006071784736363091e+00,
-        9.864942958519418960339e-01,
-        1.546476374983906719538e-01,
-        5.875095403124574342950e-03,
-    ];
-    const LN2: f32 = std::f32::consts::LN_2;
-    const SQRT1_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
-    if x.is_nan() {
-        return x;
-    }
-    if x < 0.0 {
-        return f32::NAN;
-    }
-    if x == 0.0 {
-        return f32::NEG_INFINITY;
-    }
-    if x == f32::INFINITY {
-        return x;
-    }
-    // subnormals: scale by 2^100 first (exact), take 100 off the exponent
-    let (x, bias) = if x < f32::MIN_POSITIVE { (x * 2f32.powi(100), 100.0) } else { (x, 0.0) };
-    let bits = x.to_bits();
-    // x = m · 2^e with m in [0.5, 1)
-    let mut e = ((bits >> 23) & 0xff) as f32 - 126.0 - bias;
-    let mut m = f32::from_bits((bits & 0x007f_ffff) | (126 << 23));
-    if m <= SQRT1_2 {
-        m = m + m;
-        e -= 1.0;
-    }
-    let m = m - 1.0;
-    let mut num = P[5].mul_add(m, P[4]);
-    for &c in P[..4].iter().rev() {
-        num = num.mul_add(m, c);
-    }
-    let mut den = Q[5].mul_add(m, Q[4]);
-    for &c in Q[..4].iter().rev() {
-        den = den.mul_add(m, c);
-    }
-    e.mul_add(LN2, num / den)
-}
 
 /// The σ schedule of the k-diffusion samplers before their per-class post-processing
 /// (`set_timesteps` of LMS/Heun/KDPM2): timesteps by `timestep_spacing`,

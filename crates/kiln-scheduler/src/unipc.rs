@@ -14,7 +14,7 @@ use crate::ddim::SampleClip;
 use crate::error::{Result, SchedulerError};
 use crate::euler::{PredictionType, TimestepSpacing};
 use crate::schedule::{
-    f32r, np_arange_f64, np_interp, np_linspace, np_round, sigma_to_t, BetaConfig,
+    f32r, np_arange_f64, np_interp, np_linspace, np_log_f32, np_round, sigma_to_t, BetaConfig,
     SigmaBounds, SigmaSpacing,
 };
 use crate::{check_steps, NoiseSource, Scheduler, SchedulerClass, StepOptions};
@@ -62,66 +62,6 @@ pub(crate) fn spaced_timesteps(kind: SigmaSpacing, sigmas: &[f64], log_sigmas: &
         .collect()
 }
 
-/// `np.log` of a float32 value: numpy's own SIMD kernel (`simd_log_FLOAT` in
-/// `numpy/_core/src/umath/loops_exponent_log.dispatch.c.src`, AVX2-FMA3/AVX512F, which numpy runs
-/// for float32 on every x86-64 CPU with AVX2), transcribed for one lane. It is not correctly
-/// rounded (up to 3.8 ulp) and differs from libm's `logf` on about a fifth of all inputs; the
-/// samplers that call `np.log` on float32 values (`log_sigmas` for `_sigma_to_t`, DEIS' `ind_fn`)
-/// need its exact bits where differences of logs cancel.
-pub fn np_log_f32(x: f32) -> f32 {
-    const SQRT1_2: f32 = f32::from_bits(0x3F35_04F3); // NPY_SQRT1_2f
-    const LOGE2: f32 = f32::from_bits(0x3F31_7218); // NPY_LOGE2f
-    // NPY_COEFF_P*_LOGf / NPY_COEFF_Q*_LOGf (npy_simd_data.h), rounded to float like the C literals
-    const P: [f32; 6] = [
-        0.0,
-        9.999999999999998702752e-01,
-        2.112677543073053063722e+00,
-        1.480000633576506585156e+00,
-        3.808837741388407920751e-01,
-        2.589979117907922693523e-02,
-    ];
-    const Q: [f32; 6] = [
-        1.0,
-        2.612677543073109236779e+00,
-        2.453006071784736363091e+00,
-        9.864942958519418960339e-01,
-        1.546476374983906719538e-01,
-        5.875095403124574342950e-03,
-    ];
-    if x.is_nan() {
-        return x;
-    }
-    if x < 0.0 {
-        return -f32::NAN;
-    }
-    if x == 0.0 {
-        return f32::NEG_INFINITY;
-    }
-    if x == f32::INFINITY {
-        return f32::INFINITY;
-    }
-    // exponent and mantissa in [0.5, 1); denormals are scaled by 2^100 first
-    let (v, bias) = if x < f32::MIN_POSITIVE { (x * f32::from_bits(0x7180_0000), 100.0) } else { (x, 0.0) };
-    let bits = v.to_bits();
-    let mut exponent = ((bits >> 23) as i32 - 0x7E) as f32 - bias;
-    let mut m = f32::from_bits((bits & 0x007F_FFFF) | (126 << 23));
-    if m <= SQRT1_2 {
-        m = m + m;
-        exponent -= 1.0;
-    }
-    let y = m - 1.0;
-    let mut num = P[5].mul_add(y, P[4]);
-    num = num.mul_add(y, P[3]);
-    num = num.mul_add(y, P[2]);
-    num = num.mul_add(y, P[1]);
-    num = num.mul_add(y, P[0]);
-    let mut den = Q[5].mul_add(y, Q[4]);
-    den = den.mul_add(y, Q[3]);
-    den = den.mul_add(y, Q[2]);
-    den = den.mul_add(y, Q[1]);
-    den = den.mul_add(y, Q[0]);
-    exponent.mul_add(LOGE2, num / den)
-}
 
 /// `torch.sqrt` (and `** 0.5`) of a float32 tensor on the CPU. torch hands float32 square roots to
 /// MKL's vector math (`vsSqrt`, high-accuracy mode), which is *not* correctly rounded: its AVX-512

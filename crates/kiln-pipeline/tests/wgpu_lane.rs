@@ -1,0 +1,65 @@
+//! The wgpu lane end to end: the tiny SD1 pipeline (CLIP, UNet, VAE, scheduler) runs on burn's
+//! wgpu runtime (Mesa's llvmpipe through OpenGL on CI, see `kiln_nn::testing`) and must give
+//! diffusers' picture for the same arguments (scripts/fixtures/pipelines.py, cases 0 and 1) within
+//! the same 2 levels as on flex. Skips, saying why, only where no adapter exists.
+
+use std::path::PathBuf;
+
+use burn::tensor::DType;
+use kiln_pipeline::{StableDiffusion, Txt2ImgOptions};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn read_png(path: &PathBuf) -> Vec<u8> {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    buf
+}
+
+#[test]
+fn txt2img_on_the_wgpu_lane_matches_diffusers() {
+    let Some(device) = kiln_nn::testing::wgpu_lane_device() else { return };
+    let pipe = StableDiffusion::load(&root().join("assets/fixtures/models/sd1"), &device, DType::F32, None).unwrap();
+    // case 0: PNDM (the model's scheduler), CFG 7.5; case 1: Euler a with a negative prompt
+    for (file, options) in [
+        (
+            "case00-0.png",
+            Txt2ImgOptions {
+                prompt: "a red circle on a blue background".into(),
+                num_inference_steps: 5,
+                guidance_scale: 7.5,
+                width: 64,
+                height: 48,
+                seed: 0,
+                ..Default::default()
+            },
+        ),
+        (
+            "case01-0.png",
+            Txt2ImgOptions {
+                prompt: "a red circle on a blue background".into(),
+                negative_prompt: Some("blurry, low quality".into()),
+                num_inference_steps: 4,
+                guidance_scale: 5.0,
+                width: 48,
+                height: 64,
+                seed: 42,
+                scheduler: Some("euler-a".parse().unwrap()),
+                ..Default::default()
+            },
+        ),
+    ] {
+        let images = pipe.txt2img(&options, &mut |_, _| true).unwrap();
+        let want = read_png(&root().join("assets/fixtures/pipelines").join(file));
+        let got = images[0].as_raw();
+        assert_eq!(got.len(), want.len());
+        let worst = got.iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
+        println!("{file} on the wgpu lane: max difference {worst} levels");
+        assert!(worst <= 2, "{file}: {worst} levels > 2");
+    }
+}

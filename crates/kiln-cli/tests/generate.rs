@@ -111,3 +111,20 @@ fn generate_bad_input_exits_2() {
     assert!(!out.exists(), "no output on failure");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_prompt_longer_than_77_tokens_is_truncated_with_a_warning() {
+    let model = root().join("assets/fixtures/models/sd1");
+    let dir = tmp("long");
+    let out = dir.join("long.png");
+    // 90 words of one token each: 90 + bos + eos ids, 77 kept, 15 dropped (as transformers cuts)
+    let prompt = vec!["red"; 90].join(" ");
+    let o = kiln(&[
+        "generate", "--model", model.to_str().unwrap(), "--prompt", &prompt, "--steps", "1", "--width", "64",
+        "--height", "64", "--output", out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("truncated") && stderr.contains("15 tokens dropped"), "warning expected: {stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -2,6 +2,12 @@
 //! wgpu runtime (Mesa's llvmpipe through OpenGL on CI, see `kiln_nn::testing`) and must give
 //! diffusers' picture for the same arguments (scripts/fixtures/pipelines.py, cases 0 and 1) within
 //! the same 2 levels as on flex. Skips, saying why, only where no adapter exists.
+//!
+//! Ignored by default: it passed twice here (0 levels of difference, 101–364 s), then hung once
+//! (every thread parked, the test thread sleeping in cubecl's `ChannelDeviceHandle::submit_inner`
+//! after ~5 CPU-minutes) on Mesa llvmpipe through OpenGL. Until that hang is understood it must
+//! not be able to stall CI. Run it with
+//! `cargo test -p kiln-pipeline --test wgpu_lane -- --ignored --nocapture`.
 
 use std::path::PathBuf;
 
@@ -22,6 +28,7 @@ fn read_png(path: &PathBuf) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "hung once in cubecl's device channel on llvmpipe/OpenGL; run with --ignored"]
 fn txt2img_on_the_wgpu_lane_matches_diffusers() {
     let Some(device) = kiln_nn::testing::wgpu_lane_device() else { return };
     let pipe = StableDiffusion::load(&root().join("assets/fixtures/models/sd1"), &device, DType::F32, None).unwrap();

@@ -3,7 +3,7 @@
 //!     cargo run --example txt2img -- assets/fixtures/models/sd1 "a red circle on a blue background" out.png
 
 use kiln::burn::tensor::{DType, Device};
-use kiln::pipeline::{StableDiffusion, Txt2ImgOptions};
+use kiln::pipeline::{StableDiffusion, GenerateOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -12,10 +12,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let device = Device::flex();
     let pipe = StableDiffusion::load(model.as_ref(), &device, DType::F32, None)?;
-    let options = Txt2ImgOptions {
+    let options = GenerateOptions {
         prompt: prompt.clone(),
-        width: 64,
-        height: 64,
+        width: Some(64),
+        height: Some(64),
         num_inference_steps: 20,
         seed: 42,
         ..Default::default()

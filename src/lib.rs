@@ -2,18 +2,18 @@
 //!
 //! Stable Diffusion-family image generation in Rust, on burn: the facade over kiln's crates.
 //!
-//! - [`pipeline`]: text-to-image pipelines (`StableDiffusion::load` + `txt2img`) and the
+//! - [`pipeline`]: the SD 1.x/2.x, SDXL and inpainting pipelines (`StableDiffusion::load`, then `txt2img`, `img2img`, `inpaint`) and the
 //!   torch-compatible seed generator;
 //! - [`scheduler`]: diffusers' samplers;
 //! - [`unet`], [`vae`], [`text_encoder`], [`nn`]: the models and their layers.
 //!
 //! ```no_run
 //! use kiln::burn::tensor::{DType, Device};
-//! use kiln::pipeline::{StableDiffusion, Txt2ImgOptions};
+//! use kiln::pipeline::{StableDiffusion, GenerateOptions};
 //!
 //! let device = Device::flex();
 //! let pipe = StableDiffusion::load("assets/fixtures/models/sd1".as_ref(), &device, DType::F32, None)?;
-//! let options = Txt2ImgOptions { prompt: "a red circle".into(), width: 64, height: 64, num_inference_steps: 10, ..Default::default() };
+//! let options = GenerateOptions { prompt: "a red circle".into(), width: Some(64), height: Some(64), num_inference_steps: 10, ..Default::default() };
 //! let images = pipe.txt2img(&options, &mut |_, _| true)?;
 //! # Ok::<(), kiln::pipeline::PipelineError>(())
 //! ```

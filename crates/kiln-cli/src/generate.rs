@@ -1,4 +1,5 @@
-//! `kiln generate`: flags → [`Txt2ImgOptions`] → the pipeline → PNG files with their parameters.
+//! `kiln generate`: flags → [`GenerateOptions`] and a [`Task`] (txt2img, img2img with
+//! `--init-image`, inpainting with `--mask`) → the pipeline → PNG files with their parameters.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -7,7 +8,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln::burn::tensor::{DType, Device, DeviceKind};
 use kiln::pipeline::png::{save_png, GenerationParams};
-use kiln::pipeline::{resolve, HubConfig, PipelineKind, ResolveOptions, StableDiffusion, Txt2ImgOptions};
+use kiln::pipeline::image_processor::pil_grayscale;
+use kiln::pipeline::{resolve, GenerateOptions, HubConfig, ResolveOptions, StableDiffusion, Task};
 use kiln::scheduler::SamplerName;
 
 #[derive(Args)]
@@ -19,6 +21,12 @@ pub struct GenerateArgs {
     prompt: String,
     #[arg(long, value_name = "TEXT")]
     negative_prompt: Option<String>,
+    /// SDXL: the second text encoder's prompt (default: --prompt).
+    #[arg(long, value_name = "TEXT")]
+    prompt_2: Option<String>,
+    /// SDXL: the second text encoder's negative prompt (default: --negative-prompt).
+    #[arg(long, value_name = "TEXT")]
+    negative_prompt_2: Option<String>,
     #[arg(long, value_name = "N", default_value_t = 30)]
     steps: usize,
     /// Classifier-free guidance scale; 1 or less turns guidance off.
@@ -30,10 +38,12 @@ pub struct GenerateArgs {
     /// Seed of torch's CPU generator (the same seed gives diffusers' picture).
     #[arg(long, value_name = "N", default_value_t = 0)]
     seed: u64,
-    #[arg(long, value_name = "W", default_value_t = 512)]
-    width: usize,
-    #[arg(long, value_name = "H", default_value_t = 512)]
-    height: usize,
+    /// Output width; default: the init image's, else the model's (UNet sample_size × 8).
+    #[arg(long, value_name = "W")]
+    width: Option<usize>,
+    /// Output height; default: the init image's, else the model's.
+    #[arg(long, value_name = "H")]
+    height: Option<usize>,
     #[arg(long, value_name = "N", default_value_t = 1)]
     num_images: usize,
     /// Sampler (see `kiln schedule --help`); default: the model's scheduler_config.json.
@@ -63,14 +73,27 @@ pub struct GenerateArgs {
     /// Use the .fp16.safetensors weights where the model has them.
     #[arg(long)]
     fp16_variant: bool,
-    /// img2img (not supported yet).
+    /// img2img / inpainting: the starting image (PNG or JPEG, of the output size; kiln does not
+    /// resize).
     #[arg(long, value_name = "PATH")]
     init_image: Option<PathBuf>,
+    /// How much of the schedule runs on the init image, in [0, 1]; default 0.8 (img2img), 1.0
+    /// (inpainting).
     #[arg(long, value_name = "F")]
     strength: Option<f64>,
-    /// Inpainting mask (not supported yet).
+    /// Inpainting mask (needs --init-image, same size): white repaints, black keeps; colour masks
+    /// are converted to grey as PIL does, then cut at 50 %.
     #[arg(long, value_name = "PATH")]
     mask: Option<PathBuf>,
+    /// SDXL micro-conditioning: the original size, WIDTHxHEIGHT (default: the output size).
+    #[arg(long, value_name = "WxH")]
+    original_size: Option<String>,
+    /// SDXL micro-conditioning: the target size, WIDTHxHEIGHT (default: the output size).
+    #[arg(long, value_name = "WxH")]
+    target_size: Option<String>,
+    /// SDXL micro-conditioning: crop coordinates TOP,LEFT (default 0,0).
+    #[arg(long, value_name = "TOP,LEFT")]
+    crops_coords_top_left: Option<String>,
     /// A VAE folder or Hub id to use instead of the model's.
     #[arg(long, value_name = "DIR")]
     vae: Option<String>,
@@ -85,9 +108,45 @@ fn output_paths(output: &Path, n: usize) -> Vec<PathBuf> {
     (1..=n).map(|i| output.with_file_name(format!("{stem}-{i}{ext}"))).collect()
 }
 
+fn read_image(path: &Path, what: &str) -> Result<image::DynamicImage, String> {
+    if !path.is_file() {
+        return Err(format!("{what} {} does not exist or is not a file", path.display()));
+    }
+    image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?
+        .decode()
+        .map_err(|e| format!("{what} {} is not a readable PNG or JPEG image: {e}", path.display()))
+}
+
+/// `WIDTHxHEIGHT` → diffusers' `(height, width)`.
+fn parse_size(flag: &str, v: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("{flag} must be WIDTHxHEIGHT with positive integers (e.g. 1024x1024), got {v:?}");
+    let (w, h) = v.split_once(['x', 'X']).ok_or_else(bad)?;
+    let (w, h): (usize, usize) = (w.trim().parse().map_err(|_| bad())?, h.trim().parse().map_err(|_| bad())?);
+    if w == 0 || h == 0 {
+        return Err(bad());
+    }
+    Ok((h, w))
+}
+
+fn parse_pair(flag: &str, v: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("{flag} must be TOP,LEFT with integers >= 0 (e.g. 0,0), got {v:?}");
+    let (a, b) = v.split_once(',').ok_or_else(bad)?;
+    Ok((a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?))
+}
+
 pub fn generate(a: GenerateArgs) -> Result<(), String> {
-    if a.init_image.is_some() || a.strength.is_some() || a.mask.is_some() {
-        return Err("--init-image, --strength and --mask (img2img, inpainting) are not supported yet; only text-to-image is".into());
+    if a.mask.is_some() && a.init_image.is_none() {
+        return Err("--mask needs --init-image (the image to inpaint)".into());
+    }
+    if a.strength.is_some() && a.init_image.is_none() {
+        return Err("--strength needs --init-image (img2img or inpainting)".into());
+    }
+    if let Some(s) = a.strength {
+        if !(0.0..=1.0).contains(&s) {
+            return Err(format!("--strength must be in [0, 1], got {s}"));
+        }
     }
     let device = match a.device.as_str() {
         "cpu" => Device::flex(),
@@ -101,7 +160,10 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
         other => return Err(format!("--dtype must be f32 or f16, got {other:?}")),
     };
     let scheduler = a.scheduler.as_deref().map(str::parse::<SamplerName>).transpose().map_err(|e| e.to_string())?;
-    // refuse before any work: existing outputs, missing directories
+    let original_size = a.original_size.as_deref().map(|v| parse_size("--original-size", v)).transpose()?;
+    let target_size = a.target_size.as_deref().map(|v| parse_size("--target-size", v)).transpose()?;
+    let crops = a.crops_coords_top_left.as_deref().map(|v| parse_pair("--crops-coords-top-left", v)).transpose()?;
+    // refuse before any work: existing outputs, missing directories, unreadable inputs
     let paths = output_paths(&a.output, a.num_images.max(1));
     for p in &paths {
         if p.exists() && !a.overwrite {
@@ -112,16 +174,16 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
             return Err(format!("output directory {} does not exist", dir.display()));
         }
     }
+    let init_image = a.init_image.as_deref().map(|p| read_image(p, "init image").map(|i| i.to_rgb8())).transpose()?;
+    let mask = a.mask.as_deref().map(|p| read_image(p, "mask").map(|m| pil_grayscale(&m))).transpose()?;
     let resolve_options = ResolveOptions { prefer_fp16: a.fp16_variant, vae: a.vae.clone() };
     let folder = resolve(&a.model, &resolve_options, &HubConfig::from_env()).map_err(|e| e.to_string())?;
-    if folder.kind != PipelineKind::StableDiffusion {
-        return Err(format!("{} is a {}; kiln generates with StableDiffusionPipeline models (SD 1.x / 2.x) so far", folder.name, folder.class_name));
-    }
-    let variant = a.fp16_variant.then_some("fp16");
-    let pipe = StableDiffusion::load(&folder.root, &device, dtype, variant).map_err(|e| e.to_string())?;
-    let options = Txt2ImgOptions {
+    let pipe = StableDiffusion::load_folder(&folder, &device, dtype).map_err(|e| e.to_string())?;
+    let options = GenerateOptions {
         prompt: a.prompt.clone(),
+        prompt_2: a.prompt_2.clone(),
         negative_prompt: a.negative_prompt.clone(),
+        negative_prompt_2: a.negative_prompt_2.clone(),
         num_inference_steps: a.steps,
         guidance_scale: a.guidance_scale,
         guidance_rescale: a.guidance_rescale,
@@ -133,6 +195,14 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
         karras: a.karras,
         clip_skip: a.clip_skip,
         eta: a.eta,
+        original_size,
+        crops_coords_top_left: crops.unwrap_or((0, 0)),
+        target_size,
+    };
+    let task = match (&init_image, &mask) {
+        (None, _) => Task::Txt2Img,
+        (Some(image), None) => Task::Img2Img { image, strength: a.strength.unwrap_or(0.8) },
+        (Some(image), Some(mask)) => Task::Inpaint { image, mask, strength: a.strength.unwrap_or(1.0) },
     };
     let bar = ProgressBar::new(a.steps as u64);
     bar.set_style(
@@ -141,7 +211,7 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
     );
     let start = Instant::now();
     let images = pipe
-        .txt2img(&options, &mut |info, _| {
+        .generate(&options, task, &mut |info, _| {
             bar.set_length(info.total as u64);
             bar.set_position(info.step as u64 + 1);
             let secs = start.elapsed().as_secs_f64() / (info.step + 1) as f64;
@@ -155,6 +225,9 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
     if a.karras {
         extra.push(("Schedule type".to_string(), "Karras".to_string()));
     }
+    if !matches!(task, Task::Txt2Img) {
+        extra.push(("Denoising strength".to_string(), a.strength.unwrap_or(if mask.is_some() { 1.0 } else { 0.8 }).to_string()));
+    }
     for (i, (image, path)) in images.iter().zip(&paths).enumerate() {
         let params = GenerationParams {
             prompt: a.prompt.clone(),
@@ -163,8 +236,8 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
             sampler: sampler.clone(),
             cfg_scale: a.guidance_scale as f32,
             seed: a.seed,
-            width: a.width as u32,
-            height: a.height as u32,
+            width: image.width(),
+            height: image.height(),
             model: Some(folder.name.clone()),
             extra: if a.num_images > 1 {
                 let mut e = extra.clone();

@@ -19,7 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Generate images from a prompt (text-to-image; SD 1.x / 2.x models).
+    /// Generate images: text-to-image (SD 1.x / 2.x, SDXL), img2img (--init-image) and
+    /// inpainting (--init-image --mask; inpainting models or ordinary SD 1.x / 2.x models).
     Generate(generate::GenerateArgs),
     /// Print the timesteps and sigmas a sampler uses for a model's scheduler config.
     Schedule(ScheduleArgs),
@@ -141,7 +142,12 @@ fn info(args: InfoArgs) -> Result<(), String> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info).map_err(|e| e.to_string())?);
     } else {
-        print!("{info}");
+        let text = info.to_string();
+        if text.ends_with('\n') {
+            print!("{text}");
+        } else {
+            println!("{text}");
+        }
     }
     match &info {
         // A model kiln cannot run: the summary above, then the reason, and a failure status.

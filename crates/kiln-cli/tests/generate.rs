@@ -101,7 +101,36 @@ fn generate_bad_input_exits_2() {
     run(&["--scheduler", "eulr"], &["eulr", "euler-a"]);
     run(&["--device", "tpu"], &["--device", "tpu"]);
     run(&["--dtype", "f8"], &["--dtype", "f8"]);
-    run(&["--init-image", "in.png", "--strength", "0.5"], &["not supported yet"]);
+    run(&["--num-images", "0"], &["number of images", "0"]);
+    run(&["--guidance-rescale", "2"], &["guidance rescale", "2", "[0, 1]"]);
+    run(&["--clip-skip", "50"], &["clip_skip", "50", "at most"]);
+    // a size whose attention scores alone exceed any machine's memory; refused before any work
+    run(&["--width", "65536", "--height", "65536"], &["65536x65536", "GiB", "available"]);
+    // img2img / inpainting inputs
+    let init = root().join("assets/fixtures/pipelines/inputs/init-64x48.png");
+    let init = init.to_str().unwrap();
+    let mask = root().join("assets/fixtures/pipelines/inputs/mask-64x48.png");
+    let mask = mask.to_str().unwrap();
+    run(&["--init-image", init, "--strength", "1.5"], &["--strength", "1.5", "[0, 1]"]);
+    run(&["--init-image", init, "--strength=-0.1"], &["--strength", "-0.1", "[0, 1]"]);
+    run(&["--init-image", init, "--strength", "0.05", "--steps", "10"], &["strength", "0.05", "10 steps", "no denoising step"]);
+    run(&["--mask", mask], &["--mask needs --init-image"]);
+    run(&["--strength", "0.5"], &["--strength needs --init-image"]);
+    run(&["--init-image", "/nonexistent/in.png"], &["init image", "/nonexistent/in.png", "does not exist"]);
+    let not_image = dir.join("notes.png");
+    std::fs::write(&not_image, "this is text, not a PNG").unwrap();
+    run(&["--init-image", not_image.to_str().unwrap()], &["notes.png", "not a readable PNG or JPEG"]);
+    run(&["--init-image", init, "--mask", not_image.to_str().unwrap()], &["mask", "notes.png", "not a readable"]);
+    // 64x64 requested, the image is 64x48: refused (kiln does not resize), both sizes named
+    run(&["--init-image", init], &["init image size", "64x48", "64x64", "does not resize"]);
+    let small_mask = dir.join("small-mask.png");
+    image::GrayImage::new(32, 32).save(&small_mask).unwrap();
+    run(
+        &["--init-image", init, "--mask", small_mask.to_str().unwrap(), "--width", "64", "--height", "48"],
+        &["mask size", "32x32", "64x48"],
+    );
+    run(&["--original-size", "big"], &["--original-size", "WIDTHxHEIGHT", "big"]);
+    run(&["--crops-coords-top-left", "1;2"], &["--crops-coords-top-left", "TOP,LEFT", "1;2"]);
     assert_usage_error(&["generate", "--model", "/nonexistent/model", "--prompt", "p", "--output", o], &["/nonexistent/model"]);
     let missing_dir = dir.join("no/such/dir/x.png");
     assert_usage_error(
@@ -109,6 +138,146 @@ fn generate_bad_input_exits_2() {
         &["does not exist"],
     );
     assert!(!out.exists(), "no output on failure");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A copy of the sd1 fixture model (components symlinked) with `component` replaced by what
+/// `damage` writes into a fresh folder.
+fn damaged_model(dir: &std::path::Path, tag: &str, component: &str, damage: impl Fn(&std::path::Path)) -> PathBuf {
+    let src = root().join("assets/fixtures/models/sd1");
+    let model = dir.join(format!("damaged-{tag}"));
+    std::fs::create_dir_all(&model).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if name == "reference.safetensors" || name == component {
+            continue;
+        }
+        std::os::unix::fs::symlink(entry.path().canonicalize().unwrap(), model.join(&name)).unwrap();
+    }
+    damage(&model.join(component));
+    model
+}
+
+#[test]
+fn broken_models_exit_2_naming_the_file() {
+    let dir = tmp("broken");
+    let out = dir.join("x.png");
+    let o = out.to_str().unwrap();
+    let unet = root().join("assets/fixtures/models/sd1/unet");
+    let weights = std::fs::read(unet.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let config = std::fs::read_to_string(unet.join("config.json")).unwrap();
+    let cases: Vec<(PathBuf, Vec<&str>)> = vec![
+        // a component model_index.json lists is missing
+        (damaged_model(&dir, "missing", "unet", |_| {}), vec!["unet"]),
+        // truncated weights
+        (
+            damaged_model(&dir, "truncated", "vae", |d| {
+                std::fs::create_dir_all(d).unwrap();
+                let vae = root().join("assets/fixtures/models/sd1/vae");
+                std::fs::copy(vae.join("config.json"), d.join("config.json")).unwrap();
+                let w = std::fs::read(vae.join("diffusion_pytorch_model.safetensors")).unwrap();
+                std::fs::write(d.join("diffusion_pytorch_model.safetensors"), &w[..w.len() / 2]).unwrap();
+            }),
+            vec!["diffusion_pytorch_model.safetensors"],
+        ),
+        // corrupt weights (garbage header)
+        (
+            damaged_model(&dir, "corrupt", "unet", |d| {
+                std::fs::create_dir_all(d).unwrap();
+                std::fs::write(d.join("config.json"), &config).unwrap();
+                let mut w = weights.clone();
+                w[8..40].fill(b'!');
+                std::fs::write(d.join("diffusion_pytorch_model.safetensors"), &w).unwrap();
+            }),
+            vec!["diffusion_pytorch_model.safetensors"],
+        ),
+        // a config value kiln does not implement
+        (
+            damaged_model(&dir, "config", "unet", |d| {
+                std::fs::create_dir_all(d).unwrap();
+                std::fs::write(d.join("config.json"), config.replace("\"silu\"", "\"mish\"")).unwrap();
+                std::fs::write(d.join("diffusion_pytorch_model.safetensors"), &weights).unwrap();
+            }),
+            vec!["act_fn", "mish", "silu"],
+        ),
+    ];
+    for (model, needles) in &cases {
+        let m = model.to_str().unwrap();
+        assert_usage_error(
+            &["generate", "--model", m, "--prompt", "p", "--steps", "1", "--width", "64", "--height", "64", "--output", o],
+            needles,
+        );
+        std::fs::remove_dir_all(model).ok();
+    }
+    assert!(!out.exists(), "no output on failure");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn model_kinds_and_tasks_that_do_not_fit_exit_2() {
+    let dir = tmp("kinds");
+    let out = dir.join("x.png");
+    let o = out.to_str().unwrap();
+    let init = root().join("assets/fixtures/pipelines/inputs/init-64x48.png");
+    let inpaint = root().join("assets/fixtures/models/inpaint");
+    let sdxl = root().join("assets/fixtures/models/sdxl");
+    assert_usage_error(
+        &["generate", "--model", inpaint.to_str().unwrap(), "--prompt", "p", "--steps", "1", "--width", "64", "--height", "64", "--output", o],
+        &["inpainting model", "9 channels", "mask"],
+    );
+    assert_usage_error(
+        &["generate", "--model", sdxl.to_str().unwrap(), "--prompt", "p", "--steps", "1", "--init-image", init.to_str().unwrap(), "--output", o],
+        &["SDXL", "not supported yet"],
+    );
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// img2img, inpainting and SDXL through the binary reproduce diffusers' pictures
+/// (scripts/fixtures/pipelines.py cases 11, 15 and 20); the size defaults to the init image's.
+#[test]
+fn generate_img2img_inpaint_and_sdxl_reproduce_diffusers() {
+    let dir = tmp("tasks");
+    let fixtures = root().join("assets/fixtures/pipelines");
+    let init = fixtures.join("inputs/init-64x48.png");
+    let mask = fixtures.join("inputs/mask-64x48.png");
+    let models = root().join("assets/fixtures/models");
+    let runs: Vec<(&str, Vec<String>)> = vec![
+        (
+            "case11-0.png",
+            ["--model", models.join("sdxl").to_str().unwrap(), "--prompt", "a red circle", "--steps", "4", "--guidance-scale", "5", "--seed", "1", "--width", "64", "--height", "64"]
+                .map(String::from)
+                .to_vec(),
+        ),
+        (
+            "case15-0.png",
+            ["--model", models.join("sd1").to_str().unwrap(), "--prompt", "a red circle on a blue background", "--steps", "10", "--seed", "5", "--init-image", init.to_str().unwrap(), "--strength", "0.6"]
+                .map(String::from)
+                .to_vec(),
+        ),
+        (
+            "case20-0.png",
+            ["--model", models.join("inpaint").to_str().unwrap(), "--prompt", "a red circle", "--steps", "5", "--seed", "10", "--init-image", init.to_str().unwrap(), "--mask", mask.to_str().unwrap()]
+                .map(String::from)
+                .to_vec(),
+        ),
+    ];
+    for (file, args) in runs {
+        let out = dir.join(file);
+        let mut full: Vec<&str> = vec!["generate"];
+        full.extend(args.iter().map(String::as_str));
+        full.extend(["--output", out.to_str().unwrap()]);
+        let o = kiln(&full);
+        assert!(o.status.success(), "{file}: {}", String::from_utf8_lossy(&o.stderr));
+        let (got, want) = (pixels(&out), pixels(&fixtures.join(file)));
+        assert_eq!(got.len(), want.len(), "{file}: size");
+        let worst = got.iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
+        assert!(worst <= 2, "{file}: {worst} levels from diffusers");
+    }
+    // img2img records its strength
+    let info = kiln(&["info", dir.join("case15-0.png").to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&info.stdout).contains("Denoising strength: 0.6"), "{}", String::from_utf8_lossy(&info.stdout));
     std::fs::remove_dir_all(&dir).ok();
 }
 

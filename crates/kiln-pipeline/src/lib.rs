@@ -10,7 +10,10 @@
 //! * [`png`]: PNG output (atomic, no accidental overwrite) with A1111-style generation
 //!   parameters, and reading them back.
 //! * [`info`]: what `kiln info` prints about a PNG, a model, a component or a safetensors file.
+//! * [`StableDiffusion`]: the SD 1.x/2.x, SDXL and inpainting pipelines — txt2img, img2img and
+//!   inpainting ([`Task`]) with diffusers' stages; [`image_processor`] converts images and masks.
 
+pub mod image_processor;
 pub mod info;
 pub mod model;
 pub mod png;
@@ -20,4 +23,4 @@ pub mod stable_diffusion;
 pub use model::{resolve, HubConfig, HubId, ModelError, ModelFolder, ModelSource, PipelineKind, ResolveOptions};
 pub use png::{save_png, GenerationParams, PngError};
 pub use rng::{NoiseDtype, NormalKernel, TorchGenerator};
-pub use stable_diffusion::{PipelineError, StableDiffusion, StepInfo, Txt2ImgOptions};
+pub use stable_diffusion::{GenerateOptions, InpaintLatents, PipelineError, PromptEmbeds, StableDiffusion, StepInfo, Task};

@@ -1,20 +1,37 @@
-//! `StableDiffusionPipeline` (diffusers `pipelines/stable_diffusion/pipeline_stable_diffusion.py`):
-//! text-to-image for SD 1.x / 2.x models (ε and v-prediction), with the stages named as in
-//! diffusers: [`StableDiffusion::check_inputs`], [`StableDiffusion::encode_prompt`],
-//! [`StableDiffusion::prepare_latents`], [`StableDiffusion::denoise`],
-//! [`StableDiffusion::decode_latents`].
+//! The Stable Diffusion pipelines of diffusers, one loaded model and three tasks:
+//! * `StableDiffusionPipeline` (`pipelines/stable_diffusion/pipeline_stable_diffusion.py`):
+//!   text-to-image for SD 1.x / 2.x (ε and v-prediction);
+//! * `StableDiffusionXLPipeline` (`pipelines/stable_diffusion_xl/pipeline_stable_diffusion_xl.py`):
+//!   two text encoders (penultimate hidden states, concatenated), the pooled projection of the
+//!   second and the micro-conditioning `time_ids`, zeros for an absent negative prompt
+//!   (`force_zeros_for_empty_prompt`);
+//! * `StableDiffusionImg2ImgPipeline` (`pipeline_stable_diffusion_img2img.py`): the init image's
+//!   latents noised to the strength's first timestep;
+//! * `StableDiffusionInpaintPipeline` (`pipeline_stable_diffusion_inpaint.py`): 9-channel
+//!   inpainting UNets get the mask and the masked image's latents as extra input channels;
+//!   ordinary 4-channel UNets get the known region blended back after each step.
+//!
+//! The stages are named as in diffusers: [`StableDiffusion::check_inputs`],
+//! [`StableDiffusion::encode_prompt`], [`StableDiffusion::prepare_latents`],
+//! [`StableDiffusion::denoise`], [`StableDiffusion::decode_latents`]. Random numbers come from one
+//! [`TorchGenerator`] in diffusers' order (VAE posterior samples, initial noise, masked-image
+//! posterior, then each stochastic step), so a seed gives diffusers' picture.
 
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use image::RgbImage;
+use image::{GrayImage, RgbImage};
 use kiln_nn::LoadError;
-use kiln_scheduler::{SamplerName, SchedulerClass, SchedulerConfig, SchedulerError, StepOptions};
+use kiln_scheduler::{
+    img2img_begin_index, SamplerName, Scheduler, SchedulerClass, SchedulerConfig, SchedulerError, StepOptions,
+};
 use kiln_text_encoder::{ClipTextModel, ClipTokenizer, TextEncoderError, TokenizerError};
-use kiln_unet::{UNet2DConditionModel, UNetError};
+use kiln_unet::{PerBlock, TextTimeCond, UNet2DConditionModel, UNetError};
 use kiln_vae::{AutoencoderKL, VaeError};
 use thiserror::Error;
 
+use crate::image_processor::{image_to_tensor, interpolate_nearest, mask_to_tensor, to_rgb_images};
+use crate::model::{ModelError, ModelFolder, PipelineKind, ResolveOptions};
 use crate::rng::TorchGenerator;
 
 /// Why a pipeline could not be built or run. Every variant names the value and what is allowed.
@@ -22,6 +39,8 @@ use crate::rng::TorchGenerator;
 pub enum PipelineError {
     #[error("model folder {path} has no {component}/ (model_index.json lists it)")]
     MissingComponent { path: PathBuf, component: String },
+    #[error("{0}")]
+    Model(#[from] ModelError),
     #[error("{0}")]
     Load(#[from] LoadError),
     #[error("{0}")]
@@ -36,50 +55,102 @@ pub enum PipelineError {
     Scheduler(#[from] SchedulerError),
     #[error("{what} must be {allowed}, got {value}")]
     Input { what: &'static str, value: String, allowed: String },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(
+        "{width}x{height} (UNet batch {batch}) needs about {needed_gib:.1} GiB at its peak (rough estimate), \
+         the device has {available_gib:.1} GiB available; use a smaller size or fewer images"
+    )]
+    TooLarge { width: usize, height: usize, batch: usize, needed_gib: f64, available_gib: f64 },
     #[error("generation cancelled by the callback at step {0}")]
     Cancelled(usize),
 }
 
-/// The arguments of `pipe(...)` that kiln's txt2img takes.
+/// The arguments of `pipe(...)` that kiln takes, for every task.
 #[derive(Debug, Clone)]
-pub struct Txt2ImgOptions {
+pub struct GenerateOptions {
     pub prompt: String,
-    /// `None` = diffusers' default (an empty negative prompt under classifier-free guidance).
+    /// SDXL: the second text encoder's prompt (`prompt_2`); `None` or empty = `prompt`.
+    pub prompt_2: Option<String>,
+    /// `None` = diffusers' default: an empty negative prompt under classifier-free guidance, or
+    /// zeros for SDXL models with `force_zeros_for_empty_prompt`.
     pub negative_prompt: Option<String>,
+    /// SDXL: `negative_prompt_2`; `None` or empty = `negative_prompt`.
+    pub negative_prompt_2: Option<String>,
     pub num_inference_steps: usize,
     pub guidance_scale: f64,
     /// `guidance_rescale` (arXiv 2305.08891 §3.4), 0 = off.
     pub guidance_rescale: f64,
-    pub width: usize,
-    pub height: usize,
+    /// `None` = the init image's width for img2img/inpainting, else the UNet's
+    /// `sample_size × 8` (diffusers' default).
+    pub width: Option<usize>,
+    pub height: Option<usize>,
     pub seed: u64,
     pub num_images_per_prompt: usize,
     /// `None` = the model's own scheduler_config.json class.
     pub scheduler: Option<SamplerName>,
     /// `use_karras_sigmas` on top of the scheduler config.
     pub karras: bool,
-    /// `clip_skip`: use the hidden state this many layers before the last (then the final layer norm).
+    /// `clip_skip`: use the hidden state this many layers before the last (SD: then the final
+    /// layer norm; SDXL: counted from the penultimate layer it already uses).
     pub clip_skip: Option<usize>,
     /// The pipeline's `eta` (DDIM η, TCD γ).
     pub eta: f64,
+    /// SDXL micro-conditioning `(height, width)`; `None` = the output size.
+    pub original_size: Option<(usize, usize)>,
+    /// SDXL `crops_coords_top_left` `(top, left)`.
+    pub crops_coords_top_left: (usize, usize),
+    /// SDXL `target_size` `(height, width)`; `None` = the output size.
+    pub target_size: Option<(usize, usize)>,
 }
 
-impl Default for Txt2ImgOptions {
+impl Default for GenerateOptions {
     fn default() -> Self {
         Self {
             prompt: String::new(),
+            prompt_2: None,
             negative_prompt: None,
+            negative_prompt_2: None,
             num_inference_steps: 50,
             guidance_scale: 7.5,
             guidance_rescale: 0.0,
-            width: 512,
-            height: 512,
+            width: None,
+            height: None,
             seed: 0,
             num_images_per_prompt: 1,
             scheduler: None,
             karras: false,
             clip_skip: None,
             eta: 0.0,
+            original_size: None,
+            crops_coords_top_left: (0, 0),
+            target_size: None,
+        }
+    }
+}
+
+/// What to generate from: text alone, an init image, or an init image and a mask.
+#[derive(Debug, Clone, Copy)]
+pub enum Task<'a> {
+    Txt2Img,
+    /// `strength` in [0, 1]: how much of the schedule runs (1 = from pure noise).
+    Img2Img { image: &'a RgbImage, strength: f64 },
+    /// `mask`: white (≥ 128) = repaint, black = keep. diffusers' default strength is 1.
+    Inpaint { image: &'a RgbImage, mask: &'a GrayImage, strength: f64 },
+}
+
+impl Task<'_> {
+    fn image(&self) -> Option<&RgbImage> {
+        match self {
+            Task::Txt2Img => None,
+            Task::Img2Img { image, .. } | Task::Inpaint { image, .. } => Some(image),
+        }
+    }
+
+    fn strength(&self) -> f64 {
+        match self {
+            Task::Txt2Img => 1.0,
+            Task::Img2Img { strength, .. } | Task::Inpaint { strength, .. } => *strength,
         }
     }
 }
@@ -87,48 +158,132 @@ impl Default for Txt2ImgOptions {
 /// Progress reported after each denoising step; return `false` from the callback to cancel.
 #[derive(Debug, Clone, Copy)]
 pub struct StepInfo {
-    /// 0-based index of the step just taken.
+    /// 0-based index of the step just taken, counted from the first step this run takes.
     pub step: usize,
-    /// Number of model calls in the whole loop.
+    /// Number of model calls in this run (fewer than the schedule's for img2img).
     pub total: usize,
     pub timestep: f64,
 }
 
-/// A loaded SD 1.x / 2.x pipeline (`StableDiffusionPipeline.from_pretrained`).
+/// The text conditioning of one run, CFG halves concatenated (negative first).
+///
+/// # Shapes
+/// - prompt_embeds: `[b, 77, cross_attention_dim]`, b = 2n with guidance, n without
+/// - text_time: SDXL's pooled `[b, projection_dim]` and b rows of `time_ids`
+pub struct PromptEmbeds {
+    pub prompt_embeds: Tensor<3>,
+    pub text_time: Option<TextTimeCond>,
+}
+
+/// The extra inputs of an inpainting run.
+///
+/// # Shapes
+/// - mask: `[n, 1, h/8, w/8]` (1 = repaint); masked_image_latents, image_latents, noise:
+///   `[n, 4, h/8, w/8]`
+pub struct InpaintLatents {
+    pub mask: Tensor<4>,
+    pub masked_image_latents: Tensor<4>,
+    /// 4-channel UNets only: the init image's latents and the initial noise, for the blend.
+    pub image_latents: Option<Tensor<4>>,
+    pub noise: Tensor<4>,
+}
+
+/// A loaded SD 1.x / 2.x, SDXL or inpainting model (`DiffusionPipeline.from_pretrained`).
 pub struct StableDiffusion {
+    pub kind: PipelineKind,
     pub tokenizer: ClipTokenizer,
     pub text_encoder: ClipTextModel,
+    /// SDXL's second tokenizer and `CLIPTextModelWithProjection`.
+    pub tokenizer_2: Option<ClipTokenizer>,
+    pub text_encoder_2: Option<ClipTextModel>,
     pub unet: UNet2DConditionModel,
     pub vae: AutoencoderKL,
     pub scheduler_config: SchedulerConfig,
+    /// SDXL `force_zeros_for_empty_prompt` (model_index.json).
+    pub force_zeros_for_empty_prompt: bool,
     pub device: Device,
 }
 
-fn component(dir: &Path, name: &str) -> Result<PathBuf, PipelineError> {
-    let p = dir.join(name);
-    if p.is_dir() {
-        Ok(p)
-    } else {
-        Err(PipelineError::MissingComponent { path: dir.to_path_buf(), component: name.to_string() })
-    }
-}
-
 impl StableDiffusion {
-    /// Loads a diffusers folder: CLIP and the VAE in f32, the UNet in `unet_dtype`.
+    /// Loads a diffusers folder: text encoders and the VAE in f32, the UNet in `unet_dtype`;
+    /// `variant = Some("fp16")` takes the `.fp16.safetensors` files where they exist.
     pub fn load(dir: &Path, device: &Device, unet_dtype: DType, variant: Option<&str>) -> Result<Self, PipelineError> {
-        let tokenizer = ClipTokenizer::from_dir(component(dir, "tokenizer")?)?;
-        let text_encoder = ClipTextModel::load(component(dir, "text_encoder")?, device, DType::F32, variant)?;
-        let unet = UNet2DConditionModel::load(&component(dir, "unet")?, device, unet_dtype, variant)?;
-        let vae = AutoencoderKL::load(&component(dir, "vae")?, DType::F32, variant, device)?;
-        let scheduler_config = SchedulerConfig::from_model_dir(dir)?;
-        Ok(Self { tokenizer, text_encoder, unet, vae, scheduler_config, device: device.clone() })
+        let options = ResolveOptions { prefer_fp16: variant == Some("fp16"), vae: None };
+        Self::load_folder(&ModelFolder::open(dir, &options)?, device, unet_dtype)
     }
 
-    /// `check_inputs`: sizes a multiple of 8 (diffusers checks `% 8` whatever the VAE's factor)
-    /// and of the VAE's factor, at least one step, guidance ≥ 0.
-    pub fn check_inputs(&self, o: &Txt2ImgOptions) -> Result<(), PipelineError> {
-        let f = self.vae.downsample_factor().max(8);
-        for (what, v) in [("width", o.width), ("height", o.height)] {
+    /// Loads a resolved model folder (as [`crate::resolve`] returns it, `--vae` included).
+    pub fn load_folder(folder: &ModelFolder, device: &Device, unet_dtype: DType) -> Result<Self, PipelineError> {
+        let dir = |name: &str| -> Result<PathBuf, PipelineError> {
+            folder.component(name).map(|c| c.dir.clone()).ok_or_else(|| PipelineError::MissingComponent {
+                path: folder.root.clone(),
+                component: name.to_string(),
+            })
+        };
+        let variant =
+            |name: &str| folder.component(name).and_then(|c| c.weights()).and_then(|w| w.variant.clone());
+        let tokenizer = ClipTokenizer::from_dir(dir("tokenizer")?)?;
+        let text_encoder = ClipTextModel::load(dir("text_encoder")?, device, DType::F32, variant("text_encoder").as_deref())?;
+        let (tokenizer_2, text_encoder_2) = if folder.kind == PipelineKind::StableDiffusionXL {
+            let te2 = ClipTextModel::load(dir("text_encoder_2")?, device, DType::F32, variant("text_encoder_2").as_deref())?;
+            (Some(ClipTokenizer::from_dir(dir("tokenizer_2")?)?), Some(te2))
+        } else {
+            (None, None)
+        };
+        let unet = UNet2DConditionModel::load(&dir("unet")?, device, unet_dtype, variant("unet").as_deref())?;
+        let vae = AutoencoderKL::load(&dir("vae")?, DType::F32, variant("vae").as_deref(), device)?;
+        let scheduler_config = SchedulerConfig::from_file(dir("scheduler")?.join("scheduler_config.json"))?;
+        Ok(Self {
+            kind: folder.kind,
+            tokenizer,
+            text_encoder,
+            tokenizer_2,
+            text_encoder_2,
+            unet,
+            vae,
+            scheduler_config,
+            force_zeros_for_empty_prompt: folder.force_zeros_for_empty_prompt,
+            device: device.clone(),
+        })
+    }
+
+    /// `vae_scale_factor`: 2^(VAE levels − 1), 8 for every SD model.
+    pub fn vae_scale_factor(&self) -> usize {
+        self.vae.downsample_factor()
+    }
+
+    /// diffusers' default output size `(height, width)`: the UNet's `sample_size` × the VAE factor.
+    pub fn default_size(&self) -> (usize, usize) {
+        let f = self.vae_scale_factor();
+        match &self.unet.config().sample_size {
+            Some(PerBlock::One(s)) => (s * f, s * f),
+            Some(PerBlock::List(l)) if l.len() == 2 => (l[0] * f, l[1] * f),
+            _ => (64 * f, 64 * f),
+        }
+    }
+
+    /// The output size `(height, width)` of a run: the options', else the init image's, else
+    /// [`default_size`](Self::default_size).
+    pub fn output_size(&self, o: &GenerateOptions, task: &Task) -> (usize, usize) {
+        let (dh, dw) = match task.image() {
+            Some(img) => (img.height() as usize, img.width() as usize),
+            None => self.default_size(),
+        };
+        (o.height.unwrap_or(dh), o.width.unwrap_or(dw))
+    }
+
+    fn is_inpainting_unet(&self) -> bool {
+        self.unet.config().in_channels == 9
+    }
+
+    /// `check_inputs`: sizes a positive multiple of 8 (and of the VAE's factor), at least one
+    /// step, guidance ≥ 0, strength in [0, 1] leaving at least one step, init image and mask of
+    /// the output size, a task this model runs, and a peak memory estimate within what the CPU
+    /// has available.
+    pub fn check_inputs(&self, o: &GenerateOptions, task: &Task) -> Result<(), PipelineError> {
+        let (height, width) = self.output_size(o, task);
+        let f = self.vae_scale_factor().max(8);
+        for (what, v) in [("width", width), ("height", height)] {
             if v == 0 || v % 8 != 0 || v % f != 0 {
                 return Err(PipelineError::Input { what, value: v.to_string(), allowed: format!("a positive multiple of {f}") });
             }
@@ -136,33 +291,138 @@ impl StableDiffusion {
         if o.num_inference_steps == 0 {
             return Err(PipelineError::Input { what: "steps", value: "0".into(), allowed: "at least 1".into() });
         }
-        if !(o.guidance_scale >= 0.0) {
-            return Err(PipelineError::Input { what: "guidance scale", value: o.guidance_scale.to_string(), allowed: ">= 0".into() });
+        if !(o.guidance_scale >= 0.0) || !o.guidance_scale.is_finite() {
+            return Err(PipelineError::Input { what: "guidance scale", value: o.guidance_scale.to_string(), allowed: "a finite number >= 0".into() });
+        }
+        if !(0.0..=1.0).contains(&o.guidance_rescale) {
+            return Err(PipelineError::Input { what: "guidance rescale", value: o.guidance_rescale.to_string(), allowed: "in [0, 1]".into() });
         }
         if o.num_images_per_prompt == 0 {
             return Err(PipelineError::Input { what: "number of images", value: "0".into(), allowed: "at least 1".into() });
         }
+        if !o.eta.is_finite() || o.eta < 0.0 {
+            return Err(PipelineError::Input { what: "eta", value: o.eta.to_string(), allowed: "a finite number >= 0".into() });
+        }
+        match (self.kind, task) {
+            (PipelineKind::StableDiffusionXL, Task::Txt2Img) => {}
+            (PipelineKind::StableDiffusionXL, _) => {
+                return Err(PipelineError::Unsupported(
+                    "img2img and inpainting with SDXL models are not supported yet (only text-to-image)".into(),
+                ))
+            }
+            (_, Task::Inpaint { .. }) => {}
+            _ if self.is_inpainting_unet() => {
+                return Err(PipelineError::Unsupported(format!(
+                    "this is an inpainting model (its UNet takes {} channels): give an init image and a mask",
+                    self.unet.config().in_channels
+                )))
+            }
+            _ => {}
+        }
+        if let Task::Img2Img { strength, .. } | Task::Inpaint { strength, .. } = *task {
+            if !(0.0..=1.0).contains(&strength) {
+                return Err(PipelineError::Input { what: "strength", value: strength.to_string(), allowed: "in [0, 1]".into() });
+            }
+            // get_timesteps: int(steps * strength) steps run; diffusers refuses zero
+            let steps = o.num_inference_steps;
+            if ((steps as f64 * strength) as usize).min(steps) == 0 {
+                return Err(PipelineError::Input {
+                    what: "strength",
+                    value: strength.to_string(),
+                    allowed: format!(
+                        "at least {} with {steps} steps (int(steps × strength) = 0 leaves no denoising step)",
+                        1.0 / steps as f64
+                    ),
+                });
+            }
+        }
+        let size_of = |img: (u32, u32)| format!("{}x{}", img.0, img.1);
+        if let Some(img) = task.image() {
+            if (img.width() as usize, img.height() as usize) != (width, height) {
+                return Err(PipelineError::Input {
+                    what: "init image size",
+                    value: size_of(img.dimensions()),
+                    allowed: format!("the output size {width}x{height} (kiln does not resize; resize the image or pass its size)"),
+                });
+            }
+        }
+        if let Task::Inpaint { mask, .. } = task {
+            if (mask.width() as usize, mask.height() as usize) != (width, height) {
+                return Err(PipelineError::Input {
+                    what: "mask size",
+                    value: size_of(mask.dimensions()),
+                    allowed: format!("the init image's size {width}x{height}"),
+                });
+            }
+        }
+        self.check_memory(o, width, height)
+    }
+
+    /// A rough peak-memory estimate: the largest of the UNet's attention scores at its first
+    /// attention level (`batch × heads × L² × 4` bytes) and the VAE decoder's full-resolution
+    /// activations (a few `[n, c₀, H, W]` f32 tensors). Checked against `MemAvailable` on the CPU
+    /// only (GPU adapters do not report free memory to kiln).
+    fn check_memory(&self, o: &GenerateOptions, width: usize, height: usize) -> Result<(), PipelineError> {
+        let Some(available) = (self.device == Device::flex()).then(available_memory).flatten() else {
+            return Ok(());
+        };
+        let c = self.unet.config();
+        let f = self.vae_scale_factor() as f64;
+        let n = o.num_images_per_prompt as f64;
+        let batch = if o.guidance_scale > 1.0 { 2.0 * n } else { n };
+        let level = c.down_block_types.iter().position(|t| t.contains("Attn")).unwrap_or(0);
+        let per_block = |p: &PerBlock<usize>| match p {
+            PerBlock::One(v) => *v,
+            PerBlock::List(l) => l.get(level).copied().unwrap_or(8),
+        };
+        let heads = c.num_attention_heads.as_ref().map(per_block).unwrap_or_else(|| per_block(&c.attention_head_dim)) as f64;
+        let tokens = (height as f64 / f / 2f64.powi(level as i32)) * (width as f64 / f / 2f64.powi(level as i32));
+        let attention = batch * heads * tokens * tokens * 4.0;
+        let c0 = self.vae.config.block_out_channels.first().copied().unwrap_or(128) as f64;
+        let vae = 4.0 * n * c0 * height as f64 * width as f64 * 4.0;
+        let needed = attention.max(vae);
+        if needed > available {
+            let gib = |b: f64| b / (1u64 << 30) as f64;
+            return Err(PipelineError::TooLarge {
+                width,
+                height,
+                batch: batch as usize,
+                needed_gib: gib(needed),
+                available_gib: gib(available),
+            });
+        }
         Ok(())
     }
 
-    /// Tokenizes and encodes one prompt (diffusers' `encode_prompt` for one text), repeated for
-    /// `num_images` images. Logs a warning naming what was cut when the prompt exceeds 77 tokens.
-    ///
-    /// # Shapes
-    /// - returns `[num_images, 77, hidden]`
-    fn encode_text(&self, text: &str, num_images: usize, clip_skip: Option<usize>) -> Result<Tensor<3>, PipelineError> {
-        let tokens = self.tokenizer.encode(text)?;
+    /// Tokenizes `text` with `tokenizer` and runs `encoder`, warning (with the number of dropped
+    /// tokens) when the prompt exceeds the tokenizer's 77 tokens, as diffusers does.
+    fn run_text_encoder(
+        &self,
+        tokenizer: &ClipTokenizer,
+        encoder: &ClipTextModel,
+        text: &str,
+    ) -> Result<kiln_text_encoder::ClipTextOutput, PipelineError> {
+        let tokens = tokenizer.encode(text)?;
         if tokens.dropped_tokens > 0 {
             log::warn!(
                 "The following part of your input was truncated because CLIP can only handle sequences up to {} tokens ({} tokens dropped): {}",
-                self.tokenizer.max_length(),
+                tokenizer.max_length(),
                 tokens.dropped_tokens,
                 tokens.dropped_text
             );
         }
-        let out = self.text_encoder.encode(&[tokens.ids], &self.device)?;
-        let embeds = match clip_skip {
-            None => out.last_hidden_state,
+        Ok(encoder.encode(&[tokens.ids], &self.device)?)
+    }
+
+    /// SD 1.x / 2.x: the last hidden state, or with `clip_skip` the hidden state that many layers
+    /// earlier through the final layer norm (`pipeline_stable_diffusion.py::encode_prompt`).
+    ///
+    /// # Shapes
+    /// - returns `[1, 77, hidden]`
+    fn encode_text_sd(&self, text: &str, clip_skip: Option<usize>) -> Result<Tensor<3>, PipelineError> {
+        let out = self.run_text_encoder(&self.tokenizer, &self.text_encoder, text)?;
+        match clip_skip {
+            None => Ok(out.last_hidden_state),
             Some(skip) => {
                 let n = out.hidden_states.len();
                 if skip + 1 >= n {
@@ -172,97 +432,116 @@ impl StableDiffusion {
                         allowed: format!("at most {} for this text encoder", n - 2),
                     });
                 }
-                self.text_encoder.final_layer_norm(out.hidden_states[n - 1 - skip].clone())
+                Ok(self.text_encoder.final_layer_norm(out.hidden_states[n - 1 - skip].clone()))
             }
+        }
+    }
+
+    /// SDXL: both encoders' `hidden_states[-(clip_skip + 2)]` (no final layer norm) concatenated
+    /// on the feature axis, and the second encoder's projected pooled output
+    /// (`pipeline_stable_diffusion_xl.py::encode_prompt`).
+    ///
+    /// # Shapes
+    /// - returns `([1, 77, hidden_1 + hidden_2], [1, projection_dim])`
+    fn encode_text_sdxl(&self, text: &str, text_2: &str, clip_skip: Option<usize>) -> Result<(Tensor<3>, Tensor<2>), PipelineError> {
+        let (Some(tok2), Some(te2)) = (&self.tokenizer_2, &self.text_encoder_2) else {
+            return Err(PipelineError::MissingComponent { path: PathBuf::new(), component: "text_encoder_2".into() });
         };
-        Ok(embeds.repeat_dim(0, num_images))
-    }
-
-    /// `encode_prompt`: the prompt embeddings, with the negative ones first when classifier-free
-    /// guidance is on (one batched UNet call for both).
-    ///
-    /// # Shapes
-    /// - returns `[2 * n, 77, hidden]` with guidance, `[n, 77, hidden]` without
-    pub fn encode_prompt(&self, o: &Txt2ImgOptions, do_cfg: bool) -> Result<Tensor<3>, PipelineError> {
-        let n = o.num_images_per_prompt;
-        let cond = self.encode_text(&o.prompt, n, o.clip_skip)?;
-        if !do_cfg {
-            return Ok(cond);
-        }
-        // diffusers encodes the negative prompt without clip_skip
-        let uncond = self.encode_text(o.negative_prompt.as_deref().unwrap_or(""), n, None)?;
-        Ok(Tensor::cat(vec![uncond, cond], 0))
-    }
-
-    /// `prepare_latents`: `torch.randn(shape, generator)` drawn on the host (bit for bit), scaled
-    /// by the scheduler's `init_noise_sigma`.
-    ///
-    /// # Shapes
-    /// - returns `[n, latent_channels, height / 8, width / 8]`
-    pub fn prepare_latents(&self, o: &Txt2ImgOptions, init_noise_sigma: f64, generator: &mut TorchGenerator) -> Tensor<4> {
-        let f = self.vae.downsample_factor();
-        let c = self.unet.config().in_channels;
-        let shape = [o.num_images_per_prompt, c, o.height / f, o.width / f];
-        let noise = generator.randn(&shape);
-        Tensor::<4>::from_data(TensorData::new(noise, shape), &self.device).mul_scalar(init_noise_sigma)
-    }
-
-    /// The denoising loop: CFG in one batched UNet call, `guidance_rescale`, scheduler steps with
-    /// the generator as the noise source of stochastic samplers.
-    pub fn denoise(
-        &self,
-        o: &Txt2ImgOptions,
-        prompt_embeds: Tensor<3>,
-        mut latents: Tensor<4>,
-        scheduler: &mut dyn kiln_scheduler::Scheduler,
-        generator: &mut TorchGenerator,
-        callback: &mut dyn FnMut(StepInfo, &Tensor<4>) -> bool,
-    ) -> Result<Tensor<4>, PipelineError> {
-        let do_cfg = o.guidance_scale > 1.0;
-        let timesteps = scheduler.timesteps().to_vec();
-        for (i, &t) in timesteps.iter().enumerate() {
-            let model_input = if do_cfg { Tensor::cat(vec![latents.clone(), latents.clone()], 0) } else { latents.clone() };
-            let model_input = scheduler.scale_model_input(model_input, i);
-            let noise_pred = self.unet.forward(model_input, &[t], prompt_embeds.clone(), None)?;
-            let noise_pred = if do_cfg {
-                let n = o.num_images_per_prompt;
-                let uncond = noise_pred.clone().narrow(0, 0, n);
-                let text = noise_pred.narrow(0, n, n);
-                // noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
-                let guided = uncond.clone() + (text.clone() - uncond).mul_scalar(o.guidance_scale);
-                if o.guidance_rescale > 0.0 { rescale_noise_cfg(guided, text, o.guidance_rescale) } else { guided }
-            } else {
-                noise_pred
-            };
-            latents = scheduler.step(noise_pred, i, latents, generator);
-            if !callback(StepInfo { step: i, total: timesteps.len(), timestep: t }, &latents) {
-                return Err(PipelineError::Cancelled(i));
+        let back = clip_skip.unwrap_or(0) + 2;
+        let mut parts = Vec::with_capacity(2);
+        let mut pooled = None;
+        for (tok, te, text) in [(&self.tokenizer, &self.text_encoder, text), (tok2, te2, text_2)] {
+            let out = self.run_text_encoder(tok, te, text)?;
+            let n = out.hidden_states.len();
+            if back > n {
+                return Err(PipelineError::Input {
+                    what: "clip_skip",
+                    value: clip_skip.unwrap_or(0).to_string(),
+                    allowed: format!("at most {} for this text encoder", n - 2),
+                });
+            }
+            parts.push(out.hidden_states[n - back].clone());
+            // diffusers keeps `prompt_embeds[0]` when it is 2-D: the projection of the encoder
+            // with projection (the second)
+            if out.text_embeds.is_some() {
+                pooled = out.text_embeds;
             }
         }
-        Ok(latents)
+        let pooled = pooled.ok_or_else(|| {
+            PipelineError::Unsupported("SDXL needs text_encoder_2 to be a CLIPTextModelWithProjection (no text_projection found)".into())
+        })?;
+        Ok((Tensor::cat(parts, 2), pooled))
     }
 
-    /// `decode_latents` + `image_processor.postprocess(output_type="pil")`: VAE decode of
-    /// `latents / scaling_factor`, then `(x / 2 + 0.5).clamp(0, 1)`, `(x * 255).round()` to u8.
-    pub fn decode_latents(&self, latents: Tensor<4>) -> Result<Vec<RgbImage>, PipelineError> {
-        let z = latents.div_scalar(self.vae.scaling_factor());
-        let image = self.vae.decode(z)?;
-        to_rgb_images(image)
+    /// `encode_prompt`: the prompt embeddings, negative first when classifier-free guidance is
+    /// on (one batched UNet call for both), each repeated for `num_images_per_prompt`; for SDXL
+    /// also the pooled embeddings and `time_ids` (`_get_add_time_ids`).
+    pub fn encode_prompt(&self, o: &GenerateOptions, do_cfg: bool, height: usize, width: usize) -> Result<PromptEmbeds, PipelineError> {
+        let n = o.num_images_per_prompt;
+        let rep3 = |t: Tensor<3>| t.repeat_dim(0, n);
+        let rep2 = |t: Tensor<2>| t.repeat_dim(0, n);
+        if self.kind != PipelineKind::StableDiffusionXL {
+            let cond = rep3(self.encode_text_sd(&o.prompt, o.clip_skip)?);
+            if !do_cfg {
+                return Ok(PromptEmbeds { prompt_embeds: cond, text_time: None });
+            }
+            // diffusers encodes the negative prompt without clip_skip
+            let uncond = rep3(self.encode_text_sd(o.negative_prompt.as_deref().unwrap_or(""), None)?);
+            return Ok(PromptEmbeds { prompt_embeds: Tensor::cat(vec![uncond, cond], 0), text_time: None });
+        }
+        // `prompt_2 = prompt_2 or prompt`
+        let or = |a: &Option<String>, b: &str| a.as_deref().filter(|s| !s.is_empty()).unwrap_or(b).to_string();
+        let (embeds, pooled) = self.encode_text_sdxl(&o.prompt, &or(&o.prompt_2, &o.prompt), o.clip_skip)?;
+        let time_ids = self.add_time_ids(o, height, width, pooled.dims()[1])?;
+        if !do_cfg {
+            let text_time = TextTimeCond { text_embeds: rep2(pooled), time_ids: vec![time_ids; n] };
+            return Ok(PromptEmbeds { prompt_embeds: rep3(embeds), text_time: Some(text_time) });
+        }
+        let (neg, neg_pooled) = if o.negative_prompt.is_none() && self.force_zeros_for_empty_prompt {
+            (embeds.zeros_like(), pooled.zeros_like())
+        } else {
+            let negative = o.negative_prompt.clone().unwrap_or_default();
+            // the negative prompt always uses the penultimate layer
+            self.encode_text_sdxl(&negative, &or(&o.negative_prompt_2, &negative), None)?
+        };
+        Ok(PromptEmbeds {
+            prompt_embeds: Tensor::cat(vec![rep3(neg), rep3(embeds)], 0),
+            text_time: Some(TextTimeCond {
+                text_embeds: Tensor::cat(vec![rep2(neg_pooled), rep2(pooled)], 0),
+                time_ids: vec![time_ids; 2 * n],
+            }),
+        })
     }
 
-    /// `pipe(prompt, ...)`: the whole txt2img run. `callback` sees each step and may cancel.
-    pub fn txt2img(
-        &self,
-        o: &Txt2ImgOptions,
-        callback: &mut dyn FnMut(StepInfo, &Tensor<4>) -> bool,
-    ) -> Result<Vec<RgbImage>, PipelineError> {
-        self.check_inputs(o)?;
+    /// `_get_add_time_ids`: `original_size + crops_coords_top_left + target_size`, checked against
+    /// the UNet's `add_embedding` input width.
+    fn add_time_ids(&self, o: &GenerateOptions, height: usize, width: usize, projection_dim: usize) -> Result<Vec<f64>, PipelineError> {
+        let (oh, ow) = o.original_size.unwrap_or((height, width));
+        let (ct, cl) = o.crops_coords_top_left;
+        let (th, tw) = o.target_size.unwrap_or((height, width));
+        let ids: Vec<f64> = [oh, ow, ct, cl, th, tw].iter().map(|&v| v as f64).collect();
+        let c = self.unet.config();
+        let passed = c.addition_time_embed_dim.unwrap_or(0) * ids.len() + projection_dim;
+        if let Some(expected) = c.projection_class_embeddings_input_dim {
+            if expected != passed {
+                return Err(PipelineError::Unsupported(format!(
+                    "the UNet expects an added time embedding vector of length {expected}, but a vector of {passed} was created \
+                     (addition_time_embed_dim × 6 + text_encoder_2 projection_dim); the model's configs do not match"
+                )));
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Builds the scheduler of a run: `--scheduler` on top of the model's config, else the
+    /// config's own class.
+    pub fn build_scheduler(&self, o: &GenerateOptions) -> Result<Box<dyn Scheduler>, PipelineError> {
         let mut config = self.scheduler_config.clone();
         if o.karras {
             config = config.with("use_karras_sigmas", true);
         }
         let options = StepOptions { eta: o.eta, ..StepOptions::default() };
-        let mut scheduler = match o.scheduler {
+        Ok(match o.scheduler {
             Some(name) => name.build(&config, o.num_inference_steps, &options)?,
             None => {
                 let class = config.class_name.clone().ok_or_else(|| PipelineError::Input {
@@ -272,14 +551,220 @@ impl StableDiffusion {
                 })?;
                 SchedulerClass::from_class_name(&class)?.build(&config, o.num_inference_steps, &options)?
             }
+        })
+    }
+
+    fn randn(&self, generator: &mut TorchGenerator, shape: [usize; 4]) -> Tensor<4> {
+        Tensor::<4>::from_data(TensorData::new(generator.randn(&shape), shape), &self.device)
+    }
+
+    /// `_encode_vae_image`: `scaling_factor × vae.encode(image).latent_dist.sample(generator)`.
+    ///
+    /// # Shapes
+    /// - image: `[1, 3, h, w]` in [-1, 1]; returns `[1, latent_channels, h / 8, w / 8]`
+    fn encode_vae_image(&self, image: Tensor<4>, generator: &mut TorchGenerator) -> Result<Tensor<4>, PipelineError> {
+        let dist = self.vae.encode(image)?;
+        let noise = self.randn(generator, dist.mean.dims());
+        Ok(dist.sample(noise)?.mul_scalar(self.vae.scaling_factor()))
+    }
+
+    /// `prepare_latents` of the three pipelines, drawing from `generator` in diffusers' order:
+    /// * txt2img: `randn([n, c, h/8, w/8]) × init_noise_sigma`;
+    /// * img2img: the init image's latents (one posterior sample), repeated n times, then
+    ///   `add_noise(latents, randn, timesteps[begin])`;
+    /// * inpainting: the init image's latents when needed (4-channel UNet, or strength < 1),
+    ///   then the noise (pure noise × init_noise_sigma at strength 1), then the masked image's
+    ///   latents (`prepare_mask_latents`).
+    ///
+    /// # Shapes
+    /// - returns `[n, latent_channels, h / 8, w / 8]` and, for inpainting, [`InpaintLatents`]
+    pub fn prepare_latents(
+        &self,
+        o: &GenerateOptions,
+        task: &Task,
+        height: usize,
+        width: usize,
+        scheduler: &dyn Scheduler,
+        begin: usize,
+        generator: &mut TorchGenerator,
+    ) -> Result<(Tensor<4>, Option<InpaintLatents>), PipelineError> {
+        let f = self.vae_scale_factor();
+        let n = o.num_images_per_prompt;
+        let (lh, lw) = (height / f, width / f);
+        match *task {
+            Task::Txt2Img => {
+                let shape = [n, self.unet.config().in_channels, lh, lw];
+                Ok((self.randn(generator, shape).mul_scalar(scheduler.init_noise_sigma()), None))
+            }
+            Task::Img2Img { image, .. } => {
+                let init = self.encode_vae_image(image_to_tensor(image, &self.device), generator)?.repeat_dim(0, n);
+                let noise = self.randn(generator, init.dims());
+                Ok((scheduler.add_noise(init, noise, begin), None))
+            }
+            Task::Inpaint { image, mask, strength } => {
+                let c = self.vae.config.latent_channels;
+                let is_strength_max = strength == 1.0;
+                let init_image = image_to_tensor(image, &self.device);
+                let image_latents = if !self.is_inpainting_unet() || !is_strength_max {
+                    Some(self.encode_vae_image(init_image.clone(), generator)?.repeat_dim(0, n))
+                } else {
+                    None
+                };
+                let noise = self.randn(generator, [n, c, lh, lw]);
+                let latents = match (&image_latents, is_strength_max) {
+                    (Some(init), false) => scheduler.add_noise(init.clone(), noise.clone(), begin),
+                    _ => noise.clone().mul_scalar(scheduler.init_noise_sigma()),
+                };
+                // masked_image = init_image * (mask < 0.5)
+                let keep = mask_to_tensor(mask, &self.device).neg().add_scalar(1.0);
+                let masked_image = init_image * keep.expand([1, 3, height, width]);
+                let masked_image_latents = self.encode_vae_image(masked_image, generator)?.repeat_dim(0, n);
+                let mask = interpolate_nearest(mask, lh, lw, &self.device).repeat_dim(0, n);
+                let image_latents = if self.is_inpainting_unet() { None } else { image_latents };
+                Ok((latents, Some(InpaintLatents { mask, masked_image_latents, image_latents, noise })))
+            }
+        }
+    }
+
+    /// The denoising loop from step `begin`: CFG in one batched UNet call, `guidance_rescale`,
+    /// scheduler steps with the generator as the noise source of stochastic samplers; for
+    /// inpainting the mask channels (9-channel UNets) or the blend of the known region
+    /// (4-channel UNets).
+    #[allow(clippy::too_many_arguments)]
+    pub fn denoise(
+        &self,
+        o: &GenerateOptions,
+        cond: &PromptEmbeds,
+        mut latents: Tensor<4>,
+        scheduler: &mut dyn Scheduler,
+        begin: usize,
+        inpaint: Option<&InpaintLatents>,
+        generator: &mut TorchGenerator,
+        callback: &mut dyn FnMut(StepInfo, &Tensor<4>) -> bool,
+    ) -> Result<Tensor<4>, PipelineError> {
+        let do_cfg = o.guidance_scale > 1.0;
+        let n = o.num_images_per_prompt;
+        let double = |t: &Tensor<4>| if do_cfg { Tensor::cat(vec![t.clone(), t.clone()], 0) } else { t.clone() };
+        // 9-channel UNets: [latents, mask, masked_image_latents] on the channel axis
+        let extra_channels = inpaint
+            .filter(|_| self.is_inpainting_unet())
+            .map(|i| (double(&i.mask), double(&i.masked_image_latents)));
+        let timesteps = scheduler.timesteps().to_vec();
+        let total = timesteps.len() - begin;
+        for i in begin..timesteps.len() {
+            let t = timesteps[i];
+            let model_input = scheduler.scale_model_input(double(&latents), i);
+            let model_input = match &extra_channels {
+                Some((mask, masked)) => Tensor::cat(vec![model_input, mask.clone(), masked.clone()], 1),
+                None => model_input,
+            };
+            let noise_pred = self.unet.forward(model_input, &[t], cond.prompt_embeds.clone(), cond.text_time.as_ref())?;
+            let noise_pred = if do_cfg {
+                let uncond = noise_pred.clone().narrow(0, 0, n);
+                let text = noise_pred.narrow(0, n, n);
+                // noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
+                let guided = uncond.clone() + (text.clone() - uncond).mul_scalar(o.guidance_scale);
+                if o.guidance_rescale > 0.0 { rescale_noise_cfg(guided, text, o.guidance_rescale) } else { guided }
+            } else {
+                noise_pred
+            };
+            latents = scheduler.step(noise_pred, i, latents, generator);
+            if let Some(InpaintLatents { mask, image_latents: Some(image_latents), noise, .. }) = inpaint {
+                // the known region follows the init image, noised to the next timestep
+                let proper = if i + 1 < timesteps.len() {
+                    scheduler.add_noise(image_latents.clone(), noise.clone(), i + 1)
+                } else {
+                    image_latents.clone()
+                };
+                let mask = mask.clone().expand(latents.dims());
+                latents = (mask.clone().neg().add_scalar(1.0)) * proper + mask * latents;
+            }
+            if !callback(StepInfo { step: i - begin, total, timestep: t }, &latents) {
+                return Err(PipelineError::Cancelled(i - begin));
+            }
+        }
+        Ok(latents)
+    }
+
+    /// `decode_latents` + `image_processor.postprocess(output_type="pil")`: VAE decode of
+    /// `latents / scaling_factor` (or `latents × latents_std / scaling_factor + latents_mean` when
+    /// the VAE config has both), then `(x / 2 + 0.5).clamp(0, 1)`, `(x * 255).round()` to u8.
+    pub fn decode_latents(&self, latents: Tensor<4>) -> Result<Vec<RgbImage>, PipelineError> {
+        let sf = self.vae.scaling_factor();
+        let cfg = &self.vae.config;
+        let z = match (&cfg.latents_mean, &cfg.latents_std) {
+            (Some(mean), Some(std)) if mean.len() == cfg.latent_channels && std.len() == cfg.latent_channels => {
+                let dims = latents.dims();
+                let column = |v: &[f64]| {
+                    let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+                    Tensor::<4>::from_data(TensorData::new(v, [1, dims[1], 1, 1]), &self.device).expand(dims)
+                };
+                (latents * column(std)).div_scalar(sf) + column(mean)
+            }
+            _ => latents.div_scalar(sf),
+        };
+        let image = self.vae.decode(z)?;
+        to_rgb_images(image)
+    }
+
+    /// `pipe(prompt, ...)` for any [`Task`]. `callback` sees each step and may cancel.
+    pub fn generate(
+        &self,
+        o: &GenerateOptions,
+        task: Task,
+        callback: &mut dyn FnMut(StepInfo, &Tensor<4>) -> bool,
+    ) -> Result<Vec<RgbImage>, PipelineError> {
+        self.check_inputs(o, &task)?;
+        let (height, width) = self.output_size(o, &task);
+        let mut scheduler = self.build_scheduler(o)?;
+        let begin = match task {
+            Task::Txt2Img => 0,
+            _ => img2img_begin_index(o.num_inference_steps, task.strength(), scheduler.order())?,
         };
         let do_cfg = o.guidance_scale > 1.0;
-        let prompt_embeds = self.encode_prompt(o, do_cfg)?;
+        let cond = self.encode_prompt(o, do_cfg, height, width)?;
         let mut generator = TorchGenerator::new(o.seed);
-        let latents = self.prepare_latents(o, scheduler.init_noise_sigma(), &mut generator);
-        let latents = self.denoise(o, prompt_embeds, latents, scheduler.as_mut(), &mut generator, callback)?;
+        let (latents, inpaint) = self.prepare_latents(o, &task, height, width, scheduler.as_ref(), begin, &mut generator)?;
+        let latents =
+            self.denoise(o, &cond, latents, scheduler.as_mut(), begin, inpaint.as_ref(), &mut generator, callback)?;
         self.decode_latents(latents)
     }
+
+    /// Text to image.
+    pub fn txt2img(&self, o: &GenerateOptions, callback: &mut dyn FnMut(StepInfo, &Tensor<4>) -> bool) -> Result<Vec<RgbImage>, PipelineError> {
+        self.generate(o, Task::Txt2Img, callback)
+    }
+
+    /// Image to image with `strength` in [0, 1] (diffusers' default 0.8).
+    pub fn img2img(
+        &self,
+        o: &GenerateOptions,
+        image: &RgbImage,
+        strength: f64,
+        callback: &mut dyn FnMut(StepInfo, &Tensor<4>) -> bool,
+    ) -> Result<Vec<RgbImage>, PipelineError> {
+        self.generate(o, Task::Img2Img { image, strength }, callback)
+    }
+
+    /// Inpainting: repaint where `mask` is white (diffusers' default strength 1).
+    pub fn inpaint(
+        &self,
+        o: &GenerateOptions,
+        image: &RgbImage,
+        mask: &GrayImage,
+        strength: f64,
+        callback: &mut dyn FnMut(StepInfo, &Tensor<4>) -> bool,
+    ) -> Result<Vec<RgbImage>, PipelineError> {
+        self.generate(o, Task::Inpaint { image, mask, strength }, callback)
+    }
+}
+
+/// `MemAvailable` of /proc/meminfo in bytes (Linux); `None` elsewhere.
+fn available_memory() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0)
 }
 
 /// `rescale_noise_cfg` (diffusers, after arXiv 2305.08891 §3.4): rescale the guided prediction to
@@ -299,27 +784,3 @@ pub fn rescale_noise_cfg(noise_cfg: Tensor<4>, noise_pred_text: Tensor<4>, guida
     rescaled.mul_scalar(guidance_rescale) + noise_cfg.mul_scalar(1.0 - guidance_rescale)
 }
 
-/// `[n, 3, h, w]` in [-1, 1] → RGB8 images, as diffusers' `VaeImageProcessor.postprocess` +
-/// `numpy_to_pil` do it (`(x * 0.5 + 0.5).clamp(0, 1)`, `(x * 255).round()`).
-pub fn to_rgb_images(image: Tensor<4>) -> Result<Vec<RgbImage>, PipelineError> {
-    let [n, c, h, w] = image.dims();
-    if c != 3 {
-        return Err(PipelineError::Input { what: "decoded image channels", value: c.to_string(), allowed: "3".into() });
-    }
-    let image = image.mul_scalar(0.5).add_scalar(0.5).clamp(0.0, 1.0).permute([0, 2, 3, 1]);
-    let values: Vec<f32> = image
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| PipelineError::Input { what: "decoded image", value: format!("{e:?}"), allowed: "f32 data".into() })?;
-    Ok((0..n)
-        .map(|i| {
-            let bytes: Vec<u8> = values[i * h * w * 3..(i + 1) * h * w * 3]
-                .iter()
-                // numpy's round() is half-to-even
-                .map(|&v| (v * 255.0).round_ties_even() as u8)
-                .collect();
-            RgbImage::from_raw(w as u32, h as u32, bytes).expect("buffer size matches")
-        })
-        .collect())
-}

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 
 use burn::tensor::DType;
-use kiln_pipeline::{StableDiffusion, Txt2ImgOptions};
+use kiln_pipeline::{StableDiffusion, GenerateOptions};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -36,25 +36,25 @@ fn txt2img_on_the_wgpu_lane_matches_diffusers() {
     for (file, options) in [
         (
             "case00-0.png",
-            Txt2ImgOptions {
+            GenerateOptions {
                 prompt: "a red circle on a blue background".into(),
                 num_inference_steps: 5,
                 guidance_scale: 7.5,
-                width: 64,
-                height: 48,
+                width: Some(64),
+                height: Some(48),
                 seed: 0,
                 ..Default::default()
             },
         ),
         (
             "case01-0.png",
-            Txt2ImgOptions {
+            GenerateOptions {
                 prompt: "a red circle on a blue background".into(),
                 negative_prompt: Some("blurry, low quality".into()),
                 num_inference_steps: 4,
                 guidance_scale: 5.0,
-                width: 48,
-                height: 64,
+                width: Some(48),
+                height: Some(64),
                 seed: 42,
                 scheduler: Some("euler-a".parse().unwrap()),
                 ..Default::default()

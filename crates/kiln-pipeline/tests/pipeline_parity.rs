@@ -1,13 +1,18 @@
-//! End-to-end parity: kiln's txt2img on the tiny random pipelines of assets/fixtures/models gives
+//! End-to-end parity: kiln's pipelines on the tiny random models of assets/fixtures/models give
 //! the PNGs diffusers 0.42.1 wrote for the same arguments and CPU-generator seed
-//! (scripts/fixtures/pipelines.py): samplers incl. euler-a and dpm++2m-sde, non-square sizes,
-//! negative prompts, guidance 1.0 (no CFG), several images per prompt, SD1 and SD2 (v-prediction).
+//! (scripts/fixtures/pipelines.py): txt2img on SD1, SD2 (v-prediction) and SDXL (two encoders,
+//! pooled embeddings, time ids incl. custom original/target sizes and crops, zeroed negative
+//! prompt), img2img (strengths 0.5–0.8, a second-order sampler), inpainting with the 9-channel
+//! model (strength 1 and 0.75, a colour mask) and with an ordinary model (masked-latent blend);
+//! samplers incl. euler-a and dpm++2m-sde, non-square sizes, negative prompts, guidance 1.0 (no
+//! CFG), several images per prompt.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use burn::tensor::{DType, Device};
-use kiln_pipeline::{StableDiffusion, Txt2ImgOptions};
+use kiln_pipeline::image_processor::pil_grayscale;
+use kiln_pipeline::{GenerateOptions, StableDiffusion, Task};
 use serde_json::Value;
 
 /// The bound: every pixel within 2 levels of 255. Random-weight models amplify f32
@@ -30,7 +35,7 @@ fn read_png(path: &PathBuf) -> (u32, u32, Vec<u8>) {
 }
 
 #[test]
-fn txt2img_matches_diffusers() {
+fn pipelines_match_diffusers() {
     let dir = root().join("assets/fixtures/pipelines");
     let cases: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
     let device = Device::flex();
@@ -42,20 +47,37 @@ fn txt2img_matches_diffusers() {
         let pipe = pipes.entry(model.clone()).or_insert_with(|| {
             StableDiffusion::load(&root().join("assets/fixtures/models").join(&model), &device, DType::F32, None).unwrap()
         });
-        let o = Txt2ImgOptions {
+        let pair = |key: &str| {
+            case.get(key).and_then(Value::as_array).map(|v| (v[0].as_u64().unwrap() as usize, v[1].as_u64().unwrap() as usize))
+        };
+        let o = GenerateOptions {
             prompt: case["prompt"].as_str().unwrap().into(),
+            prompt_2: case.get("prompt_2").and_then(Value::as_str).map(String::from),
             negative_prompt: case["negative_prompt"].as_str().map(String::from),
             num_inference_steps: case["steps"].as_u64().unwrap() as usize,
             guidance_scale: case["guidance_scale"].as_f64().unwrap(),
-            width: case["width"].as_u64().unwrap() as usize,
-            height: case["height"].as_u64().unwrap() as usize,
+            width: Some(case["width"].as_u64().unwrap() as usize),
+            height: Some(case["height"].as_u64().unwrap() as usize),
             seed: case["seed"].as_u64().unwrap(),
             num_images_per_prompt: case["num_images"].as_u64().unwrap() as usize,
             scheduler: case["scheduler"].as_str().map(|s| s.parse().unwrap()),
-            ..Txt2ImgOptions::default()
+            original_size: pair("original_size"),
+            crops_coords_top_left: pair("crops_coords_top_left").unwrap_or((0, 0)),
+            target_size: pair("target_size"),
+            ..GenerateOptions::default()
+        };
+        let input = |key: &str| case.get(key).and_then(Value::as_str).map(|f| image::open(dir.join(f)).unwrap());
+        let init = input("init_image").map(|i| i.to_rgb8());
+        let mask = input("mask_image").map(|m| pil_grayscale(&m));
+        let strength = case.get("strength").and_then(Value::as_f64).unwrap_or(1.0);
+        let task = match (case["task"].as_str().unwrap(), &init, &mask) {
+            ("txt2img", _, _) => Task::Txt2Img,
+            ("img2img", Some(image), _) => Task::Img2Img { image, strength },
+            ("inpaint", Some(image), Some(mask)) => Task::Inpaint { image, mask, strength },
+            (t, _, _) => panic!("case {i}: task {t} without its inputs"),
         };
         let mut steps = 0;
-        let images = pipe.txt2img(&o, &mut |_, _| {
+        let images = pipe.generate(&o, task, &mut |_, _| {
             steps += 1;
             true
         });
@@ -70,7 +92,7 @@ fn txt2img_matches_diffusers() {
             let (w, h, want) = read_png(&dir.join(file.as_str().unwrap()));
             assert_eq!((img.width(), img.height()), (w, h), "case {i}: size");
             let worst = img.as_raw().iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
-            let label = format!("case {i} ({model}, {}, {w}x{h}, cfg {})", case["scheduler"], o.guidance_scale);
+            let label = format!("case {i} ({model} {}, {}, {w}x{h}, cfg {})", case["task"], case["scheduler"], o.guidance_scale);
             println!("{label}: max difference {worst} levels");
             if worst > MAX_LEVELS {
                 failures.push(format!("{label}: {worst} levels > {MAX_LEVELS}"));

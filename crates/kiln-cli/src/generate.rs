@@ -70,6 +70,9 @@ pub struct GenerateArgs {
     /// The UNet's precision; the VAE and text encoder stay f32.
     #[arg(long, value_name = "f32|f16", default_value = "f32")]
     dtype: String,
+    /// The VAE's precision; an f16 decode that overflows (NaN/inf) is redone in f32.
+    #[arg(long, value_name = "f32|f16", default_value = "f32")]
+    vae_dtype: String,
     /// Use the .fp16.safetensors weights where the model has them.
     #[arg(long)]
     fp16_variant: bool,
@@ -159,6 +162,11 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
         "f16" => DType::F16,
         other => return Err(format!("--dtype must be f32 or f16, got {other:?}")),
     };
+    let vae_dtype = match a.vae_dtype.as_str() {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        other => return Err(format!("--vae-dtype must be f32 or f16, got {other:?}")),
+    };
     let scheduler = a.scheduler.as_deref().map(str::parse::<SamplerName>).transpose().map_err(|e| e.to_string())?;
     let original_size = a.original_size.as_deref().map(|v| parse_size("--original-size", v)).transpose()?;
     let target_size = a.target_size.as_deref().map(|v| parse_size("--target-size", v)).transpose()?;
@@ -178,7 +186,10 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
     let mask = a.mask.as_deref().map(|p| read_image(p, "mask").map(|m| pil_grayscale(&m))).transpose()?;
     let resolve_options = ResolveOptions { prefer_fp16: a.fp16_variant, vae: a.vae.clone() };
     let folder = resolve(&a.model, &resolve_options, &HubConfig::from_env()).map_err(|e| e.to_string())?;
-    let pipe = StableDiffusion::load_folder(&folder, &device, dtype).map_err(|e| e.to_string())?;
+    let mut pipe = StableDiffusion::load_folder(&folder, &device, dtype).map_err(|e| e.to_string())?;
+    if vae_dtype != DType::F32 {
+        pipe.set_vae_dtype(vae_dtype);
+    }
     let options = GenerateOptions {
         prompt: a.prompt.clone(),
         prompt_2: a.prompt_2.clone(),

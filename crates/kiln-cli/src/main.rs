@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod bench;
 mod generate;
 use kiln::scheduler::{SamplerName, SchedulerClass, SchedulerConfig, StepOptions};
 use serde_json::{json, Value};
@@ -27,6 +28,9 @@ enum Command {
     /// Describe a PNG (its generation parameters), a model folder or Hub id in the cache
     /// (pipeline, components, dtypes, parameter counts), a component folder or a safetensors file.
     Info(InfoArgs),
+    /// Time the text encoder, one UNet CFG step, the VAE decode and an end-to-end run on a
+    /// device, for a config preset (random weights) or a model folder.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::generate(args),
         Command::Schedule(args) => schedule(args),
         Command::Info(args) => info(args),
+        Command::Bench(args) => bench::bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -36,3 +36,19 @@ pub fn conv2d(c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: 
         .with_padding(PaddingConfig2d::Explicit(padding, padding, padding, padding))
         .init(device)
 }
+
+/// Casts every float parameter of `module` to `dtype` (e.g. a randomly initialised model to f16
+/// for benchmarks; loading casts on its own).
+pub fn cast_module<M: burn::module::Module>(module: M, dtype: burn::tensor::DType) -> M {
+    struct Cast(burn::tensor::DType);
+    impl burn::module::ModuleMapper for Cast {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: burn::module::Param<burn::tensor::Tensor<D>>,
+        ) -> burn::module::Param<burn::tensor::Tensor<D>> {
+            let dtype = self.0;
+            param.map(|t| if t.dtype() == dtype { t } else { t.cast(dtype) })
+        }
+    }
+    module.map(&mut Cast(dtype))
+}

@@ -13,6 +13,7 @@
 //! * [`StableDiffusion`]: the SD 1.x/2.x, SDXL and inpainting pipelines — txt2img, img2img and
 //!   inpainting ([`Task`]) with diffusers' stages; [`image_processor`] converts images and masks.
 
+pub mod bench;
 pub mod image_processor;
 pub mod info;
 pub mod model;

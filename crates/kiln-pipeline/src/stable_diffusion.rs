@@ -703,8 +703,34 @@ impl StableDiffusion {
             }
             _ => latents.div_scalar(sf),
         };
-        let image = self.vae.decode(z)?;
-        to_rgb_images(image)
+        to_rgb_images(self.decode_checked(z)?.0)
+    }
+
+    /// VAE decode that never returns a black image: a VAE running in f16 whose output holds NaN
+    /// or ±inf (SD's VAE overflows f16 at large activations, hence diffusers' `force_upcast`) is
+    /// decoded again with an f32 copy of its weights. Returns the image and whether it fell back.
+    ///
+    /// # Shapes
+    /// - z: `[n, latent_channels, h, w]` (already divided by the scaling factor); returns
+    ///   `[n, 3, h × f, w × f]`
+    pub fn decode_checked(&self, z: Tensor<4>) -> Result<(Tensor<4>, bool), PipelineError> {
+        if self.vae.dtype() == DType::F32 {
+            return Ok((self.vae.decode(z)?, false));
+        }
+        let image = self.vae.decode(z.clone())?;
+        let finite = image.clone().cast(DType::F32).is_finite().all().into_scalar::<bool>();
+        if finite {
+            return Ok((image, false));
+        }
+        log::warn!("the VAE's {:?} decode produced NaN or inf; decoding again in f32", self.vae.dtype());
+        let vae32 = kiln_nn::cast_module(self.vae.clone(), DType::F32);
+        Ok((vae32.decode(z.cast(DType::F32))?, true))
+    }
+
+    /// Runs the VAE in `dtype` from now on (the pipeline loads it in f32). With f16, a decode
+    /// that overflows falls back to f32 ([`decode_checked`](Self::decode_checked)).
+    pub fn set_vae_dtype(&mut self, dtype: DType) {
+        self.vae = kiln_nn::cast_module(self.vae.clone(), dtype);
     }
 
     /// `pipe(prompt, ...)` for any [`Task`]. `callback` sees each step and may cancel.

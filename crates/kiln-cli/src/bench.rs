@@ -1,0 +1,114 @@
+//! `kiln bench`: flags → [`BenchOptions`] → a text or JSON report.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use kiln::burn::tensor::{DType, Device, DeviceKind};
+use kiln::pipeline::bench::{preset_names, run_bench, BenchModel, BenchOptions, BenchReport, Timing};
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["preset", "model"])))]
+pub struct BenchArgs {
+    /// A published config with random weights: sd15, sd21, sdxl (assets/configs/).
+    #[arg(long, value_name = "NAME")]
+    preset: Option<String>,
+    /// A diffusers model folder (its own weights).
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// cpu (burn's flex backend), vulkan (SPIR-V, f16 tensor cores), wgpu (auto API, WGSL).
+    #[arg(long, value_name = "cpu|vulkan|wgpu", default_value = "cpu")]
+    device: String,
+    /// The UNet's precision.
+    #[arg(long, value_name = "f32|f16", default_value = "f32")]
+    dtype: String,
+    /// The VAE's precision (the pipeline decodes in f32).
+    #[arg(long, value_name = "f32|f16", default_value = "f32")]
+    vae_dtype: String,
+    #[arg(long, value_name = "W", default_value_t = 512)]
+    width: usize,
+    #[arg(long, value_name = "H", default_value_t = 512)]
+    height: usize,
+    /// Denoising steps of the end-to-end run.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    steps: usize,
+    /// Images per run; the UNet runs on twice as many (classifier-free guidance).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    batch: usize,
+    /// Timed repetitions of each component after the first call.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    iters: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn dtype(flag: &str, v: &str) -> Result<DType, String> {
+    match v {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        other => Err(format!("{flag} must be f32 or f16, got {other:?}")),
+    }
+}
+
+fn line(name: &str, t: &Timing) -> String {
+    format!(
+        "{name:<14} {:>10.2} ms  (min {:.2}, max {:.2}, {} runs; first use {:.2} ms)",
+        t.mean_s * 1e3,
+        t.min_s * 1e3,
+        t.max_s * 1e3,
+        t.iters,
+        t.first_use_s * 1e3
+    )
+}
+
+fn print_text(r: &BenchReport) {
+    println!("model: {}", r.model);
+    println!("device: {}   UNet {} ({} parameters), VAE {}", r.device, r.dtype, r.unet_parameters, r.vae_dtype);
+    println!("size: {}x{}, batch {} (UNet batch {}), {} steps", r.width, r.height, r.batch, 2 * r.batch, r.steps);
+    println!("{}", line("text encode", &r.text_encode));
+    println!("{}", line("UNet CFG step", &r.unet_step));
+    println!("{}", line("VAE decode", &r.vae_decode));
+    println!("{}", line("end to end", &r.end_to_end));
+    match r.peak_memory_bytes {
+        Some(b) => println!("peak memory: {:.2} GiB ({})", b as f64 / (1u64 << 30) as f64, r.peak_memory_source),
+        None => println!("peak memory: not reported by this device"),
+    }
+}
+
+pub fn bench(a: BenchArgs) -> Result<(), String> {
+    let device = match a.device.as_str() {
+        "cpu" => Device::flex(),
+        "vulkan" => Device::vulkan(DeviceKind::DefaultDevice),
+        "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
+        other => return Err(format!("--device must be cpu, vulkan or wgpu, got {other:?}")),
+    };
+    let model = match (a.preset, a.model) {
+        (Some(p), _) => {
+            if !preset_names().contains(&p.as_str()) {
+                return Err(format!("--preset must be one of {}, got {p:?}", preset_names().join(", ")));
+            }
+            BenchModel::Preset(p)
+        }
+        (None, Some(dir)) => BenchModel::Folder(dir),
+        (None, None) => unreachable!("clap requires --preset or --model"),
+    };
+    let options = BenchOptions {
+        model,
+        dtype: dtype("--dtype", &a.dtype)?,
+        vae_dtype: dtype("--vae-dtype", &a.vae_dtype)?,
+        width: a.width,
+        height: a.height,
+        steps: a.steps,
+        batch: a.batch,
+        iters: a.iters,
+        seed: 0,
+    };
+    let device_name = format!("{} ({device:?})", a.device);
+    let report = run_bench(&options, &device, &device_name).map_err(|e| e.to_string())?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+    } else {
+        print_text(&report);
+    }
+    Ok(())
+}

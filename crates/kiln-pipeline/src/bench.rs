@@ -1,0 +1,333 @@
+//! `kiln bench`: seconds per text encode, UNet CFG step, VAE decode and end-to-end run, on any
+//! device, for a config preset (random weights: speed does not depend on their values) or a model
+//! folder.
+//!
+//! Every timed call is followed by `device.sync()`, so the time covers the work and not just its
+//! submission. The first call of each component is timed on its own and reported as
+//! `first_use_s`: it includes kernel compilation and autotuning on GPUs, which later calls reuse.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use kiln_scheduler::{SamplerName, SchedulerConfig, StepOptions};
+use kiln_text_encoder::{ClipTextConfig, ClipTextModel};
+use kiln_unet::{TextTimeCond, UNet2DConditionConfig, UNet2DConditionModel};
+use kiln_vae::{AutoencoderKL, AutoencoderKLConfig};
+use serde::Serialize;
+
+use crate::model::{ModelFolder, PipelineKind, ResolveOptions};
+use crate::rng::TorchGenerator;
+use crate::stable_diffusion::PipelineError;
+
+/// The published configs kiln ships in `assets/configs/`, compiled in so `kiln bench --preset`
+/// works from any directory.
+const PRESETS: &[(&str, &[(&str, &str)])] = &[
+    (
+        "sd15",
+        &[
+            ("unet", include_str!("../../../assets/configs/sd15/unet/config.json")),
+            ("vae", include_str!("../../../assets/configs/sd15/vae/config.json")),
+            ("text_encoder", include_str!("../../../assets/configs/sd15/text_encoder/config.json")),
+            ("scheduler", include_str!("../../../assets/configs/sd15/scheduler/scheduler_config.json")),
+        ],
+    ),
+    (
+        "sd21",
+        &[
+            ("unet", include_str!("../../../assets/configs/sd21/unet/config.json")),
+            ("vae", include_str!("../../../assets/configs/sd21/vae/config.json")),
+            ("text_encoder", include_str!("../../../assets/configs/sd21/text_encoder/config.json")),
+            ("scheduler", include_str!("../../../assets/configs/sd21/scheduler/scheduler_config.json")),
+        ],
+    ),
+    (
+        "sdxl",
+        &[
+            ("unet", include_str!("../../../assets/configs/sdxl/unet/config.json")),
+            ("vae", include_str!("../../../assets/configs/sdxl/vae/config.json")),
+            ("text_encoder", include_str!("../../../assets/configs/sdxl/text_encoder/config.json")),
+            ("text_encoder_2", include_str!("../../../assets/configs/sdxl/text_encoder_2/config.json")),
+            ("scheduler", include_str!("../../../assets/configs/sdxl/scheduler/scheduler_config.json")),
+        ],
+    ),
+];
+
+/// The preset names `--preset` takes.
+pub fn preset_names() -> Vec<&'static str> {
+    PRESETS.iter().map(|(n, _)| *n).collect()
+}
+
+/// What to benchmark.
+#[derive(Debug, Clone)]
+pub enum BenchModel {
+    /// A config preset (`sd15`, `sd21`, `sdxl`) with random weights.
+    Preset(String),
+    /// A diffusers folder, with its weights.
+    Folder(PathBuf),
+}
+
+/// `kiln bench` options.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub model: BenchModel,
+    /// The UNet's dtype.
+    pub dtype: DType,
+    /// The VAE's dtype (the pipeline decodes in f32).
+    pub vae_dtype: DType,
+    pub width: usize,
+    pub height: usize,
+    /// Denoising steps of the end-to-end run.
+    pub steps: usize,
+    /// Images per run; the UNet sees twice as many (classifier-free guidance).
+    pub batch: usize,
+    /// Timed repetitions per component (after the first, untimed-for-the-mean call).
+    pub iters: usize,
+    pub seed: u64,
+}
+
+/// Seconds over the timed repetitions.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timing {
+    pub mean_s: f64,
+    pub min_s: f64,
+    pub max_s: f64,
+    pub iters: usize,
+    /// The first call alone (kernel compilation and autotuning on GPUs).
+    pub first_use_s: f64,
+}
+
+/// What `kiln bench` reports (`--json` prints it as is).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub device: String,
+    pub dtype: String,
+    pub vae_dtype: String,
+    pub width: usize,
+    pub height: usize,
+    pub batch: usize,
+    pub steps: usize,
+    /// Encoding the prompt and the negative prompt (both encoders for SDXL).
+    pub text_encode: Timing,
+    /// One UNet call on the CFG batch (2 × batch) at the latent size.
+    pub unet_step: Timing,
+    /// Decoding `batch` latents to images.
+    pub vae_decode: Timing,
+    /// Text encode + `steps` UNet CFG steps with Euler + VAE decode.
+    pub end_to_end: Timing,
+    /// Peak memory in bytes: the process's peak resident set on the CPU (VmHWM), the device
+    /// allocator's reserved bytes after each call on GPUs; `None` where neither is known.
+    pub peak_memory_bytes: Option<u64>,
+    pub peak_memory_source: String,
+    pub unet_parameters: usize,
+}
+
+struct Components {
+    name: String,
+    text_encoders: Vec<ClipTextModel>,
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    scheduler: SchedulerConfig,
+}
+
+fn bad_config(what: &str, e: impl std::fmt::Display) -> PipelineError {
+    PipelineError::Unsupported(format!("{what}: {e}"))
+}
+
+fn load_components(o: &BenchOptions, device: &Device) -> Result<Components, PipelineError> {
+    match &o.model {
+        BenchModel::Preset(name) => {
+            let files = PRESETS.iter().find(|(n, _)| n == name).map(|(_, f)| *f).ok_or_else(|| PipelineError::Input {
+                what: "preset",
+                value: name.clone(),
+                allowed: format!("one of {}", preset_names().join(", ")),
+            })?;
+            let get = |c: &str| files.iter().find(|(k, _)| *k == c).map(|(_, v)| *v);
+            let unet = UNet2DConditionConfig::from_json_str(get("unet").unwrap_or_default())
+                .and_then(|c| c.init(device))
+                .map_err(|e| bad_config("unet config", e))?;
+            let vae = AutoencoderKLConfig::from_json_str(get("vae").unwrap_or_default())
+                .map_err(|e| bad_config("vae config", e))?
+                .init(device)
+                .map_err(|e| bad_config("vae config", e))?;
+            let mut text_encoders = Vec::new();
+            for key in ["text_encoder", "text_encoder_2"] {
+                if let Some(text) = get(key) {
+                    let config: ClipTextConfig = serde_json::from_str(text).map_err(|e| bad_config(key, e))?;
+                    let config = config.validate(Path::new(&format!("{name}/{key}/config.json")))?;
+                    text_encoders.push(ClipTextModel::new(&config, device));
+                }
+            }
+            let scheduler = SchedulerConfig::from_json_str(get("scheduler").unwrap_or_default(), &format!("{name}/scheduler_config.json"))?;
+            let unet = kiln_nn::cast_module(unet, o.dtype);
+            let vae = kiln_nn::cast_module(vae, o.vae_dtype);
+            Ok(Components { name: format!("preset {name} (random weights)"), text_encoders, unet, vae, scheduler })
+        }
+        BenchModel::Folder(dir) => {
+            let folder = ModelFolder::open(dir, &ResolveOptions::default())?;
+            let c = |name: &str| dir.join(name);
+            let mut text_encoders = vec![ClipTextModel::load(c("text_encoder"), device, DType::F32, None)?];
+            if folder.kind == PipelineKind::StableDiffusionXL {
+                text_encoders.push(ClipTextModel::load(c("text_encoder_2"), device, DType::F32, None)?);
+            }
+            Ok(Components {
+                name: dir.display().to_string(),
+                text_encoders,
+                unet: UNet2DConditionModel::load(&c("unet"), device, o.dtype, None)?,
+                vae: AutoencoderKL::load(&c("vae"), o.vae_dtype, None, device)?,
+                scheduler: SchedulerConfig::from_file(c("scheduler").join("scheduler_config.json"))?,
+            })
+        }
+    }
+}
+
+fn dtype_name(d: DType) -> String {
+    format!("{d:?}").to_lowercase()
+}
+
+/// Peak memory so far: VmHWM on the CPU, the allocator's reserved bytes on GPUs.
+struct PeakMemory {
+    device: Device,
+    peak: Option<u64>,
+}
+
+impl PeakMemory {
+    fn sample(&mut self) {
+        let now = if self.device == Device::flex() {
+            std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+                line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
+            })
+        } else {
+            self.device.memory_pool_usage().map(|u| u.bytes_reserved)
+        };
+        if let Some(now) = now {
+            self.peak = Some(self.peak.map_or(now, |p| p.max(now)));
+        }
+    }
+}
+
+fn sync(device: &Device) -> Result<(), PipelineError> {
+    device.sync().map_err(|e| PipelineError::Unsupported(format!("the device failed while running: {e:?}")))
+}
+
+/// Times `f` once (first use), then `iters` more times.
+fn time<T>(
+    iters: usize,
+    device: &Device,
+    memory: &mut PeakMemory,
+    mut f: impl FnMut() -> Result<T, PipelineError>,
+) -> Result<Timing, PipelineError> {
+    let run = |f: &mut dyn FnMut() -> Result<T, PipelineError>, memory: &mut PeakMemory| -> Result<f64, PipelineError> {
+        let start = Instant::now();
+        let out = f()?;
+        sync(device)?;
+        let secs = start.elapsed().as_secs_f64();
+        memory.sample();
+        drop(out);
+        Ok(secs)
+    };
+    let first_use_s = run(&mut f, memory)?;
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        times.push(run(&mut f, memory)?);
+    }
+    Ok(Timing {
+        mean_s: times.iter().sum::<f64>() / times.len() as f64,
+        min_s: times.iter().cloned().fold(f64::INFINITY, f64::min),
+        max_s: times.iter().cloned().fold(0.0, f64::max),
+        iters: times.len(),
+        first_use_s,
+    })
+}
+
+/// Runs the benchmark on `device`.
+pub fn run_bench(o: &BenchOptions, device: &Device, device_name: &str) -> Result<BenchReport, PipelineError> {
+    for (what, v) in [("width", o.width), ("height", o.height)] {
+        if v == 0 || v % 8 != 0 {
+            return Err(PipelineError::Input { what, value: v.to_string(), allowed: "a positive multiple of 8".into() });
+        }
+    }
+    for (what, v) in [("steps", o.steps), ("batch", o.batch)] {
+        if v == 0 {
+            return Err(PipelineError::Input { what, value: "0".into(), allowed: "at least 1".into() });
+        }
+    }
+    let c = load_components(o, device)?;
+    let mut memory = PeakMemory { device: device.clone(), peak: None };
+    let mut generator = TorchGenerator::new(o.seed);
+    let f = c.vae.downsample_factor();
+    let (lh, lw) = (o.height / f, o.width / f);
+    let cfg_batch = 2 * o.batch;
+    let unet_config = c.unet.config().clone();
+    let randn = |g: &mut TorchGenerator, shape: [usize; 4]| Tensor::<4>::from_data(TensorData::new(g.randn(&shape), shape), device);
+
+    // text encode: the prompt and the negative prompt, 77 tokens each
+    let max_len = c.text_encoders.iter().map(|t| t.max_position_embeddings()).min().unwrap_or(77).min(77);
+    let ids: Vec<Vec<u32>> = (0..2).map(|i| (0..max_len).map(|j| ((i * 7919 + j * 104_729) % 49_000) as u32).collect()).collect();
+    let encode = || -> Result<(Tensor<3>, Option<Tensor<2>>), PipelineError> {
+        let mut parts = Vec::new();
+        let mut pooled = None;
+        for te in &c.text_encoders {
+            let out = te.encode(&ids, device)?;
+            parts.push(if c.text_encoders.len() > 1 { out.hidden_states[out.hidden_states.len() - 2].clone() } else { out.last_hidden_state });
+            pooled = out.text_embeds.or(pooled);
+        }
+        Ok((Tensor::cat(parts, 2), pooled))
+    };
+    let text_encode = time(o.iters, device, &mut memory, encode)?;
+
+    // UNet inputs for the CFG batch
+    let (context, pooled) = encode()?;
+    let context = context.repeat_dim(0, o.batch);
+    let added = match (&unet_config.addition_embed_type, pooled) {
+        (Some(kind), Some(pooled)) if kind == "text_time" => Some(TextTimeCond {
+            text_embeds: pooled.repeat_dim(0, o.batch),
+            time_ids: vec![[o.height, o.width, 0, 0, o.height, o.width].iter().map(|&v| v as f64).collect(); cfg_batch],
+        }),
+        _ => None,
+    };
+    let sample = randn(&mut generator, [cfg_batch, unet_config.in_channels, lh, lw]);
+    let unet_step =
+        time(o.iters, device, &mut memory, || Ok(c.unet.forward(sample.clone(), &[999.0], context.clone(), added.as_ref())?))?;
+
+    let latents = randn(&mut generator, [o.batch, c.vae.config.latent_channels, lh, lw]);
+    let vae_decode = time(o.iters, device, &mut memory, || Ok(c.vae.decode(latents.clone())?))?;
+
+    let scheduler_config = c.scheduler.clone();
+    let end_to_end = time(o.iters.min(2), device, &mut memory, || {
+        let mut scheduler = SamplerName::Euler.build(&scheduler_config, o.steps, &StepOptions::default())?;
+        let (context, _) = encode()?;
+        let context = context.repeat_dim(0, o.batch);
+        let mut g = TorchGenerator::new(o.seed);
+        let mut x = randn(&mut g, [o.batch, unet_config.in_channels, lh, lw]).mul_scalar(scheduler.init_noise_sigma());
+        let timesteps = scheduler.timesteps().to_vec();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let input = scheduler.scale_model_input(Tensor::cat(vec![x.clone(), x.clone()], 0), i);
+            let pred = c.unet.forward(input, &[t], context.clone(), added.as_ref())?;
+            let (uncond, text) = (pred.clone().narrow(0, 0, o.batch), pred.narrow(0, o.batch, o.batch));
+            let guided = uncond.clone() + (text - uncond).mul_scalar(7.5);
+            x = scheduler.step(guided, i, x, &mut g);
+        }
+        Ok(c.vae.decode(x.div_scalar(c.vae.scaling_factor()))?)
+    })?;
+
+    Ok(BenchReport {
+        model: c.name,
+        device: device_name.to_string(),
+        dtype: dtype_name(o.dtype),
+        vae_dtype: dtype_name(o.vae_dtype),
+        width: o.width,
+        height: o.height,
+        batch: o.batch,
+        steps: o.steps,
+        text_encode,
+        unet_step,
+        vae_decode,
+        end_to_end,
+        peak_memory_bytes: memory.peak,
+        peak_memory_source: if *device == Device::flex() { "process peak RSS (VmHWM)".into() } else { "device allocator, bytes reserved".into() },
+        unet_parameters: burn::module::Module::num_params(&c.unet),
+    })
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env python3
+"""Prints kiln ÷ PyTorch time ratios from two `--json` reports of the same configuration
+(`kiln bench --json` and scripts/bench/torch_reference.py), measured in the same run.
+
+    python scripts/bench/compare.py kiln.json torch.json
+"""
+
+import json
+import sys
+
+
+def main():
+    kiln, ref = (json.load(open(p)) for p in sys.argv[1:3])
+    for k in ("width", "height", "batch", "steps", "dtype"):
+        if kiln[k] != ref[k]:
+            sys.exit(f"the reports differ in {k}: kiln {kiln[k]!r}, torch {ref[k]!r}")
+    print(f"{kiln['model']}  {kiln['width']}x{kiln['height']}  batch {kiln['batch']} (UNet {2 * kiln['batch']})  {kiln['dtype']}")
+    print(f"kiln:  {kiln['device']}\ntorch: {ref['device']}")
+    print(f"{'component':<14} {'kiln ms':>10} {'torch ms':>10} {'kiln/torch':>10}   first use kiln / torch (ms)")
+    for c in ("text_encode", "unet_step", "vae_decode", "end_to_end"):
+        a, b = kiln[c], ref[c]
+        print(f"{c:<14} {a['mean_s'] * 1e3:10.2f} {b['mean_s'] * 1e3:10.2f} {a['mean_s'] / b['mean_s']:10.2f}   "
+              f"{a['first_use_s'] * 1e3:.1f} / {b['first_use_s'] * 1e3:.1f}")
+    if kiln.get("peak_memory_bytes") and ref.get("peak_memory_bytes"):
+        gib = 1 << 30
+        print(f"peak memory    {kiln['peak_memory_bytes'] / gib:9.2f}G {ref['peak_memory_bytes'] / gib:9.2f}G "
+              f"{kiln['peak_memory_bytes'] / ref['peak_memory_bytes']:10.2f}   ({kiln['peak_memory_source']} / {ref['peak_memory_source']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+//! `kiln-train`: trains kiln's demo model (see [`kiln_train::train`]) and writes it as a diffusers
+//! folder.
+//!
+//!     cargo run -p kiln-train --release -- --out assets/kiln-shapes
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use kiln_train::train::{train, TrainOptions};
+
+#[derive(Parser)]
+#[command(name = "kiln-train", version, about = "Train kiln's demo text-to-image model (VAE, then CLIP + UNet) on synthetic shapes")]
+struct Args {
+    /// The diffusers folder to write; checkpoints go to OUT/checkpoints.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    seed: u64,
+    #[arg(long, value_name = "N", default_value_t = 600)]
+    vae_steps: usize,
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    vae_batch: usize,
+    #[arg(long, value_name = "F", default_value_t = 1e-3)]
+    vae_lr: f64,
+    #[arg(long, value_name = "N", default_value_t = 2400)]
+    unet_steps: usize,
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    unet_batch: usize,
+    #[arg(long, value_name = "F", default_value_t = 1e-3)]
+    unet_lr: f64,
+    /// Training scenes rendered and encoded once.
+    #[arg(long, value_name = "N", default_value_t = 8192)]
+    dataset_size: usize,
+    #[arg(long, value_name = "N", default_value_t = 250)]
+    checkpoint_every: usize,
+    /// Continue from OUT/checkpoints.
+    #[arg(long)]
+    resume: bool,
+    /// Where the CLIP tokenizer files and SD 1.5's tokenizer configs are.
+    #[arg(long, value_name = "DIR", default_value = "assets/tokenizers/clip")]
+    tokenizer_files: PathBuf,
+    #[arg(long, value_name = "DIR", default_value = "assets/configs/sd15/tokenizer")]
+    tokenizer_configs: PathBuf,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let a = Args::parse();
+    for (what, v) in [("--vae-batch", a.vae_batch), ("--unet-batch", a.unet_batch), ("--dataset-size", a.dataset_size), ("--checkpoint-every", a.checkpoint_every)] {
+        if v == 0 {
+            eprintln!("error: {what} must be at least 1, got 0");
+            return ExitCode::from(2);
+        }
+    }
+    let o = TrainOptions {
+        out: a.out,
+        tokenizer_files: a.tokenizer_files,
+        tokenizer_configs: a.tokenizer_configs,
+        seed: a.seed,
+        vae_steps: a.vae_steps,
+        vae_batch: a.vae_batch,
+        vae_lr: a.vae_lr,
+        unet_steps: a.unet_steps,
+        unet_batch: a.unet_batch,
+        unet_lr: a.unet_lr,
+        dataset_size: a.dataset_size,
+        checkpoint_every: a.checkpoint_every,
+        resume: a.resume,
+    };
+    let bar = ProgressBar::new(0);
+    bar.set_style(ProgressStyle::with_template("{msg:>6} {bar:30} {pos}/{len}  loss {prefix}  ETA {eta}").unwrap());
+    let mut stage = String::new();
+    let mut smooth = None::<f64>;
+    let result = train(&o, &burn::tensor::Device::flex(), &mut |s, step, total, loss, secs| {
+        if s != stage {
+            stage = s.to_string();
+            smooth = None;
+            bar.set_message(stage.clone());
+            bar.set_length(total as u64);
+        }
+        let l = smooth.map_or(loss, |m| 0.98 * m + 0.02 * loss);
+        smooth = Some(l);
+        bar.set_prefix(format!("{l:.4} ({secs:.2} s/step)"));
+        bar.set_position(step as u64);
+        if step % 100 == 0 || step == total {
+            let line = format!("{s} step {step}/{total}: loss {l:.4}, {secs:.2} s/step");
+            // without a terminal the bar is hidden: log the line instead
+            if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) }
+        }
+    });
+    bar.finish();
+    match result {
+        Ok(()) => {
+            eprintln!("wrote {}", o.out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! Training kiln's demo model with burn's autodiff, on the same model code as inference:
+//! 1. a tiny [`AutoencoderKL`] (SD's layout: 4 levels, factor 8, 4 latent channels; narrower) on
+//!    reconstruction + a small KL term;
+//! 2. the dataset's latents (posterior means) cached once, `scaling_factor` = 1 / their std, as
+//!    the SD authors chose theirs;
+//! 3. a tiny CLIP text encoder (the real CLIP tokenizer) and UNet2DConditionModel trained jointly
+//!    on the ε-prediction loss of DDPM with SD's schedule (scaled_linear 0.00085–0.012, 1000
+//!    steps), 10 % of captions dropped to "" for classifier-free guidance.
+//!
+//! The result is written as a diffusers folder (`model_index.json`, configs, safetensors in
+//! PyTorch layout) that diffusers' `StableDiffusionPipeline.from_pretrained` loads.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use kiln_text_encoder::{ClipTextConfig, ClipTextModel, ClipTokenizer};
+use kiln_unet::UNet2DConditionConfig;
+use kiln_vae::{AutoencoderKL, AutoencoderKLConfig};
+
+use crate::dataset::{samples, Scene, SplitMix64};
+
+/// The demo model's configs (diffusers / transformers JSON), written into the folder.
+pub mod configs {
+    pub const VAE: &str = r#"{
+  "_class_name": "AutoencoderKL",
+  "_diffusers_version": "0.42.1",
+  "act_fn": "silu",
+  "block_out_channels": [16, 32, 64, 64],
+  "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+  "force_upcast": true,
+  "in_channels": 3,
+  "latent_channels": 4,
+  "latents_mean": null,
+  "latents_std": null,
+  "layers_per_block": 1,
+  "mid_block_add_attention": true,
+  "norm_num_groups": 16,
+  "out_channels": 3,
+  "sample_size": 64,
+  "scaling_factor": SCALING_FACTOR,
+  "shift_factor": null,
+  "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+  "use_post_quant_conv": true,
+  "use_quant_conv": true
+}
+"#;
+
+    pub const UNET: &str = r#"{
+  "_class_name": "UNet2DConditionModel",
+  "_diffusers_version": "0.42.1",
+  "act_fn": "silu",
+  "attention_head_dim": 4,
+  "block_out_channels": [32, 64],
+  "center_input_sample": false,
+  "cross_attention_dim": 64,
+  "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+  "downsample_padding": 1,
+  "flip_sin_to_cos": true,
+  "freq_shift": 0,
+  "in_channels": 4,
+  "layers_per_block": 1,
+  "mid_block_scale_factor": 1,
+  "mid_block_type": "UNetMidBlock2DCrossAttn",
+  "norm_eps": 1e-05,
+  "norm_num_groups": 32,
+  "out_channels": 4,
+  "sample_size": 8,
+  "transformer_layers_per_block": 1,
+  "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+  "upcast_attention": false,
+  "use_linear_projection": false
+}
+"#;
+
+    pub const TEXT_ENCODER: &str = r#"{
+  "architectures": ["CLIPTextModel"],
+  "attention_dropout": 0.0,
+  "bos_token_id": 49406,
+  "eos_token_id": 49407,
+  "hidden_act": "quick_gelu",
+  "hidden_size": 64,
+  "initializer_factor": 1.0,
+  "initializer_range": 0.02,
+  "intermediate_size": 256,
+  "layer_norm_eps": 1e-05,
+  "max_position_embeddings": 77,
+  "model_type": "clip_text_model",
+  "num_attention_heads": 4,
+  "num_hidden_layers": 3,
+  "pad_token_id": 1,
+  "projection_dim": 64,
+  "torch_dtype": "float32",
+  "vocab_size": 49408
+}
+"#;
+
+    pub const SCHEDULER: &str = r#"{
+  "_class_name": "DPMSolverMultistepScheduler",
+  "_diffusers_version": "0.42.1",
+  "algorithm_type": "dpmsolver++",
+  "beta_end": 0.012,
+  "beta_schedule": "scaled_linear",
+  "beta_start": 0.00085,
+  "num_train_timesteps": 1000,
+  "prediction_type": "epsilon",
+  "set_alpha_to_one": false,
+  "solver_order": 2,
+  "steps_offset": 1,
+  "timestep_spacing": "leading",
+  "trained_betas": null
+}
+"#;
+
+    pub const MODEL_INDEX: &str = r#"{
+  "_class_name": "StableDiffusionPipeline",
+  "_diffusers_version": "0.42.1",
+  "feature_extractor": [null, null],
+  "image_encoder": [null, null],
+  "requires_safety_checker": false,
+  "safety_checker": [null, null],
+  "scheduler": ["diffusers", "DPMSolverMultistepScheduler"],
+  "text_encoder": ["transformers", "CLIPTextModel"],
+  "tokenizer": ["transformers", "CLIPTokenizer"],
+  "unet": ["diffusers", "UNet2DConditionModel"],
+  "vae": ["diffusers", "AutoencoderKL"]
+}
+"#;
+}
+
+/// `kiln-train` options.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// The diffusers folder to write (and `checkpoints/` inside it).
+    pub out: PathBuf,
+    /// The CLIP tokenizer files (`vocab.json`, `merges.txt`) and SD 1.5's tokenizer configs.
+    pub tokenizer_files: PathBuf,
+    pub tokenizer_configs: PathBuf,
+    pub seed: u64,
+    pub vae_steps: usize,
+    pub vae_batch: usize,
+    pub vae_lr: f64,
+    pub unet_steps: usize,
+    pub unet_batch: usize,
+    pub unet_lr: f64,
+    /// Size of the cached training set (scenes rendered once, encoded once).
+    pub dataset_size: usize,
+    pub checkpoint_every: usize,
+    /// Continue from `out/checkpoints` where a stage stopped.
+    pub resume: bool,
+}
+
+pub type Error = Box<dyn std::error::Error>;
+
+/// Reports progress: (stage, step, total, loss, seconds per step).
+pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize, f64, f64);
+
+fn tensor4(values: Vec<f32>, shape: [usize; 4], device: &Device) -> Tensor<4> {
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// Host-side N(0, 1) from splitmix64 + Box–Muller, so runs are reproducible on any device.
+fn normal(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let u1 = (rng.unit() as f64).max(1e-12);
+        let u2 = rng.unit() as f64;
+        let r = (-2.0 * u1.ln()).sqrt();
+        out.push((r * (std::f64::consts::TAU * u2).cos()) as f32);
+        out.push((r * (std::f64::consts::TAU * u2).sin()) as f32);
+    }
+    out.truncate(n);
+    out
+}
+
+/// `[n, 3, 64, 64]` in [-1, 1] from images.
+fn images_to_tensor(images: &[&image::RgbImage], device: &Device) -> Tensor<4> {
+    let (w, h) = (images[0].width() as usize, images[0].height() as usize);
+    let mut v = vec![0f32; images.len() * 3 * h * w];
+    for (n, img) in images.iter().enumerate() {
+        for (i, p) in img.pixels().enumerate() {
+            for c in 0..3 {
+                v[((n * 3 + c) * h * w) + i] = p.0[c] as f32 / 127.5 - 1.0;
+            }
+        }
+    }
+    tensor4(v, [images.len(), 3, h, w], device)
+}
+
+/// Saves a module as PyTorch-layout safetensors (what diffusers/transformers read).
+pub fn save_safetensors<M: Module>(module: &M, path: &Path) -> Result<(), Error> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("safetensors.tmp");
+    let mut store =
+        SafetensorsStore::from_file(&tmp).with_to_adapter(BurnToPyTorchAdapter).skip_enum_variants(true).overwrite(true);
+    module.save_into(&mut store).map_err(|e| format!("saving {}: {e}", path.display()))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// SD's training schedule: `alphas_cumprod` of scaled_linear betas 0.00085–0.012 over 1000 steps.
+pub fn alphas_cumprod() -> Vec<f64> {
+    let (a, b) = (0.00085f64.sqrt(), 0.012f64.sqrt());
+    let mut acc = 1.0;
+    (0..1000)
+        .map(|i| {
+            let beta = (a + (b - a) * i as f64 / 999.0).powi(2);
+            acc *= 1.0 - beta;
+            acc
+        })
+        .collect()
+}
+
+fn write_configs(o: &TrainOptions, scaling_factor: f64) -> Result<(), Error> {
+    let out = &o.out;
+    for (dir, name, text) in [
+        ("", "model_index.json", configs::MODEL_INDEX.to_string()),
+        ("scheduler", "scheduler_config.json", configs::SCHEDULER.to_string()),
+        ("text_encoder", "config.json", configs::TEXT_ENCODER.to_string()),
+        ("unet", "config.json", configs::UNET.to_string()),
+        ("vae", "config.json", configs::VAE.replace("SCALING_FACTOR", &format!("{scaling_factor:.5}"))),
+    ] {
+        std::fs::create_dir_all(out.join(dir))?;
+        std::fs::write(out.join(dir).join(name), text)?;
+    }
+    std::fs::create_dir_all(out.join("tokenizer"))?;
+    for (src, name) in [
+        (&o.tokenizer_files, "vocab.json"),
+        (&o.tokenizer_files, "merges.txt"),
+        (&o.tokenizer_configs, "tokenizer_config.json"),
+        (&o.tokenizer_configs, "special_tokens_map.json"),
+    ] {
+        std::fs::copy(src.join(name), out.join("tokenizer").join(name))?;
+    }
+    Ok(())
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct State {
+    vae_done: bool,
+    scaling_factor: Option<f64>,
+    unet_step: usize,
+}
+
+fn read_state(dir: &Path) -> State {
+    std::fs::read_to_string(dir.join("state.json")).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default()
+}
+
+fn write_state(dir: &Path, s: &State) -> Result<(), Error> {
+    std::fs::write(dir.join("state.json"), serde_json::to_string_pretty(s)?)?;
+    Ok(())
+}
+
+/// Trains the VAE; returns it (inference device).
+fn train_vae(o: &TrainOptions, device: &Device, progress: Progress) -> Result<AutoencoderKL, Error> {
+    let ad = device.clone().autodiff();
+    let config = AutoencoderKLConfig::from_json_str(&configs::VAE.replace("SCALING_FACTOR", "1.0"))?;
+    let mut vae = config.init(&ad)?;
+    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+    let mut rng = SplitMix64(o.seed ^ 0x5641_45);
+    let start = Instant::now();
+    for step in 0..o.vae_steps {
+        let batch: Vec<(Scene, image::RgbImage)> =
+            (0..o.vae_batch).map(|_| {
+                let s = Scene::random(&mut rng, false);
+                let img = s.render(&mut rng);
+                (s, img)
+            }).collect();
+        let refs: Vec<&image::RgbImage> = batch.iter().map(|(_, i)| i).collect();
+        let x = images_to_tensor(&refs, &ad);
+        let dist = vae.encode(x.clone())?;
+        let noise = tensor4(normal(&mut rng, dist.mean.dims().iter().product()), dist.mean.dims(), &ad);
+        let z = dist.sample(noise)?;
+        let recon = vae.decode(z)?;
+        let mse = (recon - x).powi_scalar(2).mean();
+        // KL(q || N(0, 1)) per latent element, weighted lightly (as SD's VAE was)
+        let kl = (dist.mean.clone().powi_scalar(2) + dist.logvar.clone().exp() - dist.logvar.clone() - 1.0).mean().mul_scalar(0.5);
+        let loss = mse + kl.mul_scalar(1e-4);
+        let value = loss.clone().into_scalar::<f32>() as f64;
+        let grads = GradientsParams::from_grads(loss.backward(), &vae);
+        let lr = o.vae_lr * ((step + 1) as f64 / 50.0).min(1.0);
+        vae = optim.step(lr, vae, grads);
+        progress("vae", step + 1, o.vae_steps, value, start.elapsed().as_secs_f64() / (step + 1) as f64);
+    }
+    Ok(vae.valid())
+}
+
+/// Trains everything and writes the folder.
+pub fn train(o: &TrainOptions, device: &Device, progress: Progress) -> Result<(), Error> {
+    let ckpt = o.out.join("checkpoints");
+    std::fs::create_dir_all(&ckpt)?;
+    let mut state = if o.resume { read_state(&ckpt) } else { State::default() };
+    write_configs(o, state.scaling_factor.unwrap_or(1.0))?;
+    // 1. VAE
+    let vae_path = ckpt.join("vae.safetensors");
+    let vae = if state.vae_done && vae_path.exists() {
+        AutoencoderKL::load(&o.out.join("vae"), DType::F32, None, device).or_else(|_| -> Result<AutoencoderKL, Error> {
+            let config = AutoencoderKLConfig::from_json_str(&configs::VAE.replace("SCALING_FACTOR", "1.0"))?;
+            Ok(kiln_nn::load_safetensors(config.init(device)?, &vae_path, DType::F32, &[], &[])?)
+        })?
+    } else {
+        let vae = train_vae(o, device, progress)?;
+        save_safetensors(&vae, &vae_path)?;
+        state.vae_done = true;
+        write_state(&ckpt, &state)?;
+        vae
+    };
+    // 2. the cached latents (posterior means) of the training set
+    let data = samples(o.seed, o.dataset_size, false);
+    let mut means = Vec::with_capacity(data.len());
+    for chunk in data.chunks(64) {
+        let refs: Vec<&image::RgbImage> = chunk.iter().map(|(_, i)| i).collect();
+        means.push(vae.encode(images_to_tensor(&refs, device))?.mean);
+    }
+    let latents = Tensor::cat(means, 0);
+    let std = latents.clone().var(0).mean().sqrt().into_scalar::<f32>() as f64;
+    let scaling_factor = state.scaling_factor.unwrap_or(1.0 / std);
+    state.scaling_factor = Some(scaling_factor);
+    write_configs(o, scaling_factor)?;
+    let latents = latents.mul_scalar(scaling_factor);
+    let [n, c, lh, lw] = latents.dims();
+    let latents: Vec<f32> = latents.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+    // 3. text encoder + UNet
+    let ad = device.clone().autodiff();
+    let tokenizer = ClipTokenizer::from_dir(o.out.join("tokenizer"))?;
+    let te_config: ClipTextConfig = serde_json::from_str(configs::TEXT_ENCODER)?;
+    let te_config = te_config.validate(Path::new("text_encoder/config.json"))?;
+    let unet_config = UNet2DConditionConfig::from_json_str(configs::UNET)?;
+    let (te_path, unet_path) = (ckpt.join("text_encoder.safetensors"), ckpt.join("unet.safetensors"));
+    let optim_path = ckpt.join("optimizer");
+    let mut text_encoder = ClipTextModel::new(&te_config, &ad);
+    let mut unet = unet_config.init(&ad)?;
+    let mut optim_te = AdamWConfig::new().with_weight_decay(0.0).init();
+    let mut optim_unet = AdamWConfig::new().with_weight_decay(0.0).init();
+    let mut first = 0;
+    if o.resume && state.unet_step > 0 && te_path.exists() && unet_path.exists() {
+        text_encoder = kiln_nn::load_safetensors(text_encoder, &te_path, DType::F32, &[], &[])?;
+        unet = kiln_nn::load_safetensors(unet, &unet_path, DType::F32, &[], &[])?;
+        optim_te = optim_te.load(optim_path.with_extension("te"))?;
+        optim_unet = optim_unet.load(optim_path.with_extension("unet"))?;
+        first = state.unet_step;
+    }
+    let ac = alphas_cumprod();
+    let mut rng = SplitMix64(o.seed ^ 0x554e_4554 ^ (first as u64).wrapping_mul(0x9E37_79B9));
+    let start = Instant::now();
+    let per = c * lh * lw;
+    for step in first..o.unet_steps {
+        let b = o.unet_batch;
+        let idx: Vec<usize> = (0..b).map(|_| rng.below(n)).collect();
+        let mut x0 = Vec::with_capacity(b * per);
+        let mut ids = Vec::with_capacity(b);
+        for &i in &idx {
+            x0.extend_from_slice(&latents[i * per..(i + 1) * per]);
+            let scene = &data[i].0;
+            let caption = if rng.below(10) == 0 { String::new() } else { scene.caption_with(rng.below(2) == 0, rng.below(2) == 0) };
+            ids.push(tokenizer.encode(&caption)?.ids);
+        }
+        let t: Vec<usize> = (0..b).map(|_| rng.below(1000)).collect();
+        let eps = normal(&mut rng, b * per);
+        let mut xt = vec![0f32; b * per];
+        for k in 0..b {
+            let (sa, sb) = (ac[t[k]].sqrt() as f32, (1.0 - ac[t[k]]).sqrt() as f32);
+            for j in 0..per {
+                xt[k * per + j] = sa * x0[k * per + j] + sb * eps[k * per + j];
+            }
+        }
+        let xt = tensor4(xt, [b, c, lh, lw], &ad);
+        let eps = tensor4(eps, [b, c, lh, lw], &ad);
+        let ctx = text_encoder.encode(&ids, &ad)?.last_hidden_state;
+        let timesteps: Vec<f64> = t.iter().map(|&t| t as f64).collect();
+        let pred = unet.forward(xt, &timesteps, ctx, None)?;
+        let loss = (pred - eps).powi_scalar(2).mean();
+        let value = loss.clone().into_scalar::<f32>() as f64;
+        let mut grads = loss.backward();
+        let g_unet = GradientsParams::from_module(&mut grads, &unet);
+        let g_te = GradientsParams::from_module(&mut grads, &text_encoder);
+        let warm = ((step + 1) as f64 / 200.0).min(1.0);
+        // cosine decay to 10 % over the run
+        let decay = 0.55 + 0.45 * (std::f64::consts::PI * step as f64 / o.unet_steps as f64).cos();
+        unet = optim_unet.step(o.unet_lr * warm * decay, unet, g_unet);
+        text_encoder = optim_te.step(o.unet_lr * warm * decay, text_encoder, g_te);
+        progress("unet", step + 1, o.unet_steps, value, start.elapsed().as_secs_f64() / (step + 1 - first) as f64);
+        if (step + 1) % o.checkpoint_every == 0 || step + 1 == o.unet_steps {
+            save_safetensors(&text_encoder.valid(), &te_path)?;
+            save_safetensors(&unet.valid(), &unet_path)?;
+            optim_te.save(optim_path.with_extension("te"))?;
+            optim_unet.save(optim_path.with_extension("unet"))?;
+            state.unet_step = step + 1;
+            write_state(&ckpt, &state)?;
+        }
+    }
+    // the shipped weights are f16 (half the size; both kiln and diffusers compute in f32 from them)
+    save_safetensors(&kiln_nn::cast_module(text_encoder.valid(), DType::F16), &o.out.join("text_encoder/model.safetensors"))?;
+    save_safetensors(&kiln_nn::cast_module(unet.valid(), DType::F16), &o.out.join("unet/diffusion_pytorch_model.safetensors"))?;
+    save_safetensors(&kiln_nn::cast_module(vae, DType::F16), &o.out.join("vae/diffusion_pytorch_model.safetensors"))?;
+    Ok(())
+}

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use kiln::burn::tensor::{DType, Device, DeviceKind};
 use kiln::pipeline::bench::{preset_names, run_bench, BenchModel, BenchOptions, BenchReport, Timing};
+
+use crate::device::DeviceArgs;
 
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["preset", "model"])))]
@@ -15,15 +16,8 @@ pub struct BenchArgs {
     /// A diffusers model folder (its own weights).
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
-    /// cpu (burn's flex backend), vulkan (SPIR-V, f16 tensor cores), wgpu (auto API, WGSL).
-    #[arg(long, value_name = "cpu|vulkan|wgpu", default_value = "cpu")]
-    device: String,
-    /// The UNet's precision.
-    #[arg(long, value_name = "f32|f16", default_value = "f32")]
-    dtype: String,
-    /// The VAE's precision (the pipeline decodes in f32).
-    #[arg(long, value_name = "f32|f16", default_value = "f32")]
-    vae_dtype: String,
+    #[command(flatten)]
+    device: DeviceArgs,
     #[arg(long, value_name = "W", default_value_t = 512)]
     width: usize,
     #[arg(long, value_name = "H", default_value_t = 512)]
@@ -40,14 +34,6 @@ pub struct BenchArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-}
-
-fn dtype(flag: &str, v: &str) -> Result<DType, String> {
-    match v {
-        "f32" => Ok(DType::F32),
-        "f16" => Ok(DType::F16),
-        other => Err(format!("{flag} must be f32 or f16, got {other:?}")),
-    }
 }
 
 fn line(name: &str, t: &Timing) -> String {
@@ -76,12 +62,7 @@ fn print_text(r: &BenchReport) {
 }
 
 pub fn bench(a: BenchArgs) -> Result<(), String> {
-    let device = match a.device.as_str() {
-        "cpu" => Device::flex(),
-        "vulkan" => Device::vulkan(DeviceKind::DefaultDevice),
-        "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
-        other => return Err(format!("--device must be cpu, vulkan or wgpu, got {other:?}")),
-    };
+    let (device, dtype, vae_dtype) = a.device.resolve()?;
     let model = match (a.preset, a.model) {
         (Some(p), _) => {
             if !preset_names().contains(&p.as_str()) {
@@ -94,8 +75,8 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     };
     let options = BenchOptions {
         model,
-        dtype: dtype("--dtype", &a.dtype)?,
-        vae_dtype: dtype("--vae-dtype", &a.vae_dtype)?,
+        dtype,
+        vae_dtype,
         width: a.width,
         height: a.height,
         steps: a.steps,
@@ -103,7 +84,7 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         iters: a.iters,
         seed: 0,
     };
-    let device_name = format!("{} ({device:?})", a.device);
+    let device_name = format!("{} ({device:?})", a.device.device);
     let report = run_bench(&options, &device, &device_name).map_err(|e| e.to_string())?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);

@@ -6,11 +6,13 @@ use std::time::Instant;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln::burn::tensor::{DType, Device, DeviceKind};
-use kiln::pipeline::png::{save_png, GenerationParams};
+use kiln::burn::tensor::DType;
 use kiln::pipeline::image_processor::pil_grayscale;
+use kiln::pipeline::png::{save_png, GenerationParams};
 use kiln::pipeline::{resolve, GenerateOptions, HubConfig, ResolveOptions, StableDiffusion, Task};
 use kiln::scheduler::SamplerName;
+
+use crate::device::DeviceArgs;
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -64,15 +66,8 @@ pub struct GenerateArgs {
     /// Replace an existing output file.
     #[arg(long)]
     overwrite: bool,
-    /// cpu (burn's flex backend), vulkan (SPIR-V, f16 tensor cores), wgpu (auto API, WGSL).
-    #[arg(long, value_name = "cpu|vulkan|wgpu", default_value = "cpu")]
-    device: String,
-    /// The UNet's precision; the VAE and text encoder stay f32.
-    #[arg(long, value_name = "f32|f16", default_value = "f32")]
-    dtype: String,
-    /// The VAE's precision; an f16 decode that overflows (NaN/inf) is redone in f32.
-    #[arg(long, value_name = "f32|f16", default_value = "f32")]
-    vae_dtype: String,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Use the .fp16.safetensors weights where the model has them.
     #[arg(long)]
     fp16_variant: bool,
@@ -151,22 +146,7 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
             return Err(format!("--strength must be in [0, 1], got {s}"));
         }
     }
-    let device = match a.device.as_str() {
-        "cpu" => Device::flex(),
-        "vulkan" => Device::vulkan(DeviceKind::DefaultDevice),
-        "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
-        other => return Err(format!("--device must be cpu, vulkan or wgpu, got {other:?}")),
-    };
-    let dtype = match a.dtype.as_str() {
-        "f32" => DType::F32,
-        "f16" => DType::F16,
-        other => return Err(format!("--dtype must be f32 or f16, got {other:?}")),
-    };
-    let vae_dtype = match a.vae_dtype.as_str() {
-        "f32" => DType::F32,
-        "f16" => DType::F16,
-        other => return Err(format!("--vae-dtype must be f32 or f16, got {other:?}")),
-    };
+    let (device, dtype, vae_dtype) = a.device.resolve()?;
     let scheduler = a.scheduler.as_deref().map(str::parse::<SamplerName>).transpose().map_err(|e| e.to_string())?;
     let original_size = a.original_size.as_deref().map(|v| parse_size("--original-size", v)).transpose()?;
     let target_size = a.target_size.as_deref().map(|v| parse_size("--target-size", v)).transpose()?;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod device;
 mod generate;
 use kiln::scheduler::{SamplerName, SchedulerClass, SchedulerConfig, StepOptions};
 use serde_json::{json, Value};

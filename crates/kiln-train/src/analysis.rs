@@ -165,6 +165,36 @@ pub fn agreement(scene: &Scene, reading: &Reading) -> Agreement {
     }
 }
 
+/// Per-attribute accuracy over many pictures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Accuracy {
+    /// Hits for colour, background, shape, count, position.
+    pub hits: [usize; 5],
+    pub pictures: usize,
+    /// Pictures of a single shape (the position's denominator).
+    pub singles: usize,
+}
+
+impl Accuracy {
+    pub const ATTRIBUTES: [&'static str; 5] = ["colour", "background", "shape", "count", "position"];
+
+    pub fn add(&mut self, a: Agreement) {
+        self.pictures += 1;
+        for (k, hit) in [a.color, a.background, a.shape, a.count].into_iter().enumerate() {
+            self.hits[k] += hit as usize;
+        }
+        if let Some(p) = a.position {
+            self.singles += 1;
+            self.hits[4] += p as usize;
+        }
+    }
+
+    /// `(attribute, hits, out of)` for each attribute.
+    pub fn rates(&self) -> Vec<(&'static str, usize, usize)> {
+        (0..5).map(|k| (Self::ATTRIBUTES[k], self.hits[k], if k == 4 { self.singles } else { self.pictures })).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,24 +205,13 @@ mod tests {
     #[test]
     fn reads_back_rendered_scenes() {
         let data = samples(7, 600, false);
-        let mut ok = [0usize; 5];
-        let mut singles = 0;
+        let mut acc = Accuracy::default();
         for (scene, img) in &data {
-            let a = agreement(scene, &analyze(img));
-            ok[0] += a.color as usize;
-            ok[1] += a.background as usize;
-            ok[2] += a.shape as usize;
-            ok[3] += a.count as usize;
-            if let Some(p) = a.position {
-                singles += 1;
-                ok[4] += p as usize;
-            }
+            acc.add(agreement(scene, &analyze(img)));
         }
-        let n = data.len();
-        let rate = |k: usize, of: usize| ok[k] as f64 / of as f64;
-        for (k, what, of) in [(0, "colour", n), (1, "background", n), (2, "shape", n), (3, "count", n), (4, "position", singles)] {
-            println!("{what}: {}/{of}", ok[k]);
-            assert!(rate(k, of) >= 0.97, "{what}: {}/{of}", ok[k]);
+        for (what, hits, of) in acc.rates() {
+            println!("{what}: {hits}/{of}");
+            assert!(hits as f64 / of as f64 >= 0.97, "{what}: {hits}/{of}");
         }
     }
 

@@ -277,13 +277,16 @@ fn train_vae(o: &TrainOptions, device: &Device, progress: Progress) -> Result<Au
         let noise = tensor4(normal(&mut rng, dist.mean.dims().iter().product()), dist.mean.dims(), &ad);
         let z = dist.sample(noise)?;
         let recon = vae.decode(z)?;
-        let mse = (recon - x).powi_scalar(2).mean();
+        let diff = recon - x;
+        // MSE + L1 (L1 keeps flat colours and edges sharp)
+        let rec = diff.clone().powi_scalar(2).mean() + diff.abs().mean();
         // KL(q || N(0, 1)) per latent element, weighted lightly (as SD's VAE was)
         let kl = (dist.mean.clone().powi_scalar(2) + dist.logvar.clone().exp() - dist.logvar.clone() - 1.0).mean().mul_scalar(0.5);
-        let loss = mse + kl.mul_scalar(1e-4);
+        let loss = rec + kl.mul_scalar(1e-6);
         let value = loss.clone().into_scalar::<f32>() as f64;
         let grads = GradientsParams::from_grads(loss.backward(), &vae);
-        let lr = o.vae_lr * ((step + 1) as f64 / 50.0).min(1.0);
+        let decay = 0.55 + 0.45 * (std::f64::consts::PI * step as f64 / o.vae_steps as f64).cos();
+        let lr = o.vae_lr * ((step + 1) as f64 / 50.0).min(1.0) * decay;
         vae = optim.step(lr, vae, grads);
         progress("vae", step + 1, o.vae_steps, value, start.elapsed().as_secs_f64() / (step + 1) as f64);
     }

@@ -3,7 +3,7 @@
 #
 # Prepare here (once per checkout; the folders are git-ignored through .git/info/exclude):
 #   scripts/gpu/prepare.sh            # Vulkan loader .debs into .gl/, diffusers wheel into .whl/,
-#                                     # the kiln binary and the unet_check example into .bin/
+#                                     # the kiln binary (stripped, gzipped) into .bin/
 # Then run it with the device tool: command `bash scripts/gpu/bench.sh`, carry [".gl", ".whl", ".bin"].
 #
 # What it does, all in the same call so the ratios compare like with like:
@@ -26,7 +26,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 date -u | tee -a "$OUT/gpu.txt"
-KILN=.bin/kiln
+gunzip -c .bin/kiln.gz >/tmp/kiln && chmod +x /tmp/kiln || exit 1
+KILN=/tmp/kiln
 status=0
 run() { echo "+ $*" >&2; timeout 240 "$@"; }
 for spec in "sd15 512 20" "sdxl 1024 20"; do
@@ -39,6 +40,6 @@ for spec in "sd15 512 20" "sdxl 1024 20"; do
   python3 scripts/bench/compare.py "$OUT/kiln-$preset.json" "$OUT/torch-$preset.json" | tee "$OUT/ratios-$preset.txt" || status=1
 done
 run python3 scripts/gpu/unet_check.py write /tmp/unet-check --preset sd15 --size 512 --device cuda &&
-  run .bin/unet_check /tmp/unet-check vulkan f16 &&
+  run $KILN bench --unet-check /tmp/unet-check --device vulkan --dtype f16 &&
   python3 scripts/gpu/unet_check.py compare /tmp/unet-check | tee "$OUT/unet-check.json" || status=1
 exit $status

@@ -2,7 +2,7 @@
 """kiln's f16 UNet against PyTorch's on the same random weights and inputs.
 
     python scripts/gpu/unet_check.py write DIR [--preset sd15] [--size 512] [--device cuda]
-    <kiln> examples/unet_check DIR vulkan f16
+    kiln bench --unet-check DIR --device vulkan --dtype f16
     python scripts/gpu/unet_check.py compare DIR
 
 `write` builds UNet2DConditionModel from assets/configs/<preset>/unet with seeded random weights,

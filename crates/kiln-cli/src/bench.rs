@@ -8,7 +8,7 @@ use kiln::pipeline::bench::{preset_names, run_bench, BenchModel, BenchOptions, B
 use crate::device::DeviceArgs;
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["preset", "model"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["preset", "model", "unet_check"])))]
 pub struct BenchArgs {
     /// A published config with random weights: sd15, sd21, sdxl (assets/configs/).
     #[arg(long, value_name = "NAME")]
@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Instead of timing: run DIR/unet on the inputs scripts/gpu/unet_check.py wrote and save
+    /// DIR/kiln_out.safetensors for it to compare with PyTorch.
+    #[arg(long, value_name = "DIR")]
+    unet_check: Option<PathBuf>,
 }
 
 fn line(name: &str, t: &Timing) -> String {
@@ -63,6 +67,11 @@ fn print_text(r: &BenchReport) {
 
 pub fn bench(a: BenchArgs) -> Result<(), String> {
     let (device, dtype, vae_dtype) = a.device.resolve()?;
+    if let Some(dir) = &a.unet_check {
+        let path = kiln::pipeline::bench::unet_check(dir, &device, dtype).map_err(|e| e.to_string())?;
+        eprintln!("wrote {}", path.display());
+        return Ok(());
+    }
     let model = match (a.preset, a.model) {
         (Some(p), _) => {
             if !preset_names().contains(&p.as_str()) {
@@ -71,7 +80,7 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
             BenchModel::Preset(p)
         }
         (None, Some(dir)) => BenchModel::Folder(dir),
-        (None, None) => unreachable!("clap requires --preset or --model"),
+        (None, None) => return Err("--preset or --model is required".into()),
     };
     let options = BenchOptions {
         model,

@@ -331,3 +331,40 @@ pub fn run_bench(o: &BenchOptions, device: &Device, device_name: &str) -> Result
         unet_parameters: burn::module::Module::num_params(&c.unet),
     })
 }
+
+/// The kiln side of `scripts/gpu/unet_check.py`: loads `dir/unet` in `dtype` on `device`, runs it
+/// on `dir/io.safetensors` (`sample`, `encoder_hidden_states`, `timestep`, f32) and writes the
+/// output to `dir/kiln_out.safetensors` (`out`, f32), for the script to compare with PyTorch.
+pub fn unet_check(dir: &Path, device: &Device, dtype: DType) -> Result<PathBuf, PipelineError> {
+    use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+    let io_err = |e: std::io::Error| PipelineError::Unsupported(format!("{}: {e}", dir.display()));
+    let st_err = |e: safetensors::SafeTensorError| PipelineError::Unsupported(format!("{}: {e}", dir.join("io.safetensors").display()));
+    let unet = UNet2DConditionModel::load(&dir.join("unet"), device, dtype, None)?;
+    let bytes = std::fs::read(dir.join("io.safetensors")).map_err(io_err)?;
+    let st = SafeTensors::deserialize(&bytes).map_err(st_err)?;
+    let read = |name: &str| -> Result<(Vec<f32>, Vec<usize>), PipelineError> {
+        let view = st.tensor(name).map_err(st_err)?;
+        if view.dtype() != Dtype::F32 {
+            return Err(PipelineError::Unsupported(format!("{name} must be f32, is {:?}", view.dtype())));
+        }
+        Ok((view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(), view.shape().to_vec()))
+    };
+    let (sample, sample_shape) = read("sample")?;
+    let (context, context_shape) = read("encoder_hidden_states")?;
+    let (t, _) = read("timestep")?;
+    let sample = Tensor::<4>::from_data(TensorData::new(sample, sample_shape), device);
+    let context = Tensor::<3>::from_data(TensorData::new(context, context_shape), device);
+    let out = unet.forward(sample, &[t[0] as f64], context, None)?.cast(DType::F32);
+    let shape = out.dims().to_vec();
+    let values: Vec<f32> = out
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| PipelineError::Unsupported(format!("reading the UNet output: {e:?}")))?;
+    let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = TensorView::new(Dtype::F32, shape, &raw).map_err(st_err)?;
+    let data = safetensors::serialize([("out".to_string(), view)], None).map_err(st_err)?;
+    let path = dir.join("kiln_out.safetensors");
+    std::fs::write(&path, data).map_err(io_err)?;
+    Ok(path)
+}

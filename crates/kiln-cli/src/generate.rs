@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kiln::burn::tensor::DType;
 use kiln::pipeline::image_processor::pil_grayscale;
 use kiln::pipeline::png::{save_png, GenerationParams};
-use kiln::pipeline::{resolve, GenerateOptions, HubConfig, ResolveOptions, StableDiffusion, Task};
+use kiln::pipeline::{resolve, GenerateOptions, HubConfig, PipelineKind, ResolveOptions, StableDiffusion, Task};
 use kiln::scheduler::SamplerName;
 
 use crate::device::DeviceArgs;
@@ -75,8 +75,8 @@ pub struct GenerateArgs {
     /// resize).
     #[arg(long, value_name = "PATH")]
     init_image: Option<PathBuf>,
-    /// How much of the schedule runs on the init image, in [0, 1]; default 0.8 (img2img), 1.0
-    /// (inpainting).
+    /// How much of the schedule runs on the init image, in [0, 1]; default 0.8 (img2img; 0.3 for
+    /// SDXL), 1.0 (inpainting).
     #[arg(long, value_name = "F")]
     strength: Option<f64>,
     /// Inpainting mask (needs --init-image, same size): white repaints, black keeps; colour masks
@@ -190,9 +190,11 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
         crops_coords_top_left: crops.unwrap_or((0, 0)),
         target_size,
     };
+    let img2img_default = if folder.kind == PipelineKind::StableDiffusionXL { 0.3 } else { 0.8 };
     let task = match (&init_image, &mask) {
         (None, _) => Task::Txt2Img,
-        (Some(image), None) => Task::Img2Img { image, strength: a.strength.unwrap_or(0.8) },
+        // diffusers' defaults: 0.8 (SD img2img), 0.3 (SDXL img2img)
+        (Some(image), None) => Task::Img2Img { image, strength: a.strength.unwrap_or(img2img_default) },
         (Some(image), Some(mask)) => Task::Inpaint { image, mask, strength: a.strength.unwrap_or(1.0) },
     };
     let bar = ProgressBar::new(a.steps as u64);
@@ -217,7 +219,7 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
         extra.push(("Schedule type".to_string(), "Karras".to_string()));
     }
     if !matches!(task, Task::Txt2Img) {
-        extra.push(("Denoising strength".to_string(), a.strength.unwrap_or(if mask.is_some() { 1.0 } else { 0.8 }).to_string()));
+        extra.push(("Denoising strength".to_string(), a.strength.unwrap_or(if mask.is_some() { 1.0 } else { img2img_default }).to_string()));
     }
     for (i, (image, path)) in images.iter().zip(&paths).enumerate() {
         let params = GenerationParams {

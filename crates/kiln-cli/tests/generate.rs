@@ -226,9 +226,10 @@ fn model_kinds_and_tasks_that_do_not_fit_exit_2() {
         &["generate", "--model", inpaint.to_str().unwrap(), "--prompt", "p", "--steps", "1", "--width", "64", "--height", "64", "--output", o],
         &["inpainting model", "9 channels", "mask"],
     );
+    let mask = root().join("assets/fixtures/pipelines/inputs/mask-64x48.png");
     assert_usage_error(
-        &["generate", "--model", sdxl.to_str().unwrap(), "--prompt", "p", "--steps", "1", "--init-image", init.to_str().unwrap(), "--output", o],
-        &["SDXL", "not supported yet"],
+        &["generate", "--model", sdxl.to_str().unwrap(), "--prompt", "p", "--steps", "1", "--init-image", init.to_str().unwrap(), "--mask", mask.to_str().unwrap(), "--output", o],
+        &["inpainting with SDXL", "not supported yet"],
     );
     assert!(!out.exists());
     std::fs::remove_dir_all(&dir).ok();

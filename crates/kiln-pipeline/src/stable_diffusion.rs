@@ -5,8 +5,9 @@
 //!   two text encoders (penultimate hidden states, concatenated), the pooled projection of the
 //!   second and the micro-conditioning `time_ids`, zeros for an absent negative prompt
 //!   (`force_zeros_for_empty_prompt`);
-//! * `StableDiffusionImg2ImgPipeline` (`pipeline_stable_diffusion_img2img.py`): the init image's
-//!   latents noised to the strength's first timestep;
+//! * `StableDiffusionImg2ImgPipeline` (`pipeline_stable_diffusion_img2img.py`) and, for SDXL base
+//!   models, `StableDiffusionXLImg2ImgPipeline`: the init image's latents noised to the
+//!   strength's first timestep;
 //! * `StableDiffusionInpaintPipeline` (`pipeline_stable_diffusion_inpaint.py`): 9-channel
 //!   inpainting UNets get the mask and the masked image's latents as extra input channels;
 //!   ordinary 4-channel UNets get the known region blended back after each step.
@@ -304,10 +305,10 @@ impl StableDiffusion {
             return Err(PipelineError::Input { what: "eta", value: o.eta.to_string(), allowed: "a finite number >= 0".into() });
         }
         match (self.kind, task) {
-            (PipelineKind::StableDiffusionXL, Task::Txt2Img) => {}
-            (PipelineKind::StableDiffusionXL, _) => {
+            (PipelineKind::StableDiffusionXL, Task::Txt2Img | Task::Img2Img { .. }) => {}
+            (PipelineKind::StableDiffusionXL, Task::Inpaint { .. }) => {
                 return Err(PipelineError::Unsupported(
-                    "img2img and inpainting with SDXL models are not supported yet (only text-to-image)".into(),
+                    "inpainting with SDXL models is not supported yet (text-to-image and img2img are)".into(),
                 ))
             }
             (_, Task::Inpaint { .. }) => {}
@@ -562,10 +563,33 @@ impl StableDiffusion {
     ///
     /// # Shapes
     /// - image: `[1, 3, h, w]` in [-1, 1]; returns `[1, latent_channels, h / 8, w / 8]`
+    ///
+    /// SDXL (`pipeline_stable_diffusion_xl_img2img.py::prepare_latents`) normalises with the VAE's
+    /// `latents_mean` / `latents_std` when its config has both: `(z − mean) × scaling_factor / std`.
     fn encode_vae_image(&self, image: Tensor<4>, generator: &mut TorchGenerator) -> Result<Tensor<4>, PipelineError> {
         let dist = self.vae.encode(image)?;
         let noise = self.randn(generator, dist.mean.dims());
-        Ok(dist.sample(noise)?.mul_scalar(self.vae.scaling_factor()))
+        let z = dist.sample(noise)?;
+        let sf = self.vae.scaling_factor();
+        match self.latents_mean_std(z.dims()) {
+            Some((mean, std)) if self.kind == PipelineKind::StableDiffusionXL => Ok(((z - mean) / std).mul_scalar(sf)),
+            _ => Ok(z.mul_scalar(sf)),
+        }
+    }
+
+    /// The VAE config's `latents_mean` and `latents_std` broadcast to `dims`, when it has both
+    /// with one value per latent channel.
+    fn latents_mean_std(&self, dims: [usize; 4]) -> Option<(Tensor<4>, Tensor<4>)> {
+        let cfg = &self.vae.config;
+        let (mean, std) = (cfg.latents_mean.as_ref()?, cfg.latents_std.as_ref()?);
+        if mean.len() != dims[1] || std.len() != dims[1] {
+            return None;
+        }
+        let column = |v: &[f64]| {
+            let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            Tensor::<4>::from_data(TensorData::new(v, [1, dims[1], 1, 1]), &self.device).expand(dims)
+        };
+        Some((column(mean), column(std)))
     }
 
     /// `prepare_latents` of the three pipelines, drawing from `generator` in diffusers' order:
@@ -691,17 +715,9 @@ impl StableDiffusion {
     /// the VAE config has both), then `(x / 2 + 0.5).clamp(0, 1)`, `(x * 255).round()` to u8.
     pub fn decode_latents(&self, latents: Tensor<4>) -> Result<Vec<RgbImage>, PipelineError> {
         let sf = self.vae.scaling_factor();
-        let cfg = &self.vae.config;
-        let z = match (&cfg.latents_mean, &cfg.latents_std) {
-            (Some(mean), Some(std)) if mean.len() == cfg.latent_channels && std.len() == cfg.latent_channels => {
-                let dims = latents.dims();
-                let column = |v: &[f64]| {
-                    let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-                    Tensor::<4>::from_data(TensorData::new(v, [1, dims[1], 1, 1]), &self.device).expand(dims)
-                };
-                (latents * column(std)).div_scalar(sf) + column(mean)
-            }
-            _ => latents.div_scalar(sf),
+        let z = match self.latents_mean_std(latents.dims()) {
+            Some((mean, std)) => (latents * std).div_scalar(sf) + mean,
+            None => latents.div_scalar(sf),
         };
         to_rgb_images(self.decode_checked(z)?.0)
     }

@@ -63,7 +63,9 @@ fn tasks_a_model_does_not_run_are_refused() {
     let e = inpaint_model.check_inputs(&options(64, 48), &Task::Txt2Img).unwrap_err();
     assert!(matches!(e, PipelineError::Unsupported(_)) && e.to_string().contains("9 channels"), "{e}");
     let sdxl = model("sdxl");
-    let e = sdxl.check_inputs(&options(64, 48), &Task::Img2Img { image: &image, strength: 0.5 }).unwrap_err();
+    let mask = GrayImage::new(64, 48);
+    assert!(sdxl.check_inputs(&options(64, 48), &Task::Img2Img { image: &image, strength: 0.5 }).is_ok());
+    let e = sdxl.check_inputs(&options(64, 48), &Task::Inpaint { image: &image, mask: &mask, strength: 1.0 }).unwrap_err();
     assert!(matches!(e, PipelineError::Unsupported(_)) && e.to_string().contains("SDXL"), "{e}");
 }
 

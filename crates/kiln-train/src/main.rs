@@ -18,13 +18,13 @@ struct Args {
     out: PathBuf,
     #[arg(long, value_name = "N", default_value_t = 0)]
     seed: u64,
-    #[arg(long, value_name = "N", default_value_t = 1000)]
+    #[arg(long, value_name = "N", default_value_t = 800)]
     vae_steps: usize,
     #[arg(long, value_name = "N", default_value_t = 8)]
     vae_batch: usize,
     #[arg(long, value_name = "F", default_value_t = 2e-3)]
     vae_lr: f64,
-    #[arg(long, value_name = "N", default_value_t = 1800)]
+    #[arg(long, value_name = "N", default_value_t = 1500)]
     unet_steps: usize,
     #[arg(long, value_name = "N", default_value_t = 32)]
     unet_batch: usize,

@@ -24,6 +24,10 @@ use kiln_vae::{AutoencoderKL, AutoencoderKLConfig};
 use crate::dataset::{samples, Scene, SplitMix64};
 
 /// The demo model's configs (diffusers / transformers JSON), written into the folder.
+///
+/// GroupNorm keeps 4–16 channels per group (SD: 4 in the VAE, 10 in the UNet): with one channel
+/// per group it is an instance norm, which erases each image's per-channel mean — the last norm
+/// before `conv_out` then leaves the decoder no way to say what colour the background is.
 pub mod configs {
     pub const VAE: &str = r#"{
   "_class_name": "AutoencoderKL",
@@ -38,7 +42,7 @@ pub mod configs {
   "latents_std": null,
   "layers_per_block": 1,
   "mid_block_add_attention": true,
-  "norm_num_groups": 16,
+  "norm_num_groups": 4,
   "out_channels": 3,
   "sample_size": 64,
   "scaling_factor": SCALING_FACTOR,
@@ -66,7 +70,7 @@ pub mod configs {
   "mid_block_scale_factor": 1,
   "mid_block_type": "UNetMidBlock2DCrossAttn",
   "norm_eps": 1e-05,
-  "norm_num_groups": 32,
+  "norm_num_groups": 8,
   "out_channels": 4,
   "sample_size": 8,
   "transformer_layers_per_block": 1,

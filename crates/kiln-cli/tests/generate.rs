@@ -282,6 +282,46 @@ fn generate_img2img_inpaint_and_sdxl_reproduce_diffusers() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `--vae` replaces the model's VAE: the same run with a VAE folder whose config differs (its
+/// scaling factor) gives another picture, and the model's own VAE copied as is gives the same one.
+#[test]
+fn vae_override_is_used() {
+    let dir = tmp("vae");
+    let sd1 = root().join("assets/fixtures/models/sd1");
+    let vae = sd1.join("vae");
+    let (same, other) = (dir.join("same-vae"), dir.join("other-vae"));
+    for (d, factor) in [(&same, None), (&other, Some("0.5"))] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::copy(vae.join("diffusion_pytorch_model.safetensors"), d.join("diffusion_pytorch_model.safetensors")).unwrap();
+        let config = std::fs::read_to_string(vae.join("config.json")).unwrap();
+        let config = match factor {
+            Some(f) => config.replace("\"scaling_factor\": 0.18215", &format!("\"scaling_factor\": {f}")),
+            None => config,
+        };
+        assert!(factor.is_none() || config.contains("0.5"), "the fixture's scaling factor is 0.18215");
+        std::fs::write(d.join("config.json"), config).unwrap();
+    }
+    let run = |vae: Option<&PathBuf>, name: &str| {
+        let out = dir.join(name);
+        let mut args = vec![
+            "generate", "--model", sd1.to_str().unwrap(), "--prompt", "a red circle on a blue background", "--steps", "5",
+            "--seed", "0", "--width", "64", "--height", "48", "--output", out.to_str().unwrap(),
+        ];
+        if let Some(v) = vae {
+            args.extend(["--vae", v.to_str().unwrap()]);
+        }
+        let o = kiln(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        pixels(&out)
+    };
+    let base = run(None, "base.png");
+    assert_eq!(run(Some(&same), "same.png"), base);
+    let changed = run(Some(&other), "other.png");
+    let worst = changed.iter().zip(&base).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
+    assert!(worst > 10, "a different VAE must change the picture (max difference {worst})");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn a_prompt_longer_than_77_tokens_is_truncated_with_a_warning() {
     let model = root().join("assets/fixtures/models/sd1");

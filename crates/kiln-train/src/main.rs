@@ -84,7 +84,7 @@ fn main() -> ExitCode {
         smooth = Some(l);
         bar.set_prefix(format!("{l:.4} ({secs:.2} s/step)"));
         bar.set_position(step as u64);
-        if step % 100 == 0 || step == total {
+        if step == 1 || step % 100 == 0 || step == total {
             let line = format!("{s} step {step}/{total}: loss {l:.4}, {secs:.2} s/step");
             // without a terminal the bar is hidden: log the line instead
             if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) }

@@ -246,6 +246,9 @@ fn write_configs(o: &TrainOptions, scaling_factor: f64) -> Result<(), Error> {
 
 #[derive(serde::Serialize, serde::Deserialize, Default)]
 struct State {
+    /// VAE steps done (the stage resumes here).
+    #[serde(default)]
+    vae_step: usize,
     vae_done: bool,
     scaling_factor: Option<f64>,
     unet_step: usize,
@@ -261,14 +264,24 @@ fn write_state(dir: &Path, s: &State) -> Result<(), Error> {
 }
 
 /// Trains the VAE; returns it (inference device).
-fn train_vae(o: &TrainOptions, device: &Device, progress: Progress) -> Result<AutoencoderKL, Error> {
+/// Trains the VAE from `state.vae_step` (resuming from `ckpt` when it is above 0), saving weights,
+/// optimizer state and progress every `checkpoint_every` steps; returns it (inference device).
+fn train_vae(o: &TrainOptions, device: &Device, ckpt: &Path, state: &mut State, progress: Progress) -> Result<AutoencoderKL, Error> {
     let ad = device.clone().autodiff();
     let config = AutoencoderKLConfig::from_json_str(&configs::VAE.replace("SCALING_FACTOR", "1.0"))?;
     let mut vae = config.init(&ad)?;
     let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
-    let mut rng = SplitMix64(o.seed ^ 0x5641_45);
+    let (vae_path, optim_path) = (ckpt.join("vae.safetensors"), ckpt.join("optimizer.vae"));
+    let first = if state.vae_step > 0 && vae_path.exists() && optim_path.exists() {
+        vae = kiln_nn::load_safetensors(vae, &vae_path, DType::F32, &[], &[])?;
+        optim = optim.load(&optim_path)?;
+        state.vae_step
+    } else {
+        0
+    };
+    let mut rng = SplitMix64(o.seed ^ 0x5641_45 ^ (first as u64).wrapping_mul(0x9E37_79B9));
     let start = Instant::now();
-    for step in 0..o.vae_steps {
+    for step in first..o.vae_steps {
         let batch: Vec<(Scene, image::RgbImage)> =
             (0..o.vae_batch).map(|_| {
                 let s = Scene::random(&mut rng, false);
@@ -293,7 +306,13 @@ fn train_vae(o: &TrainOptions, device: &Device, progress: Progress) -> Result<Au
         let decay = 0.55 + 0.45 * (std::f64::consts::PI * step as f64 / o.vae_steps as f64).cos();
         let lr = o.vae_lr * ((step + 1) as f64 / 50.0).min(1.0) * decay;
         vae = optim.step(lr, vae, grads);
-        progress("vae", step + 1, o.vae_steps, value, start.elapsed().as_secs_f64() / (step + 1) as f64);
+        progress("vae", step + 1, o.vae_steps, value, start.elapsed().as_secs_f64() / (step + 1 - first) as f64);
+        if (step + 1) % o.checkpoint_every == 0 || step + 1 == o.vae_steps {
+            save_safetensors(&vae.valid(), &vae_path)?;
+            optim.save(&optim_path)?;
+            state.vae_step = step + 1;
+            write_state(ckpt, state)?;
+        }
     }
     Ok(vae.valid())
 }
@@ -306,14 +325,15 @@ pub fn train(o: &TrainOptions, device: &Device, progress: Progress) -> Result<()
     write_configs(o, state.scaling_factor.unwrap_or(1.0))?;
     // 1. VAE
     let vae_path = ckpt.join("vae.safetensors");
-    let vae = if state.vae_done && vae_path.exists() {
-        AutoencoderKL::load(&o.out.join("vae"), DType::F32, None, device).or_else(|_| -> Result<AutoencoderKL, Error> {
-            let config = AutoencoderKLConfig::from_json_str(&configs::VAE.replace("SCALING_FACTOR", "1.0"))?;
-            Ok(kiln_nn::load_safetensors(config.init(device)?, &vae_path, DType::F32, &[], &[])?)
-        })?
+    // the stage is done when its checkpoint has `--vae-steps` steps; a larger `--vae-steps` with
+    // `--resume` trains it further (and the UNet stage, whose latents change, starts over)
+    let vae = if state.vae_step >= o.vae_steps && vae_path.exists() {
+        let config = AutoencoderKLConfig::from_json_str(&configs::VAE.replace("SCALING_FACTOR", "1.0"))?;
+        kiln_nn::load_safetensors(config.init(device)?, &vae_path, DType::F32, &[], &[])?
     } else {
-        let vae = train_vae(o, device, progress)?;
-        save_safetensors(&vae, &vae_path)?;
+        state.unet_step = 0;
+        state.scaling_factor = None;
+        let vae = train_vae(o, device, &ckpt, &mut state, progress)?;
         state.vae_done = true;
         write_state(&ckpt, &state)?;
         vae

@@ -1,5 +1,5 @@
-//! `kiln-train` end to end at toy sizes: the VAE stage, the cached latents, the joint CLIP + UNet
-//! stage with checkpoints, resume from them, and a diffusers folder that kiln's pipeline loads
+//! `kiln-train` end to end at toy sizes: the VAE stage (stopped and resumed mid-way), the cached
+//! latents, the joint CLIP + UNet stage with checkpoints, resume from them, and a diffusers folder that kiln's pipeline loads
 //! and generates from. (Quality is not asserted here: a few steps train nothing.)
 
 use std::path::PathBuf;
@@ -15,10 +15,13 @@ fn root() -> PathBuf {
 
 fn train(out: &PathBuf, extra: &[&str]) -> String {
     let mut args = vec![
-        "--out", out.to_str().unwrap(), "--vae-steps", "2", "--vae-batch", "2", "--unet-batch", "4",
-        "--dataset-size", "8", "--checkpoint-every", "2",
+        "--out", out.to_str().unwrap(), "--vae-batch", "2", "--unet-batch", "4", "--dataset-size", "8",
+        "--checkpoint-every", "1",
     ];
     args.extend(extra);
+    if !extra.contains(&"--vae-steps") {
+        args.extend(["--vae-steps", "2"]);
+    }
     let tok = root().join("assets/tokenizers/clip");
     let cfg = root().join("assets/configs/sd15/tokenizer");
     args.extend(["--tokenizer-files", tok.to_str().unwrap(), "--tokenizer-configs", cfg.to_str().unwrap()]);
@@ -32,8 +35,12 @@ fn train(out: &PathBuf, extra: &[&str]) -> String {
 fn trains_checkpoints_resumes_and_writes_a_loadable_folder() {
     let out = std::env::temp_dir().join(format!("kiln-train-smoke-{}", std::process::id()));
     std::fs::remove_dir_all(&out).ok();
-    let log = train(&out, &["--unet-steps", "2"]);
-    assert!(log.contains("vae step 2/2") && log.contains("unet step 2/2"), "{log}");
+    // one VAE step, then `--resume` continues the stage to 2 (from the checkpoint, not from 0)
+    let log = train(&out, &["--vae-steps", "1", "--unet-steps", "0"]);
+    assert!(log.contains("vae step 1/1"), "{log}");
+    // (kiln-train logs step 1 of every run it starts from scratch: "vae step 1/2" would mean a restart)
+    let log = train(&out, &["--unet-steps", "2", "--resume"]);
+    assert!(log.contains("vae step 2/2") && !log.contains("vae step 1/2") && log.contains("unet step 2/2"), "{log}");
     let state = |out: &PathBuf| -> Value { serde_json::from_str(&std::fs::read_to_string(out.join("checkpoints/state.json")).unwrap()).unwrap() };
     assert_eq!(state(&out)["unet_step"], 2);
     assert!(state(&out)["scaling_factor"].as_f64().unwrap() > 0.0);

@@ -16,9 +16,8 @@ use kiln_unet::{TextTimeCond, UNet2DConditionConfig, UNet2DConditionModel};
 use kiln_vae::{AutoencoderKL, AutoencoderKLConfig};
 use serde::Serialize;
 
-use crate::model::{ModelFolder, PipelineKind, ResolveOptions};
 use crate::rng::TorchGenerator;
-use crate::stable_diffusion::PipelineError;
+use crate::stable_diffusion::{PipelineError, StableDiffusion};
 
 /// The published configs kiln ships in `assets/configs/`, compiled in so `kiln bench --preset`
 /// works from any directory.
@@ -165,18 +164,18 @@ fn load_components(o: &BenchOptions, device: &Device) -> Result<Components, Pipe
             Ok(Components { name: format!("preset {name} (random weights)"), text_encoders, unet, vae, scheduler })
         }
         BenchModel::Folder(dir) => {
-            let folder = ModelFolder::open(dir, &ResolveOptions::default())?;
-            let c = |name: &str| dir.join(name);
-            let mut text_encoders = vec![ClipTextModel::load(c("text_encoder"), device, DType::F32, None)?];
-            if folder.kind == PipelineKind::StableDiffusionXL {
-                text_encoders.push(ClipTextModel::load(c("text_encoder_2"), device, DType::F32, None)?);
+            // the pipeline's own loader: component folders and weight variants as resolved
+            let mut pipe = StableDiffusion::load(dir, device, o.dtype, None)?;
+            if o.vae_dtype != DType::F32 {
+                pipe.set_vae_dtype(o.vae_dtype);
             }
+            let StableDiffusion { text_encoder, text_encoder_2, unet, vae, scheduler_config, .. } = pipe;
             Ok(Components {
                 name: dir.display().to_string(),
-                text_encoders,
-                unet: UNet2DConditionModel::load(&c("unet"), device, o.dtype, None)?,
-                vae: AutoencoderKL::load(&c("vae"), o.vae_dtype, None, device)?,
-                scheduler: SchedulerConfig::from_file(c("scheduler").join("scheduler_config.json"))?,
+                text_encoders: std::iter::once(text_encoder).chain(text_encoder_2).collect(),
+                unet,
+                vae,
+                scheduler: scheduler_config,
             })
         }
     }

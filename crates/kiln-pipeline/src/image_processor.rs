@@ -45,6 +45,11 @@ pub fn pil_grayscale(image: &DynamicImage) -> GrayImage {
     }
 }
 
+/// The mask processor's binarisation of one 8-bit mask value: `x / 255 < 0.5` → 0, else 1.
+fn binarize(v: u8) -> f32 {
+    if (v as f32 / 255.0) < 0.5 { 0.0 } else { 1.0 }
+}
+
 /// The inpainting mask as the mask processor leaves it: `x / 255`, then binarised
 /// (`< 0.5` → 0, else 1). 1 marks the pixels to repaint.
 ///
@@ -52,7 +57,7 @@ pub fn pil_grayscale(image: &DynamicImage) -> GrayImage {
 /// - returns `[1, 1, height, width]`
 pub fn mask_to_tensor(mask: &GrayImage, device: &Device) -> Tensor<4> {
     let (w, h) = (mask.width() as usize, mask.height() as usize);
-    let values: Vec<f32> = mask.pixels().map(|p| if (p.0[0] as f32 / 255.0) < 0.5 { 0.0 } else { 1.0 }).collect();
+    let values: Vec<f32> = mask.pixels().map(|p| binarize(p.0[0])).collect();
     Tensor::from_data(TensorData::new(values, [1, 1, h, w]), device)
 }
 
@@ -70,8 +75,7 @@ pub fn interpolate_nearest(mask: &GrayImage, h: usize, w: usize, device: &Device
     let mut values = Vec::with_capacity(h * w);
     for y in 0..h {
         for x in 0..w {
-            let p = mask.get_pixel(index(x, src_w, w) as u32, index(y, src_h, h) as u32).0[0];
-            values.push(if (p as f32 / 255.0) < 0.5 { 0.0 } else { 1.0 });
+            values.push(binarize(mask.get_pixel(index(x, src_w, w) as u32, index(y, src_h, h) as u32).0[0]));
         }
     }
     Tensor::from_data(TensorData::new(values, [1, 1, h, w]), device)

@@ -673,6 +673,11 @@ impl StableDiffusion {
         let extra_channels = inpaint
             .filter(|_| self.is_inpainting_unet())
             .map(|i| (double(&i.mask), double(&i.masked_image_latents)));
+        // 4-channel UNets: the blend's weights, `(mask, 1 − mask)` at the latents' shape
+        let blend = inpaint.and_then(|i| i.image_latents.as_ref().map(|l| (i, l))).map(|(i, image_latents)| {
+            let mask = i.mask.clone().expand(image_latents.dims());
+            (mask.clone().neg().add_scalar(1.0), mask, image_latents, &i.noise)
+        });
         let timesteps = scheduler.timesteps().to_vec();
         let total = timesteps.len() - begin;
         for i in begin..timesteps.len() {
@@ -693,15 +698,14 @@ impl StableDiffusion {
                 noise_pred
             };
             latents = scheduler.step(noise_pred, i, latents, generator);
-            if let Some(InpaintLatents { mask, image_latents: Some(image_latents), noise, .. }) = inpaint {
+            if let Some((keep, mask, image_latents, noise)) = &blend {
                 // the known region follows the init image, noised to the next timestep
                 let proper = if i + 1 < timesteps.len() {
-                    scheduler.add_noise(image_latents.clone(), noise.clone(), i + 1)
+                    scheduler.add_noise((*image_latents).clone(), (*noise).clone(), i + 1)
                 } else {
-                    image_latents.clone()
+                    (*image_latents).clone()
                 };
-                let mask = mask.clone().expand(latents.dims());
-                latents = (mask.clone().neg().add_scalar(1.0)) * proper + mask * latents;
+                latents = keep.clone() * proper + mask.clone() * latents;
             }
             if !callback(StepInfo { step: i - begin, total, timestep: t }, &latents) {
                 return Err(PipelineError::Cancelled(i - begin));

@@ -17,6 +17,7 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{DType, Device, Tensor, TensorData};
+use kiln_pipeline::image_processor::image_to_tensor;
 use kiln_text_encoder::{ClipTextConfig, ClipTextModel, ClipTokenizer};
 use kiln_unet::UNet2DConditionConfig;
 use kiln_vae::{AutoencoderKL, AutoencoderKLConfig};
@@ -52,6 +53,11 @@ pub mod configs {
   "use_quant_conv": true
 }
 "#;
+
+    /// The VAE's config.json with `scaling_factor` filled in.
+    pub fn vae(scaling_factor: f64) -> String {
+        VAE.replace("SCALING_FACTOR", &format!("{scaling_factor:.5}"))
+    }
 
     pub const UNET: &str = r#"{
   "_class_name": "UNet2DConditionModel",
@@ -180,18 +186,9 @@ fn normal(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
     out
 }
 
-/// `[n, 3, 64, 64]` in [-1, 1] from images.
+/// `[n, 3, 64, 64]` in [-1, 1] from images, as the pipelines feed the VAE.
 fn images_to_tensor(images: &[&image::RgbImage], device: &Device) -> Tensor<4> {
-    let (w, h) = (images[0].width() as usize, images[0].height() as usize);
-    let mut v = vec![0f32; images.len() * 3 * h * w];
-    for (n, img) in images.iter().enumerate() {
-        for (i, p) in img.pixels().enumerate() {
-            for c in 0..3 {
-                v[((n * 3 + c) * h * w) + i] = p.0[c] as f32 / 127.5 - 1.0;
-            }
-        }
-    }
-    tensor4(v, [images.len(), 3, h, w], device)
+    Tensor::cat(images.iter().map(|img| image_to_tensor(img, device)).collect(), 0)
 }
 
 /// Saves a module as PyTorch-layout safetensors (what diffusers/transformers read).
@@ -227,7 +224,7 @@ fn write_configs(o: &TrainOptions, scaling_factor: f64) -> Result<(), Error> {
         ("scheduler", "scheduler_config.json", configs::SCHEDULER.to_string()),
         ("text_encoder", "config.json", configs::TEXT_ENCODER.to_string()),
         ("unet", "config.json", configs::UNET.to_string()),
-        ("vae", "config.json", configs::VAE.replace("SCALING_FACTOR", &format!("{scaling_factor:.5}"))),
+        ("vae", "config.json", configs::vae(scaling_factor)),
     ] {
         std::fs::create_dir_all(out.join(dir))?;
         std::fs::write(out.join(dir).join(name), text)?;
@@ -246,10 +243,9 @@ fn write_configs(o: &TrainOptions, scaling_factor: f64) -> Result<(), Error> {
 
 #[derive(serde::Serialize, serde::Deserialize, Default)]
 struct State {
-    /// VAE steps done (the stage resumes here).
+    /// VAE steps done (the stage resumes here; it is complete at `--vae-steps`).
     #[serde(default)]
     vae_step: usize,
-    vae_done: bool,
     scaling_factor: Option<f64>,
     unet_step: usize,
 }
@@ -268,7 +264,7 @@ fn write_state(dir: &Path, s: &State) -> Result<(), Error> {
 /// optimizer state and progress every `checkpoint_every` steps; returns it (inference device).
 fn train_vae(o: &TrainOptions, device: &Device, ckpt: &Path, state: &mut State, progress: Progress) -> Result<AutoencoderKL, Error> {
     let ad = device.clone().autodiff();
-    let config = AutoencoderKLConfig::from_json_str(&configs::VAE.replace("SCALING_FACTOR", "1.0"))?;
+    let config = AutoencoderKLConfig::from_json_str(&configs::vae(1.0))?;
     let mut vae = config.init(&ad)?;
     let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
     let (vae_path, optim_path) = (ckpt.join("vae.safetensors"), ckpt.join("optimizer.vae"));
@@ -322,21 +318,17 @@ pub fn train(o: &TrainOptions, device: &Device, progress: Progress) -> Result<()
     let ckpt = o.out.join("checkpoints");
     std::fs::create_dir_all(&ckpt)?;
     let mut state = if o.resume { read_state(&ckpt) } else { State::default() };
-    write_configs(o, state.scaling_factor.unwrap_or(1.0))?;
     // 1. VAE
     let vae_path = ckpt.join("vae.safetensors");
     // the stage is done when its checkpoint has `--vae-steps` steps; a larger `--vae-steps` with
     // `--resume` trains it further (and the UNet stage, whose latents change, starts over)
     let vae = if state.vae_step >= o.vae_steps && vae_path.exists() {
-        let config = AutoencoderKLConfig::from_json_str(&configs::VAE.replace("SCALING_FACTOR", "1.0"))?;
+        let config = AutoencoderKLConfig::from_json_str(&configs::vae(1.0))?;
         kiln_nn::load_safetensors(config.init(device)?, &vae_path, DType::F32, &[], &[])?
     } else {
         state.unet_step = 0;
         state.scaling_factor = None;
-        let vae = train_vae(o, device, &ckpt, &mut state, progress)?;
-        state.vae_done = true;
-        write_state(&ckpt, &state)?;
-        vae
+        train_vae(o, device, &ckpt, &mut state, progress)?
     };
     // 2. the cached latents (posterior means) of the training set
     let data = samples(o.seed, o.dataset_size, false);

@@ -4,13 +4,10 @@
 //! parameters, as diffusers counts them); bad input exits 2.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
+mod common;
+use common::kiln;
 use serde_json::Value;
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().expect("run kiln")
-}
 
 fn model() -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/fixtures/models/sd1").to_str().unwrap().to_string()

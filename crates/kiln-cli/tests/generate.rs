@@ -3,29 +3,18 @@
 //! parameters (read back by `kiln info`), and bad input exits 2 with a message naming the value.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+
+mod common;
+use common::{assert_usage_error, kiln, pixels};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().expect("run kiln")
 }
 
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("kiln-generate-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn pixels(path: &PathBuf) -> Vec<u8> {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    buf.truncate(info.buffer_size());
-    buf
 }
 
 #[test]
@@ -63,16 +52,6 @@ fn generate_reproduces_diffusers_and_records_parameters() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("--overwrite"));
     assert_eq!(pixels(&out), got, "the existing file must be untouched");
     std::fs::remove_dir_all(&dir).ok();
-}
-
-fn assert_usage_error(args: &[&str], needles: &[&str]) {
-    let out = kiln(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{args:?} should exit 2; stderr: {stderr}");
-    for n in needles {
-        assert!(stderr.contains(n), "{args:?}: message should mention {n:?}; got: {stderr}");
-    }
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
 }
 
 #[test]

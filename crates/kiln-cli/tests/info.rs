@@ -6,6 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::TempDir;
 use serde_json::Value;
 
 fn assets() -> PathBuf {
@@ -44,23 +46,6 @@ fn assert_usage_error(out: &Output, needles: &[&str]) {
     assert_eq!(out.status.code(), Some(2), "should exit 2; stderr: {stderr}");
     for n in needles {
         assert!(stderr.contains(n), "stderr lacks {n:?}: {stderr}");
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("kiln-cli-info-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 

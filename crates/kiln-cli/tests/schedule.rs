@@ -2,16 +2,13 @@
 //! (`scripts/fixtures/schedule_cli.py`), plus its bad-input behaviour (exit code 2, a clear message).
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
+mod common;
+use common::{assert_usage_error, kiln};
 use serde_json::Value;
 
 fn assets() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/fixtures/schedule_cli")
-}
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().expect("run kiln")
 }
 
 fn close(a: f64, b: f64, rtol: f64) -> bool {
@@ -71,16 +68,6 @@ fn schedule_json_matches_diffusers_on_unseen_configs() {
         }
     }
     assert!(failures.is_empty(), "{} of {} runs differ:\n{}", failures.len(), runs.len(), failures.join("\n"));
-}
-
-fn assert_usage_error(args: &[&str], needles: &[&str]) {
-    let out = kiln(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{args:?} should exit 2; stderr: {stderr}");
-    for n in needles {
-        assert!(stderr.contains(n), "{args:?}: message should mention {n:?}; got: {stderr}");
-    }
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
 }
 
 #[test]

@@ -9,30 +9,16 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+mod common;
+use common::TempDir;
 use kiln_pipeline::{resolve, HubConfig, ModelError, ResolveOptions};
 
 const SHA: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678";
 const REPO: &str = "kiln-test/tiny-sd";
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("kiln-hubdl-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The sd1 fixture as a Hub repo, plus files a real SD 1.5 repo has that kiln must not fetch.
 fn repo_files() -> BTreeMap<String, Vec<u8>> {

@@ -4,8 +4,9 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
+mod common;
+use common::TempDir;
 use kiln_pipeline::model::{cached_snapshot, ComponentFiles};
 use kiln_pipeline::{resolve, HubConfig, HubId, ModelError, ModelFolder, PipelineKind, ResolveOptions};
 
@@ -13,24 +14,6 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/fixtures/models").join(name).canonicalize().unwrap()
 }
 
-/// A temporary folder, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!("kiln-model-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Mirrors `src` into `dst` with a symlink per file (to its resolved target), skipping the paths
 /// (relative, `/`-separated) for which `skip` is true.

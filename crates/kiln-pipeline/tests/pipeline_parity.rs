@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use burn::tensor::{DType, Device};
+mod common;
+use common::read_png;
 use kiln_pipeline::image_processor::pil_grayscale;
 use kiln_pipeline::{GenerateOptions, StableDiffusion, Task};
 use serde_json::Value;
@@ -22,16 +24,6 @@ const MAX_LEVELS: i32 = 2;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn read_png(path: &PathBuf) -> (u32, u32, Vec<u8>) {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    assert_eq!(info.color_type, png::ColorType::Rgb, "{path:?}");
-    buf.truncate(info.buffer_size());
-    (info.width, info.height, buf)
 }
 
 #[test]

@@ -12,19 +12,12 @@
 use std::path::PathBuf;
 
 use burn::tensor::DType;
-use kiln_pipeline::{StableDiffusion, GenerateOptions};
+mod common;
+use common::read_png;
+use kiln_pipeline::{GenerateOptions, StableDiffusion};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn read_png(path: &PathBuf) -> Vec<u8> {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    buf.truncate(info.buffer_size());
-    buf
 }
 
 #[test]
@@ -62,7 +55,7 @@ fn txt2img_on_the_wgpu_lane_matches_diffusers() {
         ),
     ] {
         let images = pipe.txt2img(&options, &mut |_, _| true).unwrap();
-        let want = read_png(&root().join("assets/fixtures/pipelines").join(file));
+        let (_, _, want) = read_png(&root().join("assets/fixtures/pipelines").join(file));
         let got = images[0].as_raw();
         assert_eq!(got.len(), want.len());
         let worst = got.iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();

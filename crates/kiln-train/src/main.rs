@@ -1,7 +1,7 @@
 //! `kiln-train`: trains kiln's demo model (see [`kiln_train::train`]) and writes it as a diffusers
 //! folder.
 //!
-//!     cargo run -p kiln-train --release -- --out assets/kiln-shapes
+//!     cargo run -p kiln-train -- --out /tmp/kiln-shapes
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,13 +18,13 @@ struct Args {
     out: PathBuf,
     #[arg(long, value_name = "N", default_value_t = 0)]
     seed: u64,
-    #[arg(long, value_name = "N", default_value_t = 800)]
+    #[arg(long, value_name = "N", default_value_t = 1500)]
     vae_steps: usize,
     #[arg(long, value_name = "N", default_value_t = 8)]
     vae_batch: usize,
-    #[arg(long, value_name = "F", default_value_t = 2e-3)]
+    #[arg(long, value_name = "F", default_value_t = 1e-3)]
     vae_lr: f64,
-    #[arg(long, value_name = "N", default_value_t = 1500)]
+    #[arg(long, value_name = "N", default_value_t = 3000)]
     unet_steps: usize,
     #[arg(long, value_name = "N", default_value_t = 32)]
     unet_batch: usize,
@@ -38,6 +38,10 @@ struct Args {
     /// Continue from OUT/checkpoints.
     #[arg(long)]
     resume: bool,
+    /// Replace what an earlier run wrote in OUT (without --resume or --overwrite, kiln-train
+    /// refuses a folder that already holds a model or checkpoints).
+    #[arg(long)]
+    overwrite: bool,
     /// Where the CLIP tokenizer files and SD 1.5's tokenizer configs are.
     #[arg(long, value_name = "DIR", default_value = "assets/tokenizers/clip")]
     tokenizer_files: PathBuf,
@@ -53,6 +57,14 @@ fn main() -> ExitCode {
             eprintln!("error: {what} must be at least 1, got 0");
             return ExitCode::from(2);
         }
+    }
+    let taken = ["model_index.json", "checkpoints"].iter().any(|f| a.out.join(f).exists());
+    if taken && !a.resume && !a.overwrite {
+        eprintln!(
+            "error: {} already holds a model or checkpoints; pass --resume to continue that run, --overwrite to start over in it, or choose another --out",
+            a.out.display()
+        );
+        return ExitCode::from(2);
     }
     let o = TrainOptions {
         out: a.out,

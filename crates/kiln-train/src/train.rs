@@ -1,6 +1,7 @@
 //! Training kiln's demo model with burn's autodiff, on the same model code as inference:
-//! 1. a tiny [`AutoencoderKL`] (SD's layout: 4 levels, factor 8, 4 latent channels; narrower) as a
-//!    deterministic autoencoder on its posterior mean (MSE + L1), with a small KL term;
+//! 1. a tiny [`AutoencoderKL`] (SD's layout, smaller: 3 levels, so factor 4 and 16×16×4 latents
+//!    for the 64×64 pictures; 16–32 channels; no mid-block attention) as a deterministic
+//!    autoencoder on its posterior mean (MSE + L1), with a small KL term;
 //! 2. the dataset's latents (posterior means) cached once, `scaling_factor` = 1 / their std, as
 //!    the SD authors chose theirs;
 //! 3. a tiny CLIP text encoder (the real CLIP tokenizer) and UNet2DConditionModel trained jointly
@@ -19,12 +20,18 @@ use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use kiln_pipeline::image_processor::image_to_tensor;
 use kiln_text_encoder::{ClipTextConfig, ClipTextModel, ClipTokenizer};
-use kiln_unet::UNet2DConditionConfig;
+use kiln_unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use kiln_vae::{AutoencoderKL, AutoencoderKLConfig};
 
 use crate::dataset::{samples, Scene, SplitMix64};
 
 /// The demo model's configs (diffusers / transformers JSON), written into the folder.
+///
+/// Sizes were chosen with a PyTorch prototype of the same recipe (diffusers' classes, 6× faster
+/// to iterate on this CPU): a factor-8 VAE (8×8 latents) still drew wrong colours and blobs after
+/// 1000 steps (50 levels mean error), factor 4 without mid-block attention reached 6–7 levels
+/// at lr 1e-3 (2e-3 was unstable from run to run); the UNet runs at 16×16 with cross-attention
+/// at its 8×8 level and in the mid block only (the 16×16 self-attention doubled its step time).
 ///
 /// GroupNorm keeps 4–16 channels per group (SD: 4 in the VAE, 10 in the UNet): with one channel
 /// per group it is an instance norm, which erases each image's per-channel mean — the last norm
@@ -34,21 +41,21 @@ pub mod configs {
   "_class_name": "AutoencoderKL",
   "_diffusers_version": "0.42.1",
   "act_fn": "silu",
-  "block_out_channels": [16, 32, 64, 64],
-  "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+  "block_out_channels": [16, 32, 32],
+  "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
   "force_upcast": true,
   "in_channels": 3,
   "latent_channels": 4,
   "latents_mean": null,
   "latents_std": null,
   "layers_per_block": 1,
-  "mid_block_add_attention": true,
+  "mid_block_add_attention": false,
   "norm_num_groups": 4,
   "out_channels": 3,
   "sample_size": 64,
   "scaling_factor": SCALING_FACTOR,
   "shift_factor": null,
-  "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+  "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
   "use_post_quant_conv": true,
   "use_quant_conv": true
 }
@@ -67,7 +74,7 @@ pub mod configs {
   "block_out_channels": [32, 64],
   "center_input_sample": false,
   "cross_attention_dim": 64,
-  "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+  "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
   "downsample_padding": 1,
   "flip_sin_to_cos": true,
   "freq_shift": 0,
@@ -78,9 +85,9 @@ pub mod configs {
   "norm_eps": 1e-05,
   "norm_num_groups": 8,
   "out_channels": 4,
-  "sample_size": 8,
+  "sample_size": 16,
   "transformer_layers_per_block": 1,
-  "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+  "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
   "upcast_attention": false,
   "use_linear_projection": false
 }
@@ -259,7 +266,20 @@ fn write_state(dir: &Path, s: &State) -> Result<(), Error> {
     Ok(())
 }
 
-/// Trains the VAE; returns it (inference device).
+/// The VAE stage's loss on a batch `x` (`[n, 3, h, w]` in [-1, 1]): the VAE is trained as a
+/// deterministic autoencoder on its posterior mean (what the UNet's training latents are;
+/// sampling std-1 noise from the start drowns the small initial means and leaves a blurry
+/// decoder after the few steps a CPU affords), MSE + L1 (L1 keeps flat colours and edges sharp),
+/// plus KL(q ‖ N(0, 1)) per latent element weighted 1e-6 (lightly, as SD's VAE was).
+pub fn vae_loss(vae: &AutoencoderKL, x: Tensor<4>) -> Result<Tensor<1>, Error> {
+    let dist = vae.encode(x.clone())?;
+    let recon = vae.decode(dist.mean.clone())?;
+    let diff = recon - x;
+    let rec = diff.clone().powi_scalar(2).mean() + diff.abs().mean();
+    let kl = (dist.mean.clone().powi_scalar(2) + dist.logvar.clone().exp() - dist.logvar - 1.0).mean().mul_scalar(0.5);
+    Ok(rec + kl.mul_scalar(1e-6))
+}
+
 /// Trains the VAE from `state.vae_step` (resuming from `ckpt` when it is above 0), saving weights,
 /// optimizer state and progress every `checkpoint_every` steps; returns it (inference device).
 fn train_vae(o: &TrainOptions, device: &Device, ckpt: &Path, state: &mut State, progress: Progress) -> Result<AutoencoderKL, Error> {
@@ -285,18 +305,7 @@ fn train_vae(o: &TrainOptions, device: &Device, ckpt: &Path, state: &mut State, 
                 (s, img)
             }).collect();
         let refs: Vec<&image::RgbImage> = batch.iter().map(|(_, i)| i).collect();
-        let x = images_to_tensor(&refs, &ad);
-        let dist = vae.encode(x.clone())?;
-        // trained as a deterministic autoencoder on the posterior mean (what the UNet's training
-        // latents are); sampling std-1 noise from the start drowns the small initial means and
-        // leaves a blurry decoder after the few steps a CPU affords
-        let recon = vae.decode(dist.mean.clone())?;
-        let diff = recon - x;
-        // MSE + L1 (L1 keeps flat colours and edges sharp)
-        let rec = diff.clone().powi_scalar(2).mean() + diff.abs().mean();
-        // KL(q || N(0, 1)) per latent element, weighted lightly (as SD's VAE was)
-        let kl = (dist.mean.clone().powi_scalar(2) + dist.logvar.clone().exp() - dist.logvar.clone() - 1.0).mean().mul_scalar(0.5);
-        let loss = rec + kl.mul_scalar(1e-6);
+        let loss = vae_loss(&vae, images_to_tensor(&refs, &ad))?;
         let value = loss.clone().into_scalar::<f32>() as f64;
         let grads = GradientsParams::from_grads(loss.backward(), &vae);
         let decay = 0.55 + 0.45 * (std::f64::consts::PI * step as f64 / o.vae_steps as f64).cos();
@@ -311,6 +320,25 @@ fn train_vae(o: &TrainOptions, device: &Device, ckpt: &Path, state: &mut State, 
         }
     }
     Ok(vae.valid())
+}
+
+/// The second stage's loss: the UNet, conditioned on the text encoder's last hidden state of
+/// `ids`, predicts the noise `eps` that made `xt` at `timesteps`; the mean squared error (DDPM's
+/// simplified objective, as SD was trained).
+///
+/// # Shapes
+/// - ids: `batch` rows of token ids; xt, eps: `[batch, c, h, w]`; timesteps: `batch`
+pub fn unet_loss(
+    text_encoder: &ClipTextModel,
+    unet: &UNet2DConditionModel,
+    ids: &[Vec<u32>],
+    xt: Tensor<4>,
+    eps: Tensor<4>,
+    timesteps: &[f64],
+) -> Result<Tensor<1>, Error> {
+    let ctx = text_encoder.encode(ids, &xt.device())?.last_hidden_state;
+    let pred = unet.forward(xt, timesteps, ctx, None)?;
+    Ok((pred - eps).powi_scalar(2).mean())
 }
 
 /// Trains everything and writes the folder.
@@ -391,10 +419,8 @@ pub fn train(o: &TrainOptions, device: &Device, progress: Progress) -> Result<()
         }
         let xt = tensor4(xt, [b, c, lh, lw], &ad);
         let eps = tensor4(eps, [b, c, lh, lw], &ad);
-        let ctx = text_encoder.encode(&ids, &ad)?.last_hidden_state;
         let timesteps: Vec<f64> = t.iter().map(|&t| t as f64).collect();
-        let pred = unet.forward(xt, &timesteps, ctx, None)?;
-        let loss = (pred - eps).powi_scalar(2).mean();
+        let loss = unet_loss(&text_encoder, &unet, &ids, xt, eps, &timesteps)?;
         let value = loss.clone().into_scalar::<f32>() as f64;
         let mut grads = loss.backward();
         let g_unet = GradientsParams::from_module(&mut grads, &unet);

@@ -38,6 +38,13 @@ fn trains_checkpoints_resumes_and_writes_a_loadable_folder() {
     // one VAE step, then `--resume` continues the stage to 2 (from the checkpoint, not from 0)
     let log = train(&out, &["--vae-steps", "1", "--unet-steps", "0"]);
     assert!(log.contains("vae step 1/1"), "{log}");
+    // a second run into the same folder without --resume/--overwrite is refused, nothing touched
+    let before = std::fs::read(out.join("checkpoints/vae.safetensors")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln-train")).args(["--out", out.to_str().unwrap(), "--vae-steps", "1"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--resume") && stderr.contains("--overwrite") && stderr.contains(out.to_str().unwrap()), "{stderr}");
+    assert_eq!(std::fs::read(out.join("checkpoints/vae.safetensors")).unwrap(), before);
     // (kiln-train logs step 1 of every run it starts from scratch: "vae step 1/2" would mean a restart)
     let log = train(&out, &["--unet-steps", "2", "--resume"]);
     assert!(log.contains("vae step 2/2") && !log.contains("vae step 1/2") && log.contains("unet step 2/2"), "{log}");
@@ -59,6 +66,6 @@ fn trains_checkpoints_resumes_and_writes_a_loadable_folder() {
     let pipe = StableDiffusion::load(&out, &Device::flex(), DType::F32, None).unwrap();
     let o = GenerateOptions { prompt: "a red circle on a blue background".into(), num_inference_steps: 2, ..Default::default() };
     let img = &pipe.txt2img(&o, &mut |_, _| true).unwrap()[0];
-    assert_eq!(img.dimensions(), (64, 64), "sample_size 8 × factor 8");
+    assert_eq!(img.dimensions(), (64, 64), "sample_size 16 × VAE factor 4");
     std::fs::remove_dir_all(&out).ok();
 }

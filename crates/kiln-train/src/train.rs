@@ -93,6 +93,12 @@ pub mod configs {
 }
 "#;
 
+    /// Prompts are padded to 16 tokens (the text encoder's `max_position_embeddings`, the
+    /// tokenizer's `model_max_length`) rather than CLIP's 77: the longest caption is 14 tokens
+    /// with BOS and EOS, and with 77 the cross-attention starts out averaging over 60-odd padding
+    /// tokens, which slowed learning what the words say.
+    pub const MAX_LENGTH: usize = 16;
+
     pub const TEXT_ENCODER: &str = r#"{
   "architectures": ["CLIPTextModel"],
   "attention_dropout": 0.0,
@@ -104,7 +110,7 @@ pub mod configs {
   "initializer_range": 0.02,
   "intermediate_size": 256,
   "layer_norm_eps": 1e-05,
-  "max_position_embeddings": 77,
+  "max_position_embeddings": 16,
   "model_type": "clip_text_model",
   "num_attention_heads": 4,
   "num_hidden_layers": 3,
@@ -240,11 +246,14 @@ fn write_configs(o: &TrainOptions, scaling_factor: f64) -> Result<(), Error> {
     for (src, name) in [
         (&o.tokenizer_files, "vocab.json"),
         (&o.tokenizer_files, "merges.txt"),
-        (&o.tokenizer_configs, "tokenizer_config.json"),
         (&o.tokenizer_configs, "special_tokens_map.json"),
     ] {
         std::fs::copy(src.join(name), out.join("tokenizer").join(name))?;
     }
+    // SD 1.5's tokenizer config with this model's length (see `configs::MAX_LENGTH`)
+    let mut tok: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(o.tokenizer_configs.join("tokenizer_config.json"))?)?;
+    tok["model_max_length"] = configs::MAX_LENGTH.into();
+    std::fs::write(out.join("tokenizer").join("tokenizer_config.json"), serde_json::to_string_pretty(&tok)?)?;
     Ok(())
 }
 

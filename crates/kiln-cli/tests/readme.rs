@@ -52,14 +52,14 @@ fn readme_first_command_draws_its_prompt() {
     let mut args: Vec<String> = w[dashdash + 1..].to_vec();
     assert_eq!(args[0], "generate");
     let value = |args: &[String], flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].clone());
-    let model = value(&args, "--model").unwrap();
+    let m = args.iter().position(|a| a == "--model").expect("--model");
+    let model = args[m + 1].clone();
     assert!(model.starts_with("assets/"), "the README's model must be one kiln ships: {model}");
     // run from the repository root, writing into a temporary folder rather than ./out.png
     let tmp = TempDir::new("readme");
     let out = tmp.0.join("out.png");
     let i = args.iter().position(|a| a == "--output").expect("--output");
     args[i + 1] = out.to_str().unwrap().to_string();
-    let m = args.iter().position(|a| a == "--model").unwrap();
     args[m + 1] = root().join(&model).to_str().unwrap().to_string();
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = kiln(&refs);
@@ -74,6 +74,6 @@ fn readme_first_command_draws_its_prompt() {
     // what the shipped model gets right for this prompt (measured 2026-11-26): one circle on a
     // blue background. Its colour reads orange, not red: the demo model confuses the two
     // (the README says so); the test pins what is true, and fails if that regresses.
+    // (a shape read back implies a colour other than the background's: `analyze` picks it so)
     assert_eq!((r.shape, r.background, r.count), (Some(shape), colour(p[5]), 1), "{prompt}: {r:?}");
-    assert!(r.color.is_some_and(|c| c != r.background), "something is drawn: {r:?}");
 }

@@ -33,7 +33,7 @@ use crate::dataset::{samples, Scene, SplitMix64};
 /// at lr 1e-3 (2e-3 was unstable from run to run); the UNet runs at 16×16 with cross-attention
 /// at its 8×8 level and in the mid block only (the 16×16 self-attention doubled its step time).
 ///
-/// GroupNorm keeps 4–16 channels per group (SD: 4 in the VAE, 10 in the UNet): with one channel
+/// GroupNorm keeps 4–8 channels per group (SD: 4 in the VAE, 10 in the UNet): with one channel
 /// per group it is an instance norm, which erases each image's per-channel mean — the last norm
 /// before `conv_out` then leaves the decoder no way to say what colour the background is.
 pub mod configs {
@@ -99,7 +99,12 @@ pub mod configs {
     /// tokens, which slowed learning what the words say.
     pub const MAX_LENGTH: usize = 16;
 
-    pub const TEXT_ENCODER: &str = r#"{
+    /// The text encoder's config.json with `max_position_embeddings` = [`MAX_LENGTH`].
+    pub fn text_encoder() -> String {
+        TEXT_ENCODER.replace("MAX_LENGTH", &MAX_LENGTH.to_string())
+    }
+
+    const TEXT_ENCODER: &str = r#"{
   "architectures": ["CLIPTextModel"],
   "attention_dropout": 0.0,
   "bos_token_id": 49406,
@@ -110,7 +115,7 @@ pub mod configs {
   "initializer_range": 0.02,
   "intermediate_size": 256,
   "layer_norm_eps": 1e-05,
-  "max_position_embeddings": 16,
+  "max_position_embeddings": MAX_LENGTH,
   "model_type": "clip_text_model",
   "num_attention_heads": 4,
   "num_hidden_layers": 3,
@@ -235,7 +240,7 @@ fn write_configs(o: &TrainOptions, scaling_factor: f64) -> Result<(), Error> {
     for (dir, name, text) in [
         ("", "model_index.json", configs::MODEL_INDEX.to_string()),
         ("scheduler", "scheduler_config.json", configs::SCHEDULER.to_string()),
-        ("text_encoder", "config.json", configs::TEXT_ENCODER.to_string()),
+        ("text_encoder", "config.json", configs::text_encoder()),
         ("unet", "config.json", configs::UNET.to_string()),
         ("vae", "config.json", configs::vae(scaling_factor)),
     ] {
@@ -385,7 +390,7 @@ pub fn train(o: &TrainOptions, device: &Device, progress: Progress) -> Result<()
     // 3. text encoder + UNet
     let ad = device.clone().autodiff();
     let tokenizer = ClipTokenizer::from_dir(o.out.join("tokenizer"))?;
-    let te_config: ClipTextConfig = serde_json::from_str(configs::TEXT_ENCODER)?;
+    let te_config: ClipTextConfig = serde_json::from_str(&configs::text_encoder())?;
     let te_config = te_config.validate(Path::new("text_encoder/config.json"))?;
     let unet_config = UNet2DConditionConfig::from_json_str(configs::UNET)?;
     let (te_path, unet_path) = (ckpt.join("text_encoder.safetensors"), ckpt.join("unet.safetensors"));

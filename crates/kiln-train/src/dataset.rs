@@ -206,8 +206,40 @@ impl Scene {
     }
 }
 
+impl Shape {
+    /// Area / r² of the shape [`inside`] draws with radius r.
+    pub(crate) fn area(self) -> f32 {
+        match self {
+            Shape::Circle => std::f32::consts::PI,
+            Shape::Square => 1.7 * 1.7,
+            Shape::Triangle => 2.0,
+            // five triangles between the centre, an outer point (r) and an inner one (0.45 r)
+            Shape::Star => 10.0 * 0.5 * 0.45 * (std::f32::consts::PI / 5.0).sin(),
+        }
+    }
+
+    /// How far below the drawing centre the shape's centroid lies, in r (the triangle's is a
+    /// third of its height below its middle).
+    pub(crate) fn centroid_offset(self) -> f32 {
+        if self == Shape::Triangle { 1.0 / 3.0 } else { 0.0 }
+    }
+
+    /// Whether pixel (x, y) of a shape drawn around (cx, cy) with radius r is at least half
+    /// covered (4×4 supersampling, as [`Scene::render`] draws).
+    pub(crate) fn covers(self, x: usize, y: usize, cx: f32, cy: f32, r: f32) -> bool {
+        let mut covered = 0;
+        for sy in 0..4 {
+            for sx in 0..4 {
+                let (px, py) = (x as f32 + (sx as f32 + 0.5) / 4.0, y as f32 + (sy as f32 + 0.5) / 4.0);
+                covered += inside(self, px - cx, py - cy, r) as u32;
+            }
+        }
+        covered >= 8
+    }
+}
+
 /// Whether the point (dx, dy) from a shape's centre lies inside it (y grows downwards).
-fn inside(shape: Shape, dx: f32, dy: f32, r: f32) -> bool {
+pub(crate) fn inside(shape: Shape, dx: f32, dy: f32, r: f32) -> bool {
     match shape {
         Shape::Circle => dx * dx + dy * dy <= r * r,
         Shape::Square => dx.abs() <= r * 0.85 && dy.abs() <= r * 0.85,

@@ -24,6 +24,10 @@ struct Args {
     vae_batch: usize,
     #[arg(long, value_name = "F", default_value_t = 1e-3)]
     vae_lr: f64,
+    /// Steps that train the VAE's decoder alone after the VAE stage (sharper edges; the latents
+    /// stay the same); 0 skips them.
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    vae_decoder_steps: usize,
     #[arg(long, value_name = "N", default_value_t = 3000)]
     unet_steps: usize,
     #[arg(long, value_name = "N", default_value_t = 32)]
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         vae_steps: a.vae_steps,
         vae_batch: a.vae_batch,
         vae_lr: a.vae_lr,
+        vae_decoder_steps: a.vae_decoder_steps,
         unet_steps: a.unet_steps,
         unet_batch: a.unet_batch,
         unet_lr: a.unet_lr,

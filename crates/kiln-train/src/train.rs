@@ -5,8 +5,18 @@
 //! 2. the dataset's latents (posterior means) cached once, `scaling_factor` = 1 / their std, as
 //!    the SD authors chose theirs;
 //! 3. a tiny CLIP text encoder (the real CLIP tokenizer) and UNet2DConditionModel trained jointly
-//!    on the ε-prediction loss of DDPM with SD's schedule (scaled_linear 0.00085–0.012, 1000
-//!    steps), 10 % of captions dropped to "" for classifier-free guidance.
+//!    on DDPM's loss with v-prediction and SD's schedule (scaled_linear 0.00085–0.012, 1000
+//!    steps) rescaled to zero terminal SNR, 10 % of captions dropped to "" for classifier-free
+//!    guidance.
+//!
+//! Why zero terminal SNR ("Common Diffusion Noise Schedules and Sample Steps are Flawed", Lin et
+//! al. 2024; diffusers' `rescale_betas_zero_snr`): on 16×16 latents SD's schedule leaves the
+//! image's mean colour readable through the noise even at t = 999 (√ᾱ = 0.068 against a noise
+//! mean of std 1/16), so a model trained on it takes the background colour from the noise and
+//! ignores the prompt's; the first model kiln shipped drew the captioned background in 3 of 48
+//! pictures. With ᾱ_999 = 0 the model must take it from the text, and v-prediction (the
+//! paper's pairing) keeps the target finite there. The sampler starts at t = 999
+//! (`timestep_spacing` "trailing").
 //!
 //! The result is written as a diffusers folder (`model_index.json`, configs, safetensors in
 //! PyTorch layout) that diffusers' `StableDiffusionPipeline.from_pretrained` loads.
@@ -19,6 +29,7 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use kiln_pipeline::image_processor::image_to_tensor;
+use kiln_scheduler::schedule::{BetaConfig, BetaSchedule};
 use kiln_text_encoder::{ClipTextConfig, ClipTextModel, ClipTokenizer};
 use kiln_unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use kiln_vae::{AutoencoderKL, AutoencoderKLConfig};
@@ -134,11 +145,12 @@ pub mod configs {
   "beta_schedule": "scaled_linear",
   "beta_start": 0.00085,
   "num_train_timesteps": 1000,
-  "prediction_type": "epsilon",
+  "prediction_type": "v_prediction",
+  "rescale_betas_zero_snr": true,
   "set_alpha_to_one": false,
   "solver_order": 2,
   "steps_offset": 1,
-  "timestep_spacing": "leading",
+  "timestep_spacing": "trailing",
   "trained_betas": null
 }
 "#;
@@ -171,6 +183,8 @@ pub struct TrainOptions {
     pub vae_steps: usize,
     pub vae_batch: usize,
     pub vae_lr: f64,
+    /// Steps of the decoder-only stage after the VAE stage (same batch and lr); 0 skips it.
+    pub vae_decoder_steps: usize,
     pub unet_steps: usize,
     pub unet_batch: usize,
     pub unet_lr: f64,
@@ -188,6 +202,14 @@ pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize, f64, f64);
 
 fn tensor4(values: Vec<f32>, shape: [usize; 4], device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// The optimizer of both stages: PyTorch's `torch.optim.AdamW` defaults (β = 0.9, 0.999,
+/// ε = 1e-8) without weight decay. burn's `AdamWConfig` defaults to ε = 1e-5, which is larger
+/// than √v̂ of most weights' gradients once the losses are small: it shrank their steps up to
+/// tenfold, and a VAE trained with it for 1500 steps still drew red, yellow and white as orange.
+pub fn adamw() -> AdamWConfig {
+    AdamWConfig::new().with_beta_1(0.9).with_beta_2(0.999).with_epsilon(1e-8).with_weight_decay(0.0)
 }
 
 /// Host-side N(0, 1) from splitmix64 + Box–Muller, so runs are reproducible on any device.
@@ -222,17 +244,27 @@ pub fn save_safetensors<M: Module>(module: &M, path: &Path) -> Result<(), Error>
     Ok(())
 }
 
-/// SD's training schedule: `alphas_cumprod` of scaled_linear betas 0.00085–0.012 over 1000 steps.
+/// The training schedule, ᾱ_t for t = 0..999, from [`configs::SCHEDULER`] (the schedule the
+/// sampler reads, so training and inference share one source): SD's scaled_linear betas
+/// 0.00085–0.012, rescaled to zero terminal SNR (diffusers' `rescale_zero_terminal_snr`), so
+/// ᾱ_999 = 0.
 pub fn alphas_cumprod() -> Vec<f64> {
-    let (a, b) = (0.00085f64.sqrt(), 0.012f64.sqrt());
-    let mut acc = 1.0;
-    (0..1000)
-        .map(|i| {
-            let beta = (a + (b - a) * i as f64 / 999.0).powi(2);
-            acc *= 1.0 - beta;
-            acc
-        })
-        .collect()
+    let c: serde_json::Value = serde_json::from_str(configs::SCHEDULER).expect("configs::SCHEDULER is JSON");
+    assert_eq!(c["beta_schedule"], "scaled_linear", "configs::SCHEDULER");
+    BetaConfig {
+        num_train_timesteps: c["num_train_timesteps"].as_u64().unwrap() as usize,
+        beta_start: c["beta_start"].as_f64().unwrap(),
+        beta_end: c["beta_end"].as_f64().unwrap(),
+        schedule: BetaSchedule::ScaledLinear,
+        rescale_betas_zero_snr: c["rescale_betas_zero_snr"].as_bool().unwrap_or(false),
+    }
+    .alphas_cumprod()
+}
+
+/// The v-prediction target (diffusers' `DDPMScheduler.get_velocity`):
+/// v = √ᾱ_t · ε − √(1 − ᾱ_t) · x₀.
+pub fn velocity(alpha_cumprod: f64, x0: f32, eps: f32) -> f32 {
+    alpha_cumprod.sqrt() as f32 * eps - (1.0 - alpha_cumprod).sqrt() as f32 * x0
 }
 
 fn write_configs(o: &TrainOptions, scaling_factor: f64) -> Result<(), Error> {
@@ -267,8 +299,21 @@ struct State {
     /// VAE steps done (the stage resumes here; it is complete at `--vae-steps`).
     #[serde(default)]
     vae_step: usize,
+    /// Steps of the decoder stage done.
+    #[serde(default)]
+    vae_decoder_step: usize,
     scaling_factor: Option<f64>,
     unet_step: usize,
+    /// What the UNet checkpoint was trained to predict (`configs::SCHEDULER`'s
+    /// `prediction_type`; runs before v-prediction wrote none and predicted ε).
+    #[serde(default)]
+    prediction_type: Option<String>,
+}
+
+/// `configs::SCHEDULER`'s `prediction_type`.
+fn prediction_type() -> String {
+    let c: serde_json::Value = serde_json::from_str(configs::SCHEDULER).expect("configs::SCHEDULER is JSON");
+    c["prediction_type"].as_str().expect("prediction_type").to_string()
 }
 
 fn read_state(dir: &Path) -> State {
@@ -287,31 +332,90 @@ fn write_state(dir: &Path, s: &State) -> Result<(), Error> {
 /// plus KL(q ‖ N(0, 1)) per latent element weighted 1e-6 (lightly, as SD's VAE was).
 pub fn vae_loss(vae: &AutoencoderKL, x: Tensor<4>) -> Result<Tensor<1>, Error> {
     let dist = vae.encode(x.clone())?;
-    let recon = vae.decode(dist.mean.clone())?;
-    let diff = recon - x;
-    let rec = diff.clone().powi_scalar(2).mean() + diff.abs().mean();
+    let rec = reconstruction_loss(vae.decode(dist.mean.clone())?, x);
     let kl = (dist.mean.clone().powi_scalar(2) + dist.logvar.clone().exp() - dist.logvar - 1.0).mean().mul_scalar(0.5);
     Ok(rec + kl.mul_scalar(1e-6))
 }
 
-/// Trains the VAE from `state.vae_step` (resuming from `ckpt` when it is above 0), saving weights,
-/// optimizer state and progress every `checkpoint_every` steps; returns it (inference device).
-fn train_vae(o: &TrainOptions, device: &Device, ckpt: &Path, state: &mut State, progress: Progress) -> Result<AutoencoderKL, Error> {
+/// The decoder stage's loss: the same reconstruction loss through the decoder alone — the
+/// latents are constants, so the encoder (and with it the UNet's training latents) stays as the
+/// VAE stage left it, as Stability fine-tuned SD's decoder for `sd-vae-ft-mse`. The encoder runs
+/// without autodiff (`valid()`): a detached branch of the autodiff graph is never consumed by
+/// `backward` and kept its memory, about 45 MB a step.
+pub fn vae_decoder_loss(vae: &AutoencoderKL, x: Tensor<4>) -> Result<Tensor<1>, Error> {
+    let mean = vae.valid().encode(x.clone().inner())?.mean.autodiff();
+    Ok(reconstruction_loss(vae.decode(mean)?, x))
+}
+
+/// MSE + L1 between a reconstruction and its picture.
+fn reconstruction_loss(recon: Tensor<4>, x: Tensor<4>) -> Tensor<1> {
+    let diff = recon - x;
+    diff.clone().powi_scalar(2).mean() + diff.abs().mean()
+}
+
+/// The two stages that train the VAE: the whole autoencoder, then its decoder alone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum VaeStage {
+    Autoencoder,
+    Decoder,
+}
+
+impl VaeStage {
+    fn name(self) -> &'static str {
+        match self {
+            VaeStage::Autoencoder => "vae",
+            VaeStage::Decoder => "vae-decoder",
+        }
+    }
+
+    /// The stage's weights and optimizer state in the checkpoint folder.
+    fn files(self, ckpt: &Path) -> (PathBuf, PathBuf) {
+        match self {
+            VaeStage::Autoencoder => (ckpt.join("vae.safetensors"), ckpt.join("optimizer.vae")),
+            VaeStage::Decoder => (ckpt.join("vae_decoder.safetensors"), ckpt.join("optimizer.vae_decoder")),
+        }
+    }
+
+    fn steps(self, o: &TrainOptions) -> usize {
+        match self {
+            VaeStage::Autoencoder => o.vae_steps,
+            VaeStage::Decoder => o.vae_decoder_steps,
+        }
+    }
+
+    /// Steps done, as the checkpoint's state records them.
+    fn done(self, state: &mut State) -> &mut usize {
+        match self {
+            VaeStage::Autoencoder => &mut state.vae_step,
+            VaeStage::Decoder => &mut state.vae_decoder_step,
+        }
+    }
+}
+
+/// Trains a VAE stage from its recorded step (resuming from `ckpt` when it is above 0; the
+/// decoder stage starts from the autoencoder stage's weights), saving weights, optimizer state
+/// and progress every `checkpoint_every` steps; returns the VAE (inference device).
+fn train_vae(o: &TrainOptions, device: &Device, ckpt: &Path, state: &mut State, stage: VaeStage, progress: Progress) -> Result<AutoencoderKL, Error> {
     let ad = device.clone().autodiff();
     let config = AutoencoderKLConfig::from_json_str(&configs::vae(1.0))?;
     let mut vae = config.init(&ad)?;
-    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
-    let (vae_path, optim_path) = (ckpt.join("vae.safetensors"), ckpt.join("optimizer.vae"));
-    let first = if state.vae_step > 0 && vae_path.exists() && optim_path.exists() {
+    let mut optim = adamw().init();
+    let (vae_path, optim_path) = stage.files(ckpt);
+    let total = stage.steps(o);
+    let first = if *stage.done(state) > 0 && vae_path.exists() && optim_path.exists() {
         vae = kiln_nn::load_safetensors(vae, &vae_path, DType::F32, &[], &[])?;
         optim = optim.load(&optim_path)?;
-        state.vae_step
+        *stage.done(state)
     } else {
+        if stage == VaeStage::Decoder {
+            vae = kiln_nn::load_safetensors(vae, &VaeStage::Autoencoder.files(ckpt).0, DType::F32, &[], &[])?;
+        }
         0
     };
-    let mut rng = SplitMix64(o.seed ^ 0x5641_45 ^ (first as u64).wrapping_mul(0x9E37_79B9));
+    let salt = if stage == VaeStage::Decoder { 0x4445_43 } else { 0x5641_45 };
+    let mut rng = SplitMix64(o.seed ^ salt ^ (first as u64).wrapping_mul(0x9E37_79B9));
     let start = Instant::now();
-    for step in first..o.vae_steps {
+    for step in first..total {
         let batch: Vec<(Scene, image::RgbImage)> =
             (0..o.vae_batch).map(|_| {
                 let s = Scene::random(&mut rng, false);
@@ -319,17 +423,21 @@ fn train_vae(o: &TrainOptions, device: &Device, ckpt: &Path, state: &mut State, 
                 (s, img)
             }).collect();
         let refs: Vec<&image::RgbImage> = batch.iter().map(|(_, i)| i).collect();
-        let loss = vae_loss(&vae, images_to_tensor(&refs, &ad))?;
+        let x = images_to_tensor(&refs, &ad);
+        let loss = match stage {
+            VaeStage::Autoencoder => vae_loss(&vae, x)?,
+            VaeStage::Decoder => vae_decoder_loss(&vae, x)?,
+        };
         let value = loss.clone().into_scalar::<f32>() as f64;
         let grads = GradientsParams::from_grads(loss.backward(), &vae);
-        let decay = 0.55 + 0.45 * (std::f64::consts::PI * step as f64 / o.vae_steps as f64).cos();
+        let decay = 0.55 + 0.45 * (std::f64::consts::PI * step as f64 / total as f64).cos();
         let lr = o.vae_lr * ((step + 1) as f64 / 50.0).min(1.0) * decay;
         vae = optim.step(lr, vae, grads);
-        progress("vae", step + 1, o.vae_steps, value, start.elapsed().as_secs_f64() / (step + 1 - first) as f64);
-        if (step + 1) % o.checkpoint_every == 0 || step + 1 == o.vae_steps {
+        progress(stage.name(), step + 1, total, value, start.elapsed().as_secs_f64() / (step + 1 - first) as f64);
+        if (step + 1) % o.checkpoint_every == 0 || step + 1 == total {
             save_safetensors(&vae.valid(), &vae_path)?;
             optim.save(&optim_path)?;
-            state.vae_step = step + 1;
+            *stage.done(state) = step + 1;
             write_state(ckpt, state)?;
         }
     }
@@ -337,22 +445,23 @@ fn train_vae(o: &TrainOptions, device: &Device, ckpt: &Path, state: &mut State, 
 }
 
 /// The second stage's loss: the UNet, conditioned on the text encoder's last hidden state of
-/// `ids`, predicts the noise `eps` that made `xt` at `timesteps`; the mean squared error (DDPM's
-/// simplified objective, as SD was trained).
+/// `ids`, predicts `target` for the noisy latents `xt` at `timesteps`; the mean squared error
+/// (DDPM's simplified objective). The demo model's target is the velocity ([`velocity`], as
+/// SD 2's 768 models were trained); for an ε-prediction model it is the noise.
 ///
 /// # Shapes
-/// - ids: `batch` rows of token ids; xt, eps: `[batch, c, h, w]`; timesteps: `batch`
+/// - ids: `batch` rows of token ids; xt, target: `[batch, c, h, w]`; timesteps: `batch`
 pub fn unet_loss(
     text_encoder: &ClipTextModel,
     unet: &UNet2DConditionModel,
     ids: &[Vec<u32>],
     xt: Tensor<4>,
-    eps: Tensor<4>,
+    target: Tensor<4>,
     timesteps: &[f64],
 ) -> Result<Tensor<1>, Error> {
     let ctx = text_encoder.encode(ids, &xt.device())?.last_hidden_state;
     let pred = unet.forward(xt, timesteps, ctx, None)?;
-    Ok((pred - eps).powi_scalar(2).mean())
+    Ok((pred - target).powi_scalar(2).mean())
 }
 
 /// Trains everything and writes the folder.
@@ -360,18 +469,43 @@ pub fn train(o: &TrainOptions, device: &Device, progress: Progress) -> Result<()
     let ckpt = o.out.join("checkpoints");
     std::fs::create_dir_all(&ckpt)?;
     let mut state = if o.resume { read_state(&ckpt) } else { State::default() };
-    // 1. VAE
-    let vae_path = ckpt.join("vae.safetensors");
-    // the stage is done when its checkpoint has `--vae-steps` steps; a larger `--vae-steps` with
-    // `--resume` trains it further (and the UNet stage, whose latents change, starts over)
-    let vae = if state.vae_step >= o.vae_steps && vae_path.exists() {
+    if state.unet_step > 0 {
+        let trained = state.prediction_type.clone().unwrap_or_else(|| "epsilon".into());
+        if trained != prediction_type() {
+            return Err(format!(
+                "{} holds a UNet trained for prediction_type {trained}; this kiln-train trains {} \
+                 (pass --overwrite, or another --out, to start the UNet stage over)",
+                ckpt.display(),
+                prediction_type()
+            )
+            .into());
+        }
+    }
+    // 1. VAE, then its decoder alone. A stage is done when its checkpoint has its `--…-steps`
+    // steps; a larger count with `--resume` trains it further. A changed encoder changes the
+    // latents, so the decoder and UNet stages start over; the decoder stage changes neither.
+    let load_vae = |path: &Path| -> Result<AutoencoderKL, Error> {
         let config = AutoencoderKLConfig::from_json_str(&configs::vae(1.0))?;
-        kiln_nn::load_safetensors(config.init(device)?, &vae_path, DType::F32, &[], &[])?
-    } else {
-        state.unet_step = 0;
-        state.scaling_factor = None;
-        train_vae(o, device, &ckpt, &mut state, progress)?
+        Ok(kiln_nn::load_safetensors(config.init(device)?, path, DType::F32, &[], &[])?)
     };
+    let mut vae = None;
+    for stage in [VaeStage::Autoencoder, VaeStage::Decoder] {
+        let path = stage.files(&ckpt).0;
+        if stage == VaeStage::Decoder && o.vae_decoder_steps == 0 {
+            break;
+        }
+        vae = Some(if *stage.done(&mut state) >= stage.steps(o) && path.exists() {
+            load_vae(&path)?
+        } else {
+            if stage == VaeStage::Autoencoder {
+                state.vae_decoder_step = 0;
+                state.unet_step = 0;
+                state.scaling_factor = None;
+            }
+            train_vae(o, device, &ckpt, &mut state, stage, progress)?
+        });
+    }
+    let vae = vae.expect("the autoencoder stage always runs");
     // 2. the cached latents (posterior means) of the training set
     let data = samples(o.seed, o.dataset_size, false);
     let mut means = Vec::with_capacity(data.len());
@@ -397,8 +531,8 @@ pub fn train(o: &TrainOptions, device: &Device, progress: Progress) -> Result<()
     let optim_path = ckpt.join("optimizer");
     let mut text_encoder = ClipTextModel::new(&te_config, &ad);
     let mut unet = unet_config.init(&ad)?;
-    let mut optim_te = AdamWConfig::new().with_weight_decay(0.0).init();
-    let mut optim_unet = AdamWConfig::new().with_weight_decay(0.0).init();
+    let mut optim_te = adamw().init();
+    let mut optim_unet = adamw().init();
     let mut first = 0;
     if o.resume && state.unet_step > 0 && te_path.exists() && unet_path.exists() {
         text_encoder = kiln_nn::load_safetensors(text_encoder, &te_path, DType::F32, &[], &[])?;
@@ -424,17 +558,19 @@ pub fn train(o: &TrainOptions, device: &Device, progress: Progress) -> Result<()
         }
         let t: Vec<usize> = (0..b).map(|_| rng.below(1000)).collect();
         let eps = normal(&mut rng, b * per);
-        let mut xt = vec![0f32; b * per];
+        let (mut xt, mut v) = (vec![0f32; b * per], vec![0f32; b * per]);
         for k in 0..b {
             let (sa, sb) = (ac[t[k]].sqrt() as f32, (1.0 - ac[t[k]]).sqrt() as f32);
             for j in 0..per {
-                xt[k * per + j] = sa * x0[k * per + j] + sb * eps[k * per + j];
+                let i = k * per + j;
+                xt[i] = sa * x0[i] + sb * eps[i];
+                v[i] = velocity(ac[t[k]], x0[i], eps[i]);
             }
         }
         let xt = tensor4(xt, [b, c, lh, lw], &ad);
-        let eps = tensor4(eps, [b, c, lh, lw], &ad);
+        let v = tensor4(v, [b, c, lh, lw], &ad);
         let timesteps: Vec<f64> = t.iter().map(|&t| t as f64).collect();
-        let loss = unet_loss(&text_encoder, &unet, &ids, xt, eps, &timesteps)?;
+        let loss = unet_loss(&text_encoder, &unet, &ids, xt, v, &timesteps)?;
         let value = loss.clone().into_scalar::<f32>() as f64;
         let mut grads = loss.backward();
         let g_unet = GradientsParams::from_module(&mut grads, &unet);
@@ -451,6 +587,7 @@ pub fn train(o: &TrainOptions, device: &Device, progress: Progress) -> Result<()
             optim_te.save(optim_path.with_extension("te"))?;
             optim_unet.save(optim_path.with_extension("unet"))?;
             state.unet_step = step + 1;
+            state.prediction_type = Some(prediction_type());
             write_state(&ckpt, &state)?;
         }
     }
@@ -459,4 +596,57 @@ pub fn train(o: &TrainOptions, device: &Device, progress: Progress) -> Result<()
     save_safetensors(&kiln_nn::cast_module(unet.valid(), DType::F16), &o.out.join("unet/diffusion_pytorch_model.safetensors"))?;
     save_safetensors(&kiln_nn::cast_module(vae, DType::F16), &o.out.join("vae/diffusion_pytorch_model.safetensors"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::Param;
+
+    #[derive(Module, Debug)]
+    struct Weights {
+        w: Param<Tensor<1>>,
+    }
+
+    /// One AdamW step from zero moments moves each weight by lr · g / (|g| + ε) (bias correction
+    /// makes m̂ = g, v̂ = g²): with PyTorch's ε = 1e-8 a gradient of 1e-6 still moves it by
+    /// 0.99 lr, where burn's default ε = 1e-5 would move it by 0.09 lr.
+    #[test]
+    fn adamw_is_pytorchs() {
+        let device = Device::flex().autodiff();
+        let grads_of = [1e-6f32, -1e-4, 0.5];
+        let m = Weights { w: Param::from_tensor(Tensor::<1>::zeros([3], &device)) };
+        let loss = (m.w.val() * Tensor::<1>::from_floats(grads_of, &device)).sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &m);
+        let m = adamw().init().step(1e-3, m, grads);
+        let w: Vec<f32> = m.w.val().into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+        for (w, g) in w.iter().zip(grads_of) {
+            let torch = -1e-3 * g / (g.abs() + 1e-8);
+            assert!((w - torch).abs() < 1e-8, "step {w} for gradient {g}; torch.optim.AdamW takes {torch}");
+        }
+    }
+
+    /// The training schedule is the sampler's (`configs::SCHEDULER`, zero terminal SNR): diffusers'
+    /// values, and the sampler built from the same config starts at t = 999, where the model was
+    /// trained on pure noise.
+    #[test]
+    fn schedule_and_velocity() {
+        let ac = alphas_cumprod();
+        assert_eq!(ac.len(), 1000);
+        // diffusers 0.42.1: DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
+        // beta_end=0.012, rescale_betas_zero_snr=True).alphas_cumprod[[0, 500, 900, 999]]
+        for (t, want) in [(0, 0.9991499781608582), (500, 0.24101854860782623), (900, 0.002960391342639923)] {
+            assert!((ac[t] - want).abs() < 1e-6 * want.max(1e-3), "ᾱ_{t} = {}, diffusers {want}", ac[t]);
+        }
+        assert_eq!(ac[999], 0.0);
+        assert!(ac.windows(2).all(|w| w[1] < w[0]));
+        // at zero SNR the velocity is −x₀; at t = 0 it is nearly ε
+        assert_eq!(velocity(ac[999], 0.7, -1.3), -0.7);
+        assert!((velocity(ac[0], 0.7, -1.3) - (ac[0].sqrt() * -1.3 - (1.0 - ac[0]).sqrt() * 0.7) as f32).abs() < 1e-6);
+        let config = kiln_scheduler::SchedulerConfig::from_json_str(configs::SCHEDULER, "configs::SCHEDULER").unwrap();
+        let sampler = kiln_scheduler::SchedulerClass::DpmSolverMultistep
+            .build(&config, 20, &kiln_scheduler::StepOptions::default())
+            .unwrap();
+        assert_eq!(sampler.timesteps()[0], 999.0);
+    }
 }

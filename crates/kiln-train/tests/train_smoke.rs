@@ -22,6 +22,7 @@ fn train(out: &PathBuf, extra: &[&str]) -> String {
     if !extra.contains(&"--vae-steps") {
         args.extend(["--vae-steps", "2"]);
     }
+    args.extend(["--vae-decoder-steps", "1"]);
     let tok = root().join("assets/tokenizers/clip");
     let cfg = root().join("assets/configs/sd15/tokenizer");
     args.extend(["--tokenizer-files", tok.to_str().unwrap(), "--tokenizer-configs", cfg.to_str().unwrap()]);
@@ -29,6 +30,13 @@ fn train(out: &PathBuf, extra: &[&str]) -> String {
     let stderr = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(o.status.success(), "{stderr}");
     stderr
+}
+
+/// `state` as the run wrote it (the guard's test removed `prediction_type`).
+fn state_before_guard(state: &Value) -> String {
+    let mut s = state.clone();
+    s["prediction_type"] = "v_prediction".into();
+    s.to_string()
 }
 
 #[test]
@@ -48,6 +56,23 @@ fn trains_checkpoints_resumes_and_writes_a_loadable_folder() {
     // (kiln-train logs step 1 of every run it starts from scratch: "vae step 1/2" would mean a restart)
     let log = train(&out, &["--unet-steps", "2", "--resume"]);
     assert!(log.contains("vae step 2/2") && !log.contains("vae step 1/2") && log.contains("unet step 2/2"), "{log}");
+    // the decoder stage ran after the VAE stage (again, as the encoder changed) and left the
+    // encoder as it was: the latents the UNet trains on are the VAE stage's
+    assert!(log.contains("vae-decoder step 1/1"), "{log}");
+    let read = |f: &str| std::fs::read(out.join("checkpoints").join(f)).unwrap();
+    let (vae, tuned) = (read("vae.safetensors"), read("vae_decoder.safetensors"));
+    let (vae, tuned) = (safetensors::SafeTensors::deserialize(&vae).unwrap(), safetensors::SafeTensors::deserialize(&tuned).unwrap());
+    let mut names = vae.names();
+    names.sort();
+    assert_eq!(names.len(), tuned.names().len());
+    for name in names {
+        let same = vae.tensor(name).unwrap().data() == tuned.tensor(name).unwrap().data();
+        if name.starts_with("encoder.") || name.starts_with("quant_conv.") {
+            assert!(same, "{name} changed in the decoder stage");
+        } else if name == "decoder.conv_out.weight" {
+            assert!(!same, "{name} not trained in the decoder stage");
+        }
+    }
     let state = |out: &PathBuf| -> Value { serde_json::from_str(&std::fs::read_to_string(out.join("checkpoints/state.json")).unwrap()).unwrap() };
     assert_eq!(state(&out)["unet_step"], 2);
     assert!(state(&out)["scaling_factor"].as_f64().unwrap() > 0.0);
@@ -55,6 +80,22 @@ fn trains_checkpoints_resumes_and_writes_a_loadable_folder() {
     let log = train(&out, &["--unet-steps", "4", "--resume"]);
     assert!(!log.contains("vae step") && log.contains("unet step 4/4"), "{log}");
     assert_eq!(state(&out)["unet_step"], 4);
+    assert_eq!(state(&out)["prediction_type"], "v_prediction");
+    // a UNet checkpoint of an ε-prediction run (written before v-prediction: no prediction_type)
+    // is not continued with the v-prediction loss (refused before any stage runs)
+    let mut old = state(&out);
+    old.as_object_mut().unwrap().remove("prediction_type");
+    std::fs::write(out.join("checkpoints/state.json"), old.to_string()).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln-train"))
+        .args(["--out", out.to_str().unwrap(), "--resume", "--vae-steps", "2", "--vae-decoder-steps", "1", "--unet-steps", "5"])
+        .args(["--tokenizer-files", root().join("assets/tokenizers/clip").to_str().unwrap()])
+        .args(["--tokenizer-configs", root().join("assets/configs/sd15/tokenizer").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("prediction_type epsilon") && stderr.contains("v_prediction") && !stderr.contains(" step "), "{stderr}");
+    std::fs::write(out.join("checkpoints/state.json"), state_before_guard(&old)).unwrap();
     for f in [
         "model_index.json", "scheduler/scheduler_config.json", "tokenizer/vocab.json", "tokenizer/merges.txt",
         "text_encoder/config.json", "text_encoder/model.safetensors", "unet/config.json",
@@ -62,6 +103,8 @@ fn trains_checkpoints_resumes_and_writes_a_loadable_folder() {
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
+    let scheduler: Value = serde_json::from_str(&std::fs::read_to_string(out.join("scheduler/scheduler_config.json")).unwrap()).unwrap();
+    assert_eq!((scheduler["prediction_type"].as_str(), scheduler["rescale_betas_zero_snr"].as_bool()), (Some("v_prediction"), Some(true)));
     // kiln's pipeline loads the folder strictly (every tensor named as diffusers names it) and draws
     let pipe = StableDiffusion::load(&out, &Device::flex(), DType::F32, None).unwrap();
     let o = GenerateOptions { prompt: "a red circle on a blue background".into(), num_inference_steps: 2, ..Default::default() };

@@ -71,9 +71,7 @@ fn readme_first_command_draws_its_prompt() {
     let colour = |name: &str| COLORS.iter().position(|(n, _)| *n == name).unwrap_or_else(|| panic!("colour {name}"));
     let shape = Shape::ALL.into_iter().find(|s| s.name() == p[2]).unwrap_or_else(|| panic!("shape in {prompt}"));
     let r = analyze(&img);
-    // what the shipped model gets right for this prompt (measured 2026-11-26): one circle on a
-    // blue background. Its colour reads orange, not red: the demo model confuses the two
-    // (the README says so); the test pins what is true, and fails if that regresses.
-    // (a shape read back implies a colour other than the background's: `analyze` picks it so)
-    assert_eq!((r.shape, r.background, r.count), (Some(shape), colour(p[5]), 1), "{prompt}: {r:?}");
+    // what the shipped model draws for this prompt (measured 2026-11-27): one red circle on a
+    // blue background, every attribute the prompt names
+    assert_eq!((r.color, r.shape, r.background, r.count), (Some(colour(p[1])), Some(shape), colour(p[5]), 1), "{prompt}: {r:?}");
 }

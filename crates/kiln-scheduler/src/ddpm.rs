@@ -95,6 +95,12 @@ impl DdpmScheduler {
         Ok(Self { alphas_cumprod: betas.alphas_cumprod(), variance_type, prediction_type, clip, timesteps })
     }
 
+    /// ᾱ_t for t = 0..num_train_timesteps (diffusers' `noise_scheduler.alphas_cumprod`, what its
+    /// training scripts noise the latents with).
+    pub fn alphas_cumprod(&self) -> &[f64] {
+        &self.alphas_cumprod
+    }
+
     /// `previous_timestep(t)`: the timestep after the first occurrence of `t`, or −1 after the last.
     fn previous_timestep(&self, t: f64) -> i64 {
         let index = self.timesteps.iter().position(|&s| s == t).expect("t is one of the timesteps");

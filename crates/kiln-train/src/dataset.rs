@@ -191,16 +191,7 @@ impl Scene {
         let fg = COLORS[self.color].1;
         let bg = COLORS[self.background].1;
         RgbImage::from_fn(SIZE, SIZE, |x, y| {
-            let mut covered = 0u32;
-            for sy in 0..4 {
-                for sx in 0..4 {
-                    let (px, py) = (x as f32 + (sx as f32 + 0.5) / 4.0, y as f32 + (sy as f32 + 0.5) / 4.0);
-                    if shapes.iter().any(|&(cx, cy, r)| inside(self.shape, px - cx, py - cy, r)) {
-                        covered += 1;
-                    }
-                }
-            }
-            let a = covered as f32 / 16.0;
+            let a = coverage(x as usize, y as usize, |px, py| shapes.iter().any(|&(cx, cy, r)| inside(self.shape, px - cx, py - cy, r)));
             Rgb(std::array::from_fn(|c| (fg[c] as f32 * a + bg[c] as f32 * (1.0 - a)).round() as u8))
         })
     }
@@ -227,15 +218,19 @@ impl Shape {
     /// Whether pixel (x, y) of a shape drawn around (cx, cy) with radius r is at least half
     /// covered (4×4 supersampling, as [`Scene::render`] draws).
     pub(crate) fn covers(self, x: usize, y: usize, cx: f32, cy: f32, r: f32) -> bool {
-        let mut covered = 0;
-        for sy in 0..4 {
-            for sx in 0..4 {
-                let (px, py) = (x as f32 + (sx as f32 + 0.5) / 4.0, y as f32 + (sy as f32 + 0.5) / 4.0);
-                covered += inside(self, px - cx, py - cy, r) as u32;
-            }
-        }
-        covered >= 8
+        coverage(x, y, |px, py| inside(self, px - cx, py - cy, r)) >= 0.5
     }
+}
+
+/// The share of pixel (x, y) covered, from 4×4 samples at which `covered(px, py)` is asked.
+fn coverage(x: usize, y: usize, covered: impl Fn(f32, f32) -> bool) -> f32 {
+    let mut n = 0u32;
+    for sy in 0..4 {
+        for sx in 0..4 {
+            n += covered(x as f32 + (sx as f32 + 0.5) / 4.0, y as f32 + (sy as f32 + 0.5) / 4.0) as u32;
+        }
+    }
+    n as f32 / 16.0
 }
 
 /// Whether the point (dx, dy) from a shape's centre lies inside it (y grows downwards).

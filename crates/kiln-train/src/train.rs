@@ -29,7 +29,8 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use kiln_pipeline::image_processor::image_to_tensor;
-use kiln_scheduler::schedule::{BetaConfig, BetaSchedule};
+use kiln_scheduler::ddpm::DdpmScheduler;
+use kiln_scheduler::{SchedulerConfig, StepOptions};
 use kiln_text_encoder::{ClipTextConfig, ClipTextModel, ClipTokenizer};
 use kiln_unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use kiln_vae::{AutoencoderKL, AutoencoderKLConfig};
@@ -244,21 +245,14 @@ pub fn save_safetensors<M: Module>(module: &M, path: &Path) -> Result<(), Error>
     Ok(())
 }
 
-/// The training schedule, ᾱ_t for t = 0..999, from [`configs::SCHEDULER`] (the schedule the
-/// sampler reads, so training and inference share one source): SD's scaled_linear betas
-/// 0.00085–0.012, rescaled to zero terminal SNR (diffusers' `rescale_zero_terminal_snr`), so
-/// ᾱ_999 = 0.
+/// The training schedule, ᾱ_t for t = 0..999: a DDPMScheduler built from
+/// [`configs::SCHEDULER`] (the sampler's config, so training and inference share one source), as
+/// diffusers' training scripts take their `noise_scheduler` from the model's scheduler config:
+/// SD's scaled_linear betas 0.00085–0.012, rescaled to zero terminal SNR (diffusers'
+/// `rescale_zero_terminal_snr`), so ᾱ_999 = 0.
 pub fn alphas_cumprod() -> Vec<f64> {
-    let c: serde_json::Value = serde_json::from_str(configs::SCHEDULER).expect("configs::SCHEDULER is JSON");
-    assert_eq!(c["beta_schedule"], "scaled_linear", "configs::SCHEDULER");
-    BetaConfig {
-        num_train_timesteps: c["num_train_timesteps"].as_u64().unwrap() as usize,
-        beta_start: c["beta_start"].as_f64().unwrap(),
-        beta_end: c["beta_end"].as_f64().unwrap(),
-        schedule: BetaSchedule::ScaledLinear,
-        rescale_betas_zero_snr: c["rescale_betas_zero_snr"].as_bool().unwrap_or(false),
-    }
-    .alphas_cumprod()
+    let config = SchedulerConfig::from_json_str(configs::SCHEDULER, "configs::SCHEDULER").expect("configs::SCHEDULER is JSON");
+    DdpmScheduler::new(&config, 1, &StepOptions::default()).expect("configs::SCHEDULER builds a DDPMScheduler").alphas_cumprod().to_vec()
 }
 
 /// The v-prediction target (diffusers' `DDPMScheduler.get_velocity`):
@@ -392,25 +386,27 @@ impl VaeStage {
     }
 }
 
+/// The demo VAE's f32 checkpoint at `path`, on `device`.
+fn load_vae(path: &Path, device: &Device) -> Result<AutoencoderKL, Error> {
+    let config = AutoencoderKLConfig::from_json_str(&configs::vae(1.0))?;
+    Ok(kiln_nn::load_safetensors(config.init(device)?, path, DType::F32, &[], &[])?)
+}
+
 /// Trains a VAE stage from its recorded step (resuming from `ckpt` when it is above 0; the
 /// decoder stage starts from the autoencoder stage's weights), saving weights, optimizer state
 /// and progress every `checkpoint_every` steps; returns the VAE (inference device).
 fn train_vae(o: &TrainOptions, device: &Device, ckpt: &Path, state: &mut State, stage: VaeStage, progress: Progress) -> Result<AutoencoderKL, Error> {
     let ad = device.clone().autodiff();
-    let config = AutoencoderKLConfig::from_json_str(&configs::vae(1.0))?;
-    let mut vae = config.init(&ad)?;
     let mut optim = adamw().init();
     let (vae_path, optim_path) = stage.files(ckpt);
     let total = stage.steps(o);
-    let first = if *stage.done(state) > 0 && vae_path.exists() && optim_path.exists() {
-        vae = kiln_nn::load_safetensors(vae, &vae_path, DType::F32, &[], &[])?;
+    let (mut vae, first) = if *stage.done(state) > 0 && vae_path.exists() && optim_path.exists() {
         optim = optim.load(&optim_path)?;
-        *stage.done(state)
+        (load_vae(&vae_path, &ad)?, *stage.done(state))
+    } else if stage == VaeStage::Decoder {
+        (load_vae(&VaeStage::Autoencoder.files(ckpt).0, &ad)?, 0)
     } else {
-        if stage == VaeStage::Decoder {
-            vae = kiln_nn::load_safetensors(vae, &VaeStage::Autoencoder.files(ckpt).0, DType::F32, &[], &[])?;
-        }
-        0
+        (AutoencoderKLConfig::from_json_str(&configs::vae(1.0))?.init(&ad)?, 0)
     };
     let salt = if stage == VaeStage::Decoder { 0x4445_43 } else { 0x5641_45 };
     let mut rng = SplitMix64(o.seed ^ salt ^ (first as u64).wrapping_mul(0x9E37_79B9));
@@ -484,10 +480,6 @@ pub fn train(o: &TrainOptions, device: &Device, progress: Progress) -> Result<()
     // 1. VAE, then its decoder alone. A stage is done when its checkpoint has its `--…-steps`
     // steps; a larger count with `--resume` trains it further. A changed encoder changes the
     // latents, so the decoder and UNet stages start over; the decoder stage changes neither.
-    let load_vae = |path: &Path| -> Result<AutoencoderKL, Error> {
-        let config = AutoencoderKLConfig::from_json_str(&configs::vae(1.0))?;
-        Ok(kiln_nn::load_safetensors(config.init(device)?, path, DType::F32, &[], &[])?)
-    };
     let mut vae = None;
     for stage in [VaeStage::Autoencoder, VaeStage::Decoder] {
         let path = stage.files(&ckpt).0;
@@ -495,7 +487,7 @@ pub fn train(o: &TrainOptions, device: &Device, progress: Progress) -> Result<()
             break;
         }
         vae = Some(if *stage.done(&mut state) >= stage.steps(o) && path.exists() {
-            load_vae(&path)?
+            load_vae(&path, device)?
         } else {
             if stage == VaeStage::Autoencoder {
                 state.vae_decoder_step = 0;

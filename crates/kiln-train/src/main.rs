@@ -30,6 +30,10 @@ struct Args {
     vae_decoder_steps: usize,
     #[arg(long, value_name = "N", default_value_t = 3000)]
     unet_steps: usize,
+    /// Stop the UNet stage after step N (a checkpoint, and the folder written from it), keeping
+    /// the learning-rate schedule of --unet-steps: a long run in parts; --resume continues it.
+    #[arg(long, value_name = "N")]
+    stop_after: Option<usize>,
     #[arg(long, value_name = "N", default_value_t = 32)]
     unet_batch: usize,
     #[arg(long, value_name = "F", default_value_t = 1e-3)]
@@ -62,6 +66,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    if let Some(n) = a.stop_after {
+        if n == 0 || n > a.unet_steps {
+            eprintln!("error: --stop-after must be between 1 and --unet-steps ({}), got {n}", a.unet_steps);
+            return ExitCode::from(2);
+        }
+    }
     let taken = ["model_index.json", "checkpoints"].iter().any(|f| a.out.join(f).exists());
     if taken && !a.resume && !a.overwrite {
         eprintln!(
@@ -80,12 +90,14 @@ fn main() -> ExitCode {
         vae_lr: a.vae_lr,
         vae_decoder_steps: a.vae_decoder_steps,
         unet_steps: a.unet_steps,
+        unet_stop_after: a.stop_after,
         unet_batch: a.unet_batch,
         unet_lr: a.unet_lr,
         dataset_size: a.dataset_size,
         checkpoint_every: a.checkpoint_every,
         resume: a.resume,
     };
+    let stop_after = o.unet_stop_after;
     let bar = ProgressBar::new(0);
     bar.set_style(ProgressStyle::with_template("{msg:>6} {bar:30} {pos}/{len}  loss {prefix}  ETA {eta}").unwrap());
     let mut stage = String::new();
@@ -101,7 +113,7 @@ fn main() -> ExitCode {
         smooth = Some(l);
         bar.set_prefix(format!("{l:.4} ({secs:.2} s/step)"));
         bar.set_position(step as u64);
-        if step == 1 || step % 100 == 0 || step == total {
+        if step == 1 || step % 100 == 0 || step == total || (s == "unet" && Some(step) == stop_after) {
             let line = format!("{s} step {step}/{total}: loss {l:.4}, {secs:.2} s/step");
             // without a terminal the bar is hidden: log the line instead
             if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) }

@@ -187,6 +187,9 @@ pub struct TrainOptions {
     /// Steps of the decoder-only stage after the VAE stage (same batch and lr); 0 skips it.
     pub vae_decoder_steps: usize,
     pub unet_steps: usize,
+    /// Stop the UNet stage after this step (checkpointed, the folder written), keeping the
+    /// learning-rate schedule of `unet_steps`; `--resume` continues it. `None`: run to the end.
+    pub unet_stop_after: Option<usize>,
     pub unet_batch: usize,
     pub unet_lr: f64,
     /// Size of the cached training set (scenes rendered once, encoded once).
@@ -537,7 +540,8 @@ pub fn train(o: &TrainOptions, device: &Device, progress: Progress) -> Result<()
     let mut rng = SplitMix64(o.seed ^ 0x554e_4554 ^ (first as u64).wrapping_mul(0x9E37_79B9));
     let start = Instant::now();
     let per = c * lh * lw;
-    for step in first..o.unet_steps {
+    let end = o.unet_stop_after.map_or(o.unet_steps, |s| s.min(o.unet_steps));
+    for step in first..end {
         let b = o.unet_batch;
         let idx: Vec<usize> = (0..b).map(|_| rng.below(n)).collect();
         let mut x0 = Vec::with_capacity(b * per);
@@ -573,7 +577,7 @@ pub fn train(o: &TrainOptions, device: &Device, progress: Progress) -> Result<()
         unet = optim_unet.step(o.unet_lr * warm * decay, unet, g_unet);
         text_encoder = optim_te.step(o.unet_lr * warm * decay, text_encoder, g_te);
         progress("unet", step + 1, o.unet_steps, value, start.elapsed().as_secs_f64() / (step + 1 - first) as f64);
-        if (step + 1) % o.checkpoint_every == 0 || step + 1 == o.unet_steps {
+        if (step + 1) % o.checkpoint_every == 0 || step + 1 == end {
             save_safetensors(&text_encoder.valid(), &te_path)?;
             save_safetensors(&unet.valid(), &unet_path)?;
             optim_te.save(optim_path.with_extension("te"))?;

@@ -96,6 +96,22 @@ fn trains_checkpoints_resumes_and_writes_a_loadable_folder() {
     assert_eq!(o.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("prediction_type epsilon") && stderr.contains("v_prediction") && !stderr.contains(" step "), "{stderr}");
     std::fs::write(out.join("checkpoints/state.json"), state_before_guard(&old)).unwrap();
+    // a run in parts: --stop-after ends the stage at step 5 of a 6-step schedule (checkpointed),
+    // and --resume takes it to 6 without repeating step 5
+    let log = train(&out, &["--unet-steps", "6", "--stop-after", "5", "--resume"]);
+    assert!(log.contains("unet step 5/6") && !log.contains("unet step 6/6"), "{log}");
+    assert_eq!(state(&out)["unet_step"], 5);
+    let log = train(&out, &["--unet-steps", "6", "--resume"]);
+    assert!(log.contains("unet step 6/6") && !log.contains("unet step 5/6"), "{log}");
+    assert_eq!(state(&out)["unet_step"], 6);
+    // a stop past the schedule's end is refused
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln-train"))
+        .args(["--out", out.to_str().unwrap(), "--resume", "--unet-steps", "6", "--stop-after", "7"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--stop-after") && stderr.contains("got 7"), "{stderr}");
     for f in [
         "model_index.json", "scheduler/scheduler_config.json", "tokenizer/vocab.json", "tokenizer/merges.txt",
         "text_encoder/config.json", "text_encoder/model.safetensors", "unet/config.json",

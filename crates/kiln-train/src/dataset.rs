@@ -45,7 +45,7 @@ impl Shape {
         }
     }
 
-    fn index(self) -> usize {
+    pub fn index(self) -> usize {
         Shape::ALL.iter().position(|s| *s == self).unwrap()
     }
 }

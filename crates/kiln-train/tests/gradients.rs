@@ -84,9 +84,13 @@ fn vae_gradients_match_pytorch_autograd() {
     let ad = device.clone().autodiff();
     let config = AutoencoderKLConfig::from_json_str(&std::fs::read_to_string(dir().join("config.json")).unwrap()).unwrap();
     let vae = kiln_nn::load_safetensors(config.init(&ad).unwrap(), &dir().join("weights.safetensors"), DType::F32, &[], &[]).unwrap();
-    let (shape, x) = read(&dir().join("input.safetensors")).remove("x").unwrap();
-    let x = Tensor::<4>::from_data(TensorData::new(x, [shape[0], shape[1], shape[2], shape[3]]), &ad);
-    let loss = vae_loss(&vae, x).unwrap();
+    let mut input = read(&dir().join("input.safetensors"));
+    let mut tensor = |name: &str| {
+        let (shape, v) = input.remove(name).unwrap();
+        Tensor::<4>::from_data(TensorData::new(v, [shape[0], shape[1], shape[2], shape[3]]), &ad)
+    };
+    let (x, weight) = (tensor("x"), tensor("w"));
+    let loss = vae_loss(&vae, x, weight).unwrap();
     let value = loss.clone().into_scalar::<f32>() as f64;
     let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir().join("loss.json")).unwrap()).unwrap();
     let torch_loss = expected["loss"].as_f64().unwrap();

@@ -216,6 +216,14 @@ pub fn adamw() -> AdamWConfig {
     AdamWConfig::new().with_beta_1(0.9).with_beta_2(0.999).with_epsilon(1e-8).with_weight_decay(0.0)
 }
 
+/// Seeds the device's random generator before a stage initialises fresh weights, so that
+/// `--seed` fixes them: unseeded, burn draws initial weights from the OS's entropy (every run
+/// started from different weights). Each stage seeds its own, so a stage's initial weights
+/// do not depend on whether the stages before it ran in the same process.
+fn seed_init(device: &Device, seed: u64) {
+    device.seed(seed);
+}
+
 /// Host-side N(0, 1) from splitmix64 + Box–Muller, so runs are reproducible on any device.
 fn normal(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(n + 1);
@@ -440,6 +448,7 @@ fn train_vae(o: &TrainOptions, device: &Device, ckpt: &Path, state: &mut State, 
     } else if stage == VaeStage::Decoder {
         (load_vae(&VaeStage::Autoencoder.files(ckpt).0, &ad)?, 0)
     } else {
+        seed_init(&ad, o.seed ^ 0x5641_45);
         (AutoencoderKLConfig::from_json_str(&configs::vae(1.0))?.init(&ad)?, 0)
     };
     let salt = if stage == VaeStage::Decoder { 0x4445_43 } else { 0x5641_45 };
@@ -557,6 +566,7 @@ pub fn train(o: &TrainOptions, device: &Device, progress: Progress) -> Result<()
     let unet_config = UNet2DConditionConfig::from_json_str(configs::UNET)?;
     let (te_path, unet_path) = (ckpt.join("text_encoder.safetensors"), ckpt.join("unet.safetensors"));
     let optim_path = ckpt.join("optimizer");
+    seed_init(&ad, o.seed ^ 0x554e_4554);
     let mut text_encoder = ClipTextModel::new(&te_config, &ad);
     let mut unet = unet_config.init(&ad)?;
     let mut optim_te = adamw().init();

@@ -128,3 +128,32 @@ fn trains_checkpoints_resumes_and_writes_a_loadable_folder() {
     assert_eq!(img.dimensions(), (64, 64), "sample_size 16 × VAE factor 4");
     std::fs::remove_dir_all(&out).ok();
 }
+
+/// `--seed` fixes a run from its first weights: two runs from scratch with the same seed write
+/// the same checkpoints byte for byte, also when the UNet stage starts in a second process
+/// (each stage seeds its own initial weights); another seed gives other weights.
+#[test]
+fn the_seed_fixes_the_initial_weights() {
+    let dir = |tag: &str| std::env::temp_dir().join(format!("kiln-train-seed-{tag}-{}", std::process::id()));
+    let (a, b, c) = (dir("a"), dir("b"), dir("c"));
+    for d in [&a, &b, &c] {
+        std::fs::remove_dir_all(d).ok();
+    }
+    train(&a, &["--seed", "5", "--unet-steps", "1"]);
+    train(&b, &["--seed", "5", "--unet-steps", "0"]);
+    train(&b, &["--seed", "5", "--unet-steps", "1", "--resume"]);
+    train(&c, &["--seed", "6", "--unet-steps", "1"]);
+    // every tensor by name (the files' headers may list them in another order)
+    let read = |d: &PathBuf, f: &str| -> std::collections::BTreeMap<String, Vec<u8>> {
+        let bytes = std::fs::read(d.join("checkpoints").join(f)).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        st.tensors().into_iter().map(|(name, t)| (name, t.data().to_vec())).collect()
+    };
+    for f in ["vae.safetensors", "vae_decoder.safetensors", "text_encoder.safetensors", "unet.safetensors"] {
+        assert!(read(&a, f) == read(&b, f), "{f}: same seed, different weights");
+        assert!(read(&a, f) != read(&c, f), "{f}: another seed, the same weights");
+    }
+    for d in [&a, &b, &c] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}

@@ -18,7 +18,7 @@ struct Args {
     out: PathBuf,
     #[arg(long, value_name = "N", default_value_t = 0)]
     seed: u64,
-    #[arg(long, value_name = "N", default_value_t = 1500)]
+    #[arg(long, value_name = "N", default_value_t = 4000)]
     vae_steps: usize,
     #[arg(long, value_name = "N", default_value_t = 8)]
     vae_batch: usize,

@@ -224,6 +224,11 @@ fn seed_init(device: &Device, seed: u64) {
     device.seed(seed);
 }
 
+/// What `--seed` is mixed with for the VAE stage's initial weights and batches, and for the
+/// UNet stage's (text encoder and UNet) — the stages draw from different streams.
+const VAE_SALT: u64 = 0x5641_45;
+const UNET_SALT: u64 = 0x554e_4554;
+
 /// Host-side N(0, 1) from splitmix64 + Box–Muller, so runs are reproducible on any device.
 fn normal(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(n + 1);
@@ -376,7 +381,7 @@ pub const FOREGROUND_WEIGHT: f32 = 10.0;
 ///
 /// # Shapes
 /// - returns `[n, 1, h, w]`
-pub fn foreground_weights(scenes: &[(&Scene, &image::RgbImage)], device: &Device) -> Tensor<4> {
+pub fn foreground_weights(scenes: &[(Scene, image::RgbImage)], device: &Device) -> Tensor<4> {
     let (w, h) = scenes.first().map_or((0, 0), |(_, img)| img.dimensions());
     let mut out = Vec::with_capacity(scenes.len() * (w * h) as usize);
     for (scene, img) in scenes {
@@ -448,10 +453,10 @@ fn train_vae(o: &TrainOptions, device: &Device, ckpt: &Path, state: &mut State, 
     } else if stage == VaeStage::Decoder {
         (load_vae(&VaeStage::Autoencoder.files(ckpt).0, &ad)?, 0)
     } else {
-        seed_init(&ad, o.seed ^ 0x5641_45);
+        seed_init(&ad, o.seed ^ VAE_SALT);
         (AutoencoderKLConfig::from_json_str(&configs::vae(1.0))?.init(&ad)?, 0)
     };
-    let salt = if stage == VaeStage::Decoder { 0x4445_43 } else { 0x5641_45 };
+    let salt = if stage == VaeStage::Decoder { 0x4445_43 } else { VAE_SALT };
     let mut rng = SplitMix64(o.seed ^ salt ^ (first as u64).wrapping_mul(0x9E37_79B9));
     let start = Instant::now();
     for step in first..total {
@@ -463,8 +468,7 @@ fn train_vae(o: &TrainOptions, device: &Device, ckpt: &Path, state: &mut State, 
             }).collect();
         let refs: Vec<&image::RgbImage> = batch.iter().map(|(_, i)| i).collect();
         let x = images_to_tensor(&refs, &ad);
-        let pairs: Vec<(&Scene, &image::RgbImage)> = batch.iter().map(|(s, i)| (s, i)).collect();
-        let weight = foreground_weights(&pairs, &ad);
+        let weight = foreground_weights(&batch, &ad);
         let loss = match stage {
             VaeStage::Autoencoder => vae_loss(&vae, x, weight)?,
             VaeStage::Decoder => vae_decoder_loss(&vae, x, weight)?,
@@ -566,7 +570,7 @@ pub fn train(o: &TrainOptions, device: &Device, progress: Progress) -> Result<()
     let unet_config = UNet2DConditionConfig::from_json_str(configs::UNET)?;
     let (te_path, unet_path) = (ckpt.join("text_encoder.safetensors"), ckpt.join("unet.safetensors"));
     let optim_path = ckpt.join("optimizer");
-    seed_init(&ad, o.seed ^ 0x554e_4554);
+    seed_init(&ad, o.seed ^ UNET_SALT);
     let mut text_encoder = ClipTextModel::new(&te_config, &ad);
     let mut unet = unet_config.init(&ad)?;
     let mut optim_te = adamw().init();
@@ -580,7 +584,7 @@ pub fn train(o: &TrainOptions, device: &Device, progress: Progress) -> Result<()
         first = state.unet_step;
     }
     let ac = alphas_cumprod();
-    let mut rng = SplitMix64(o.seed ^ 0x554e_4554 ^ (first as u64).wrapping_mul(0x9E37_79B9));
+    let mut rng = SplitMix64(o.seed ^ UNET_SALT ^ (first as u64).wrapping_mul(0x9E37_79B9));
     let start = Instant::now();
     let per = c * lh * lw;
     let end = o.unet_stop_after.map_or(o.unet_steps, |s| s.min(o.unet_steps));
@@ -658,9 +662,9 @@ mod tests {
         img.put_pixel(1, 0, image::Rgb([bg[0] ^ 1, bg[1] ^ 1, bg[2]])); // 2 levels: background
         img.put_pixel(0, 1, image::Rgb([bg[0] ^ 1, bg[1] ^ 1, bg[2] ^ 1])); // 3 levels: foreground
         img.put_pixel(1, 1, image::Rgb(COLORS[scene.color].1));
-        let w = foreground_weights(&[(&scene, &img)], &device);
+        let w = foreground_weights(&[(scene, img)], &device);
         assert_eq!(w.dims(), [1, 1, 2, 2]);
-        let w: Vec<f32> = w.into_data().to_vec().unwrap();
+        let w: Vec<f32> = w.into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(w, vec![1.0, 1.0, FOREGROUND_WEIGHT, FOREGROUND_WEIGHT]);
 
         let recon = tensor4(vec![0.5, 0.0, -0.5, 0.25], [1, 1, 2, 2], &device);

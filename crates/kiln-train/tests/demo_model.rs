@@ -94,7 +94,7 @@ fn held_out_prompts_are_drawn_as_captioned() {
 /// circles 49/49, squares 48/51, triangles 40/43, stars 7/57 of 200 pictures.
 const ROUND_TRIP_FLOORS: [usize; 4] = [48, 47, 39, 6];
 
-/// The shipped VAE alone: 200 training-split pictures (seed 7) encoded (posterior mean) and
+/// The VAE alone (the shipped model's, or `KILN_DEMO_MODEL`'s): 200 training-split pictures (seed 7) encoded (posterior mean) and
 /// decoded, each read back with the same analysis. No UNet draws a shape better than its VAE
 /// can, so this is the ceiling of the semantic test's shape accuracy.
 #[test]

@@ -130,7 +130,7 @@ fn trains_checkpoints_resumes_and_writes_a_loadable_folder() {
 }
 
 /// `--seed` fixes a run from its first weights: two runs from scratch with the same seed write
-/// the same checkpoints byte for byte, also when the UNet stage starts in a second process
+/// the same tensors into their checkpoints, also when the UNet stage starts in a second process
 /// (each stage seeds its own initial weights); another seed gives other weights.
 #[test]
 fn the_seed_fixes_the_initial_weights() {

@@ -68,11 +68,15 @@ pub struct Attention {
 }
 
 /// `softmax(q kᵀ / √d) v` through burn's fused op (scale left at its default so the flash kernels
-/// are eligible), optionally in f32.
+/// are eligible), optionally in f32; on the CPU (flex, f32, no autodiff) through kiln's own
+/// kernel, [`crate::cpu_attention`].
 ///
 /// # Shapes
 /// - q: `[batch, heads, seq_q, head_dim]`, k/v: `[batch, heads, seq_k, head_dim]` → like q
 pub fn scaled_dot_product_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, upcast: bool, causal: bool) -> Tensor<4> {
+    if let Some(o) = crate::cpu_attention::attention(&q, &k, &v, causal) {
+        return o;
+    }
     let options = AttentionModuleOptions { is_causal: causal, ..Default::default() };
     let dtype = q.dtype();
     if upcast && dtype != DType::F32 {

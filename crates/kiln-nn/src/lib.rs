@@ -8,6 +8,7 @@
 //! with missing and unused tensors reported by name).
 
 pub mod attention;
+pub mod cpu_attention;
 pub mod embeddings;
 pub mod load;
 pub mod resnet;

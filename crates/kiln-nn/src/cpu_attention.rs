@@ -1,0 +1,239 @@
+//! Attention on the CPU: kiln's own kernel for burn's flex backend (f32, no autodiff).
+//!
+//! burn-flex 0.22's attention computes each softmax with one scalar `expf` call and a branch per
+//! score and runs one task per (batch, head): in the tiny SD1 pipeline on this 2-core Xeon that
+//! softmax was 28 % of the CPU time (perf, 2026-11-27), and the VAE's single-head mid-block
+//! attention ran on one core. Here the work is split into blocks of query rows over every
+//! (batch, head) (rayon), `q kᵀ` and `p v` are gemm calls (the `gemm` crate burn-flex uses, so
+//! AVX-512 where the CPU has it), and the softmax uses an exp that vectorises (Cephes' `expf`
+//! polynomial, about 1 ulp), compiled for AVX-512 and AVX2 and picked at run time.
+//!
+//! Same contract as `torch.nn.functional.scaled_dot_product_attention` with the default scale
+//! `1/√head_dim` and `is_causal` (a query attends to keys at its own index or before).
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use rayon::prelude::*;
+
+/// Query rows per task: large enough for gemm, small enough to spread one head over the cores.
+const ROWS: usize = 32;
+
+/// `softmax(q kᵀ / √d [+ causal mask]) v` on the CPU, or `None` where this kernel does not apply
+/// (another device, autodiff, another dtype): the caller then uses burn's fused op.
+///
+/// # Shapes
+/// - q: `[batch, heads, seq_q, head_dim]`, k: `[batch, heads, seq_k, head_dim]`,
+///   v: `[batch, heads, seq_k, v_dim]` → `[batch, heads, seq_q, v_dim]`
+pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool) -> Option<Tensor<4>> {
+    let device = q.device();
+    let f32_only = [q, k, v].iter().all(|t| t.dtype() == DType::F32);
+    if device.is_autodiff() || device != Device::flex() || !f32_only {
+        return None;
+    }
+    let [b, h, sq, d] = q.dims();
+    let [_, _, skv, dv] = v.dims();
+    let read = |t: &Tensor<4>| t.clone().into_data().try_into_vec::<f32>().ok();
+    let (q, k, v) = (read(q)?, read(k)?, read(v)?);
+    let mut out = vec![0f32; b * h * sq * dv];
+    let scale = 1.0 / (d as f32).sqrt();
+    // One task per (head, block of rows); a head's last block may be short, so the output is
+    // split per head first.
+    out.par_chunks_mut(sq * dv).enumerate().for_each(|(head, out_head)| {
+        let qh = &q[head * sq * d..(head + 1) * sq * d];
+        let kh = &k[head * skv * d..(head + 1) * skv * d];
+        let vh = &v[head * skv * dv..(head + 1) * skv * dv];
+        out_head.par_chunks_mut(ROWS * dv).enumerate().for_each_init(Vec::new, |scores, (block, o)| {
+            let (row0, rows) = (block * ROWS, o.len() / dv);
+            scores.resize(rows * skv, 0.0);
+            let q = &qh[row0 * d..(row0 + rows) * d];
+            block_attention(q, kh, vh, o, scores, (row0, rows), (skv, d, dv), scale, causal);
+        });
+    });
+    Some(Tensor::from_data(TensorData::new(out, [b, h, sq, dv]), (&device, DType::F32)))
+}
+
+/// One block of query rows: `scores = q kᵀ · scale`, the masked softmax per row, `o = scores v`.
+#[allow(clippy::too_many_arguments)]
+fn block_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &mut [f32],
+    scores: &mut [f32],
+    (row0, rows): (usize, usize),
+    (skv, d, dv): (usize, usize, usize),
+    scale: f32,
+    causal: bool,
+) {
+    // SAFETY: every slice holds the rows × columns its strides describe (checked by the callers'
+    // slicing), and dst does not alias lhs or rhs.
+    unsafe {
+        gemm::gemm(
+            rows, skv, d,
+            scores.as_mut_ptr(), 1, skv as isize, false,
+            q.as_ptr(), 1, d as isize,
+            k.as_ptr(), d as isize, 1,
+            0.0, scale, false, false, false, gemm::Parallelism::None,
+        );
+    }
+    for (r, row) in scores.chunks_exact_mut(skv).enumerate() {
+        // causal: keys after the query's own index are masked out (PyTorch's `is_causal`)
+        let visible = if causal { (row0 + r + 1).min(skv) } else { skv };
+        softmax(&mut row[..visible]);
+        row[visible..].fill(0.0);
+    }
+    // SAFETY: as above.
+    unsafe {
+        gemm::gemm(
+            rows, dv, skv,
+            o.as_mut_ptr(), 1, dv as isize, false,
+            scores.as_ptr(), 1, skv as isize,
+            v.as_ptr(), 1, dv as isize,
+            0.0, 1.0, false, false, false, gemm::Parallelism::None,
+        );
+    }
+}
+
+/// In-place softmax of one row, with the widest vector instructions the CPU has.
+fn softmax(row: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked above).
+            return unsafe { softmax_avx512(row) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            return unsafe { softmax_avx2(row) };
+        }
+    }
+    softmax_portable(row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_avx512(row: &mut [f32]) {
+    softmax_portable(row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_avx2(row: &mut [f32]) {
+    softmax_portable(row)
+}
+
+/// Lanes for the reductions: independent accumulators let the compiler vectorise max and sum
+/// (a single float accumulator must be summed in order).
+const LANES: usize = 16;
+
+#[inline(always)]
+fn softmax_portable(row: &mut [f32]) {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = m.max(x);
+        }
+    }
+    let max = chunks.remainder().iter().fold(lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)), |a, &b| a.max(b));
+    if max == f32::NEG_INFINITY {
+        row.fill(0.0);
+        return;
+    }
+    for x in row.iter_mut() {
+        *x = exp(*x - max);
+    }
+    let mut sums = [0f32; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (s, &x) in sums.iter_mut().zip(c) {
+            *s += x;
+        }
+    }
+    let sum = chunks.remainder().iter().sum::<f32>() + sums.iter().sum::<f32>();
+    let inv = 1.0 / sum;
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
+}
+
+/// `eˣ` for x ≤ 0 (softmax's shifted scores) and beyond, as Cephes' `expf`: x = n ln2 + r with
+/// |r| ≤ ln2/2, eʳ by its degree-7 polynomial, 2ⁿ by the exponent bits. Branch-free, so it
+/// vectorises; below -87.3 it returns about 1e-38 (the true value underflows f32 anyway).
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two so that n·C1 is exact
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.3, 88.3);
+    let n = (x * LOG2E + 0.5).floor();
+    let r = x - n * C1 - n * C2;
+    let p = 1.987_569_1e-4_f32;
+    let p = p.mul_add(r, 1.398_199_9e-3);
+    let p = p.mul_add(r, 8.333_452e-3);
+    let p = p.mul_add(r, 4.166_579_6e-2);
+    let p = p.mul_add(r, 1.666_666_5e-1);
+    let p = p.mul_add(r, 5.000_000_1e-1);
+    let e = p.mul_add(r * r, r) + 1.0;
+    // 2ⁿ without a float-to-int conversion (Rust's saturating `as i32` kept the loop scalar):
+    // n + 127 added to 1.5·2²³ lands in the low mantissa bits, exactly, as n is integral
+    let biased = (n + (127.0 + 12_582_912.0)).to_bits().wrapping_sub(0x4B40_0000);
+    e * f32::from_bits(biased << 23)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::activation::softmax as burn_softmax;
+    use burn::tensor::{Bool, Distribution};
+
+    #[test]
+    fn exp_matches_std_within_two_ulps() {
+        let mut worst = 0f32;
+        for i in 0..=200_000 {
+            let x = -87.0 + 175.0 * i as f32 / 200_000.0;
+            let (got, want) = (exp(x), x.exp());
+            worst = worst.max(((got - want) / want).abs());
+        }
+        assert!(worst < 2.5e-7, "largest relative error {worst}");
+        assert!(exp(-1000.0) < 1e-37 && exp(-1000.0) >= 0.0);
+        assert_eq!(exp(0.0), 1.0);
+    }
+
+    /// The kernel against burn's explicit `softmax(q kᵀ / √d) v`, with and without the causal
+    /// mask, for one head (the VAE's), several heads, rows that are not a multiple of the block,
+    /// a value width unlike the key width, and cross-attention (seq_k ≠ seq_q).
+    #[test]
+    fn matches_explicit_softmax() {
+        let device = Device::flex();
+        for (b, h, sq, skv, d, dv, causal) in [
+            (1, 1, 100, 100, 64, 64, false),
+            (2, 8, 70, 70, 40, 40, true),
+            (2, 5, 33, 77, 16, 24, false),
+            (1, 2, 1, 9, 8, 8, false),
+        ] {
+            let q = Tensor::<4>::random([b, h, sq, d], Distribution::Normal(0.0, 1.0), &device);
+            let k = Tensor::<4>::random([b, h, skv, d], Distribution::Normal(0.0, 1.0), &device);
+            let v = Tensor::<4>::random([b, h, skv, dv], Distribution::Normal(0.0, 1.0), &device);
+            let got = attention(&q, &k, &v, causal).expect("flex, f32");
+            let mut scores = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt());
+            if causal {
+                let mask = Tensor::<2, Bool>::tril_mask([sq, skv], 0, &device).unsqueeze_dims::<4>(&[0, 1]).expand([b, h, sq, skv]);
+                scores = scores.mask_fill(mask, f32::NEG_INFINITY);
+            }
+            let want = burn_softmax(scores, 3).matmul(v);
+            let err: f32 = (got - want).abs().max().into_scalar();
+            assert!(err < 1e-5, "{b}x{h}x{sq}x{skv}x{d}x{dv} causal {causal}: max error {err}");
+        }
+    }
+
+    /// f16 goes to burn's op (autodiff too: `kiln-train`'s gradient test through the UNet's
+    /// attention against PyTorch autograd fails if this kernel, which has no backward, ran there).
+    #[test]
+    fn other_dtypes_use_burns_op() {
+        let t = Tensor::<4>::zeros([1, 1, 2, 4], &Device::flex());
+        assert!(attention(&t, &t, &t, false).is_some());
+        let f16 = t.cast(DType::F16);
+        assert!(attention(&f16, &f16, &f16, false).is_none());
+    }
+}

@@ -28,7 +28,9 @@ struct Args {
     /// stay the same); 0 skips them.
     #[arg(long, value_name = "N", default_value_t = 2000)]
     vae_decoder_steps: usize,
-    #[arg(long, value_name = "N", default_value_t = 3000)]
+    /// Steps of the UNet stage (CLIP + UNet, batches of --unet-batch); also the length of its
+    /// learning-rate decay. The defaults are the shipped model's recipe.
+    #[arg(long, value_name = "N", default_value_t = 10000)]
     unet_steps: usize,
     /// Stop the UNet stage after step N (a checkpoint, and the folder written from it), keeping
     /// the learning-rate schedule of --unet-steps: a long run in parts; --resume continues it.

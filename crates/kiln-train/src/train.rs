@@ -24,7 +24,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{DType, Device, Tensor, TensorData};
@@ -261,6 +261,71 @@ pub fn save_safetensors<M: Module>(module: &M, path: &Path) -> Result<(), Error>
     Ok(())
 }
 
+/// Parameter ids by module path. burn keys an optimizer's state by parameter id, and draws the
+/// ids at random whenever a module is built: a module read back from safetensors at `--resume`
+/// has new ones, in which AdamW finds none of its saved moments (until 2026-11-27 they restarted
+/// from zero at every resume, and the state file grew by a set per resume). So the ids are saved
+/// beside the optimizer state ([`save_param_ids`]) and put back on the loaded module
+/// ([`restore_param_ids`]).
+#[derive(Default)]
+struct ParamIds {
+    path: Vec<String>,
+    ids: std::collections::BTreeMap<String, u64>,
+}
+
+impl ModuleVisitor for ParamIds {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.ids.insert(self.path.join("."), param.id.val());
+    }
+}
+
+impl ModuleMapper for ParamIds {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, mut param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if let Some(&id) = self.ids.get(&self.path.join(".")) {
+            param.id = ParamId::from(id);
+        }
+        param
+    }
+}
+
+/// Where the parameter ids of the optimizer state at `optim` are kept.
+fn ids_path(optim: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.ids.json", optim.display()))
+}
+
+/// Saves `module`'s parameter ids by path next to its optimizer state at `optim`.
+fn save_param_ids<M: Module>(module: &M, optim: &Path) -> Result<(), Error> {
+    let mut ids = ParamIds::default();
+    module.visit(&mut ids);
+    std::fs::write(ids_path(optim), serde_json::to_string(&ids.ids)?)?;
+    Ok(())
+}
+
+/// Gives `module` (just loaded from safetensors) the parameter ids its optimizer state at `optim`
+/// was saved with, so that the state applies to it. A checkpoint from before the ids were saved
+/// has none: its optimizer state cannot be matched, and AdamW starts afresh (said on stderr).
+fn restore_param_ids<M: Module>(module: M, optim: &Path) -> Result<M, Error> {
+    let path = ids_path(optim);
+    if !path.exists() {
+        eprintln!("warning: {} is missing (a checkpoint from before 2026-11-27): AdamW's moments start from zero", path.display());
+        return Ok(module);
+    }
+    let ids = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    Ok(module.map(&mut ParamIds { path: Vec::new(), ids }))
+}
+
 /// The training schedule, ᾱ_t for t = 0..999: a DDPMScheduler built from
 /// [`configs::SCHEDULER`] (the sampler's config, so training and inference share one source), as
 /// diffusers' training scripts take their `noise_scheduler` from the model's scheduler config:
@@ -449,7 +514,7 @@ fn train_vae(o: &TrainOptions, device: &Device, ckpt: &Path, state: &mut State, 
     let total = stage.steps(o);
     let (mut vae, first) = if *stage.done(state) > 0 && vae_path.exists() && optim_path.exists() {
         optim = optim.load(&optim_path)?;
-        (load_vae(&vae_path, &ad)?, *stage.done(state))
+        (restore_param_ids(load_vae(&vae_path, &ad)?, &optim_path)?, *stage.done(state))
     } else if stage == VaeStage::Decoder {
         (load_vae(&VaeStage::Autoencoder.files(ckpt).0, &ad)?, 0)
     } else {
@@ -482,6 +547,7 @@ fn train_vae(o: &TrainOptions, device: &Device, ckpt: &Path, state: &mut State, 
         if (step + 1) % o.checkpoint_every == 0 || step + 1 == total {
             save_safetensors(&vae.valid(), &vae_path)?;
             optim.save(&optim_path)?;
+            save_param_ids(&vae, &optim_path)?;
             *stage.done(state) = step + 1;
             write_state(ckpt, state)?;
         }
@@ -578,7 +644,9 @@ pub fn train(o: &TrainOptions, device: &Device, progress: Progress) -> Result<()
     let mut first = 0;
     if o.resume && state.unet_step > 0 && te_path.exists() && unet_path.exists() {
         text_encoder = kiln_nn::load_safetensors(text_encoder, &te_path, DType::F32, &[], &[])?;
+        text_encoder = restore_param_ids(text_encoder, &optim_path.with_extension("te"))?;
         unet = kiln_nn::load_safetensors(unet, &unet_path, DType::F32, &[], &[])?;
+        unet = restore_param_ids(unet, &optim_path.with_extension("unet"))?;
         optim_te = optim_te.load(optim_path.with_extension("te"))?;
         optim_unet = optim_unet.load(optim_path.with_extension("unet"))?;
         first = state.unet_step;
@@ -629,6 +697,8 @@ pub fn train(o: &TrainOptions, device: &Device, progress: Progress) -> Result<()
             save_safetensors(&unet.valid(), &unet_path)?;
             optim_te.save(optim_path.with_extension("te"))?;
             optim_unet.save(optim_path.with_extension("unet"))?;
+            save_param_ids(&text_encoder, &optim_path.with_extension("te"))?;
+            save_param_ids(&unet, &optim_path.with_extension("unet"))?;
             state.unet_step = step + 1;
             state.prediction_type = Some(prediction_type());
             write_state(&ckpt, &state)?;

@@ -54,7 +54,12 @@ fn trains_checkpoints_resumes_and_writes_a_loadable_folder() {
     assert!(stderr.contains("--resume") && stderr.contains("--overwrite") && stderr.contains(out.to_str().unwrap()), "{stderr}");
     assert_eq!(std::fs::read(out.join("checkpoints/vae.safetensors")).unwrap(), before);
     // (kiln-train logs step 1 of every run it starts from scratch: "vae step 1/2" would mean a restart)
+    // (AdamW's state applies to the resumed VAE: its file does not grow by a second set of moments,
+    // as it did while the reloaded parameters had new ids)
+    let size = |f: &str| std::fs::metadata(out.join("checkpoints").join(f)).unwrap().len();
+    let optim_vae = size("optimizer.vae");
     let log = train(&out, &["--unet-steps", "2", "--resume"]);
+    assert!(size("optimizer.vae") < optim_vae * 3 / 2, "{} after resume, {optim_vae} before", size("optimizer.vae"));
     assert!(log.contains("vae step 2/2") && !log.contains("vae step 1/2") && log.contains("unet step 2/2"), "{log}");
     // the decoder stage ran after the VAE stage (again, as the encoder changed) and left the
     // encoder as it was: the latents the UNet trains on are the VAE stage's
@@ -76,9 +81,12 @@ fn trains_checkpoints_resumes_and_writes_a_loadable_folder() {
     let state = |out: &PathBuf| -> Value { serde_json::from_str(&std::fs::read_to_string(out.join("checkpoints/state.json")).unwrap()).unwrap() };
     assert_eq!(state(&out)["unet_step"], 2);
     assert!(state(&out)["scaling_factor"].as_f64().unwrap() > 0.0);
-    // resume: the VAE is not trained again, the UNet continues at step 3
+    // resume: the VAE is not trained again, the UNet continues at step 3 with AdamW's saved
+    // moments (no second set of them in the state files)
+    let (te, unet) = (size("optimizer.te"), size("optimizer.unet"));
     let log = train(&out, &["--unet-steps", "4", "--resume"]);
-    assert!(!log.contains("vae step") && log.contains("unet step 4/4"), "{log}");
+    assert!(!log.contains("vae step") && log.contains("unet step 4/4") && !log.contains("warning"), "{log}");
+    assert!(size("optimizer.te") < te * 3 / 2 && size("optimizer.unet") < unet * 3 / 2, "state grew on resume");
     assert_eq!(state(&out)["unet_step"], 4);
     assert_eq!(state(&out)["prediction_type"], "v_prediction");
     // a UNet checkpoint of an ε-prediction run (written before v-prediction: no prediction_type)

@@ -31,8 +31,8 @@ pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool) -> O
     }
     let [b, h, sq, d] = q.dims();
     let [_, _, skv, dv] = v.dims();
-    if [b, h, sq, d, skv, dv].contains(&0) {
-        return None; // nothing to split into blocks
+    if [b, h, sq, d, skv, dv].contains(&0) || k.dims() != [b, h, skv, d] || v.dims()[..2] != [b, h] {
+        return None; // nothing to split into blocks, or shapes burn's op broadcasts or refuses
     }
     let read = |t: &Tensor<4>| t.clone().into_data().try_into_vec::<f32>().ok();
     let (q, k, v) = (read(q)?, read(k)?, read(v)?);

@@ -132,12 +132,25 @@ impl Attention {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use burn::tensor::activation::softmax;
     use burn::tensor::Distribution;
 
-    /// The fused op against an explicit softmax(q kᵀ / √d) v, with and without a causal mask.
+    /// The reference: `softmax(q kᵀ / √d [+ causal mask]) v` written out with burn's tensor ops.
+    pub(crate) fn explicit_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
+        let [b, h, sq, d] = q.dims();
+        let skv = k.dims()[2];
+        let mut scores = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt());
+        if causal {
+            let mask = Tensor::<2, Bool>::tril_mask([sq, skv], 0, &scores.device()).unsqueeze_dims::<4>(&[0, 1]).expand([b, h, sq, skv]);
+            scores = scores.mask_fill(mask, f32::NEG_INFINITY);
+        }
+        softmax(scores, 3).matmul(v)
+    }
+
+    /// `scaled_dot_product_attention` (on flex in f32: kiln's CPU kernel) against the explicit
+    /// softmax, with and without a causal mask.
     #[test]
     fn fused_attention_matches_explicit_softmax() {
         let device = Device::flex();
@@ -145,12 +158,7 @@ mod tests {
             let q = Tensor::<4>::random([b, h, s, d], Distribution::Normal(0.0, 1.0), &device);
             let k = Tensor::<4>::random([b, h, s, d], Distribution::Normal(0.0, 1.0), &device);
             let v = Tensor::<4>::random([b, h, s, d], Distribution::Normal(0.0, 1.0), &device);
-            let mut scores = q.clone().matmul(k.clone().swap_dims(2, 3)).div_scalar((d as f64).sqrt());
-            if causal {
-                let mask = Tensor::<2, Bool>::tril_mask([s, s], 0, &device).unsqueeze_dims::<4>(&[0, 1]).expand([b, h, s, s]);
-                scores = scores.mask_fill(mask, f32::NEG_INFINITY);
-            }
-            let want = softmax(scores, 3).matmul(v.clone());
+            let want = explicit_attention(q.clone(), k.clone(), v.clone(), causal);
             let got = scaled_dot_product_attention(q, k, v, false, causal);
             let got_nan: bool = got.clone().is_nan().any().into_scalar();
             let want_nan: bool = want.clone().is_nan().any().into_scalar();

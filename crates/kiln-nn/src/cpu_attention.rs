@@ -11,8 +11,10 @@
 //! Same contract as `torch.nn.functional.scaled_dot_product_attention` with the default scale
 //! `1/√head_dim` and `is_causal` (a query attends to keys at its own index or before).
 
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::Tensor;
 use rayon::prelude::*;
+
+use crate::flex;
 
 /// Query rows per task: large enough for gemm, small enough to spread one head over the cores.
 const ROWS: usize = 32;
@@ -24,18 +26,13 @@ const ROWS: usize = 32;
 /// - q: `[batch, heads, seq_q, head_dim]`, k: `[batch, heads, seq_k, head_dim]`,
 ///   v: `[batch, heads, seq_k, v_dim]` → `[batch, heads, seq_q, v_dim]`
 pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool) -> Option<Tensor<4>> {
-    let device = q.device();
-    let f32_only = [q, k, v].iter().all(|t| t.dtype() == DType::F32);
-    if device.is_autodiff() || device != Device::flex() || !f32_only {
-        return None;
-    }
     let [b, h, sq, d] = q.dims();
     let [_, _, skv, dv] = v.dims();
     if [b, h, sq, d, skv, dv].contains(&0) || k.dims() != [b, h, skv, d] || v.dims()[..2] != [b, h] {
         return None; // nothing to split into blocks, or shapes burn's op broadcasts or refuses
     }
-    let read = |t: &Tensor<4>| t.clone().into_data().try_into_vec::<f32>().ok();
-    let (q, k, v) = (read(q)?, read(k)?, read(v)?);
+    let (q, k, v) = (flex::f32_tensor(q)?, flex::f32_tensor(k)?, flex::f32_tensor(v)?);
+    let (q, k, v) = (flex::values(&q), flex::values(&k), flex::values(&v));
     let mut out = vec![0f32; b * h * sq * dv];
     let scale = 1.0 / (d as f32).sqrt();
     // One task per (head, block of rows); a head's last block may be short, so the output is
@@ -51,7 +48,7 @@ pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool) -> O
             block_attention(q, kh, vh, o, scores, (row0, rows), (skv, d, dv), scale, causal);
         });
     });
-    Some(Tensor::from_data(TensorData::new(out, [b, h, sq, dv]), (&device, DType::F32)))
+    Some(flex::tensor(out, [b, h, sq, dv]))
 }
 
 /// One block of query rows: `scores = q kᵀ · scale`, the masked softmax per row, `o = scores v`.
@@ -188,7 +185,7 @@ fn exp(x: f32) -> f32 {
 mod tests {
     use super::*;
     use crate::attention::tests::explicit_attention;
-    use burn::tensor::Distribution;
+    use burn::tensor::{DType, Device, Distribution};
 
     #[test]
     fn exp_matches_std_within_two_ulps() {

@@ -9,7 +9,9 @@
 
 pub mod attention;
 pub mod cpu_attention;
+pub mod cpu_conv;
 pub mod embeddings;
+mod flex;
 pub mod load;
 pub mod resnet;
 pub mod sampling;
@@ -28,7 +30,7 @@ pub use transformer::{
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 
 /// A `nn.Conv2d(c_in, c_out, kernel_size=k, stride=s, padding=p)` as PyTorch builds it.
 pub fn conv2d(c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: usize, device: &Device) -> Conv2d {
@@ -36,6 +38,15 @@ pub fn conv2d(c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: 
         .with_stride([stride, stride])
         .with_padding(PaddingConfig2d::Explicit(padding, padding, padding, padding))
         .init(device)
+}
+
+/// `conv.forward(x)`, by kiln's CPU kernel where it applies ([`cpu_conv`]: flex, f32, stride 1)
+/// and by burn's op everywhere else. kiln's models call their convolutions through this.
+///
+/// # Shapes
+/// - x: `[batch, c_in, height, width]` → `[batch, c_out, height_out, width_out]`
+pub fn conv2d_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    cpu_conv::conv2d(conv, &x).unwrap_or_else(|| conv.forward(x))
 }
 
 /// Casts every float parameter of `module` to `dtype` (e.g. a randomly initialised model to f16

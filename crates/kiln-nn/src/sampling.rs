@@ -6,7 +6,7 @@ use burn::prelude::*;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions, PadMode};
 
-use crate::conv2d;
+use crate::{conv2d, conv2d_forward};
 
 #[derive(Config, Debug)]
 pub struct Downsample2DConfig {
@@ -43,7 +43,7 @@ impl Downsample2D {
         } else {
             x
         };
-        self.conv.forward(x)
+        conv2d_forward(&self.conv, x)
     }
 }
 
@@ -74,6 +74,6 @@ impl Upsample2D {
         let [_, _, h, w] = x.dims();
         let size = output_size.unwrap_or([2 * h, 2 * w]);
         let x = interpolate(x, InterpolateOptions::new(InterpolateMode::Nearest).with_output_size(size));
-        self.conv.forward(x)
+        conv2d_forward(&self.conv, x)
     }
 }

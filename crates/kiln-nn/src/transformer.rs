@@ -12,7 +12,7 @@ use burn::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, L
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
 
-use crate::{Attention, AttentionConfig, conv2d};
+use crate::{Attention, AttentionConfig, conv2d, conv2d_forward};
 
 /// diffusers' `GEGLU`: `proj` to twice the inner width, then `hidden * gelu(gate)` with the exact
 /// (erf) GELU.
@@ -220,7 +220,7 @@ impl Transformer2DModel {
             t.permute([0, 2, 3, 1]).reshape([b, h * w, c])
         };
         let mut tokens = match &self.proj_in {
-            Projection::Conv(conv) => to_tokens(conv.forward(x)),
+            Projection::Conv(conv) => to_tokens(conv2d_forward(conv, x)),
             Projection::Linear(linear) => linear.forward(to_tokens(x)),
         };
         for block in &self.transformer_blocks {
@@ -232,7 +232,7 @@ impl Transformer2DModel {
             t.reshape([b, h, w, c]).permute([0, 3, 1, 2])
         };
         let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(to_map(tokens)),
+            Projection::Conv(conv) => conv2d_forward(conv, to_map(tokens)),
             Projection::Linear(linear) => to_map(linear.forward(tokens)),
         };
         out + residual

@@ -7,7 +7,7 @@ use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::silu;
-use kiln_nn::{LoadError, TimestepEmbedding, TimestepEmbeddingConfig, conv2d, load_safetensors, timestep_embedding};
+use kiln_nn::{LoadError, TimestepEmbedding, TimestepEmbeddingConfig, conv2d, conv2d_forward, load_safetensors, timestep_embedding};
 use thiserror::Error;
 
 use crate::blocks::{BlockSettings, DownBlock, MidBlock, UpBlock};
@@ -226,7 +226,7 @@ impl UNet2DConditionModel {
         let forward_upsample_size = h % factor != 0 || w % factor != 0;
 
         let sample = if s.center_input_sample { sample.mul_scalar(2.0).sub_scalar(1.0) } else { sample };
-        let mut x = self.conv_in.forward(sample);
+        let mut x = conv2d_forward(&self.conv_in, sample);
         let mut skips = vec![x.clone()];
         for block in &self.down_blocks {
             let (out, states) = block.forward(x, &emb, &context);
@@ -243,7 +243,7 @@ impl UNet2DConditionModel {
             });
             x = block.forward(x, block_skips, &emb, &context, upsample_size);
         }
-        let x = self.conv_out.forward(silu(self.conv_norm_out.forward(x)));
+        let x = conv2d_forward(&self.conv_out, silu(self.conv_norm_out.forward(x)));
         Ok(if out_dtype == dtype { x } else { x.cast(out_dtype) })
     }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::DType;
-use kiln_nn::{LoadError, conv2d, load_safetensors};
+use kiln_nn::{LoadError, conv2d, conv2d_forward, load_safetensors};
 
 use crate::config::AutoencoderKLConfig;
 use crate::error::{ConfigError, VaeError};
@@ -184,7 +184,7 @@ impl AutoencoderKL {
         self.check_input("image", &x, self.config.in_channels, self.encoder.min_input_size())?;
         let enc = self.encoder.forward(self.to_model_dtype(x));
         Ok(match &self.quant_conv {
-            Some(q) => q.forward(enc),
+            Some(q) => conv2d_forward(q, enc),
             None => enc,
         })
     }
@@ -214,7 +214,7 @@ impl AutoencoderKL {
         let tiles = grid.run(&x, |tile| {
             let enc = self.encoder.forward(tile);
             match &self.quant_conv {
-                Some(q) => q.forward(enc),
+                Some(q) => conv2d_forward(q, enc),
                 None => enc,
             }
         });
@@ -249,7 +249,7 @@ impl AutoencoderKL {
         self.check_input("latents", &z, self.config.latent_channels, 1)?;
         let z = self.to_model_dtype(z);
         let z = match &self.post_quant_conv {
-            Some(p) => p.forward(z),
+            Some(p) => conv2d_forward(p, z),
             None => z,
         };
         Ok(self.decoder.forward(z))
@@ -266,7 +266,7 @@ impl AutoencoderKL {
         let grid = self.tile_grid(self.tile_latent_min_size, self.tile_sample_min_size)?;
         let tiles = grid.run(&z, |tile| {
             let tile = match &self.post_quant_conv {
-                Some(p) => p.forward(tile),
+                Some(p) => conv2d_forward(p, tile),
                 None => tile,
             };
             self.decoder.forward(tile)

@@ -5,7 +5,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
-use kiln_nn::conv2d;
+use kiln_nn::{conv2d, conv2d_forward};
 
 use crate::blocks::{DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D, VAE_EPS};
 use crate::config::AutoencoderKLConfig;
@@ -48,10 +48,10 @@ impl Encoder {
     /// - x: `[batch, in_channels, h, w]` → `[batch, 2 * latent_channels, h / f, w / f]`
     ///   (each of the `n - 1` downsamplers maps a size s ≥ 2 to floor(s / 2))
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self.conv_in.forward(x);
+        let x = conv2d_forward(&self.conv_in, x);
         let x = self.down_blocks.iter().fold(x, |x, b| b.forward(x));
         let x = self.mid_block.forward(x);
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        conv2d_forward(&self.conv_out, silu(self.conv_norm_out.forward(x)))
     }
 
     /// Smallest input height/width the encoder accepts: every downsampler needs at least 2 pixels.
@@ -104,10 +104,10 @@ impl Decoder {
     /// # Shapes
     /// - z: `[batch, latent_channels, h, w]` → `[batch, out_channels, h * f, w * f]`
     pub fn forward(&self, z: Tensor<4>) -> Tensor<4> {
-        let x = self.conv_in.forward(z);
+        let x = conv2d_forward(&self.conv_in, z);
         let x = self.mid_block.forward(x);
         let x = self.up_blocks.iter().fold(x, |x, b| b.forward(x));
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        conv2d_forward(&self.conv_out, silu(self.conv_norm_out.forward(x)))
     }
 }
 

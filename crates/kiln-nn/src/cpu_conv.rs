@@ -1,0 +1,379 @@
+//! 2-D convolution on the CPU: kiln's own kernel for burn's flex backend (f32, no autodiff,
+//! stride 1, no dilation, one group — every convolution of the SD UNets' and VAE decoders' blocks
+//! except the stride-2 downsamplers).
+//!
+//! burn-flex 0.22 runs a convolution as im2col + gemm too, but per call it first copies the input
+//! to NHWC and re-lays the weights, both on one core (12 % of an SD 1.5 `kiln bench` at 256×256 on
+//! this 2-core Xeon, perf 2026-11-27), then builds im2col tiles of 512 pixels and scatters each
+//! tile's freshly allocated result. Here:
+//! - im2col reads the NCHW input directly, one tile of pixels at a time (several images' pixels in
+//!   one tile where the images are small, so SD's 8×8 and 4×4 levels make one large product);
+//! - the product puts the pixels on gemm's rows and the weights on its columns: `[Cout, Cin·kh·kw]`
+//!   row-major *is* the right-hand side `[Cin·kh·kw, Cout]` with unit row stride, which gemm reads
+//!   in place (no re-layout, no packing), so a weight is read once per tile;
+//! - a 1×1 convolution without padding uses the input itself as the left-hand side;
+//! - each tile's result goes to the NCHW output with the bias added, from a per-thread buffer.
+//!
+//! Same contract as `torch.nn.functional.conv2d(x, weight, bias, stride=1, padding, dilation=1,
+//! groups=1)` with explicit (possibly asymmetric) zero padding.
+
+use burn::nn::conv::Conv2d;
+use burn::nn::PaddingConfig2d;
+use burn::tensor::Tensor;
+use rayon::prelude::*;
+
+use crate::flex;
+
+/// Upper bound on one tile's im2col buffer: a tile's pixels × `Cin·kh·kw` f32 values.
+const COL_BYTES: usize = 8 << 20;
+/// Up to this many output pixels (all images together) the convolution is one gemm call over every
+/// pixel, with gemm's threads splitting the output channels: each thread then reads only its share
+/// of the weights, which at SD's lowest resolutions cost more to read than to multiply.
+const ONE_TILE: usize = 256;
+/// gemm gets its own threads from this many multiply-adds on (burn-flex's threshold).
+const GEMM_THREADS_FROM: usize = 192 * 192 * 192;
+
+/// `conv.forward(x)` by kiln's kernel, or `None` where it does not apply (another device, autodiff,
+/// another dtype, a stride, dilation or group count other than 1, `Same` padding, shapes burn's op
+/// would refuse): the caller then uses burn's op.
+///
+/// # Shapes
+/// - x: `[batch, c_in, height, width]`, `conv.weight`: `[c_out, c_in, kh, kw]`
+/// - output: `[batch, c_out, height + top + bottom - kh + 1, width + left + right - kw + 1]`
+pub fn conv2d(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
+    if conv.stride != [1, 1] || conv.dilation != [1, 1] || conv.groups != 1 {
+        return None;
+    }
+    let (top, left, bottom, right) = match conv.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) => (top, left, bottom, right),
+        PaddingConfig2d::Valid => (0, 0, 0, 0),
+        PaddingConfig2d::Same => return None,
+    };
+    let weight = conv.weight.val();
+    let [batch, c_in, h, w] = x.dims();
+    let [c_out, c_in_w, kh, kw] = weight.dims();
+    let bias_ok = conv.bias.as_ref().is_none_or(|b| b.dims() == [c_out]);
+    if c_in != c_in_w || !bias_ok || [batch, c_in, h, w, c_out, kh, kw].contains(&0) {
+        return None;
+    }
+    if h + top + bottom < kh || w + left + right < kw {
+        return None;
+    }
+    let x = flex::f32_tensor(x)?;
+    let weight = flex::f32_tensor(&weight)?;
+    let bias = match &conv.bias {
+        Some(b) => Some(flex::f32_tensor(&b.val())?),
+        None => None,
+    };
+    let g = Geometry { batch, c_in, h, w, c_out, kh, kw, top, left, oh: h + top + bottom - kh + 1, ow: w + left + right - kw + 1 };
+    let out = conv2d_f32(flex::values(&x), flex::values(&weight), bias.as_ref().map(flex::values), &g);
+    Some(flex::tensor(out, [batch, c_out, g.oh, g.ow]))
+}
+
+/// Sizes of one convolution (stride 1): input `[batch, c_in, h, w]`, kernel `kh × kw`, zero
+/// padding `top`/`left` (bottom and right are implied by the output size `oh × ow`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Geometry {
+    pub batch: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub top: usize,
+    pub left: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl Geometry {
+    fn plane(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    fn k(&self) -> usize {
+        self.c_in * self.kh * self.kw
+    }
+
+    /// A 1×1 kernel without padding: the input is already the im2col matrix.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.oh == self.h && self.ow == self.w
+    }
+}
+
+/// The convolution on row-major slices: x `[batch, c_in, h, w]`, weight `[c_out, c_in, kh, kw]`,
+/// bias `[c_out]` → `[batch, c_out, oh, ow]`.
+pub(crate) fn conv2d_f32(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
+    let total = g.batch * g.plane();
+    let mut out = vec![0f32; g.batch * g.c_out * g.plane()];
+    let dst = OutPtr(out.as_mut_ptr());
+    if total <= ONE_TILE {
+        let mut bufs = Buffers::default();
+        let par = if total * g.c_out * g.k() >= GEMM_THREADS_FROM {
+            gemm::Parallelism::Rayon(0)
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: one tile covers every output pixel; `out` holds them all.
+        unsafe { tile(x, weight, bias, g, dst, 0..total, &mut bufs, par) };
+        return out;
+    }
+    // Tiles of whole multiples of 16 pixels (gemm's row block), as many as fit COL_BYTES, their
+    // count a multiple of the thread count so no core idles at the end.
+    let threads = rayon::current_num_threads().max(1);
+    let max_rows = (COL_BYTES / (4 * g.k())).clamp(16, 1024);
+    let tiles = total.div_ceil(max_rows).next_multiple_of(threads);
+    let rows = total.div_ceil(tiles).next_multiple_of(16);
+    (0..total.div_ceil(rows)).into_par_iter().for_each_init(Buffers::default, |bufs, t| {
+        let pixels = t * rows..((t + 1) * rows).min(total);
+        // SAFETY: tiles cover disjoint pixel ranges, so their writes to `out` do not overlap.
+        unsafe { tile(x, weight, bias, g, dst, pixels, bufs, gemm::Parallelism::None) };
+    });
+    out
+}
+
+/// The output's base pointer, shared by tiles that write disjoint pixels.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tiles write disjoint elements (see `conv2d_f32`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// Per-thread scratch: the tile's im2col matrix and its product.
+#[derive(Default)]
+struct Buffers {
+    col: Vec<f32>,
+    product: Vec<f32>,
+}
+
+/// Output pixels `pixels` (indices over batch × oh × ow) of every output channel.
+///
+/// # Safety
+/// `out` points at the `[batch, c_out, oh, ow]` output; no other thread writes these pixels.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    g: &Geometry,
+    out: OutPtr,
+    pixels: std::ops::Range<usize>,
+    bufs: &mut Buffers,
+    par: gemm::Parallelism,
+) {
+    let (plane, k, m) = (g.plane(), g.k(), pixels.len());
+    let runs = runs(g, pixels.clone());
+    // lhs: m pixels × k, column-major (a column per (c, ky, kx)).
+    let (lhs, lhs_cs) = if g.pointwise() && runs.iter().all(|r| r.image == runs[0].image) {
+        let first = pixels.start % plane;
+        (x[runs[0].image * g.c_in * plane + first..].as_ptr(), plane)
+    } else {
+        bufs.col.resize(k * m, 0.0);
+        im2col(x, g, &runs, m, &mut bufs.col, matches!(par, gemm::Parallelism::Rayon(_)));
+        (bufs.col.as_ptr(), m)
+    };
+    bufs.product.resize(m * g.c_out, 0.0);
+    // product[co·m + t] = Σ_kk lhs[t, kk] · weight[co, kk]: dst column-major m × c_out, rhs the
+    // row-major weight read as k × c_out with unit row stride.
+    // SAFETY: lhs holds m × k values at column stride lhs_cs (the input plane or the im2col
+    // buffer), weight c_out × k, product m × c_out; product aliases neither.
+    unsafe {
+        gemm::gemm(
+            m, g.c_out, k,
+            bufs.product.as_mut_ptr(), m as isize, 1, false,
+            lhs, lhs_cs as isize, 1,
+            weight.as_ptr(), k as isize, 1,
+            0.0, 1.0, false, false, false, par,
+        );
+    }
+    for run in &runs {
+        let first = run.oy * g.ow + run.ox;
+        for co in 0..g.c_out {
+            let src = &bufs.product[co * m + run.t..][..run.len];
+            let b = bias.map_or(0.0, |b| b[co]);
+            // SAFETY: the run's pixels of image `run.image`, channel `co`, lie inside `out` and
+            // belong to this tile alone.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(out.0.add((run.image * g.c_out + co) * plane + first), run.len)
+            };
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = s + b;
+            }
+        }
+    }
+}
+
+/// A stretch of a tile's pixels along one output row: tile offset `t`, `len` pixels from
+/// (`oy`, `ox`) of image `image`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Run {
+    t: usize,
+    image: usize,
+    oy: usize,
+    ox: usize,
+    len: usize,
+}
+
+/// The output-row stretches that make up pixels `pixels` (indices over batch × oh × ow).
+fn runs(g: &Geometry, pixels: std::ops::Range<usize>) -> Vec<Run> {
+    let mut runs = Vec::new();
+    let mut n = pixels.start;
+    while n < pixels.end {
+        let (image, p) = (n / g.plane(), n % g.plane());
+        let (oy, ox) = (p / g.ow, p % g.ow);
+        let len = (g.ow - ox).min(pixels.end - n);
+        runs.push(Run { t: n - pixels.start, image, oy, ox, len });
+        n += len;
+    }
+    runs
+}
+
+/// Fills `col` (column-major, `m` rows, one column per (c, ky, kx)) with the input values under
+/// each kernel tap for the tile's pixels, zero where the tap falls on padding.
+fn im2col(x: &[f32], g: &Geometry, runs: &[Run], m: usize, col: &mut [f32], parallel: bool) {
+    let per_channel = g.kh * g.kw * m;
+    let fill = |(c, cols): (usize, &mut [f32])| {
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let column = &mut cols[(ky * g.kw + kx) * m..][..m];
+                for r in runs {
+                    let dst = &mut column[r.t..r.t + r.len];
+                    // the input row under this tap, in unpadded coordinates
+                    let iy = (r.oy + ky).wrapping_sub(g.top);
+                    if iy >= g.h {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let row = &x[((r.image * g.c_in + c) * g.h + iy) * g.w..][..g.w];
+                    // output columns ox with 0 <= ox + kx - left < w read the row; the rest pad
+                    let lo = g.left.saturating_sub(kx).clamp(r.ox, r.ox + r.len);
+                    let hi = (g.left + g.w).saturating_sub(kx).clamp(lo, r.ox + r.len);
+                    let (pad_lo, rest) = dst.split_at_mut(lo - r.ox);
+                    let (inside, pad_hi) = rest.split_at_mut(hi - lo);
+                    pad_lo.fill(0.0);
+                    inside.copy_from_slice(&row[lo + kx - g.left..hi + kx - g.left]);
+                    pad_hi.fill(0.0);
+                }
+            }
+        }
+    };
+    if parallel {
+        col.par_chunks_mut(per_channel).enumerate().for_each(fill);
+    } else {
+        col.chunks_mut(per_channel).enumerate().for_each(fill);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The convolution by its definition, one output value at a time (f64 accumulation).
+    fn naive(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
+        let mut out = vec![0f32; g.batch * g.c_out * g.plane()];
+        for b in 0..g.batch {
+            for co in 0..g.c_out {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let mut acc = bias.map_or(0.0, |b| b[co] as f64);
+                        for c in 0..g.c_in {
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
+                                    let (iy, ix) = ((oy + ky) as isize - g.top as isize, (ox + kx) as isize - g.left as isize);
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                        continue;
+                                    }
+                                    let xv = x[((b * g.c_in + c) * g.h + iy as usize) * g.w + ix as usize];
+                                    let wv = weight[((co * g.c_in + c) * g.kh + ky) * g.kw + kx];
+                                    acc += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        out[((b * g.c_out + co) * g.oh + oy) * g.ow + ox] = acc as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        // a fixed pseudo-random sequence in [-1, 1)
+        let mut s = seed.wrapping_mul(2654435761).max(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// kiln's kernel against the definition: every path (one tile over all images, tiles that
+    /// split images and rows, the pointwise shortcut), asymmetric and zero padding, bias or not.
+    #[test]
+    fn matches_the_definition() {
+        // (batch, c_in, h, w, c_out, kh, kw, top, left, bottom, right, bias)
+        let cases = [
+            (2, 3, 5, 4, 4, 3, 3, 1, 1, 1, 1, true),      // one tile, 2 images
+            (1, 2, 6, 7, 3, 3, 3, 0, 0, 0, 0, false),     // no padding
+            (2, 3, 4, 5, 2, 3, 3, 0, 1, 2, 0, true),      // asymmetric padding
+            (2, 5, 23, 19, 6, 3, 3, 1, 1, 1, 1, true),    // 874 pixels: tiles split rows and images
+            (3, 4, 17, 13, 5, 1, 1, 0, 0, 0, 0, true),    // pointwise, tiled
+            (2, 4, 3, 3, 5, 1, 1, 0, 0, 0, 0, false),     // pointwise, one tile over 2 images
+            (1, 2, 9, 31, 3, 1, 3, 0, 1, 0, 1, true),     // 1×3 kernel
+            (2, 8, 40, 40, 8, 3, 3, 1, 1, 1, 1, true),    // 3200 pixels
+        ];
+        for (i, &(batch, c_in, h, w, c_out, kh, kw, top, left, bottom, right, with_bias)) in cases.iter().enumerate() {
+            let g = Geometry { batch, c_in, h, w, c_out, kh, kw, top, left, oh: h + top + bottom - kh + 1, ow: w + left + right - kw + 1 };
+            let x = values(batch * c_in * h * w, 3 * i as u32 + 1);
+            let weight = values(c_out * c_in * kh * kw, 3 * i as u32 + 2);
+            let bias = with_bias.then(|| values(c_out, 3 * i as u32 + 3));
+            let got = conv2d_f32(&x, &weight, bias.as_deref(), &g);
+            let want = naive(&x, &weight, bias.as_deref(), &g);
+            assert_eq!(got.len(), want.len());
+            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(err < 1e-5, "case {i} {g:?}: max error {err}");
+        }
+    }
+
+    /// Through burn's module: the kernel against burn-flex's own convolution on a `Conv2d` as
+    /// kiln builds them (3×3 with padding 1, 1×1), and `None` (burn's op) for what it does not
+    /// cover: stride 2, f16, autodiff.
+    #[test]
+    fn matches_burns_op_and_declines_the_rest() {
+        use burn::tensor::{DType, Device, Distribution};
+        let device = Device::flex();
+        for (c_in, c_out, kernel, padding, size) in [(4, 6, 3, 1, 9), (6, 3, 1, 0, 7), (3, 5, 3, 1, 20)] {
+            let conv = crate::conv2d(c_in, c_out, kernel, 1, padding, &device);
+            let x = Tensor::<4>::random([2, c_in, size, size + 1], Distribution::Normal(0.0, 1.0), &device);
+            let got = conv2d(&conv, &x).expect("flex, f32, stride 1");
+            let want = conv.forward(x);
+            assert_eq!(got.dims(), want.dims());
+            let err: f32 = (got - want).abs().max().into_scalar();
+            assert!(err < 1e-5, "{c_in}->{c_out} k{kernel}: max error {err}");
+        }
+        let x = Tensor::<4>::zeros([1, 4, 8, 8], &device);
+        assert!(conv2d(&crate::conv2d(4, 4, 3, 2, 1, &device), &x).is_none(), "stride 2");
+        let conv = crate::conv2d(4, 4, 3, 1, 1, &device);
+        assert!(conv2d(&crate::cast_module(conv.clone(), DType::F16), &x.clone().cast(DType::F16)).is_none(), "f16");
+        let autodiff = Device::flex().autodiff();
+        let tracked = Tensor::<4>::zeros([1, 4, 8, 8], &autodiff).require_grad();
+        assert!(conv2d(&crate::conv2d(4, 4, 3, 1, 1, &autodiff), &tracked).is_none(), "autodiff");
+    }
+
+    /// The runs of a tile that starts mid-row and crosses into the next image.
+    #[test]
+    fn runs_follow_rows_and_images() {
+        let g = Geometry { batch: 2, c_in: 1, h: 3, w: 4, c_out: 1, kh: 1, kw: 1, top: 0, left: 0, oh: 3, ow: 4 };
+        let r = runs(&g, 6..15);
+        let want = [
+            Run { t: 0, image: 0, oy: 1, ox: 2, len: 2 },
+            Run { t: 2, image: 0, oy: 2, ox: 0, len: 4 },
+            Run { t: 6, image: 1, oy: 0, ox: 0, len: 3 },
+        ];
+        assert_eq!(r, want);
+    }
+}

@@ -1,0 +1,27 @@
+//! Zero-copy access to tensors on burn's CPU backend (flex) for kiln's CPU kernels
+//! ([`crate::cpu_attention`], [`crate::cpu_conv`]): the values of an f32 tensor as a slice, and a
+//! `Vec<f32>` handed back as a tensor, without the copies `into_data`/`from_data` make.
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn_flex::{Flex, FlexTensor};
+
+/// The tensor's flex primitive, contiguous, when `t` is an f32 tensor on flex without autodiff
+/// (`None` otherwise: another device, a tracked tensor or another dtype). A tensor that is already
+/// contiguous is shared, not copied.
+pub(crate) fn f32_tensor<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
+    let device = t.device();
+    if t.dtype() != DType::F32 || device.is_autodiff() || device != Device::flex() {
+        return None;
+    }
+    Some(t.clone().try_into_primitive::<Flex>().ok()?.to_contiguous())
+}
+
+/// The values of a primitive from [`f32_tensor`], in row-major order.
+pub(crate) fn values(t: &FlexTensor) -> &[f32] {
+    t.storage::<f32>()
+}
+
+/// `values` (row-major) as an f32 tensor of `shape` on flex, moved, not copied.
+pub(crate) fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
+    Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(values, shape)))
+}

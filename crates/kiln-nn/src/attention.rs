@@ -97,7 +97,7 @@ impl Attention {
     pub fn forward(&self, x: Tensor<3>, context: Option<Tensor<3>>) -> Tensor<3> {
         let residual = self.residual_connection.then(|| x.clone());
         let x = match &self.group_norm {
-            Some(norm) => norm.forward(x.swap_dims(1, 2)).swap_dims(1, 2),
+            Some(norm) => crate::group_norm(norm, x.swap_dims(1, 2)).swap_dims(1, 2),
             None => x,
         };
         let [b, n, _] = x.dims();

@@ -160,7 +160,7 @@ fn softmax_portable(row: &mut [f32]) {
 /// |r| ≤ ln2/2, eʳ by its degree-7 polynomial, 2ⁿ by the exponent bits. Branch-free, so it
 /// vectorises; below -87.3 it returns about 1e-38 (the true value underflows f32 anyway).
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split in two so that n·C1 is exact
     const C1: f32 = 0.693_359_4;

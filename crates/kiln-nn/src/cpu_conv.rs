@@ -106,17 +106,19 @@ impl Geometry {
 /// bias `[c_out]` → `[batch, c_out, oh, ow]`.
 pub(crate) fn conv2d_f32(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
     let total = g.batch * g.plane();
-    let mut out = vec![0f32; g.batch * g.c_out * g.plane()];
+    let len = g.batch * g.c_out * g.plane();
+    let mut out = Vec::with_capacity(len);
     let dst = OutPtr(out.as_mut_ptr());
     if total <= ONE_TILE {
-        let mut bufs = Buffers::default();
         let par = if total * g.c_out * g.k() >= GEMM_THREADS_FROM {
             gemm::Parallelism::Rayon(0)
         } else {
             gemm::Parallelism::None
         };
-        // SAFETY: one tile covers every output pixel; `out` holds them all.
-        unsafe { tile(x, weight, bias, g, dst, 0..total, &mut bufs, par) };
+        // SAFETY: one tile covers every output pixel; `out` has room for them all.
+        with_buffers(|bufs| unsafe { tile(x, weight, bias, g, dst, 0..total, bufs, par) });
+        // SAFETY: the tile wrote every output value.
+        unsafe { out.set_len(len) };
         return out;
     }
     // Tiles of whole multiples of 16 pixels (gemm's row block), as many as fit COL_BYTES, their
@@ -125,11 +127,13 @@ pub(crate) fn conv2d_f32(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Ge
     let max_rows = (COL_BYTES / (4 * g.k())).clamp(16, 1024);
     let tiles = total.div_ceil(max_rows).next_multiple_of(threads);
     let rows = total.div_ceil(tiles).next_multiple_of(16);
-    (0..total.div_ceil(rows)).into_par_iter().for_each_init(Buffers::default, |bufs, t| {
+    (0..total.div_ceil(rows)).into_par_iter().for_each(|t| {
         let pixels = t * rows..((t + 1) * rows).min(total);
         // SAFETY: tiles cover disjoint pixel ranges, so their writes to `out` do not overlap.
-        unsafe { tile(x, weight, bias, g, dst, pixels, bufs, gemm::Parallelism::None) };
+        with_buffers(|bufs| unsafe { tile(x, weight, bias, g, dst, pixels, bufs, gemm::Parallelism::None) });
     });
+    // SAFETY: the tiles cover every pixel and write every output value.
+    unsafe { out.set_len(len) };
     out
 }
 
@@ -140,11 +144,33 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-/// Per-thread scratch: the tile's im2col matrix and its product.
+/// Per-thread scratch: the tile's im2col matrix and its product. Kept between calls and only
+/// grown, so a tile neither allocates nor clears memory it then overwrites.
 #[derive(Default)]
 struct Buffers {
     col: Vec<f32>,
     product: Vec<f32>,
+}
+
+thread_local! {
+    static BUFFERS: std::cell::RefCell<Buffers> = std::cell::RefCell::default();
+}
+
+/// Runs `f` with this thread's scratch buffers (fresh ones if they are in use further up this
+/// thread's stack: a tile's gemm threads may run another convolution's tile while waiting).
+fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
+    BUFFERS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => f(&mut bufs),
+        Err(_) => f(&mut Buffers::default()),
+    })
+}
+
+/// The first `len` values of `buf`, grown (never shrunk) to hold them.
+fn scratch(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
 }
 
 /// Output pixels `pixels` (indices over batch × oh × ow) of every output channel.
@@ -169,11 +195,11 @@ unsafe fn tile(
         let first = pixels.start % plane;
         (x[runs[0].image * g.c_in * plane + first..].as_ptr(), plane)
     } else {
-        bufs.col.resize(k * m, 0.0);
-        im2col(x, g, &runs, m, &mut bufs.col, matches!(par, gemm::Parallelism::Rayon(_)));
-        (bufs.col.as_ptr(), m)
+        let col = scratch(&mut bufs.col, k * m);
+        im2col(x, g, &runs, m, col, matches!(par, gemm::Parallelism::Rayon(_)));
+        (col.as_ptr(), m)
     };
-    bufs.product.resize(m * g.c_out, 0.0);
+    let product = scratch(&mut bufs.product, m * g.c_out);
     // product[co·m + t] = Σ_kk lhs[t, kk] · weight[co, kk]: dst column-major m × c_out, rhs the
     // row-major weight read as k × c_out with unit row stride.
     // SAFETY: lhs holds m × k values at column stride lhs_cs (the input plane or the im2col
@@ -181,7 +207,7 @@ unsafe fn tile(
     unsafe {
         gemm::gemm(
             m, g.c_out, k,
-            bufs.product.as_mut_ptr(), m as isize, 1, false,
+            product.as_mut_ptr(), m as isize, 1, false,
             lhs, lhs_cs as isize, 1,
             weight.as_ptr(), k as isize, 1,
             0.0, 1.0, false, false, false, par,
@@ -190,15 +216,13 @@ unsafe fn tile(
     for run in &runs {
         let first = run.oy * g.ow + run.ox;
         for co in 0..g.c_out {
-            let src = &bufs.product[co * m + run.t..][..run.len];
+            let src = &product[co * m + run.t..][..run.len];
             let b = bias.map_or(0.0, |b| b[co]);
-            // SAFETY: the run's pixels of image `run.image`, channel `co`, lie inside `out` and
-            // belong to this tile alone.
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(out.0.add((run.image * g.c_out + co) * plane + first), run.len)
-            };
-            for (d, s) in dst.iter_mut().zip(src) {
-                *d = s + b;
+            // SAFETY: the run's pixels of image `run.image`, channel `co`, lie inside `out`'s
+            // capacity and belong to this tile alone (written, never read: they may be uninit).
+            let dst = unsafe { out.0.add((run.image * g.c_out + co) * plane + first) };
+            for (i, s) in src.iter().enumerate() {
+                unsafe { dst.add(i).write(s + b) };
             }
         }
     }

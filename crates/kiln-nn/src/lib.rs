@@ -10,6 +10,7 @@
 pub mod attention;
 pub mod cpu_attention;
 pub mod cpu_conv;
+pub mod cpu_norm;
 pub mod embeddings;
 mod flex;
 pub mod load;
@@ -29,7 +30,8 @@ pub use transformer::{
 };
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::PaddingConfig2d;
+use burn::nn::{GroupNorm, PaddingConfig2d};
+use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
 /// A `nn.Conv2d(c_in, c_out, kernel_size=k, stride=s, padding=p)` as PyTorch builds it.
@@ -47,6 +49,24 @@ pub fn conv2d(c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: 
 /// - x: `[batch, c_in, height, width]` → `[batch, c_out, height_out, width_out]`
 pub fn conv2d_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     cpu_conv::conv2d(conv, &x).unwrap_or_else(|| conv.forward(x))
+}
+
+/// `norm.forward(x)` (diffusers' `GroupNorm`), by kiln's CPU kernel where it applies
+/// ([`cpu_norm`]: flex, f32) and by burn's ops everywhere else.
+///
+/// # Shapes
+/// - x: `[batch, channels, ...]` → the same shape
+pub fn group_norm<const D: usize>(norm: &GroupNorm, x: Tensor<D>) -> Tensor<D> {
+    cpu_norm::group_norm(norm, &x, false).unwrap_or_else(|| norm.forward(x))
+}
+
+/// `silu(norm.forward(x))`, diffusers' `nonlinearity(norm(x))` before a ResNet block's
+/// convolutions and the models' `conv_out`, in one pass on the CPU ([`cpu_norm`]).
+///
+/// # Shapes
+/// - x: `[batch, channels, ...]` → the same shape
+pub fn group_norm_silu<const D: usize>(norm: &GroupNorm, x: Tensor<D>) -> Tensor<D> {
+    cpu_norm::group_norm(norm, &x, true).unwrap_or_else(|| silu(norm.forward(x)))
 }
 
 /// Casts every float parameter of `module` to `dtype` (e.g. a randomly initialised model to f16

@@ -6,7 +6,7 @@ use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
-use crate::{conv2d, conv2d_forward};
+use crate::{conv2d, conv2d_forward, group_norm_silu};
 
 #[derive(Config, Debug)]
 pub struct ResnetBlock2DConfig {
@@ -55,12 +55,12 @@ impl ResnetBlock2D {
     /// - temb: `[batch, temb_channels]` (ignored when the block has no `time_emb_proj`)
     /// - returns `[batch, out_channels, height, width]`
     pub fn forward(&self, x: Tensor<4>, temb: Option<Tensor<2>>) -> Tensor<4> {
-        let h = conv2d_forward(&self.conv1, silu(self.norm1.forward(x.clone())));
+        let h = conv2d_forward(&self.conv1, group_norm_silu(&self.norm1, x.clone()));
         let h = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(t)) => h + proj.forward(silu(t)).unsqueeze_dims::<4>(&[2, 3]),
             _ => h,
         };
-        let h = conv2d_forward(&self.conv2, silu(self.norm2.forward(h)));
+        let h = conv2d_forward(&self.conv2, group_norm_silu(&self.norm2, h));
         let skip = match &self.conv_shortcut {
             Some(c) => conv2d_forward(c, x),
             None => x,

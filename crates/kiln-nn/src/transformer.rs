@@ -213,7 +213,7 @@ impl Transformer2DModel {
     pub fn forward(&self, x: Tensor<4>, context: Option<Tensor<3>>) -> Tensor<4> {
         let [b, _, h, w] = x.dims();
         let residual = x.clone();
-        let x = self.norm.forward(x);
+        let x = crate::group_norm(&self.norm, x);
         // [b, c, h, w] -> [b, h·w, c]
         let to_tokens = |t: Tensor<4>| {
             let c = t.dims()[1];

@@ -6,8 +6,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn::tensor::activation::silu;
-use kiln_nn::{LoadError, TimestepEmbedding, TimestepEmbeddingConfig, conv2d, conv2d_forward, load_safetensors, timestep_embedding};
+use kiln_nn::{LoadError, TimestepEmbedding, TimestepEmbeddingConfig, conv2d, conv2d_forward, group_norm_silu, load_safetensors, timestep_embedding};
 use thiserror::Error;
 
 use crate::blocks::{BlockSettings, DownBlock, MidBlock, UpBlock};
@@ -243,7 +242,7 @@ impl UNet2DConditionModel {
             });
             x = block.forward(x, block_skips, &emb, &context, upsample_size);
         }
-        let x = conv2d_forward(&self.conv_out, silu(self.conv_norm_out.forward(x)));
+        let x = conv2d_forward(&self.conv_out, group_norm_silu(&self.conv_norm_out, x));
         Ok(if out_dtype == dtype { x } else { x.cast(out_dtype) })
     }
 

@@ -4,8 +4,7 @@
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::prelude::*;
-use burn::tensor::activation::silu;
-use kiln_nn::{conv2d, conv2d_forward};
+use kiln_nn::{conv2d, conv2d_forward, group_norm_silu};
 
 use crate::blocks::{DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D, VAE_EPS};
 use crate::config::AutoencoderKLConfig;
@@ -51,7 +50,7 @@ impl Encoder {
         let x = conv2d_forward(&self.conv_in, x);
         let x = self.down_blocks.iter().fold(x, |x, b| b.forward(x));
         let x = self.mid_block.forward(x);
-        conv2d_forward(&self.conv_out, silu(self.conv_norm_out.forward(x)))
+        conv2d_forward(&self.conv_out, group_norm_silu(&self.conv_norm_out, x))
     }
 
     /// Smallest input height/width the encoder accepts: every downsampler needs at least 2 pixels.
@@ -107,7 +106,7 @@ impl Decoder {
         let x = conv2d_forward(&self.conv_in, z);
         let x = self.mid_block.forward(x);
         let x = self.up_blocks.iter().fold(x, |x, b| b.forward(x));
-        conv2d_forward(&self.conv_out, silu(self.conv_norm_out.forward(x)))
+        conv2d_forward(&self.conv_out, group_norm_silu(&self.conv_norm_out, x))
     }
 }
 

@@ -8,6 +8,7 @@
 //! with missing and unused tensors reported by name).
 
 pub mod attention;
+pub mod cpu_activation;
 pub mod cpu_attention;
 pub mod cpu_conv;
 pub mod cpu_norm;

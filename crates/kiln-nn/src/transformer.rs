@@ -26,6 +26,9 @@ impl Geglu {
     /// - x: `[batch, seq, dim]` → `[batch, seq, inner_dim]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = self.proj.forward(x);
+        if let Some(out) = crate::cpu_activation::geglu(&h) {
+            return out;
+        }
         let inner = h.dims()[2] / 2;
         // hidden_states, gate = proj(x).chunk(2, dim=-1)
         let hidden = h.clone().narrow(2, 0, inner);

@@ -241,8 +241,13 @@ fn time<T>(
     })
 }
 
-/// Runs the benchmark on `device`.
+/// Runs the benchmark on `device`, on one of rayon's workers as the pipeline does
+/// ([`crate::in_worker`]).
 pub fn run_bench(o: &BenchOptions, device: &Device, device_name: &str) -> Result<BenchReport, PipelineError> {
+    crate::in_worker(|| run_bench_here(o, device, device_name))
+}
+
+fn run_bench_here(o: &BenchOptions, device: &Device, device_name: &str) -> Result<BenchReport, PipelineError> {
     for (what, v) in [("width", o.width), ("height", o.height)] {
         if v == 0 || v % 8 != 0 {
             return Err(PipelineError::Input { what, value: v.to_string(), allowed: "a positive multiple of 8".into() });

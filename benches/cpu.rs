@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use kiln::burn::tensor::{DType, Device, Tensor, TensorData};
-use kiln::pipeline::{GenerateOptions, StableDiffusion, TorchGenerator};
+use kiln::pipeline::{in_worker, GenerateOptions, StableDiffusion, TorchGenerator};
 use kiln::scheduler::{SamplerName, SchedulerConfig, StepOptions};
 use kiln::unet::UNet2DConditionModel;
 use kiln::vae::AutoencoderKL;
@@ -57,7 +57,8 @@ fn unet_step(c: &mut Criterion) {
     let ctx: Tensor<3> = Tensor::from_data(TensorData::new(g.randn(&[2, 77, ctx_dim]), [2, 77, ctx_dim]), &device);
     c.bench_function("unet: tiny sd1, CFG batch 2, 32x32 latents", |b| {
         b.iter(|| {
-            let y = unet.forward(x.clone(), &[500.0], ctx.clone(), None).unwrap();
+            // on one of rayon's workers, as the pipeline calls it (kiln::pipeline::in_worker)
+            let y = in_worker(|| unet.forward(x.clone(), &[500.0], ctx.clone(), None).unwrap());
             sync(&device);
             y
         })
@@ -72,7 +73,7 @@ fn vae_decode_tile(c: &mut Criterion) {
     let z = randn(&mut g, [1, 4, 32, 32], &device);
     c.bench_function("vae: tiny sd1 decode, 32x32 latents", |b| {
         b.iter(|| {
-            let y = vae.decode(z.clone()).unwrap();
+            let y = in_worker(|| vae.decode(z.clone()).unwrap());
             sync(&device);
             y
         })

@@ -107,12 +107,18 @@ impl Attention {
         let v = self.to_v.forward(ctx);
         let inner = k.dims()[2];
         let (h, d) = (self.heads, inner / self.heads);
-        let split = |t: Tensor<3>| {
-            let [b, s, _] = t.dims();
-            t.reshape([b, s, h, d]).swap_dims(1, 2)
+        let o = match crate::cpu_attention::attention_tokens(&q, &k, &v, h) {
+            Some(o) => o,
+            None => {
+                let split = |t: Tensor<3>| {
+                    let [b, s, _] = t.dims();
+                    t.reshape([b, s, h, d]).swap_dims(1, 2)
+                };
+                let o = scaled_dot_product_attention(split(q), split(k), split(v), self.upcast_attention, false);
+                o.swap_dims(1, 2).reshape([b, n, inner])
+            }
         };
-        let o = scaled_dot_product_attention(split(q), split(k), split(v), self.upcast_attention, false);
-        let o = self.to_out[0].forward(o.swap_dims(1, 2).reshape([b, n, inner]));
+        let o = self.to_out[0].forward(o);
         let o = match residual {
             Some(r) => o + r,
             None => o,

@@ -32,46 +32,130 @@ pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool) -> O
         return None; // nothing to split into blocks, or shapes burn's op broadcasts or refuses
     }
     let (q, k, v) = (flex::f32_tensor(q)?, flex::f32_tensor(k)?, flex::f32_tensor(v)?);
-    let (q, k, v) = (flex::values(&q), flex::values(&k), flex::values(&v));
-    let mut out = vec![0f32; b * h * sq * dv];
-    let scale = 1.0 / (d as f32).sqrt();
-    // One task per (head, block of rows); a head's last block may be short, so the output is
-    // split per head first.
-    out.par_chunks_mut(sq * dv).enumerate().for_each(|(head, out_head)| {
-        let qh = &q[head * sq * d..(head + 1) * sq * d];
-        let kh = &k[head * skv * d..(head + 1) * skv * d];
-        let vh = &v[head * skv * dv..(head + 1) * skv * dv];
-        out_head.par_chunks_mut(ROWS * dv).enumerate().for_each_init(Vec::new, |scores, (block, o)| {
-            let (row0, rows) = (block * ROWS, o.len() / dv);
-            scores.resize(rows * skv, 0.0);
-            let q = &qh[row0 * d..(row0 + rows) * d];
-            block_attention(q, kh, vh, o, scores, (row0, rows), (skv, d, dv), scale, causal);
-        });
-    });
+    // [b, h, s, x] contiguous: a head after the other
+    let heads_major = |s: usize, x: usize| Strides { batch: h * s * x, head: s * x, row: x };
+    let shape = Shape { b, h, sq, skv, d, dv };
+    let layouts = [heads_major(sq, d), heads_major(skv, d), heads_major(skv, dv), heads_major(sq, dv)];
+    let out = attend([flex::values(&q), flex::values(&k), flex::values(&v)], layouts, shape, causal);
     Some(flex::tensor(out, [b, h, sq, dv]))
 }
 
+/// [`attention`] on token sequences with the heads side by side in the last dim, as the
+/// projections produce them and the output projection takes them: no copies to split and merge
+/// the heads.
+///
+/// # Shapes
+/// - q: `[batch, seq_q, heads · head_dim]`, k: `[batch, seq_k, heads · head_dim]`,
+///   v: `[batch, seq_k, heads · v_dim]` → `[batch, seq_q, heads · v_dim]`
+pub fn attention_tokens(q: &Tensor<3>, k: &Tensor<3>, v: &Tensor<3>, heads: usize) -> Option<Tensor<3>> {
+    let [b, sq, hd] = q.dims();
+    let [_, skv, hdv] = v.dims();
+    if heads == 0 || hd % heads != 0 || hdv % heads != 0 || [b, sq, hd, skv, hdv].contains(&0) || k.dims() != [b, skv, hd] || v.dims()[0] != b {
+        return None;
+    }
+    let (h, d, dv) = (heads, hd / heads, hdv / heads);
+    let (q, k, v) = (flex::f32_tensor(q)?, flex::f32_tensor(k)?, flex::f32_tensor(v)?);
+    // [b, s, h, x] contiguous: a token after the other
+    let tokens_major = |s: usize, x: usize| Strides { batch: s * h * x, head: x, row: h * x };
+    let shape = Shape { b, h, sq, skv, d, dv };
+    let layouts = [tokens_major(sq, d), tokens_major(skv, d), tokens_major(skv, dv), tokens_major(sq, dv)];
+    let out = attend([flex::values(&q), flex::values(&k), flex::values(&v)], layouts, shape, false);
+    Some(flex::tensor(out, [b, sq, h * dv]))
+}
+
+/// Where (batch, head, row, 0) of q, k, v or the output lies: `batch·b + head·h + row·r`.
+#[derive(Clone, Copy)]
+struct Strides {
+    batch: usize,
+    head: usize,
+    row: usize,
+}
+
+impl Strides {
+    fn at(&self, batch: usize, head: usize, row: usize) -> usize {
+        batch * self.batch + head * self.head + row * self.row
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Shape {
+    b: usize,
+    h: usize,
+    sq: usize,
+    skv: usize,
+    d: usize,
+    dv: usize,
+}
+
+/// The output's base pointer, shared by tasks that write disjoint rows of it.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes its own (batch, head, rows) block (see `attend`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so closures capture the `Sync` wrapper rather than its field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// The attention of every (batch, head) over q, k, v laid out as `layouts` (q, k, v, output),
+/// in tasks of up to `ROWS` query rows over rayon.
+fn attend([q, k, v]: [&[f32]; 3], layouts: [Strides; 4], s: Shape, causal: bool) -> Vec<f32> {
+    let [qs, ks, vs, os] = layouts;
+    let len = s.b * s.h * s.sq * s.dv;
+    let mut out = Vec::with_capacity(len);
+    let dst = OutPtr(out.as_mut_ptr());
+    let blocks = s.sq.div_ceil(ROWS);
+    let scale = 1.0 / (s.d as f32).sqrt();
+    (0..s.b * s.h * blocks).into_par_iter().for_each_init(Vec::new, |scores, task| {
+        let (bh, block) = (task / blocks, task % blocks);
+        let (batch, head) = (bh / s.h, bh % s.h);
+        let (row0, rows) = (block * ROWS, ROWS.min(s.sq - block * ROWS));
+        scores.resize(rows * s.skv, 0.0);
+        let q = &q[qs.at(batch, head, row0)..];
+        let (k, v) = (&k[ks.at(batch, head, 0)..], &v[vs.at(batch, head, 0)..]);
+        // SAFETY: the rows × dv values at row stride os.row from here are this task's alone and
+        // inside `out`'s capacity; q, k, v hold rows × d, skv × d and skv × dv values at their
+        // row strides from their starts (the layouts describe the checked shapes).
+        unsafe {
+            let o = dst.get().add(os.at(batch, head, row0));
+            block_attention(q, k, v, o, scores, (row0, rows), [qs.row, ks.row, vs.row, os.row], s, scale, causal);
+        }
+    });
+    // SAFETY: the tasks cover every (batch, head, row) and gemm wrote every value.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// One block of query rows: `scores = q kᵀ · scale`, the masked softmax per row, `o = scores v`.
+///
+/// # Safety
+/// `q`, `k`, `v` hold `rows × d`, `skv × d`, `skv × dv` values at row strides `q_row`, `k_row`,
+/// `v_row`; `o` points at `rows × dv` writable values at row stride `o_row`, aliasing nothing.
 #[allow(clippy::too_many_arguments)]
-fn block_attention(
+unsafe fn block_attention(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    o: &mut [f32],
+    o: *mut f32,
     scores: &mut [f32],
     (row0, rows): (usize, usize),
-    (skv, d, dv): (usize, usize, usize),
+    [q_row, k_row, v_row, o_row]: [usize; 4],
+    s: Shape,
     scale: f32,
     causal: bool,
 ) {
-    // SAFETY: every slice holds the rows × columns its strides describe (checked by the callers'
-    // slicing), and dst does not alias lhs or rhs.
+    let (skv, d, dv) = (s.skv, s.d, s.dv);
+    // SAFETY: as the caller guarantees; `scores` is rows × skv and aliases nothing.
     unsafe {
         gemm::gemm(
             rows, skv, d,
             scores.as_mut_ptr(), 1, skv as isize, false,
-            q.as_ptr(), 1, d as isize,
-            k.as_ptr(), d as isize, 1,
+            q.as_ptr(), 1, q_row as isize,
+            k.as_ptr(), k_row as isize, 1,
             0.0, scale, false, false, false, gemm::Parallelism::None,
         );
     }
@@ -85,9 +169,9 @@ fn block_attention(
     unsafe {
         gemm::gemm(
             rows, dv, skv,
-            o.as_mut_ptr(), 1, dv as isize, false,
+            o, 1, o_row as isize, false,
             scores.as_ptr(), 1, skv as isize,
-            v.as_ptr(), 1, dv as isize,
+            v.as_ptr(), 1, v_row as isize,
             0.0, 1.0, false, false, false, gemm::Parallelism::None,
         );
     }
@@ -219,6 +303,26 @@ mod tests {
             let want = explicit_attention(q, k, v, causal);
             let err: f32 = (got - want).abs().max().into_scalar();
             assert!(err < 1e-5, "{b}x{h}x{sq}x{skv}x{d}x{dv} causal {causal}: max error {err}");
+        }
+    }
+
+    /// The token-layout entry against the explicit softmax on the same values split into heads:
+    /// self-attention and cross-attention with a value width unlike the key width.
+    #[test]
+    fn token_layout_matches_explicit_softmax() {
+        let device = Device::flex();
+        for (b, h, sq, skv, d, dv) in [(2, 8, 70, 70, 8, 8), (1, 5, 33, 77, 16, 24)] {
+            let q = Tensor::<3>::random([b, sq, h * d], Distribution::Normal(0.0, 1.0), &device);
+            let k = Tensor::<3>::random([b, skv, h * d], Distribution::Normal(0.0, 1.0), &device);
+            let v = Tensor::<3>::random([b, skv, h * dv], Distribution::Normal(0.0, 1.0), &device);
+            let got = attention_tokens(&q, &k, &v, h).expect("flex, f32");
+            let split = |t: Tensor<3>, x: usize| {
+                let [b, s, _] = t.dims();
+                t.reshape([b, s, h, x]).swap_dims(1, 2)
+            };
+            let want = explicit_attention(split(q, d), split(k, d), split(v, dv), false).swap_dims(1, 2).reshape([b, sq, h * dv]);
+            let err: f32 = (got - want).abs().max().into_scalar();
+            assert!(err < 1e-5, "{b}x{h}x{sq}x{skv}x{d}x{dv}: max error {err}");
         }
     }
 

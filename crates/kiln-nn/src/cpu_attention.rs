@@ -159,11 +159,14 @@ unsafe fn block_attention(
             0.0, scale, false, false, false, gemm::Parallelism::None,
         );
     }
-    for (r, row) in scores.chunks_exact_mut(skv).enumerate() {
+    // The softmax's division is left for the output rows (dv values each, not skv).
+    let mut inv_sums = [0f32; ROWS];
+    for ((r, row), inv) in scores.chunks_exact_mut(skv).enumerate().zip(&mut inv_sums) {
         // causal: keys after the query's own index are masked out (PyTorch's `is_causal`)
         let visible = if causal { (row0 + r + 1).min(skv) } else { skv };
-        softmax(&mut row[..visible]);
+        let sum = exp_shifted(&mut row[..visible]);
         row[visible..].fill(0.0);
+        *inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
     }
     // SAFETY: as above.
     unsafe {
@@ -175,34 +178,42 @@ unsafe fn block_attention(
             0.0, 1.0, false, false, false, gemm::Parallelism::None,
         );
     }
+    for (r, &inv) in inv_sums[..rows].iter().enumerate() {
+        // SAFETY: row r of the output, dv values from o + r·o_row (the caller's guarantee).
+        let row = unsafe { std::slice::from_raw_parts_mut(o.add(r * o_row), dv) };
+        for x in row {
+            *x *= inv;
+        }
+    }
 }
 
-/// In-place softmax of one row, with the widest vector instructions the CPU has.
-fn softmax(row: &mut [f32]) {
+/// `eˣ⁻ᵐᵃˣ` in place over one row of scores, returning their sum (the softmax without its
+/// division), with the widest vector instructions the CPU has. A row of `-inf` becomes zeros.
+fn exp_shifted(row: &mut [f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F (checked above).
-            return unsafe { softmax_avx512(row) };
+            return unsafe { exp_shifted_avx512(row) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has AVX2 and FMA (checked above).
-            return unsafe { softmax_avx2(row) };
+            return unsafe { exp_shifted_avx2(row) };
         }
     }
-    softmax_portable(row)
+    exp_shifted_portable(row)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn softmax_avx512(row: &mut [f32]) {
-    softmax_portable(row)
+unsafe fn exp_shifted_avx512(row: &mut [f32]) -> f32 {
+    exp_shifted_portable(row)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_avx2(row: &mut [f32]) {
-    softmax_portable(row)
+unsafe fn exp_shifted_avx2(row: &mut [f32]) -> f32 {
+    exp_shifted_portable(row)
 }
 
 /// Lanes for the reductions: independent accumulators let the compiler vectorise max and sum
@@ -210,7 +221,7 @@ unsafe fn softmax_avx2(row: &mut [f32]) {
 const LANES: usize = 16;
 
 #[inline(always)]
-fn softmax_portable(row: &mut [f32]) {
+fn exp_shifted_portable(row: &mut [f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let mut chunks = row.chunks_exact(LANES);
     for c in &mut chunks {
@@ -221,23 +232,22 @@ fn softmax_portable(row: &mut [f32]) {
     let max = chunks.remainder().iter().fold(lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)), |a, &b| a.max(b));
     if max == f32::NEG_INFINITY {
         row.fill(0.0);
-        return;
-    }
-    for x in row.iter_mut() {
-        *x = exp(*x - max);
+        return 0.0;
     }
     let mut sums = [0f32; LANES];
-    let mut chunks = row.chunks_exact(LANES);
+    let mut chunks = row.chunks_exact_mut(LANES);
     for c in &mut chunks {
-        for (s, &x) in sums.iter_mut().zip(c) {
-            *s += x;
+        for (s, x) in sums.iter_mut().zip(c) {
+            *x = exp(*x - max);
+            *s += *x;
         }
     }
-    let sum = chunks.remainder().iter().sum::<f32>() + sums.iter().sum::<f32>();
-    let inv = 1.0 / sum;
-    for x in row.iter_mut() {
-        *x *= inv;
+    let mut sum = sums.iter().sum::<f32>();
+    for x in chunks.into_remainder() {
+        *x = exp(*x - max);
+        sum += *x;
     }
+    sum
 }
 
 /// `eˣ` for x ≤ 0 (softmax's shifted scores) and beyond, as Cephes' `expf`: x = n ln2 + r with

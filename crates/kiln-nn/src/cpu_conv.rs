@@ -105,6 +105,9 @@ impl Geometry {
 /// The convolution on row-major slices: x `[batch, c_in, h, w]`, weight `[c_out, c_in, kh, kw]`,
 /// bias `[c_out]` → `[batch, c_out, oh, ow]`.
 pub(crate) fn conv2d_f32(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
+    if g.kh * g.kw > 1 && g.c_out <= TAPS_UP_TO_C_OUT {
+        return conv2d_taps(x, weight, bias, g);
+    }
     let total = g.batch * g.plane();
     let len = g.batch * g.c_out * g.plane();
     let mut out = Vec::with_capacity(len);
@@ -137,12 +140,95 @@ pub(crate) fn conv2d_f32(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Ge
     out
 }
 
+/// Up to this many output channels a k×k convolution sums one product per kernel tap
+/// ([`conv2d_taps`]) instead of building im2col: im2col copies `Cin·kh·kw` values per pixel for
+/// `2·Cin·kh·kw·Cout` flops, which with few output channels costs as much as the product (the tiny
+/// models' 32- and 64-channel levels, the VAE's 3-channel `conv_out`).
+const TAPS_UP_TO_C_OUT: usize = 64;
+/// Output pixels (padded rows) per task of [`conv2d_taps`].
+const TAP_TILE: usize = 1024;
+
+/// The convolution as `kh·kw` accumulated products, one per kernel tap, read straight from a
+/// zero-padded copy of the input: with rows `wp = ow + kw − 1` values apart, tap (ky, kx) of
+/// output pixel (y, x) is padded pixel `(y + ky)·wp + x + kx`, so each tap's left-hand side is the
+/// padded plane shifted by `ky·wp + kx` (gemm reads it in place). The `kw − 1` extra columns per
+/// row this computes are dropped when the product is written out.
+fn conv2d_taps(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
+    let (hp, wp) = (g.oh + g.kh - 1, g.ow + g.kw - 1);
+    // a padded plane, plus the kw − 1 values the last row's extra columns read past it
+    let lp = hp * wp + g.kw - 1;
+    let mut padded = vec![0f32; g.batch * g.c_in * lp];
+    padded.par_chunks_mut(lp).zip(x.par_chunks(g.h * g.w)).for_each(|(dst, src)| {
+        for (y, row) in src.chunks_exact(g.w).enumerate() {
+            dst[(y + g.top) * wp + g.left..][..g.w].copy_from_slice(row);
+        }
+    });
+    // tasks of whole output rows of one image, their count a multiple of the thread count
+    let threads = rayon::current_num_threads().max(1);
+    let blocks = g.oh.div_ceil((TAP_TILE / wp).max(1));
+    let blocks = (g.batch * blocks).next_multiple_of(threads).div_ceil(g.batch).min(g.oh);
+    let rows = g.oh.div_ceil(blocks);
+    let blocks = g.oh.div_ceil(rows);
+    let len = g.batch * g.c_out * g.plane();
+    let mut out = Vec::with_capacity(len);
+    let dst = OutPtr(out.as_mut_ptr());
+    let taps = g.kh * g.kw;
+    (0..g.batch * blocks).into_par_iter().for_each(|task| {
+        let (image, y0) = (task / blocks, task % blocks * rows);
+        let rows = rows.min(g.oh - y0);
+        let m = rows * wp;
+        with_buffers(|bufs| {
+            let product = scratch(&mut bufs.product, m * g.c_out);
+            let plane = &padded[image * g.c_in * lp..];
+            for tap in 0..taps {
+                let (ky, kx) = (tap / g.kw, tap % g.kw);
+                let lhs = &plane[(y0 + ky) * wp + kx..];
+                // product[co·m + t] (+)= Σ_c padded[c, shift + t] · weight[co, c, ky, kx]
+                // SAFETY: lhs holds c_in columns of m values lp apart (the last read is
+                // (c_in − 1)·lp + (oh + kh − 1)·wp + kw − 2 < c_in·lp from the plane's start);
+                // weight is c_out × c_in × taps; product is m × c_out and aliases neither.
+                unsafe {
+                    gemm::gemm(
+                        m, g.c_out, g.c_in,
+                        product.as_mut_ptr(), m as isize, 1, tap > 0,
+                        lhs.as_ptr(), lp as isize, 1,
+                        weight[tap..].as_ptr(), (g.c_in * taps) as isize, taps as isize,
+                        1.0, 1.0, false, false, false, gemm::Parallelism::None,
+                    );
+                }
+            }
+            for co in 0..g.c_out {
+                let b = bias.map_or(0.0, |b| b[co]);
+                for r in 0..rows {
+                    let src = &product[co * m + r * wp..][..g.ow];
+                    // SAFETY: row y0 + r of channel co of `image` lies inside `out`'s capacity
+                    // and belongs to this task alone.
+                    let dst = unsafe { dst.get().add(((image * g.c_out + co) * g.oh + y0 + r) * g.ow) };
+                    for (i, s) in src.iter().enumerate() {
+                        unsafe { dst.add(i).write(s + b) };
+                    }
+                }
+            }
+        });
+    });
+    // SAFETY: the tasks cover every (image, row) and write every value of it.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// The output's base pointer, shared by tiles that write disjoint pixels.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
 // SAFETY: tiles write disjoint elements (see `conv2d_f32`).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so closures capture the `Sync` wrapper rather than its field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// Per-thread scratch: the tile's im2col matrix and its product. Kept between calls and only
 /// grown, so a tile neither allocates nor clears memory it then overwrites.
@@ -220,7 +306,7 @@ unsafe fn tile(
             let b = bias.map_or(0.0, |b| b[co]);
             // SAFETY: the run's pixels of image `run.image`, channel `co`, lie inside `out`'s
             // capacity and belong to this tile alone (written, never read: they may be uninit).
-            let dst = unsafe { out.0.add((run.image * g.c_out + co) * plane + first) };
+            let dst = unsafe { out.get().add((run.image * g.c_out + co) * plane + first) };
             for (i, s) in src.iter().enumerate() {
                 unsafe { dst.add(i).write(s + b) };
             }
@@ -349,6 +435,10 @@ mod tests {
             (2, 4, 3, 3, 5, 1, 1, 0, 0, 0, 0, false),     // pointwise, one tile over 2 images
             (1, 2, 9, 31, 3, 1, 3, 0, 1, 0, 1, true),     // 1×3 kernel
             (2, 8, 40, 40, 8, 3, 3, 1, 1, 1, 1, true),    // 3200 pixels
+            (1, 3, 5, 6, 70, 3, 3, 1, 1, 1, 1, true),     // im2col (c_out > 64), one tile
+            (2, 5, 23, 19, 66, 3, 3, 1, 0, 1, 2, true),   // im2col, tiles, asymmetric padding
+            (1, 3, 200, 20, 5, 3, 3, 1, 1, 1, 1, true),   // per-tap sums over several row blocks
+            (1, 2, 5, 5, 3, 5, 5, 2, 2, 2, 2, false),     // 5×5 kernel
         ];
         for (i, &(batch, c_in, h, w, c_out, kh, kw, top, left, bottom, right, with_bias)) in cases.iter().enumerate() {
             let g = Geometry { batch, c_in, h, w, c_out, kh, kw, top, left, oh: h + top + bottom - kh + 1, ow: w + left + right - kw + 1 };

@@ -6,6 +6,11 @@
 //! [`timestep_embedding`] + [`TimestepEmbedding`], the spatial transformer
 //! ([`Transformer2DModel`], [`BasicTransformerBlock`], [`FeedForward`] with GEGLU), and [`load`] (safetensors through burn-store,
 //! with missing and unused tensors reported by name).
+//!
+//! On the CPU (burn's flex backend, f32, inference) the layers run kiln's own kernels where
+//! burn's ops were slow: [`cpu_attention`], [`cpu_conv`] (through [`conv2d_forward`]),
+//! [`cpu_norm`] (GroupNorm + SiLU: [`group_norm`], [`group_norm_silu`]) and [`cpu_activation`]
+//! (GEGLU). Every other device, dtype and autodiff goes through burn's ops unchanged.
 
 pub mod attention;
 pub mod cpu_activation;

@@ -242,12 +242,20 @@ fn exp_shifted_portable(row: &mut [f32]) -> f32 {
             *s += *x;
         }
     }
-    let mut sum = sums.iter().sum::<f32>();
-    for x in chunks.into_remainder() {
-        *x = exp(*x - max);
-        sum += *x;
+    // the last partial chunk through a full one padded with -inf (its exp, ~1e-38, adds nothing
+    // visible to a sum ≥ 1), so it takes the vector path too: rows of 77 keys (CLIP's context)
+    // otherwise spend a fifth of their values in scalar code
+    let rest = chunks.into_remainder();
+    if !rest.is_empty() {
+        let mut padded = [f32::NEG_INFINITY; LANES];
+        padded[..rest.len()].copy_from_slice(rest);
+        for (s, x) in sums.iter_mut().zip(&mut padded) {
+            *x = exp(*x - max);
+            *s += *x;
+        }
+        rest.copy_from_slice(&padded[..rest.len()]);
     }
-    sum
+    sums.iter().sum::<f32>()
 }
 
 /// `eˣ` for x ≤ 0 (softmax's shifted scores) and beyond, as Cephes' `expf`: x = n ln2 + r with

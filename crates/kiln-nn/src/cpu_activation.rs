@@ -42,32 +42,9 @@ pub fn geglu(h: &Tensor<3>) -> Option<Tensor<3>> {
     Some(flex::tensor(out, [b, s, d]))
 }
 
-/// One row, with the widest vector instructions the CPU has.
-fn geglu_row(h: &[f32], out: &mut [MaybeUninit<f32>]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked above).
-            return unsafe { geglu_row_avx512(h, out) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA (checked above).
-            return unsafe { geglu_row_avx2(h, out) };
-        }
-    }
-    geglu_row_portable(h, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn geglu_row_avx512(h: &[f32], out: &mut [MaybeUninit<f32>]) {
-    geglu_row_portable(h, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn geglu_row_avx2(h: &[f32], out: &mut [MaybeUninit<f32>]) {
-    geglu_row_portable(h, out)
+simd_dispatch! {
+    /// One row, with the widest vector instructions the CPU has.
+    fn geglu_row(h: &[f32], out: &mut [MaybeUninit<f32>]) => geglu_row_portable
 }
 
 #[inline(always)]

@@ -14,7 +14,7 @@
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use crate::flex;
+use crate::flex::{self, OutPtr};
 
 /// Query rows per task: large enough for gemm, small enough to spread one head over the cores.
 const ROWS: usize = 32;
@@ -85,20 +85,6 @@ struct Shape {
     skv: usize,
     d: usize,
     dv: usize,
-}
-
-/// The output's base pointer, shared by tasks that write disjoint rows of it.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes its own (batch, head, rows) block (see `attend`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer (a method, so closures capture the `Sync` wrapper rather than its field).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// The attention of every (batch, head) over q, k, v laid out as `layouts` (q, k, v, output),
@@ -187,33 +173,10 @@ unsafe fn block_attention(
     }
 }
 
-/// `eˣ⁻ᵐᵃˣ` in place over one row of scores, returning their sum (the softmax without its
-/// division), with the widest vector instructions the CPU has. A row of `-inf` becomes zeros.
-fn exp_shifted(row: &mut [f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked above).
-            return unsafe { exp_shifted_avx512(row) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA (checked above).
-            return unsafe { exp_shifted_avx2(row) };
-        }
-    }
-    exp_shifted_portable(row)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn exp_shifted_avx512(row: &mut [f32]) -> f32 {
-    exp_shifted_portable(row)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn exp_shifted_avx2(row: &mut [f32]) -> f32 {
-    exp_shifted_portable(row)
+simd_dispatch! {
+    /// `eˣ⁻ᵐᵃˣ` in place over one row of scores, returning their sum (the softmax without its
+    /// division), with the widest vector instructions the CPU has. A row of `-inf` becomes zeros.
+    fn exp_shifted(row: &mut [f32]) -> f32 => exp_shifted_portable
 }
 
 /// Lanes for the reductions: independent accumulators let the compiler vectorise max and sum

@@ -22,7 +22,7 @@ use burn::nn::PaddingConfig2d;
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use crate::flex;
+use crate::flex::{self, OutPtr};
 
 /// Upper bound on one tile's im2col buffer: a tile's pixels × `Cin·kh·kw` f32 values.
 const COL_BYTES: usize = 8 << 20;
@@ -214,20 +214,6 @@ fn conv2d_taps(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) ->
     // SAFETY: the tasks cover every (image, row) and write every value of it.
     unsafe { out.set_len(len) };
     out
-}
-
-/// The output's base pointer, shared by tiles that write disjoint pixels.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tiles write disjoint elements (see `conv2d_f32`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer (a method, so closures capture the `Sync` wrapper rather than its field).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// Per-thread scratch: the tile's im2col matrix and its product. Kept between calls and only

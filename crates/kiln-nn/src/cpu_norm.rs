@@ -72,32 +72,9 @@ struct Affine<'a> {
     silu: bool,
 }
 
-/// Normalises one group `x` into `out`, with the widest vector instructions the CPU has.
-fn normalize(x: &[f32], out: &mut [MaybeUninit<f32>], a: &Affine) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked above).
-            return unsafe { normalize_avx512(x, out, a) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA (checked above).
-            return unsafe { normalize_avx2(x, out, a) };
-        }
-    }
-    normalize_portable(x, out, a)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn normalize_avx512(x: &[f32], out: &mut [MaybeUninit<f32>], a: &Affine) {
-    normalize_portable(x, out, a)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn normalize_avx2(x: &[f32], out: &mut [MaybeUninit<f32>], a: &Affine) {
-    normalize_portable(x, out, a)
+simd_dispatch! {
+    /// Normalises one group `x` into `out`, with the widest vector instructions the CPU has.
+    fn normalize(x: &[f32], out: &mut [MaybeUninit<f32>], a: &Affine) => normalize_portable
 }
 
 /// Lanes for the sums: independent accumulators let the compiler vectorise them.

@@ -1,6 +1,7 @@
 //! Zero-copy access to tensors on burn's CPU backend (flex) for kiln's CPU kernels
-//! ([`crate::cpu_attention`], [`crate::cpu_conv`]): the values of an f32 tensor as a slice, and a
-//! `Vec<f32>` handed back as a tensor, without the copies `into_data`/`from_data` make.
+//! ([`crate::cpu_attention`], [`crate::cpu_conv`], [`crate::cpu_norm`],
+//! [`crate::cpu_activation`]): the values of an f32 tensor as a slice, and a `Vec<f32>` handed
+//! back as a tensor, without the copies `into_data`/`from_data` make.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use burn_flex::{Flex, FlexTensor};
@@ -24,4 +25,19 @@ pub(crate) fn values(t: &FlexTensor) -> &[f32] {
 /// `values` (row-major) as an f32 tensor of `shape` on flex, moved, not copied.
 pub(crate) fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
     Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(values, shape)))
+}
+
+/// An output buffer's base pointer, shared by the parallel tasks of a CPU kernel that each write
+/// their own disjoint part of it (the kernel's SAFETY comments say which).
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: the kernels using it give each task a disjoint set of elements to write.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so closures capture the `Sync` wrapper rather than its field).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
 }

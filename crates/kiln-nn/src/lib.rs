@@ -12,6 +12,38 @@
 //! [`cpu_norm`] (GroupNorm + SiLU: [`group_norm`], [`group_norm_silu`]) and [`cpu_activation`]
 //! (GEGLU). Every other device, dtype and autodiff goes through burn's ops unchanged.
 
+/// `fn NAME(args) -> ret` that runs `PORTABLE(args)` (an `#[inline(always)]` function) compiled
+/// for AVX-512F or AVX2 + FMA, whichever the CPU has (checked at run time; plain code elsewhere),
+/// so its loops vectorise with the widest registers without building for one CPU. Used by the CPU
+/// kernels' inner loops.
+macro_rules! simd_dispatch {
+    ($(#[$attr:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $portable:ident) => {
+        $(#[$attr])*
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $portable($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $portable($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F (checked above).
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has AVX2 and FMA (checked above).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $portable($($arg),*)
+        }
+    };
+}
+
 pub mod attention;
 pub mod cpu_activation;
 pub mod cpu_attention;

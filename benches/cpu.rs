@@ -58,7 +58,7 @@ fn unet_step(c: &mut Criterion) {
     c.bench_function("unet: tiny sd1, CFG batch 2, 32x32 latents", |b| {
         b.iter(|| {
             // on one of rayon's workers, as the pipeline calls it (kiln::pipeline::in_worker)
-            let y = in_worker(|| unet.forward(x.clone(), &[500.0], ctx.clone(), None).unwrap());
+            let y = in_worker(&device, || unet.forward(x.clone(), &[500.0], ctx.clone(), None).unwrap());
             sync(&device);
             y
         })
@@ -73,7 +73,7 @@ fn vae_decode_tile(c: &mut Criterion) {
     let z = randn(&mut g, [1, 4, 32, 32], &device);
     c.bench_function("vae: tiny sd1 decode, 32x32 latents", |b| {
         b.iter(|| {
-            let y = in_worker(|| vae.decode(z.clone()).unwrap());
+            let y = in_worker(&device, || vae.decode(z.clone()).unwrap());
             sync(&device);
             y
         })

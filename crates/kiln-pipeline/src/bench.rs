@@ -241,10 +241,10 @@ fn time<T>(
     })
 }
 
-/// Runs the benchmark on `device`, on one of rayon's workers as the pipeline does
-/// ([`crate::in_worker`]).
+/// Runs the benchmark on `device` (on the CPU from one of rayon's workers, as the pipeline does:
+/// [`crate::in_worker`]).
 pub fn run_bench(o: &BenchOptions, device: &Device, device_name: &str) -> Result<BenchReport, PipelineError> {
-    crate::in_worker(|| run_bench_here(o, device, device_name))
+    crate::in_worker(device, || run_bench_here(o, device, device_name))
 }
 
 fn run_bench_here(o: &BenchOptions, device: &Device, device_name: &str) -> Result<BenchReport, PipelineError> {

@@ -21,16 +21,18 @@ pub mod png;
 pub mod rng;
 pub mod stable_diffusion;
 
-/// Runs `f` on one of rayon's worker threads, or right here when this already is one.
+/// Runs `f` on one of rayon's worker threads when `device` is the CPU (right here when this
+/// already is one); on other devices simply runs `f`.
 ///
 /// On the CPU, burn-flex and kiln's kernels hand each parallel op to rayon's global pool. From a
 /// thread outside the pool (a program's main thread) every hand-off parks the caller until a
 /// worker has finished and woken it: a futex round trip per op, 10 % of the tiny SD1 UNet step's
 /// CPU time on this 2-core Xeon. From inside the pool the caller works on the op itself. The
-/// pipeline runs each model call through this (tiny SD1 UNet step 39 → 35 ms); on GPUs it costs
-/// one hand-off per call.
-pub fn in_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| f())
+/// pipeline runs each model call through this (tiny SD1 UNet step 39 → 35 ms). GPU backends keep
+/// the calling thread: cubecl gives each thread its own stream, and moving calls between threads
+/// could add synchronisation between streams (not measurable here: no GPU).
+pub fn in_worker<R: Send>(device: &burn::tensor::Device, f: impl FnOnce() -> R + Send) -> R {
+    if *device == burn::tensor::Device::flex() { rayon::scope(|_| f()) } else { f() }
 }
 
 pub use model::{resolve, HubConfig, HubId, ModelError, ModelFolder, ModelSource, PipelineKind, ResolveOptions};

@@ -412,7 +412,7 @@ impl StableDiffusion {
                 tokens.dropped_text
             );
         }
-        Ok(crate::in_worker(|| encoder.encode(&[tokens.ids], &self.device))?)
+        Ok(crate::in_worker(&self.device, || encoder.encode(&[tokens.ids], &self.device))?)
     }
 
     /// SD 1.x / 2.x: the last hidden state, or with `clip_skip` the hidden state that many layers
@@ -567,7 +567,7 @@ impl StableDiffusion {
     /// SDXL (`pipeline_stable_diffusion_xl_img2img.py::prepare_latents`) normalises with the VAE's
     /// `latents_mean` / `latents_std` when its config has both: `(z − mean) × scaling_factor / std`.
     fn encode_vae_image(&self, image: Tensor<4>, generator: &mut TorchGenerator) -> Result<Tensor<4>, PipelineError> {
-        let dist = crate::in_worker(|| self.vae.encode(image))?;
+        let dist = crate::in_worker(&self.device, || self.vae.encode(image))?;
         let noise = self.randn(generator, dist.mean.dims());
         let z = dist.sample(noise)?;
         let sf = self.vae.scaling_factor();
@@ -687,7 +687,7 @@ impl StableDiffusion {
                 Some((mask, masked)) => Tensor::cat(vec![model_input, mask.clone(), masked.clone()], 1),
                 None => model_input,
             };
-            let noise_pred = crate::in_worker(|| {
+            let noise_pred = crate::in_worker(&self.device, || {
                 self.unet.forward(model_input, &[t], cond.prompt_embeds.clone(), cond.text_time.as_ref())
             })?;
             let noise_pred = if do_cfg {
@@ -736,7 +736,7 @@ impl StableDiffusion {
     /// - z: `[n, latent_channels, h, w]` (already divided by the scaling factor); returns
     ///   `[n, 3, h × f, w × f]`
     pub fn decode_checked(&self, z: Tensor<4>) -> Result<(Tensor<4>, bool), PipelineError> {
-        crate::in_worker(|| self.decode_checked_here(z))
+        crate::in_worker(&self.device, || self.decode_checked_here(z))
     }
 
     fn decode_checked_here(&self, z: Tensor<4>) -> Result<(Tensor<4>, bool), PipelineError> {

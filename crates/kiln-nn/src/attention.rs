@@ -107,7 +107,7 @@ impl Attention {
         let v = self.to_v.forward(ctx);
         let inner = k.dims()[2];
         let (h, d) = (self.heads, inner / self.heads);
-        let o = match crate::cpu_attention::attention_tokens(&q, &k, &v, h) {
+        let o = match crate::cpu_attention::attention_tokens(&q, &k, &v, h, false) {
             Some(o) => o,
             None => {
                 let split = |t: Tensor<3>| {

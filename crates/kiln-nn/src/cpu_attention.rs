@@ -42,12 +42,12 @@ pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool) -> O
 
 /// [`attention`] on token sequences with the heads side by side in the last dim, as the
 /// projections produce them and the output projection takes them: no copies to split and merge
-/// the heads.
+/// the heads. `causal` as in [`attention`] (CLIP's text encoders).
 ///
 /// # Shapes
 /// - q: `[batch, seq_q, heads · head_dim]`, k: `[batch, seq_k, heads · head_dim]`,
 ///   v: `[batch, seq_k, heads · v_dim]` → `[batch, seq_q, heads · v_dim]`
-pub fn attention_tokens(q: &Tensor<3>, k: &Tensor<3>, v: &Tensor<3>, heads: usize) -> Option<Tensor<3>> {
+pub fn attention_tokens(q: &Tensor<3>, k: &Tensor<3>, v: &Tensor<3>, heads: usize, causal: bool) -> Option<Tensor<3>> {
     let [b, sq, hd] = q.dims();
     let [_, skv, hdv] = v.dims();
     if heads == 0 || hd % heads != 0 || hdv % heads != 0 || [b, sq, hd, skv, hdv].contains(&0) || k.dims() != [b, skv, hd] || v.dims()[0] != b {
@@ -59,7 +59,7 @@ pub fn attention_tokens(q: &Tensor<3>, k: &Tensor<3>, v: &Tensor<3>, heads: usiz
     let tokens_major = |s: usize, x: usize| Strides { batch: s * h * x, head: x, row: h * x };
     let shape = Shape { b, h, sq, skv, d, dv };
     let layouts = [tokens_major(sq, d), tokens_major(skv, d), tokens_major(skv, dv), tokens_major(sq, dv)];
-    let out = attend([flex::values(&q), flex::values(&k), flex::values(&v)], layouts, shape, false);
+    let out = attend([flex::values(&q), flex::values(&k), flex::values(&v)], layouts, shape, causal);
     Some(flex::tensor(out, [b, sq, h * dv]))
 }
 
@@ -288,22 +288,23 @@ mod tests {
     }
 
     /// The token-layout entry against the explicit softmax on the same values split into heads:
-    /// self-attention and cross-attention with a value width unlike the key width.
+    /// self-attention, causal self-attention (CLIP) and cross-attention with a value width unlike
+    /// the key width.
     #[test]
     fn token_layout_matches_explicit_softmax() {
         let device = Device::flex();
-        for (b, h, sq, skv, d, dv) in [(2, 8, 70, 70, 8, 8), (1, 5, 33, 77, 16, 24)] {
+        for (b, h, sq, skv, d, dv, causal) in [(2, 8, 70, 70, 8, 8, false), (2, 4, 77, 77, 16, 16, true), (1, 5, 33, 77, 16, 24, false)] {
             let q = Tensor::<3>::random([b, sq, h * d], Distribution::Normal(0.0, 1.0), &device);
             let k = Tensor::<3>::random([b, skv, h * d], Distribution::Normal(0.0, 1.0), &device);
             let v = Tensor::<3>::random([b, skv, h * dv], Distribution::Normal(0.0, 1.0), &device);
-            let got = attention_tokens(&q, &k, &v, h).expect("flex, f32");
+            let got = attention_tokens(&q, &k, &v, h, causal).expect("flex, f32");
             let split = |t: Tensor<3>, x: usize| {
                 let [b, s, _] = t.dims();
                 t.reshape([b, s, h, x]).swap_dims(1, 2)
             };
-            let want = explicit_attention(split(q, d), split(k, d), split(v, dv), false).swap_dims(1, 2).reshape([b, sq, h * dv]);
+            let want = explicit_attention(split(q, d), split(k, d), split(v, dv), causal).swap_dims(1, 2).reshape([b, sq, h * dv]);
             let err: f32 = (got - want).abs().max().into_scalar();
-            assert!(err < 1e-5, "{b}x{h}x{sq}x{skv}x{d}x{dv}: max error {err}");
+            assert!(err < 1e-5, "{b}x{h}x{sq}x{skv}x{d}x{dv} causal {causal}: max error {err}");
         }
     }
 

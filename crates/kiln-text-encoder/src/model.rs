@@ -11,6 +11,7 @@ use burn::tensor::DType;
 use burn::tensor::activation::{gelu, gelu_approximate, relu, sigmoid};
 use kiln_nn::LoadError;
 use kiln_nn::attention::scaled_dot_product_attention;
+use kiln_nn::cpu_attention::attention_tokens;
 
 use crate::config::{Activation, ClipArchitecture, ClipTextConfig, ResolvedClipConfig};
 use crate::error::TextEncoderError;
@@ -45,19 +46,26 @@ pub struct ClipAttention {
 }
 
 impl ClipAttention {
-    /// `softmax(q kᵀ · head_dim^-0.5 + causal mask) v` through burn's fused attention op.
+    /// `softmax(q kᵀ · head_dim^-0.5 + causal mask) v`: kiln's CPU kernel on the token layout
+    /// where it applies ([`kiln_nn::cpu_attention::attention_tokens`]), burn's fused attention op
+    /// elsewhere.
     ///
     /// # Shapes
     /// - x: `[batch, seq, hidden]` → same shape
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, s, d] = x.dims();
         let (h, hd) = (self.num_heads, d / self.num_heads);
-        let split = |t: Tensor<3>| t.reshape([b, s, h, hd]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone()));
-        let k = split(self.k_proj.forward(x.clone()));
-        let v = split(self.v_proj.forward(x));
-        let o = scaled_dot_product_attention(q, k, v, false, true);
-        self.out_proj.forward(o.swap_dims(1, 2).reshape([b, s, d]))
+        let q = self.q_proj.forward(x.clone());
+        let k = self.k_proj.forward(x.clone());
+        let v = self.v_proj.forward(x);
+        let o = match attention_tokens(&q, &k, &v, h, true) {
+            Some(o) => o,
+            None => {
+                let split = |t: Tensor<3>| t.reshape([b, s, h, hd]).swap_dims(1, 2);
+                scaled_dot_product_attention(split(q), split(k), split(v), false, true).swap_dims(1, 2).reshape([b, s, d])
+            }
+        };
+        self.out_proj.forward(o)
     }
 }
 

@@ -87,6 +87,27 @@ pub fn scaled_dot_product_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, up
     }
 }
 
+/// [`scaled_dot_product_attention`] on token sequences whose last dim holds `heads` heads side by
+/// side (what the q/k/v projections produce and the output projection takes): kiln's CPU kernel
+/// reads them in place ([`crate::cpu_attention::attention_tokens`]); elsewhere the heads are split
+/// off, attended and merged back.
+///
+/// # Shapes
+/// - q: `[batch, seq_q, heads · head_dim]`, k: `[batch, seq_k, heads · head_dim]`,
+///   v: `[batch, seq_k, heads · v_dim]` → `[batch, seq_q, heads · v_dim]`
+pub fn multi_head_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, upcast: bool, causal: bool) -> Tensor<3> {
+    if let Some(o) = crate::cpu_attention::attention_tokens(&q, &k, &v, heads, causal) {
+        return o;
+    }
+    let split = |t: Tensor<3>| {
+        let [b, s, inner] = t.dims();
+        t.reshape([b, s, heads, inner / heads]).swap_dims(1, 2)
+    };
+    let o = scaled_dot_product_attention(split(q), split(k), split(v), upcast, causal);
+    let [b, h, s, dv] = o.dims();
+    o.swap_dims(1, 2).reshape([b, s, h * dv])
+}
+
 impl Attention {
     /// Attention over token sequences (Transformer2D's attn1/attn2).
     ///
@@ -100,24 +121,11 @@ impl Attention {
             Some(norm) => crate::group_norm(norm, x.swap_dims(1, 2)).swap_dims(1, 2),
             None => x,
         };
-        let [b, n, _] = x.dims();
         let q = self.to_q.forward(x.clone());
         let ctx = context.unwrap_or(x);
         let k = self.to_k.forward(ctx.clone());
         let v = self.to_v.forward(ctx);
-        let inner = k.dims()[2];
-        let (h, d) = (self.heads, inner / self.heads);
-        let o = match crate::cpu_attention::attention_tokens(&q, &k, &v, h, false) {
-            Some(o) => o,
-            None => {
-                let split = |t: Tensor<3>| {
-                    let [b, s, _] = t.dims();
-                    t.reshape([b, s, h, d]).swap_dims(1, 2)
-                };
-                let o = scaled_dot_product_attention(split(q), split(k), split(v), self.upcast_attention, false);
-                o.swap_dims(1, 2).reshape([b, n, inner])
-            }
-        };
+        let o = multi_head_attention(q, k, v, self.heads, self.upcast_attention, false);
         let o = self.to_out[0].forward(o);
         let o = match residual {
             Some(r) => o + r,

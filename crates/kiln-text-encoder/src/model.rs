@@ -10,8 +10,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::{gelu, gelu_approximate, relu, sigmoid};
 use kiln_nn::LoadError;
-use kiln_nn::attention::scaled_dot_product_attention;
-use kiln_nn::cpu_attention::attention_tokens;
+use kiln_nn::attention::multi_head_attention;
 
 use crate::config::{Activation, ClipArchitecture, ClipTextConfig, ResolvedClipConfig};
 use crate::error::TextEncoderError;
@@ -46,25 +45,16 @@ pub struct ClipAttention {
 }
 
 impl ClipAttention {
-    /// `softmax(q kᵀ · head_dim^-0.5 + causal mask) v`: kiln's CPU kernel on the token layout
-    /// where it applies ([`kiln_nn::cpu_attention::attention_tokens`]), burn's fused attention op
-    /// elsewhere.
+    /// `softmax(q kᵀ · head_dim^-0.5 + causal mask) v` ([`multi_head_attention`]: kiln's CPU
+    /// kernel on flex, burn's fused attention op elsewhere).
     ///
     /// # Shapes
     /// - x: `[batch, seq, hidden]` → same shape
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [b, s, d] = x.dims();
-        let (h, hd) = (self.num_heads, d / self.num_heads);
         let q = self.q_proj.forward(x.clone());
         let k = self.k_proj.forward(x.clone());
         let v = self.v_proj.forward(x);
-        let o = match attention_tokens(&q, &k, &v, h, true) {
-            Some(o) => o,
-            None => {
-                let split = |t: Tensor<3>| t.reshape([b, s, h, hd]).swap_dims(1, 2);
-                scaled_dot_product_attention(split(q), split(k), split(v), false, true).swap_dims(1, 2).reshape([b, s, d])
-            }
-        };
+        let o = multi_head_attention(q, k, v, self.num_heads, false, true);
         self.out_proj.forward(o)
     }
 }

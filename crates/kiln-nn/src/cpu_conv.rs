@@ -200,13 +200,11 @@ fn conv2d_taps(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) ->
             for co in 0..g.c_out {
                 let b = bias.map_or(0.0, |b| b[co]);
                 for r in 0..rows {
-                    let src = &product[co * m + r * wp..][..g.ow];
                     // SAFETY: row y0 + r of channel co of `image` lies inside `out`'s capacity
                     // and belongs to this task alone.
-                    let dst = unsafe { dst.get().add(((image * g.c_out + co) * g.oh + y0 + r) * g.ow) };
-                    for (i, s) in src.iter().enumerate() {
-                        unsafe { dst.add(i).write(s + b) };
-                    }
+                    unsafe {
+                        write_biased(dst.get().add(((image * g.c_out + co) * g.oh + y0 + r) * g.ow), &product[co * m + r * wp..][..g.ow], b)
+                    };
                 }
             }
         });
@@ -214,6 +212,18 @@ fn conv2d_taps(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) ->
     // SAFETY: the tasks cover every (image, row) and write every value of it.
     unsafe { out.set_len(len) };
     out
+}
+
+/// Writes `src + bias` to the output values from `dst` on (written, never read: they may be
+/// uninitialised).
+///
+/// # Safety
+/// `dst` points at `src.len()` values of the output's capacity that no other thread writes.
+unsafe fn write_biased(dst: *mut f32, src: &[f32], bias: f32) {
+    for (i, s) in src.iter().enumerate() {
+        // SAFETY: within the caller's `src.len()` values.
+        unsafe { dst.add(i).write(s + bias) };
+    }
 }
 
 /// Per-thread scratch: the tile's im2col matrix and its product. Kept between calls and only
@@ -288,14 +298,10 @@ unsafe fn tile(
     for run in &runs {
         let first = run.oy * g.ow + run.ox;
         for co in 0..g.c_out {
-            let src = &product[co * m + run.t..][..run.len];
             let b = bias.map_or(0.0, |b| b[co]);
             // SAFETY: the run's pixels of image `run.image`, channel `co`, lie inside `out`'s
-            // capacity and belong to this tile alone (written, never read: they may be uninit).
-            let dst = unsafe { out.get().add((run.image * g.c_out + co) * plane + first) };
-            for (i, s) in src.iter().enumerate() {
-                unsafe { dst.add(i).write(s + b) };
-            }
+            // capacity and belong to this tile alone.
+            unsafe { write_biased(out.get().add((run.image * g.c_out + co) * plane + first), &product[co * m + run.t..][..run.len], b) };
         }
     }
 }

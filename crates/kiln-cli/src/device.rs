@@ -2,6 +2,7 @@
 
 use clap::Args;
 use kiln::burn::tensor::{DType, Device, DeviceKind};
+use kiln::nn::attention::{set_gpu_attention_policy, GpuAttentionPolicy};
 
 #[derive(Args)]
 pub struct DeviceArgs {
@@ -14,6 +15,11 @@ pub struct DeviceArgs {
     /// The VAE's precision; an f16 decode that overflows (NaN/inf) is redone in f32.
     #[arg(long, value_name = "f32|f16", default_value = "f32")]
     pub vae_dtype: String,
+    /// GPUs, attention whose head dim is not a multiple of 16 (SD 1.x's 40): auto (f16: time
+    /// burn's kernel and the zero-padded head dim at first use, keep the faster), burn (as is),
+    /// padded (always pad to a multiple of 16 for burn's tensor-core flash kernel).
+    #[arg(long, value_name = "auto|burn|padded", default_value = "auto")]
+    pub gpu_attention: String,
 }
 
 fn dtype(flag: &str, v: &str) -> Result<DType, String> {
@@ -33,6 +39,14 @@ impl DeviceArgs {
             "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
             other => return Err(format!("--device must be cpu, vulkan or wgpu, got {other:?}")),
         };
-        Ok((device, dtype("--dtype", &self.dtype)?, dtype("--vae-dtype", &self.vae_dtype)?))
+        let policy = match self.gpu_attention.as_str() {
+            "auto" => GpuAttentionPolicy::Auto,
+            "burn" => GpuAttentionPolicy::Burn,
+            "padded" => GpuAttentionPolicy::PaddedHeadDim,
+            other => return Err(format!("--gpu-attention must be auto, burn or padded, got {other:?}")),
+        };
+        let dtypes = (dtype("--dtype", &self.dtype)?, dtype("--vae-dtype", &self.vae_dtype)?);
+        set_gpu_attention_policy(policy);
+        Ok((device, dtypes.0, dtypes.1))
     }
 }

@@ -32,10 +32,13 @@ fn bench_reports_every_component() {
     assert!(r["end_to_end"]["mean_s"].as_f64().unwrap() > r["unet_step"]["mean_s"].as_f64().unwrap());
     assert!(r["peak_memory_bytes"].as_u64().unwrap() > 1 << 20);
     assert!(r["device"].as_str().unwrap().starts_with("cpu"));
+    // the attention policy is reported; flex has no route to measure
+    assert_eq!(r["gpu_attention"], "auto");
+    assert_eq!(r["attention_routes"].as_array().map(Vec::len), Some(0));
     // the text report says the same
     let out = kiln(&["bench", "--model", &model(), "--width", "64", "--height", "64", "--steps", "1", "--iters", "1"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    for needle in ["UNet CFG step", "VAE decode", "text encode", "end to end", "peak memory", "first use"] {
+    for needle in ["UNet CFG step", "VAE decode", "text encode", "end to end", "peak memory", "first use", "GPU attention: auto"] {
         assert!(text.contains(needle), "{needle}: {text}");
     }
 }
@@ -48,6 +51,7 @@ fn bench_bad_input_exits_2() {
         (vec!["bench", "--preset", "sd15", "--steps", "0"], vec!["steps", "0"]),
         (vec!["bench", "--preset", "sd15", "--dtype", "bf8"], vec!["--dtype", "bf8"]),
         (vec!["bench", "--preset", "sd15", "--device", "tpu"], vec!["--device", "tpu"]),
+        (vec!["bench", "--preset", "sd15", "--gpu-attention", "fast"], vec!["--gpu-attention", "fast", "auto, burn or padded"]),
         (vec!["bench", "--model", "/nonexistent/model"], vec!["/nonexistent/model"]),
         (vec!["bench"], vec!["--preset", "--model"]),
     ] {

@@ -5,8 +5,11 @@
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::ops::{AttentionModuleOptions, PadMode};
 use burn::tensor::{DType, FloatDType};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
 #[derive(Config, Debug)]
 pub struct AttentionConfig {
@@ -69,7 +72,7 @@ pub struct Attention {
 
 /// `softmax(q kᵀ / √d) v` through burn's fused op (scale left at its default so the flash kernels
 /// are eligible), optionally in f32; on the CPU (flex, f32, no autodiff) through kiln's own
-/// kernel, [`crate::cpu_attention`].
+/// kernel, [`crate::cpu_attention`]; on GPUs by the route [`gpu_route`] picks for the shape.
 ///
 /// # Shapes
 /// - q: `[batch, heads, seq_q, head_dim]`, k/v: `[batch, heads, seq_k, head_dim]` → like q
@@ -77,13 +80,191 @@ pub fn scaled_dot_product_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, up
     if let Some(o) = crate::cpu_attention::attention(&q, &k, &v, causal) {
         return o;
     }
-    let options = AttentionModuleOptions { is_causal: causal, ..Default::default() };
     let dtype = q.dtype();
     if upcast && dtype != DType::F32 {
         let f32 = FloatDType::F32;
-        attention(q.cast(f32), k.cast(f32), v.cast(f32), None, None, options).cast(dtype)
+        let (q, k, v) = (q.cast(f32), k.cast(f32), v.cast(f32));
+        let route = gpu_route(&q, &k, &v, causal);
+        attention_by(route, q, k, v, causal).cast(dtype)
     } else {
-        attention(q, k, v, None, None, options)
+        let route = gpu_route(&q, &k, &v, causal);
+        attention_by(route, q, k, v, causal)
+    }
+}
+
+/// How [`scaled_dot_product_attention`] runs burn's `attention` op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuAttentionRoute {
+    /// burn's op as it is: its autotuned flash kernels, which on tensor cores need a head dim
+    /// that is a multiple of 16; other head dims (SD 1.x's 40) get burn's unit flash kernel or its
+    /// materialising fallback.
+    Burn,
+    /// The head dims zero-padded to the next multiple of 16 (40 → 48), so burn's tensor-core
+    /// flash kernel is eligible: the zero columns add nothing to `q kᵀ`, q is scaled by
+    /// `√(padded / d)` so burn's default scale `1/√padded` gives `1/√d`, and the output's zero
+    /// columns are sliced off. 20 % more FLOPs at 40 → 48, plus three pad copies.
+    PaddedHeadDim,
+}
+
+/// What [`gpu_route`] does for head dims that are not a multiple of 16 on GPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum GpuAttentionPolicy {
+    /// f16/bf16: time both routes on the device at the shape's first use and keep the faster
+    /// (recorded in [`gpu_attention_choices`]); f32: [`GpuAttentionRoute::Burn`] (there are no
+    /// f32 tensor-core kernels to reach on Vulkan).
+    #[default]
+    Auto,
+    /// Always [`GpuAttentionRoute::Burn`].
+    Burn,
+    /// Always [`GpuAttentionRoute::PaddedHeadDim`].
+    PaddedHeadDim,
+}
+
+static POLICY: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the process-wide [`GpuAttentionPolicy`] (`kiln --gpu-attention`).
+pub fn set_gpu_attention_policy(policy: GpuAttentionPolicy) {
+    POLICY.store(policy as u8, Ordering::Relaxed);
+}
+
+/// The process-wide [`GpuAttentionPolicy`].
+pub fn gpu_attention_policy() -> GpuAttentionPolicy {
+    match POLICY.load(Ordering::Relaxed) {
+        1 => GpuAttentionPolicy::Burn,
+        2 => GpuAttentionPolicy::PaddedHeadDim,
+        _ => GpuAttentionPolicy::Auto,
+    }
+}
+
+/// One measurement of [`GpuAttentionPolicy::Auto`]: both routes timed on the device at one shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionChoice {
+    pub device: String,
+    pub dtype: DType,
+    /// q's shape `[batch, heads, seq_q, head_dim]`.
+    pub query: [usize; 4],
+    pub seq_k: usize,
+    pub value_dim: usize,
+    pub causal: bool,
+    /// Seconds per call of each route (the mean of [`TIMED_CALLS`] calls after one untimed call,
+    /// which absorbs kernel compilation and burn's autotune).
+    pub burn_s: f64,
+    pub padded_s: f64,
+    pub route: GpuAttentionRoute,
+}
+
+/// Timed calls per route in [`measure_gpu_attention`].
+pub const TIMED_CALLS: usize = 5;
+
+fn choices() -> &'static Mutex<Vec<AttentionChoice>> {
+    static CHOICES: OnceLock<Mutex<Vec<AttentionChoice>>> = OnceLock::new();
+    CHOICES.get_or_init(Default::default)
+}
+
+/// Every choice [`GpuAttentionPolicy::Auto`] has made in this process, in order.
+pub fn gpu_attention_choices() -> Vec<AttentionChoice> {
+    choices().lock().map(|c| c.clone()).unwrap_or_default()
+}
+
+/// The route for these operands: [`GpuAttentionRoute::Burn`] on flex, under autodiff and when
+/// both head dims are multiples of 16; otherwise what the [`GpuAttentionPolicy`] says, measured
+/// once per device, dtype and shape under `Auto`.
+pub fn gpu_route(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool) -> GpuAttentionRoute {
+    let device = q.device();
+    let [_, _, _, d] = q.dims();
+    let dv = v.dims()[3];
+    if (d % 16 == 0 && dv % 16 == 0) || device == Device::flex() || device.is_autodiff() {
+        return GpuAttentionRoute::Burn;
+    }
+    match gpu_attention_policy() {
+        GpuAttentionPolicy::Burn => GpuAttentionRoute::Burn,
+        GpuAttentionPolicy::PaddedHeadDim => GpuAttentionRoute::PaddedHeadDim,
+        GpuAttentionPolicy::Auto if !matches!(q.dtype(), DType::F16 | DType::BF16) => GpuAttentionRoute::Burn,
+        GpuAttentionPolicy::Auto => {
+            let Ok(mut made) = choices().lock() else { return GpuAttentionRoute::Burn };
+            let key = |c: &AttentionChoice| {
+                c.device == format!("{device:?}")
+                    && c.dtype == q.dtype()
+                    && c.query == q.dims()
+                    && c.seq_k == k.dims()[2]
+                    && c.value_dim == dv
+                    && c.causal == causal
+            };
+            if let Some(c) = made.iter().find(|c| key(c)) {
+                return c.route;
+            }
+            match measure_gpu_attention(q, k, v, causal) {
+                Ok(choice) => {
+                    log::info!(
+                        "attention {:?} {:?} (seq_k {}): burn {:.3} ms, padded head dim {:.3} ms -> {:?}",
+                        choice.dtype,
+                        choice.query,
+                        choice.seq_k,
+                        choice.burn_s * 1e3,
+                        choice.padded_s * 1e3,
+                        choice.route
+                    );
+                    made.push(choice.clone());
+                    choice.route
+                }
+                Err(e) => {
+                    log::warn!("timing the attention routes failed ({e}); using burn's op as it is");
+                    GpuAttentionRoute::Burn
+                }
+            }
+        }
+    }
+}
+
+/// Times both [`GpuAttentionRoute`]s on these operands' device: one untimed call each (kernel
+/// compilation, burn's autotune), then [`TIMED_CALLS`] calls between two `device.sync()`s.
+pub fn measure_gpu_attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool) -> Result<AttentionChoice, String> {
+    let device = q.device();
+    let sync = || device.sync().map_err(|e| format!("{e:?}"));
+    let time = |route| -> Result<f64, String> {
+        let call = || attention_by(route, q.clone(), k.clone(), v.clone(), causal);
+        let first = call();
+        sync()?;
+        drop(first);
+        let start = Instant::now();
+        let outs: Vec<Tensor<4>> = (0..TIMED_CALLS).map(|_| call()).collect();
+        sync()?;
+        let secs = start.elapsed().as_secs_f64() / TIMED_CALLS as f64;
+        drop(outs);
+        Ok(secs)
+    };
+    let burn_s = time(GpuAttentionRoute::Burn)?;
+    let padded_s = time(GpuAttentionRoute::PaddedHeadDim)?;
+    Ok(AttentionChoice {
+        device: format!("{device:?}"),
+        dtype: q.dtype(),
+        query: q.dims(),
+        seq_k: k.dims()[2],
+        value_dim: v.dims()[3],
+        causal,
+        burn_s,
+        padded_s,
+        route: if padded_s < burn_s { GpuAttentionRoute::PaddedHeadDim } else { GpuAttentionRoute::Burn },
+    })
+}
+
+/// `softmax(q kᵀ / √d) v` by burn's `attention` op along `route` (no kiln CPU kernel, no upcast).
+///
+/// # Shapes
+/// - q: `[batch, heads, seq_q, head_dim]`, k: `[batch, heads, seq_k, head_dim]`,
+///   v: `[batch, heads, seq_k, value_dim]` → `[batch, heads, seq_q, value_dim]`
+pub fn attention_by(route: GpuAttentionRoute, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
+    let options = AttentionModuleOptions { is_causal: causal, ..Default::default() };
+    match route {
+        GpuAttentionRoute::Burn => attention(q, k, v, None, None, options),
+        GpuAttentionRoute::PaddedHeadDim => {
+            let (d, dv) = (q.dims()[3], v.dims()[3]);
+            let (dp, dvp) = (d.next_multiple_of(16), dv.next_multiple_of(16));
+            let pad = |t: Tensor<4>, by: usize| if by == 0 { t } else { t.pad([(0, by)], PadMode::Constant(0.0)) };
+            let q = if dp == d { q } else { q.mul_scalar((dp as f64 / d as f64).sqrt()) };
+            let o = attention(pad(q, dp - d), pad(k, dp - d), pad(v, dvp - dv), None, None, options);
+            if dvp == dv { o } else { o.narrow(3, 0, dv) }
+        }
     }
 }
 
@@ -180,5 +361,39 @@ pub(crate) mod tests {
             let diff: f32 = (got - want).abs().max().into_scalar();
             assert!(diff < 1e-5, "causal={causal} shape={:?}: max diff {diff}", [b, h, s, d]);
         }
+    }
+
+    /// The padded-head-dim route (burn's op on zero-padded operands with q rescaled) against the
+    /// explicit softmax: head dims below, at and above a multiple of 16, padding wider than the
+    /// head dim (4 → 16), a value dim that differs from the query's, causal and not.
+    #[test]
+    fn padded_head_dim_route_matches_explicit_softmax() {
+        let device = Device::flex();
+        let randn = |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        for (causal, [b, h, sq, sk], d, dv) in [
+            (false, [2, 3, 9, 7], 40, 40),
+            (true, [1, 2, 6, 6], 4, 4),
+            (false, [1, 2, 5, 11], 20, 40),
+            (false, [1, 1, 5, 5], 32, 24),
+            (true, [1, 2, 77, 77], 40, 40),
+        ] {
+            let (q, k, v) = (randn([b, h, sq, d]), randn([b, h, sk, d]), randn([b, h, sk, dv]));
+            let want = explicit_attention(q.clone(), k.clone(), v.clone(), causal);
+            let got = attention_by(GpuAttentionRoute::PaddedHeadDim, q, k, v, causal);
+            assert_eq!(got.dims(), [b, h, sq, dv]);
+            let diff: f32 = (got - want).abs().max().into_scalar();
+            assert!(diff < 1e-5, "causal={causal} q={:?} d={d} dv={dv}: max diff {diff}", [b, h, sq]);
+        }
+    }
+
+    /// Which route the policy gives: flex and multiples of 16 always burn's op as it is.
+    #[test]
+    fn gpu_route_leaves_flex_and_multiples_of_16_to_burn() {
+        let device = Device::flex();
+        let t = |d: usize| Tensor::<4>::zeros([1, 1, 4, d], &device);
+        for d in [40, 64] {
+            assert_eq!(gpu_route(&t(d), &t(d), &t(d), false), GpuAttentionRoute::Burn, "d={d}");
+        }
+        assert!(gpu_attention_choices().is_empty(), "flex measured nothing");
     }
 }

@@ -123,6 +123,31 @@ fn attention_causal() {
     }
 }
 
+/// The padded-head-dim route (`GpuAttentionRoute::PaddedHeadDim`, what `--gpu-attention auto`
+/// may pick for SD 1.x's head dim 40 on GPUs) through burn's CubeCL attention against flex, and
+/// the measurement `auto` makes: both routes timed, a finite positive time each.
+#[test]
+fn attention_padded_head_dim_route() {
+    use kiln_nn::attention::{attention_by, measure_gpu_attention, GpuAttentionRoute};
+    let Some(lane) = wgpu_lane_device() else { return };
+    let flex = Device::flex();
+    for (what, causal, [b, h, sq, sk, d]) in
+        [("padded d40 self", false, [2, 2, 64, 64, 40]), ("padded d40 cross", false, [1, 2, 33, 7, 40]), ("padded d8 causal", true, [1, 2, 9, 9, 8])]
+    {
+        let q = randn([b, h, sq, d], &flex);
+        let k = randn([b, h, sk, d], &flex);
+        let v = randn([b, h, sk, d], &flex);
+        let want = scaled_dot_product_attention(q.clone(), k.clone(), v.clone(), false, causal);
+        let (q, k, v) = (q.to_device(&lane), k.to_device(&lane), v.to_device(&lane));
+        let got = attention_by(GpuAttentionRoute::PaddedHeadDim, q.clone(), k.clone(), v.clone(), causal);
+        assert_close(what, got, want);
+        let m = measure_gpu_attention(&q, &k, &v, causal).expect("the lane runs both routes");
+        eprintln!("{what}: burn {:.3} ms, padded {:.3} ms -> {:?}", m.burn_s * 1e3, m.padded_s * 1e3, m.route);
+        assert!(m.burn_s > 0.0 && m.padded_s > 0.0 && m.burn_s.is_finite() && m.padded_s.is_finite(), "{m:?}");
+        assert_eq!((m.query, m.seq_k, m.value_dim), ([b, h, sq, d], sk, d));
+    }
+}
+
 #[test]
 fn downsample_and_upsample() {
     let Some(lane) = wgpu_lane_device() else { return };

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
+use kiln_nn::attention::{gpu_attention_policy, GpuAttentionPolicy, GpuAttentionRoute};
 use kiln_scheduler::{SamplerName, SchedulerConfig, StepOptions};
 use kiln_text_encoder::{ClipTextConfig, ClipTextModel};
 use kiln_unet::{TextTimeCond, UNet2DConditionConfig, UNet2DConditionModel};
@@ -120,6 +121,43 @@ pub struct BenchReport {
     pub peak_memory_bytes: Option<u64>,
     pub peak_memory_source: String,
     pub unet_parameters: usize,
+    /// `kiln_nn::attention::GpuAttentionPolicy` in force (`--gpu-attention`).
+    pub gpu_attention: String,
+    /// The attention shapes `auto` timed on the device in this run (GPUs, f16, head dims that are
+    /// not a multiple of 16), each route's time and the one kept.
+    pub attention_routes: Vec<AttentionRoute>,
+}
+
+/// One measurement of `--gpu-attention auto` ([`kiln_nn::attention::AttentionChoice`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct AttentionRoute {
+    pub dtype: String,
+    /// q's shape `[batch, heads, seq_q, head_dim]`.
+    pub query: [usize; 4],
+    pub seq_k: usize,
+    pub causal: bool,
+    pub burn_ms: f64,
+    pub padded_ms: f64,
+    /// `burn` or `padded`.
+    pub route: String,
+}
+
+fn attention_routes() -> Vec<AttentionRoute> {
+    kiln_nn::attention::gpu_attention_choices()
+        .into_iter()
+        .map(|c| AttentionRoute {
+            dtype: dtype_name(c.dtype),
+            query: c.query,
+            seq_k: c.seq_k,
+            causal: c.causal,
+            burn_ms: c.burn_s * 1e3,
+            padded_ms: c.padded_s * 1e3,
+            route: match c.route {
+                GpuAttentionRoute::Burn => "burn".into(),
+                GpuAttentionRoute::PaddedHeadDim => "padded".into(),
+            },
+        })
+        .collect()
 }
 
 struct Components {
@@ -333,6 +371,13 @@ fn run_bench_here(o: &BenchOptions, device: &Device, device_name: &str) -> Resul
         peak_memory_bytes: memory.peak,
         peak_memory_source: if *device == Device::flex() { "process peak RSS (VmHWM)".into() } else { "device allocator, bytes reserved".into() },
         unet_parameters: burn::module::Module::num_params(&c.unet),
+        gpu_attention: match gpu_attention_policy() {
+            GpuAttentionPolicy::Auto => "auto",
+            GpuAttentionPolicy::Burn => "burn",
+            GpuAttentionPolicy::PaddedHeadDim => "padded",
+        }
+        .into(),
+        attention_routes: attention_routes(),
     })
 }
 

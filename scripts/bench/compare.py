@@ -22,10 +22,10 @@ def main():
         print(f"{c:<14} {a['mean_s'] * 1e3:10.2f} {b['mean_s'] * 1e3:10.2f} {a['mean_s'] / b['mean_s']:10.2f}   "
               f"{a['first_use_s'] * 1e3:.1f} / {b['first_use_s'] * 1e3:.1f}")
     if "gpu_attention" in kiln:
-        print(f"kiln --gpu-attention {kiln['gpu_attention']}")
-        for a in kiln.get("attention_routes", []):
-            print(f"  attention {a['dtype']} q {a['query']} seq_k {a['seq_k']}: burn {a['burn_ms']:.3f} ms, "
-                  f"padded head dim {a['padded_ms']:.3f} ms -> {a['route']}")
+        print(f"kiln --gpu-attention {kiln['gpu_attention']} --gpu-conv {kiln['gpu_conv']}; routes timed at first use:")
+        for r in kiln.get("routes", []):
+            times = ", ".join(f"{name} {ms:.3f} ms" for name, ms in r["times_ms"].items())
+            print(f"  {r['op']} {r['dtype']} {r['shape']}: {times} -> {r['route']}")
     if kiln.get("peak_memory_bytes") and ref.get("peak_memory_bytes"):
         gib = 1 << 30
         print(f"peak memory    {kiln['peak_memory_bytes'] / gib:9.2f}G {ref['peak_memory_bytes'] / gib:9.2f}G "

@@ -10,8 +10,8 @@
 #   1. kiln bench --json (Vulkan, UNet and VAE f16, CFG batch 2) for SD 1.5 at 512 and SDXL at 1024;
 #   2. scripts/bench/torch_reference.py with the same configs, dtype, batch and size on CUDA;
 #   3. scripts/bench/compare.py: kiln ÷ torch per component;
-#   4. SD 1.5 again with `--gpu-attention burn` (burn's attention kernels as they are): the
-#      before/after of kiln's attention route (the auto run's JSON lists each shape it timed);
+#   4. SD 1.5 again with `--gpu-attention burn --gpu-conv burn` (burn's kernels as they are): the
+#      before/after of kiln's GPU routes (the auto runs' JSON lists each shape they timed);
 #   5. scripts/gpu/unet_check.py: kiln's f16 UNet output against PyTorch's on the same weights.
 # Everything lands in $OUT (the device tool brings it back).
 set -uo pipefail
@@ -41,10 +41,10 @@ for spec in "sd15 512 20" "sdxl 1024 20"; do
     --width "$size" --height "$size" --steps "$steps" --batch 1 --iters 5 >"$OUT/torch-$preset.json" 2>"$OUT/torch-$preset.log" || { status=1; tail -5 "$OUT/torch-$preset.log"; }
   python3 scripts/bench/compare.py "$OUT/kiln-$preset.json" "$OUT/torch-$preset.json" | tee "$OUT/ratios-$preset.txt" || status=1
 done
-# before/after for kiln's attention route (SD 1.5's head dim 40): burn's kernels as they are
+# before/after for kiln's GPU routes (attention head dim, im2col conv): burn's kernels as they are
 run $KILN bench --preset sd15 --device vulkan --dtype f16 --vae-dtype f16 --width 512 --height 512 \
-  --steps 20 --batch 1 --iters 5 --gpu-attention burn --json >"$OUT/kiln-sd15-burn-attention.json" 2>"$OUT/kiln-sd15-burn-attention.log" &&
-  python3 scripts/bench/compare.py "$OUT/kiln-sd15-burn-attention.json" "$OUT/torch-sd15.json" | tee "$OUT/ratios-sd15-burn-attention.txt" || status=1
+  --steps 20 --batch 1 --iters 5 --gpu-attention burn --gpu-conv burn --json >"$OUT/kiln-sd15-burn.json" 2>"$OUT/kiln-sd15-burn.log" &&
+  python3 scripts/bench/compare.py "$OUT/kiln-sd15-burn.json" "$OUT/torch-sd15.json" | tee "$OUT/ratios-sd15-burn.txt" || status=1
 run python3 scripts/gpu/unet_check.py write /tmp/unet-check --preset sd15 --size 512 --device cuda &&
   run $KILN bench --unet-check /tmp/unet-check --device vulkan --dtype f16 &&
   python3 scripts/gpu/unet_check.py compare /tmp/unet-check | tee "$OUT/unet-check.json" || status=1

@@ -59,18 +59,10 @@ fn print_text(r: &BenchReport) {
     println!("{}", line("UNet CFG step", &r.unet_step));
     println!("{}", line("VAE decode", &r.vae_decode));
     println!("{}", line("end to end", &r.end_to_end));
-    println!("GPU attention: {}", r.gpu_attention);
-    for a in &r.attention_routes {
-        println!(
-            "  {} q {:?} seq_k {}{}: burn {:.3} ms, padded head dim {:.3} ms -> {}",
-            a.dtype,
-            a.query,
-            a.seq_k,
-            if a.causal { " causal" } else { "" },
-            a.burn_ms,
-            a.padded_ms,
-            a.route
-        );
+    println!("GPU routes: --gpu-attention {}, --gpu-conv {}", r.gpu_attention, r.gpu_conv);
+    for c in &r.routes {
+        let times: Vec<String> = c.times_ms.iter().map(|(route, ms)| format!("{route} {ms:.3} ms")).collect();
+        println!("  {} {} {}: {} -> {}", c.op, c.dtype, c.shape, times.join(", "), c.route);
     }
     match r.peak_memory_bytes {
         Some(b) => println!("peak memory: {:.2} GiB ({})", b as f64 / (1u64 << 30) as f64, r.peak_memory_source),

@@ -3,6 +3,7 @@
 use clap::Args;
 use kiln::burn::tensor::{DType, Device, DeviceKind};
 use kiln::nn::attention::{set_gpu_attention_policy, GpuAttentionPolicy};
+use kiln::nn::gpu_conv::{set_gpu_conv_policy, GpuConvPolicy};
 
 #[derive(Args)]
 pub struct DeviceArgs {
@@ -20,6 +21,10 @@ pub struct DeviceArgs {
     /// padded (always pad to a multiple of 16 for burn's tensor-core flash kernel).
     #[arg(long, value_name = "auto|burn|padded", default_value = "auto")]
     pub gpu_attention: String,
+    /// GPUs, stride-1 convolutions: auto (time burn's conv kernel and an im2col matrix product
+    /// at first use, keep the faster), burn (as is), im2col (always where it applies).
+    #[arg(long, value_name = "auto|burn|im2col", default_value = "auto")]
+    pub gpu_conv: String,
 }
 
 fn dtype(flag: &str, v: &str) -> Result<DType, String> {
@@ -45,8 +50,15 @@ impl DeviceArgs {
             "padded" => GpuAttentionPolicy::PaddedHeadDim,
             other => return Err(format!("--gpu-attention must be auto, burn or padded, got {other:?}")),
         };
+        let conv = match self.gpu_conv.as_str() {
+            "auto" => GpuConvPolicy::Auto,
+            "burn" => GpuConvPolicy::Burn,
+            "im2col" => GpuConvPolicy::Im2col,
+            other => return Err(format!("--gpu-conv must be auto, burn or im2col, got {other:?}")),
+        };
         let dtypes = (dtype("--dtype", &self.dtype)?, dtype("--vae-dtype", &self.vae_dtype)?);
         set_gpu_attention_policy(policy);
+        set_gpu_conv_policy(conv);
         Ok((device, dtypes.0, dtypes.1))
     }
 }

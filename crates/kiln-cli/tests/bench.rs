@@ -32,13 +32,13 @@ fn bench_reports_every_component() {
     assert!(r["end_to_end"]["mean_s"].as_f64().unwrap() > r["unet_step"]["mean_s"].as_f64().unwrap());
     assert!(r["peak_memory_bytes"].as_u64().unwrap() > 1 << 20);
     assert!(r["device"].as_str().unwrap().starts_with("cpu"));
-    // the attention policy is reported; flex has no route to measure
-    assert_eq!(r["gpu_attention"], "auto");
-    assert_eq!(r["attention_routes"].as_array().map(Vec::len), Some(0));
+    // the GPU route policies are reported; flex has no route to measure
+    assert_eq!((r["gpu_attention"].as_str(), r["gpu_conv"].as_str()), (Some("auto"), Some("auto")));
+    assert_eq!(r["routes"].as_array().map(Vec::len), Some(0));
     // the text report says the same
     let out = kiln(&["bench", "--model", &model(), "--width", "64", "--height", "64", "--steps", "1", "--iters", "1"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    for needle in ["UNet CFG step", "VAE decode", "text encode", "end to end", "peak memory", "first use", "GPU attention: auto"] {
+    for needle in ["UNet CFG step", "VAE decode", "text encode", "end to end", "peak memory", "first use", "--gpu-attention auto, --gpu-conv auto"] {
         assert!(text.contains(needle), "{needle}: {text}");
     }
 }
@@ -52,6 +52,7 @@ fn bench_bad_input_exits_2() {
         (vec!["bench", "--preset", "sd15", "--dtype", "bf8"], vec!["--dtype", "bf8"]),
         (vec!["bench", "--preset", "sd15", "--device", "tpu"], vec!["--device", "tpu"]),
         (vec!["bench", "--preset", "sd15", "--gpu-attention", "fast"], vec!["--gpu-attention", "fast", "auto, burn or padded"]),
+        (vec!["bench", "--preset", "sd15", "--gpu-conv", "winograd"], vec!["--gpu-conv", "winograd", "auto, burn or im2col"]),
         (vec!["bench", "--model", "/nonexistent/model"], vec!["/nonexistent/model"]),
         (vec!["bench"], vec!["--preset", "--model"]),
     ] {

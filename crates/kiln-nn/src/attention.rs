@@ -8,8 +8,6 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::{AttentionModuleOptions, PadMode};
 use burn::tensor::{DType, FloatDType};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
 
 #[derive(Config, Debug)]
 pub struct AttentionConfig {
@@ -110,7 +108,7 @@ pub enum GpuAttentionRoute {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum GpuAttentionPolicy {
     /// f16/bf16: time both routes on the device at the shape's first use and keep the faster
-    /// (recorded in [`gpu_attention_choices`]); f32: [`GpuAttentionRoute::Burn`] (there are no
+    /// (recorded in [`crate::gpu_route::route_choices`]); f32: [`GpuAttentionRoute::Burn`] (there are no
     /// f32 tensor-core kernels to reach on Vulkan).
     #[default]
     Auto,
@@ -136,43 +134,12 @@ pub fn gpu_attention_policy() -> GpuAttentionPolicy {
     }
 }
 
-/// One measurement of [`GpuAttentionPolicy::Auto`]: both routes timed on the device at one shape.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AttentionChoice {
-    pub device: String,
-    pub dtype: DType,
-    /// q's shape `[batch, heads, seq_q, head_dim]`.
-    pub query: [usize; 4],
-    pub seq_k: usize,
-    pub value_dim: usize,
-    pub causal: bool,
-    /// Seconds per call of each route (the mean of [`TIMED_CALLS`] calls after one untimed call,
-    /// which absorbs kernel compilation and burn's autotune).
-    pub burn_s: f64,
-    pub padded_s: f64,
-    pub route: GpuAttentionRoute,
-}
-
-/// Timed calls per route in [`measure_gpu_attention`].
-pub const TIMED_CALLS: usize = 5;
-
-fn choices() -> &'static Mutex<Vec<AttentionChoice>> {
-    static CHOICES: OnceLock<Mutex<Vec<AttentionChoice>>> = OnceLock::new();
-    CHOICES.get_or_init(Default::default)
-}
-
-/// Every choice [`GpuAttentionPolicy::Auto`] has made in this process, in order.
-pub fn gpu_attention_choices() -> Vec<AttentionChoice> {
-    choices().lock().map(|c| c.clone()).unwrap_or_default()
-}
-
 /// The route for these operands: [`GpuAttentionRoute::Burn`] on flex, under autodiff and when
 /// both head dims are multiples of 16; otherwise what the [`GpuAttentionPolicy`] says, measured
-/// once per device, dtype and shape under `Auto`.
+/// once per device, dtype and shape under `Auto` ([`crate::gpu_route::choose`]).
 pub fn gpu_route(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool) -> GpuAttentionRoute {
     let device = q.device();
-    let [_, _, _, d] = q.dims();
-    let dv = v.dims()[3];
+    let (d, dv) = (q.dims()[3], v.dims()[3]);
     if (d % 16 == 0 && dv % 16 == 0) || device == Device::flex() || device.is_autodiff() {
         return GpuAttentionRoute::Burn;
     }
@@ -181,71 +148,15 @@ pub fn gpu_route(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool) -> G
         GpuAttentionPolicy::PaddedHeadDim => GpuAttentionRoute::PaddedHeadDim,
         GpuAttentionPolicy::Auto if !matches!(q.dtype(), DType::F16 | DType::BF16) => GpuAttentionRoute::Burn,
         GpuAttentionPolicy::Auto => {
-            let Ok(mut made) = choices().lock() else { return GpuAttentionRoute::Burn };
-            let key = |c: &AttentionChoice| {
-                c.device == format!("{device:?}")
-                    && c.dtype == q.dtype()
-                    && c.query == q.dims()
-                    && c.seq_k == k.dims()[2]
-                    && c.value_dim == dv
-                    && c.causal == causal
-            };
-            if let Some(c) = made.iter().find(|c| key(c)) {
-                return c.route;
-            }
-            match measure_gpu_attention(q, k, v, causal) {
-                Ok(choice) => {
-                    log::info!(
-                        "attention {:?} {:?} (seq_k {}): burn {:.3} ms, padded head dim {:.3} ms -> {:?}",
-                        choice.dtype,
-                        choice.query,
-                        choice.seq_k,
-                        choice.burn_s * 1e3,
-                        choice.padded_s * 1e3,
-                        choice.route
-                    );
-                    made.push(choice.clone());
-                    choice.route
-                }
-                Err(e) => {
-                    log::warn!("timing the attention routes failed ({e}); using burn's op as it is");
-                    GpuAttentionRoute::Burn
-                }
+            let call = |route| move || attention_by(route, q.clone(), k.clone(), v.clone(), causal);
+            let (burn, padded) = (call(GpuAttentionRoute::Burn), call(GpuAttentionRoute::PaddedHeadDim));
+            let shape = format!("q {:?} k {:?} v {:?}{}", q.dims(), k.dims(), v.dims(), if causal { " causal" } else { "" });
+            match crate::gpu_route::choose("attention", &device, q.dtype(), shape, &[("burn", &burn), ("padded", &padded)]) {
+                "padded" => GpuAttentionRoute::PaddedHeadDim,
+                _ => GpuAttentionRoute::Burn,
             }
         }
     }
-}
-
-/// Times both [`GpuAttentionRoute`]s on these operands' device: one untimed call each (kernel
-/// compilation, burn's autotune), then [`TIMED_CALLS`] calls between two `device.sync()`s.
-pub fn measure_gpu_attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool) -> Result<AttentionChoice, String> {
-    let device = q.device();
-    let sync = || device.sync().map_err(|e| format!("{e:?}"));
-    let time = |route| -> Result<f64, String> {
-        let call = || attention_by(route, q.clone(), k.clone(), v.clone(), causal);
-        let first = call();
-        sync()?;
-        drop(first);
-        let start = Instant::now();
-        let outs: Vec<Tensor<4>> = (0..TIMED_CALLS).map(|_| call()).collect();
-        sync()?;
-        let secs = start.elapsed().as_secs_f64() / TIMED_CALLS as f64;
-        drop(outs);
-        Ok(secs)
-    };
-    let burn_s = time(GpuAttentionRoute::Burn)?;
-    let padded_s = time(GpuAttentionRoute::PaddedHeadDim)?;
-    Ok(AttentionChoice {
-        device: format!("{device:?}"),
-        dtype: q.dtype(),
-        query: q.dims(),
-        seq_k: k.dims()[2],
-        value_dim: v.dims()[3],
-        causal,
-        burn_s,
-        padded_s,
-        route: if padded_s < burn_s { GpuAttentionRoute::PaddedHeadDim } else { GpuAttentionRoute::Burn },
-    })
 }
 
 /// `softmax(q kᵀ / √d) v` by burn's `attention` op along `route` (no kiln CPU kernel, no upcast).
@@ -394,6 +305,6 @@ pub(crate) mod tests {
         for d in [40, 64] {
             assert_eq!(gpu_route(&t(d), &t(d), &t(d), false), GpuAttentionRoute::Burn, "d={d}");
         }
-        assert!(gpu_attention_choices().is_empty(), "flex measured nothing");
+        assert!(crate::gpu_route::route_choices().is_empty(), "flex measured nothing");
     }
 }

@@ -51,6 +51,8 @@ pub mod cpu_conv;
 pub mod cpu_norm;
 pub mod embeddings;
 mod flex;
+pub mod gpu_conv;
+pub mod gpu_route;
 pub mod load;
 pub mod resnet;
 pub mod sampling;
@@ -80,13 +82,14 @@ pub fn conv2d(c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: 
         .init(device)
 }
 
-/// `conv.forward(x)`, by kiln's CPU kernel where it applies ([`cpu_conv`]: flex, f32, stride 1)
-/// and by burn's op everywhere else. kiln's models call their convolutions through this.
+/// `conv.forward(x)`, by kiln's CPU kernel where it applies ([`cpu_conv`]: flex, f32, stride 1),
+/// on GPUs by burn's op or an im2col product, whichever is faster there ([`gpu_conv`]), and by
+/// burn's op everywhere else. kiln's models call their convolutions through this.
 ///
 /// # Shapes
 /// - x: `[batch, c_in, height, width]` → `[batch, c_out, height_out, width_out]`
 pub fn conv2d_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    cpu_conv::conv2d(conv, &x).unwrap_or_else(|| conv.forward(x))
+    cpu_conv::conv2d(conv, &x).unwrap_or_else(|| gpu_conv::conv2d(conv, x))
 }
 
 /// `norm.forward(x)` (diffusers' `GroupNorm`), by kiln's CPU kernel where it applies

@@ -128,7 +128,8 @@ fn attention_causal() {
 /// the measurement `auto` makes: both routes timed, a finite positive time each.
 #[test]
 fn attention_padded_head_dim_route() {
-    use kiln_nn::attention::{attention_by, measure_gpu_attention, GpuAttentionRoute};
+    use kiln_nn::attention::{attention_by, GpuAttentionRoute};
+    use kiln_nn::gpu_route::time_calls;
     let Some(lane) = wgpu_lane_device() else { return };
     let flex = Device::flex();
     for (what, causal, [b, h, sq, sk, d]) in
@@ -141,11 +142,52 @@ fn attention_padded_head_dim_route() {
         let (q, k, v) = (q.to_device(&lane), k.to_device(&lane), v.to_device(&lane));
         let got = attention_by(GpuAttentionRoute::PaddedHeadDim, q.clone(), k.clone(), v.clone(), causal);
         assert_close(what, got, want);
-        let m = measure_gpu_attention(&q, &k, &v, causal).expect("the lane runs both routes");
-        eprintln!("{what}: burn {:.3} ms, padded {:.3} ms -> {:?}", m.burn_s * 1e3, m.padded_s * 1e3, m.route);
-        assert!(m.burn_s > 0.0 && m.padded_s > 0.0 && m.burn_s.is_finite() && m.padded_s.is_finite(), "{m:?}");
-        assert_eq!((m.query, m.seq_k, m.value_dim), ([b, h, sq, d], sk, d));
+        for route in [GpuAttentionRoute::Burn, GpuAttentionRoute::PaddedHeadDim] {
+            let secs = time_calls(&lane, &|| attention_by(route, q.clone(), k.clone(), v.clone(), causal)).expect("the lane runs the route");
+            eprintln!("{what}: {route:?} {:.3} ms", secs * 1e3);
+            assert!(secs > 0.0 && secs.is_finite(), "{route:?}: {secs}");
+        }
     }
+}
+
+/// The im2col route of GPU convolutions (`GpuConvRoute::Im2col`, what `--gpu-conv auto` may pick)
+/// through burn's CubeCL matmul against burn's conv on flex: SD's 3×3 with padding 1 and a 1×1.
+#[test]
+fn conv2d_im2col_route() {
+    use kiln_nn::gpu_conv::{conv2d_by, GpuConvRoute};
+    let Some(lane) = wgpu_lane_device() else { return };
+    let flex = Device::flex();
+    for (what, [b, c_in, h, w], c_out, k, p) in [("im2col 3x3", [2, 8, 9, 7], 6, 3, 1), ("im2col 1x1", [2, 8, 5, 5], 4, 1, 0)] {
+        let conv = conv2d(c_in, c_out, k, 1, p, &flex);
+        let x = randn([b, c_in, h, w], &flex);
+        let want = conv.forward(x.clone());
+        let got = conv2d_by(GpuConvRoute::Im2col, &conv.clone().to_device(&lane), x.to_device(&lane));
+        assert_close(what, got, want);
+    }
+}
+
+/// `gpu_route::choose` on the lane: both candidates timed, the fastest kept and recorded, and the
+/// same key answered from the record without timing again.
+#[test]
+fn route_choice_is_measured_once() {
+    use burn::tensor::DType;
+    use kiln_nn::gpu_route::{choose, route_choices};
+    let Some(lane) = wgpu_lane_device() else { return };
+    let x = randn([64, 64], &lane);
+    let one = || x.clone().matmul(x.clone());
+    let many = || (0..8).fold(x.clone(), |acc, _| acc.matmul(x.clone()).div_scalar(64.0));
+    let route = choose("lane test", &lane, DType::F32, "64x64".into(), &[("one", &one), ("many", &many)]);
+    let made: Vec<_> = route_choices().into_iter().filter(|c| c.op == "lane test").collect();
+    assert_eq!(made.len(), 1, "{made:?}");
+    let c = &made[0];
+    eprintln!("route choice: {c:?}");
+    assert_eq!(c.times_s.iter().map(|t| t.0).collect::<Vec<_>>(), ["one", "many"]);
+    assert!(c.times_s.iter().all(|t| t.1 > 0.0 && t.1.is_finite()), "{c:?}");
+    let fastest = c.times_s.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0;
+    assert_eq!((route, c.route), (fastest, fastest));
+    let again = choose("lane test", &lane, DType::F32, "64x64".into(), &[("many", &many), ("one", &one)]);
+    assert_eq!(again, route);
+    assert_eq!(route_choices().iter().filter(|c| c.op == "lane test").count(), 1);
 }
 
 #[test]

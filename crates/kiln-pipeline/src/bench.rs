@@ -6,11 +6,13 @@
 //! submission. The first call of each component is timed on its own and reported as
 //! `first_use_s`: it includes kernel compilation and autotuning on GPUs, which later calls reuse.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use kiln_nn::attention::{gpu_attention_policy, GpuAttentionPolicy, GpuAttentionRoute};
+use kiln_nn::attention::{gpu_attention_policy, GpuAttentionPolicy};
+use kiln_nn::gpu_conv::{gpu_conv_policy, GpuConvPolicy};
 use kiln_scheduler::{SamplerName, SchedulerConfig, StepOptions};
 use kiln_text_encoder::{ClipTextConfig, ClipTextModel};
 use kiln_unet::{TextTimeCond, UNet2DConditionConfig, UNet2DConditionModel};
@@ -123,39 +125,35 @@ pub struct BenchReport {
     pub unet_parameters: usize,
     /// `kiln_nn::attention::GpuAttentionPolicy` in force (`--gpu-attention`).
     pub gpu_attention: String,
-    /// The attention shapes `auto` timed on the device in this run (GPUs, f16, head dims that are
-    /// not a multiple of 16), each route's time and the one kept.
-    pub attention_routes: Vec<AttentionRoute>,
+    /// `kiln_nn::gpu_conv::GpuConvPolicy` in force (`--gpu-conv`).
+    pub gpu_conv: String,
+    /// The choices `auto` measured on the device in this run (GPUs only): each op and shape, every
+    /// route's time and the one kept ([`kiln_nn::gpu_route`]).
+    pub routes: Vec<RouteReport>,
 }
 
-/// One measurement of `--gpu-attention auto` ([`kiln_nn::attention::AttentionChoice`]).
+/// One measured choice ([`kiln_nn::gpu_route::RouteChoice`]).
 #[derive(Debug, Clone, Serialize)]
-pub struct AttentionRoute {
+pub struct RouteReport {
+    /// `attention` or `conv2d`.
+    pub op: String,
     pub dtype: String,
-    /// q's shape `[batch, heads, seq_q, head_dim]`.
-    pub query: [usize; 4],
-    pub seq_k: usize,
-    pub causal: bool,
-    pub burn_ms: f64,
-    pub padded_ms: f64,
-    /// `burn` or `padded`.
+    pub shape: String,
+    /// Milliseconds per call of each route.
+    pub times_ms: BTreeMap<String, f64>,
+    /// The route kept (the fastest).
     pub route: String,
 }
 
-fn attention_routes() -> Vec<AttentionRoute> {
-    kiln_nn::attention::gpu_attention_choices()
+fn route_reports() -> Vec<RouteReport> {
+    kiln_nn::gpu_route::route_choices()
         .into_iter()
-        .map(|c| AttentionRoute {
+        .map(|c| RouteReport {
+            op: c.op.into(),
             dtype: dtype_name(c.dtype),
-            query: c.query,
-            seq_k: c.seq_k,
-            causal: c.causal,
-            burn_ms: c.burn_s * 1e3,
-            padded_ms: c.padded_s * 1e3,
-            route: match c.route {
-                GpuAttentionRoute::Burn => "burn".into(),
-                GpuAttentionRoute::PaddedHeadDim => "padded".into(),
-            },
+            shape: c.shape,
+            times_ms: c.times_s.iter().map(|(r, s)| (r.to_string(), s * 1e3)).collect(),
+            route: c.route.into(),
         })
         .collect()
 }
@@ -377,7 +375,13 @@ fn run_bench_here(o: &BenchOptions, device: &Device, device_name: &str) -> Resul
             GpuAttentionPolicy::PaddedHeadDim => "padded",
         }
         .into(),
-        attention_routes: attention_routes(),
+        gpu_conv: match gpu_conv_policy() {
+            GpuConvPolicy::Auto => "auto",
+            GpuConvPolicy::Burn => "burn",
+            GpuConvPolicy::Im2col => "im2col",
+        }
+        .into(),
+        routes: route_reports(),
     })
 }
 

@@ -1,0 +1,233 @@
+//! Convolutions on GPUs: burn's conv kernels, or the same convolution as one matrix product over
+//! an im2col matrix built from the kernel taps, whichever [`crate::gpu_route::choose`] measured to
+//! be faster on the device (`--gpu-conv`).
+//!
+//! burn 0.22.1's f16 3×3 convolution on Vulkan ran at 47 TFLOP/s on an H100 where its 4096³ matrix
+//! product ran at 125 (DESIGN §6); an im2col product pays one copy of the input per kernel tap
+//! (memory-bound, ~3 TB/s there) to run the FLOPs at the matrix product's rate instead.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use burn::nn::conv::Conv2d;
+use burn::nn::PaddingConfig2d;
+use burn::tensor::ops::PadMode;
+use burn::tensor::{Device, Tensor};
+
+/// How [`conv2d`] runs a convolution on a GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuConvRoute {
+    /// burn's `conv2d` op (its autotuned implicit-GEMM and direct kernels).
+    Burn,
+    /// `out[b] = W · cols[b]`: `cols` stacks the zero-padded input shifted by each kernel tap
+    /// (`[batch, kh·kw·c_in, oh·ow]`, tap-major; a 1×1 convolution without padding uses the input
+    /// itself), `W` is the weight permuted to `[c_out, kh·kw·c_in]` in the same order; then the
+    /// bias. Stride 1, dilation 1, one group; the batch is split so one `cols` stays within
+    /// [`IM2COL_MAX_BYTES`].
+    Im2col,
+}
+
+/// What [`conv2d`] does on GPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum GpuConvPolicy {
+    /// Time both routes at each shape's first use and keep the faster (where [`GpuConvRoute::Im2col`]
+    /// applies; recorded in [`crate::gpu_route::route_choices`]).
+    #[default]
+    Auto,
+    /// Always burn's op.
+    Burn,
+    /// [`GpuConvRoute::Im2col`] wherever it applies.
+    Im2col,
+}
+
+/// The largest im2col matrix one product builds: the batch is split into chunks below it, and a
+/// single image above it keeps burn's op (a VAE's 512 px up-blocks would need 0.3–1.2 GB).
+pub const IM2COL_MAX_BYTES: usize = 128 << 20;
+
+static POLICY: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the process-wide [`GpuConvPolicy`] (`kiln --gpu-conv`).
+pub fn set_gpu_conv_policy(policy: GpuConvPolicy) {
+    POLICY.store(policy as u8, Ordering::Relaxed);
+}
+
+/// The process-wide [`GpuConvPolicy`].
+pub fn gpu_conv_policy() -> GpuConvPolicy {
+    match POLICY.load(Ordering::Relaxed) {
+        1 => GpuConvPolicy::Burn,
+        2 => GpuConvPolicy::Im2col,
+        _ => GpuConvPolicy::Auto,
+    }
+}
+
+/// Zero padding `(top, left, bottom, right)` of a convolution [`GpuConvRoute::Im2col`] can run
+/// (stride 1, dilation 1, one group, explicit or no padding, a non-empty output), else `None`.
+fn im2col_padding(conv: &Conv2d, x: &Tensor<4>) -> Option<(usize, usize, usize, usize)> {
+    if conv.stride != [1, 1] || conv.dilation != [1, 1] || conv.groups != 1 {
+        return None;
+    }
+    let (top, left, bottom, right) = match conv.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) => (top, left, bottom, right),
+        PaddingConfig2d::Valid => (0, 0, 0, 0),
+        PaddingConfig2d::Same => return None,
+    };
+    let [_, c_in, h, w] = x.dims();
+    let [_, c_in_w, kh, kw] = conv.weight.dims();
+    (c_in == c_in_w && h + top + bottom >= kh && w + left + right >= kw).then_some((top, left, bottom, right))
+}
+
+/// Images per im2col product so that one `cols` stays within [`IM2COL_MAX_BYTES`]; 0 when a single
+/// image does not fit.
+fn images_per_chunk(conv: &Conv2d, x: &Tensor<4>, (top, left, bottom, right): (usize, usize, usize, usize), max_bytes: usize) -> usize {
+    let [_, c_in, h, w] = x.dims();
+    let [_, _, kh, kw] = conv.weight.dims();
+    let (oh, ow) = (h + top + bottom - kh + 1, w + left + right - kw + 1);
+    let per_image = kh * kw * c_in * oh * ow * x.dtype().size();
+    max_bytes / per_image.max(1)
+}
+
+/// `conv.forward(x)` on a GPU by the route the [`GpuConvPolicy`] gives (measured once per device,
+/// dtype and shape under `Auto`); burn's op on flex, under autodiff and where im2col does not apply.
+///
+/// # Shapes
+/// - x: `[batch, c_in, height, width]` → `[batch, c_out, height_out, width_out]`
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let device = x.device();
+    if device == Device::flex() || device.is_autodiff() {
+        return conv.forward(x);
+    }
+    let Some(padding) = im2col_padding(conv, &x) else { return conv.forward(x) };
+    if images_per_chunk(conv, &x, padding, IM2COL_MAX_BYTES) == 0 {
+        return conv.forward(x);
+    }
+    let route = match gpu_conv_policy() {
+        GpuConvPolicy::Burn => GpuConvRoute::Burn,
+        GpuConvPolicy::Im2col => GpuConvRoute::Im2col,
+        GpuConvPolicy::Auto => {
+            let burn = || conv.forward(x.clone());
+            let im2col = || conv2d_by(GpuConvRoute::Im2col, conv, x.clone());
+            let shape = format!("x {:?} weight {:?} padding {padding:?}", x.dims(), conv.weight.dims());
+            match crate::gpu_route::choose("conv2d", &device, x.dtype(), shape, &[("burn", &burn), ("im2col", &im2col)]) {
+                "im2col" => GpuConvRoute::Im2col,
+                _ => GpuConvRoute::Burn,
+            }
+        }
+    };
+    conv2d_by(route, conv, x)
+}
+
+/// `conv.forward(x)` along `route`; [`GpuConvRoute::Im2col`] falls back to burn's op where it
+/// does not apply (see the route's docs).
+///
+/// # Shapes
+/// - x: `[batch, c_in, height, width]` → `[batch, c_out, height_out, width_out]`
+pub fn conv2d_by(route: GpuConvRoute, conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    match route {
+        GpuConvRoute::Burn => conv.forward(x),
+        GpuConvRoute::Im2col => im2col_conv(conv, x, IM2COL_MAX_BYTES),
+    }
+}
+
+/// [`GpuConvRoute::Im2col`] with im2col matrices of at most `max_bytes`.
+fn im2col_conv(conv: &Conv2d, x: Tensor<4>, max_bytes: usize) -> Tensor<4> {
+    let Some((top, left, bottom, right)) = im2col_padding(conv, &x) else { return conv.forward(x) };
+    let chunk = images_per_chunk(conv, &x, (top, left, bottom, right), max_bytes);
+    if chunk == 0 {
+        return conv.forward(x);
+    }
+    let [batch, c_in, h, w] = x.dims();
+    let weight = conv.weight.val();
+    let [c_out, _, kh, kw] = weight.dims();
+    let (oh, ow) = (h + top + bottom - kh + 1, w + left + right - kw + 1);
+    let k = kh * kw * c_in;
+    // [c_out, c_in, kh, kw] → [1, c_out, (ky·kw + kx)·c_in + ci]: the order `cols` stacks the taps in
+    let wm = weight.permute([0, 2, 3, 1]).reshape([1, c_out, k]);
+    let x = if top + left + bottom + right == 0 { x } else { x.pad([(top, bottom), (left, right)], PadMode::Constant(0.0)) };
+    let product = |x: Tensor<4>| -> Tensor<4> {
+        let b = x.dims()[0];
+        let cols = if kh == 1 && kw == 1 {
+            x.reshape([b, c_in, oh * ow])
+        } else {
+            let taps: Vec<Tensor<4>> = (0..kh * kw)
+                .map(|t| {
+                    let (ky, kx) = (t / kw, t % kw);
+                    x.clone().slice([0..b, 0..c_in, ky..ky + oh, kx..kx + ow])
+                })
+                .collect();
+            Tensor::cat(taps, 1).reshape([b, k, oh * ow])
+        };
+        wm.clone().expand([b, c_out, k]).matmul(cols).reshape([b, c_out, oh, ow])
+    };
+    let out = if chunk >= batch {
+        product(x)
+    } else {
+        let parts = (0..batch).step_by(chunk).map(|i| product(x.clone().narrow(0, i, chunk.min(batch - i)))).collect();
+        Tensor::cat(parts, 0)
+    };
+    match &conv.bias {
+        Some(bias) => out + bias.val().reshape([1, c_out, 1, 1]),
+        None => out,
+    }
+}
+
+/// Whether [`GpuConvRoute::Im2col`] runs this convolution itself (rather than falling back to
+/// burn's op): stride 1, dilation 1, one group, explicit padding, and one image's im2col matrix
+/// within [`IM2COL_MAX_BYTES`].
+pub fn im2col_applies(conv: &Conv2d, x: &Tensor<4>) -> bool {
+    im2col_padding(conv, x).is_some_and(|p| images_per_chunk(conv, x, p, IM2COL_MAX_BYTES) > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::Distribution;
+
+    /// The im2col product against burn's convolution on flex: 3×3 with SD's padding 1, 1×1,
+    /// asymmetric padding, a 1×3 kernel, no bias, and batches split into chunks of 1 and 2.
+    #[test]
+    fn im2col_matches_burns_convolution() {
+        let device = Device::flex();
+        for (what, [b, c_in, h, w], c_out, [kh, kw], (top, left, bottom, right), bias, chunked) in [
+            ("3x3 pad 1", [2, 5, 7, 6], 4, [3, 3], (1, 1, 1, 1), true, false),
+            ("1x1", [2, 6, 5, 5], 3, [1, 1], (0, 0, 0, 0), true, false),
+            ("3x3 asymmetric, no bias", [1, 3, 6, 9], 2, [3, 3], (0, 2, 1, 0), false, false),
+            ("1x3", [3, 4, 4, 5], 5, [1, 3], (0, 1, 0, 1), true, true),
+            ("3x3 chunked", [3, 4, 5, 5], 6, [3, 3], (1, 1, 1, 1), true, true),
+        ] {
+            let conv = Conv2dConfig::new([c_in, c_out], [kh, kw])
+                .with_padding(PaddingConfig2d::Explicit(top, left, bottom, right))
+                .with_bias(bias)
+                .init(&device);
+            let x = Tensor::<4>::random([b, c_in, h, w], Distribution::Normal(0.0, 1.0), &device);
+            let want = conv.forward(x.clone());
+            let got = if chunked {
+                // one image's im2col matrix, plus a little: chunks of one image
+                let one = kh * kw * c_in * want.dims()[2] * want.dims()[3] * 4;
+                im2col_conv(&conv, x, one + 1)
+            } else {
+                conv2d_by(GpuConvRoute::Im2col, &conv, x)
+            };
+            assert_eq!(got.dims(), want.dims(), "{what}");
+            let diff: f32 = (got - want).abs().max().into_scalar();
+            assert!(diff < 1e-4, "{what}: max diff {diff}");
+        }
+    }
+
+    /// Where the route does not apply it is burn's op: stride 2, and an image whose im2col
+    /// matrix would exceed the bound.
+    #[test]
+    fn im2col_declines_stride_2_and_oversized_images() {
+        let device = Device::flex();
+        let x = Tensor::<4>::random([1, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+        let strided = Conv2dConfig::new([3, 2], [3, 3]).with_stride([2, 2]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(&device);
+        assert!(!im2col_applies(&strided, &x));
+        let got = conv2d_by(GpuConvRoute::Im2col, &strided, x.clone());
+        let diff: f32 = (got - strided.forward(x.clone())).abs().max().into_scalar();
+        assert_eq!(diff, 0.0);
+        let conv = Conv2dConfig::new([3, 2], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(&device);
+        assert!(im2col_applies(&conv, &x));
+        let got = im2col_conv(&conv, x.clone(), 100);
+        let diff: f32 = (got - conv.forward(x)).abs().max().into_scalar();
+        assert_eq!(diff, 0.0, "over the bound: burn's op itself");
+    }
+}

@@ -6,13 +6,15 @@
 #                                     # the kiln binary (stripped, gzipped) into .bin/
 # Then run it with the device tool: command `bash scripts/gpu/bench.sh`, carry [".gl", ".whl", ".bin"].
 #
-# What it does, all in the same call so the ratios compare like with like:
-#   1. kiln bench --json (Vulkan, UNet and VAE f16, CFG batch 2) for SD 1.5 at 512 and SDXL at 1024;
-#   2. scripts/bench/torch_reference.py with the same configs, dtype, batch and size on CUDA;
-#   3. scripts/bench/compare.py: kiln ÷ torch per component;
-#   4. SD 1.5 again with `--gpu-attention burn --gpu-conv burn` (burn's kernels as they are): the
-#      before/after of kiln's GPU routes (the auto runs' JSON lists each shape they timed);
-#   5. scripts/gpu/unet_check.py: kiln's f16 UNet output against PyTorch's on the same weights.
+# What it does, all in the same call so the ratios compare like with like, in this order (each
+# step is skipped when the call's time budget is nearly spent; $OUT/skipped.txt says which):
+#   1. SD 1.5 at 512: scripts/bench/torch_reference.py (CUDA, fp16, CFG batch 2), kiln bench
+#      --json (Vulkan, UNet and VAE f16) with the same config, and scripts/bench/compare.py:
+#      kiln ÷ torch per component;
+#   2. SD 1.5 again with `--gpu-attention burn --gpu-conv burn` (burn's kernels as they are): the
+#      before/after of kiln's GPU routes (the auto run's JSON lists each shape it timed);
+#   3. scripts/gpu/unet_check.py: kiln's f16 UNet output against PyTorch's on the same weights;
+#   4. SDXL at 1024 like 1.
 # Everything lands in $OUT (the device tool brings it back).
 set -uo pipefail
 OUT=${OUT:-/tmp/kiln-gpu-out}
@@ -31,21 +33,36 @@ date -u | tee -a "$OUT/gpu.txt"
 gunzip -c .bin/kiln.gz >/tmp/kiln && chmod +x /tmp/kiln || exit 1
 KILN=/tmp/kiln
 status=0
-run() { echo "+ $*" >&2; timeout 240 "$@"; }
-for spec in "sd15 512 20" "sdxl 1024 20"; do
-  set -- $spec
-  preset=$1 size=$2 steps=$3
+# One device call allows 8 minutes: every step gets what is left of BUDGET (at most 240 s) and
+# is skipped, with a line saying so, when less than a minute is left. Most important first.
+BUDGET=${KILN_GPU_BUDGET_S:-460}
+run() {
+  local left=$((BUDGET - SECONDS))
+  if [ "$left" -lt 60 ]; then echo "skipped (budget spent, ${SECONDS}s): $*" | tee -a "$OUT/skipped.txt" >&2; return 1; fi
+  [ "$left" -gt 240 ] && left=240
+  echo "+ [${SECONDS}s, limit ${left}s] $*" >&2
+  timeout "$left" "$@"
+}
+kiln_bench() { # preset size name [extra flags]: kiln bench --json into $OUT/kiln-NAME.json
+  local preset=$1 size=$2 name=$3; shift 3
   run $KILN bench --preset "$preset" --device vulkan --dtype f16 --vae-dtype f16 --width "$size" --height "$size" \
-    --steps "$steps" --batch 1 --iters 5 --json >"$OUT/kiln-$preset.json" 2>"$OUT/kiln-$preset.log" || { status=1; tail -5 "$OUT/kiln-$preset.log"; }
-  run python3 scripts/bench/torch_reference.py --preset "$preset" --device cuda --dtype fp16 --vae-dtype fp16 \
-    --width "$size" --height "$size" --steps "$steps" --batch 1 --iters 5 >"$OUT/torch-$preset.json" 2>"$OUT/torch-$preset.log" || { status=1; tail -5 "$OUT/torch-$preset.log"; }
-  python3 scripts/bench/compare.py "$OUT/kiln-$preset.json" "$OUT/torch-$preset.json" | tee "$OUT/ratios-$preset.txt" || status=1
-done
+    --steps 20 --batch 1 --iters 5 --json "$@" >"$OUT/kiln-$name.json" 2>"$OUT/kiln-$name.log" || { status=1; tail -5 "$OUT/kiln-$name.log"; return 1; }
+}
+torch_bench() { # preset size
+  run python3 scripts/bench/torch_reference.py --preset "$1" --device cuda --dtype fp16 --vae-dtype fp16 \
+    --width "$2" --height "$2" --steps 20 --batch 1 --iters 5 >"$OUT/torch-$1.json" 2>"$OUT/torch-$1.log" || { status=1; tail -5 "$OUT/torch-$1.log"; return 1; }
+}
+compare() { # kiln-name torch-preset
+  python3 scripts/bench/compare.py "$OUT/kiln-$1.json" "$OUT/torch-$2.json" | tee "$OUT/ratios-$1.txt" || status=1
+}
+torch_bench sd15 512
+kiln_bench sd15 512 sd15 && compare sd15 sd15
 # before/after for kiln's GPU routes (attention head dim, im2col conv): burn's kernels as they are
-run $KILN bench --preset sd15 --device vulkan --dtype f16 --vae-dtype f16 --width 512 --height 512 \
-  --steps 20 --batch 1 --iters 5 --gpu-attention burn --gpu-conv burn --json >"$OUT/kiln-sd15-burn.json" 2>"$OUT/kiln-sd15-burn.log" &&
-  python3 scripts/bench/compare.py "$OUT/kiln-sd15-burn.json" "$OUT/torch-sd15.json" | tee "$OUT/ratios-sd15-burn.txt" || status=1
+kiln_bench sd15 512 sd15-burn --gpu-attention burn --gpu-conv burn && compare sd15-burn sd15
 run python3 scripts/gpu/unet_check.py write /tmp/unet-check --preset sd15 --size 512 --device cuda &&
   run $KILN bench --unet-check /tmp/unet-check --device vulkan --dtype f16 &&
   python3 scripts/gpu/unet_check.py compare /tmp/unet-check | tee "$OUT/unet-check.json" || status=1
+torch_bench sdxl 1024
+kiln_bench sdxl 1024 sdxl && compare sdxl sdxl
+echo "done in ${SECONDS}s" | tee -a "$OUT/gpu.txt"
 exit $status

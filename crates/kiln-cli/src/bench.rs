@@ -59,7 +59,8 @@ fn print_text(r: &BenchReport) {
     println!("{}", line("UNet CFG step", &r.unet_step));
     println!("{}", line("VAE decode", &r.vae_decode));
     println!("{}", line("end to end", &r.end_to_end));
-    println!("GPU routes: --gpu-attention {}, --gpu-conv {}", r.gpu_attention, r.gpu_conv);
+    let policies: Vec<String> = r.gpu_policies.iter().map(|(op, p)| format!("{op} {p}")).collect();
+    println!("GPU routes: {}", policies.join(", "));
     for c in &r.routes {
         let times: Vec<String> = c.times_ms.iter().map(|(route, ms)| format!("{route} {ms:.3} ms")).collect();
         println!("  {} {} {}: {} -> {}", c.op, c.dtype, c.shape, times.join(", "), c.route);

@@ -2,8 +2,7 @@
 
 use clap::Args;
 use kiln::burn::tensor::{DType, Device, DeviceKind};
-use kiln::nn::attention::{set_gpu_attention_policy, GpuAttentionPolicy};
-use kiln::nn::gpu_conv::{set_gpu_conv_policy, GpuConvPolicy};
+use kiln::nn::gpu_route::{set_policy, GpuOp, RoutePolicy};
 
 #[derive(Args)]
 pub struct DeviceArgs {
@@ -25,6 +24,10 @@ pub struct DeviceArgs {
     /// at first use, keep the faster), burn (as is), im2col (always where it applies).
     #[arg(long, value_name = "auto|burn|im2col", default_value = "auto")]
     pub gpu_conv: String,
+    /// GPUs, GroupNorm (+ SiLU): auto (time burn's module and kiln's fused formulation, no f32
+    /// copies of f16 inputs, at first use, keep the faster), burn (as is), fused (always).
+    #[arg(long, value_name = "auto|burn|fused", default_value = "auto")]
+    pub gpu_norm: String,
 }
 
 fn dtype(flag: &str, v: &str) -> Result<DType, String> {
@@ -44,21 +47,17 @@ impl DeviceArgs {
             "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
             other => return Err(format!("--device must be cpu, vulkan or wgpu, got {other:?}")),
         };
-        let policy = match self.gpu_attention.as_str() {
-            "auto" => GpuAttentionPolicy::Auto,
-            "burn" => GpuAttentionPolicy::Burn,
-            "padded" => GpuAttentionPolicy::PaddedHeadDim,
-            other => return Err(format!("--gpu-attention must be auto, burn or padded, got {other:?}")),
-        };
-        let conv = match self.gpu_conv.as_str() {
-            "auto" => GpuConvPolicy::Auto,
-            "burn" => GpuConvPolicy::Burn,
-            "im2col" => GpuConvPolicy::Im2col,
-            other => return Err(format!("--gpu-conv must be auto, burn or im2col, got {other:?}")),
-        };
+        let policies = [
+            (GpuOp::Attention, &self.gpu_attention),
+            (GpuOp::Conv2d, &self.gpu_conv),
+            (GpuOp::GroupNorm, &self.gpu_norm),
+        ]
+        .map(|(op, value)| RoutePolicy::parse(op, value).map(|p| (op, p)));
         let dtypes = (dtype("--dtype", &self.dtype)?, dtype("--vae-dtype", &self.vae_dtype)?);
-        set_gpu_attention_policy(policy);
-        set_gpu_conv_policy(conv);
+        for policy in policies {
+            let (op, policy) = policy?;
+            set_policy(op, policy);
+        }
         Ok((device, dtypes.0, dtypes.1))
     }
 }

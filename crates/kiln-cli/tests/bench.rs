@@ -33,12 +33,14 @@ fn bench_reports_every_component() {
     assert!(r["peak_memory_bytes"].as_u64().unwrap() > 1 << 20);
     assert!(r["device"].as_str().unwrap().starts_with("cpu"));
     // the GPU route policies are reported; flex has no route to measure
-    assert_eq!((r["gpu_attention"].as_str(), r["gpu_conv"].as_str()), (Some("auto"), Some("auto")));
+    for op in ["attention", "conv2d", "group_norm"] {
+        assert_eq!(r["gpu_policies"][op].as_str(), Some("auto"), "{op}");
+    }
     assert_eq!(r["routes"].as_array().map(Vec::len), Some(0));
     // the text report says the same
     let out = kiln(&["bench", "--model", &model(), "--width", "64", "--height", "64", "--steps", "1", "--iters", "1"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    for needle in ["UNet CFG step", "VAE decode", "text encode", "end to end", "peak memory", "first use", "--gpu-attention auto, --gpu-conv auto"] {
+    for needle in ["UNet CFG step", "VAE decode", "text encode", "end to end", "peak memory", "first use", "GPU routes: attention auto, conv2d auto, group_norm auto"] {
         assert!(text.contains(needle), "{needle}: {text}");
     }
 }
@@ -53,6 +55,7 @@ fn bench_bad_input_exits_2() {
         (vec!["bench", "--preset", "sd15", "--device", "tpu"], vec!["--device", "tpu"]),
         (vec!["bench", "--preset", "sd15", "--gpu-attention", "fast"], vec!["--gpu-attention", "fast", "auto, burn or padded"]),
         (vec!["bench", "--preset", "sd15", "--gpu-conv", "winograd"], vec!["--gpu-conv", "winograd", "auto, burn or im2col"]),
+        (vec!["bench", "--preset", "sd15", "--gpu-norm", "welford"], vec!["--gpu-norm", "welford", "auto, burn or fused"]),
         (vec!["bench", "--model", "/nonexistent/model"], vec!["/nonexistent/model"]),
         (vec!["bench"], vec!["--preset", "--model"]),
     ] {

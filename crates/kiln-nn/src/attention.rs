@@ -7,7 +7,7 @@ use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::{AttentionModuleOptions, PadMode};
 use burn::tensor::{DType, FloatDType};
-use std::sync::atomic::{AtomicU8, Ordering};
+use crate::gpu_route::GpuOp;
 
 #[derive(Config, Debug)]
 pub struct AttentionConfig {
@@ -104,58 +104,25 @@ pub enum GpuAttentionRoute {
     PaddedHeadDim,
 }
 
-/// What [`gpu_route`] does for head dims that are not a multiple of 16 on GPUs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum GpuAttentionPolicy {
-    /// f16/bf16: time both routes on the device at the shape's first use and keep the faster
-    /// (recorded in [`crate::gpu_route::route_choices`]); f32: [`GpuAttentionRoute::Burn`] (there are no
-    /// f32 tensor-core kernels to reach on Vulkan).
-    #[default]
-    Auto,
-    /// Always [`GpuAttentionRoute::Burn`].
-    Burn,
-    /// Always [`GpuAttentionRoute::PaddedHeadDim`].
-    PaddedHeadDim,
-}
-
-static POLICY: AtomicU8 = AtomicU8::new(0);
-
-/// Sets the process-wide [`GpuAttentionPolicy`] (`kiln --gpu-attention`).
-pub fn set_gpu_attention_policy(policy: GpuAttentionPolicy) {
-    POLICY.store(policy as u8, Ordering::Relaxed);
-}
-
-/// The process-wide [`GpuAttentionPolicy`].
-pub fn gpu_attention_policy() -> GpuAttentionPolicy {
-    match POLICY.load(Ordering::Relaxed) {
-        1 => GpuAttentionPolicy::Burn,
-        2 => GpuAttentionPolicy::PaddedHeadDim,
-        _ => GpuAttentionPolicy::Auto,
-    }
-}
-
 /// The route for these operands: [`GpuAttentionRoute::Burn`] on flex, under autodiff and when
-/// both head dims are multiples of 16; otherwise what the [`GpuAttentionPolicy`] says, measured
-/// once per device, dtype and shape under `Auto` ([`crate::gpu_route::choose`]).
+/// both head dims are multiples of 16; otherwise what `GpuOp::Attention`'s
+/// [`RoutePolicy`](crate::gpu_route::RoutePolicy) says, measured once per device, dtype and shape
+/// under `Auto` in f16/bf16 ([`crate::gpu_route::use_alternative`]).
 pub fn gpu_route(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool) -> GpuAttentionRoute {
     let device = q.device();
     let (d, dv) = (q.dims()[3], v.dims()[3]);
     if (d % 16 == 0 && dv % 16 == 0) || device == Device::flex() || device.is_autodiff() {
         return GpuAttentionRoute::Burn;
     }
-    match gpu_attention_policy() {
-        GpuAttentionPolicy::Burn => GpuAttentionRoute::Burn,
-        GpuAttentionPolicy::PaddedHeadDim => GpuAttentionRoute::PaddedHeadDim,
-        GpuAttentionPolicy::Auto if !matches!(q.dtype(), DType::F16 | DType::BF16) => GpuAttentionRoute::Burn,
-        GpuAttentionPolicy::Auto => {
-            let call = |route| move || attention_by(route, q.clone(), k.clone(), v.clone(), causal);
-            let (burn, padded) = (call(GpuAttentionRoute::Burn), call(GpuAttentionRoute::PaddedHeadDim));
-            let shape = format!("q {:?} k {:?} v {:?}{}", q.dims(), k.dims(), v.dims(), if causal { " causal" } else { "" });
-            match crate::gpu_route::choose("attention", &device, q.dtype(), shape, &[("burn", &burn), ("padded", &padded)]) {
-                "padded" => GpuAttentionRoute::PaddedHeadDim,
-                _ => GpuAttentionRoute::Burn,
-            }
-        }
+    let call = |route| move || attention_by(route, q.clone(), k.clone(), v.clone(), causal);
+    let (burn, padded) = (call(GpuAttentionRoute::Burn), call(GpuAttentionRoute::PaddedHeadDim));
+    // auto measures in f16/bf16 only: in f32 there is no tensor-core kernel to reach on Vulkan
+    let measure = matches!(q.dtype(), DType::F16 | DType::BF16);
+    let shape = || format!("q {:?} k {:?} v {:?}{}", q.dims(), k.dims(), v.dims(), if causal { " causal" } else { "" });
+    if crate::gpu_route::use_alternative(GpuOp::Attention, &device, q.dtype(), measure, shape, &burn, &padded) {
+        GpuAttentionRoute::PaddedHeadDim
+    } else {
+        GpuAttentionRoute::Burn
     }
 }
 

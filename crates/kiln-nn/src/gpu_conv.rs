@@ -6,12 +6,12 @@
 //! product ran at 125 (DESIGN §6); an im2col product pays one copy of the input per kernel tap
 //! (memory-bound, ~3 TB/s there) to run the FLOPs at the matrix product's rate instead.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Tensor};
+
+use crate::gpu_route::GpuOp;
 
 /// How [`conv2d`] runs a convolution on a GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,38 +26,9 @@ pub enum GpuConvRoute {
     Im2col,
 }
 
-/// What [`conv2d`] does on GPUs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum GpuConvPolicy {
-    /// Time both routes at each shape's first use and keep the faster (where [`GpuConvRoute::Im2col`]
-    /// applies; recorded in [`crate::gpu_route::route_choices`]).
-    #[default]
-    Auto,
-    /// Always burn's op.
-    Burn,
-    /// [`GpuConvRoute::Im2col`] wherever it applies.
-    Im2col,
-}
-
 /// The largest im2col matrix one product builds: the batch is split into chunks below it, and a
 /// single image above it keeps burn's op (a VAE's 512 px up-blocks would need 0.3–1.2 GB).
 pub const IM2COL_MAX_BYTES: usize = 128 << 20;
-
-static POLICY: AtomicU8 = AtomicU8::new(0);
-
-/// Sets the process-wide [`GpuConvPolicy`] (`kiln --gpu-conv`).
-pub fn set_gpu_conv_policy(policy: GpuConvPolicy) {
-    POLICY.store(policy as u8, Ordering::Relaxed);
-}
-
-/// The process-wide [`GpuConvPolicy`].
-pub fn gpu_conv_policy() -> GpuConvPolicy {
-    match POLICY.load(Ordering::Relaxed) {
-        1 => GpuConvPolicy::Burn,
-        2 => GpuConvPolicy::Im2col,
-        _ => GpuConvPolicy::Auto,
-    }
-}
 
 /// Zero padding `(top, left, bottom, right)` of a convolution [`GpuConvRoute::Im2col`] can run
 /// (stride 1, dilation 1, one group, explicit or no padding, a non-empty output), else `None`.
@@ -85,8 +56,9 @@ fn images_per_chunk(conv: &Conv2d, x: &Tensor<4>, (top, left, bottom, right): (u
     max_bytes / per_image.max(1)
 }
 
-/// `conv.forward(x)` on a GPU by the route the [`GpuConvPolicy`] gives (measured once per device,
-/// dtype and shape under `Auto`); burn's op on flex, under autodiff and where im2col does not apply.
+/// `conv.forward(x)` on a GPU by the route `GpuOp::Conv2d`'s
+/// [`RoutePolicy`](crate::gpu_route::RoutePolicy) gives (measured once per device, dtype and shape
+/// under `Auto`); burn's op on flex, under autodiff and where im2col does not apply.
 ///
 /// # Shapes
 /// - x: `[batch, c_in, height, width]` → `[batch, c_out, height_out, width_out]`
@@ -99,18 +71,13 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     if images_per_chunk(conv, &x, padding, IM2COL_MAX_BYTES) == 0 {
         return conv.forward(x);
     }
-    let route = match gpu_conv_policy() {
-        GpuConvPolicy::Burn => GpuConvRoute::Burn,
-        GpuConvPolicy::Im2col => GpuConvRoute::Im2col,
-        GpuConvPolicy::Auto => {
-            let burn = || conv.forward(x.clone());
-            let im2col = || conv2d_by(GpuConvRoute::Im2col, conv, x.clone());
-            let shape = format!("x {:?} weight {:?} padding {padding:?}", x.dims(), conv.weight.dims());
-            match crate::gpu_route::choose("conv2d", &device, x.dtype(), shape, &[("burn", &burn), ("im2col", &im2col)]) {
-                "im2col" => GpuConvRoute::Im2col,
-                _ => GpuConvRoute::Burn,
-            }
-        }
+    let burn = || conv.forward(x.clone());
+    let im2col = || conv2d_by(GpuConvRoute::Im2col, conv, x.clone());
+    let shape = || format!("x {:?} weight {:?} padding {padding:?}", x.dims(), conv.weight.dims());
+    let route = if crate::gpu_route::use_alternative(GpuOp::Conv2d, &device, x.dtype(), true, shape, &burn, &im2col) {
+        GpuConvRoute::Im2col
+    } else {
+        GpuConvRoute::Burn
     };
     conv2d_by(route, conv, x)
 }

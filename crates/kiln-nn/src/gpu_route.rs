@@ -9,10 +9,125 @@
 //! `device.sync()`s, and keeps the fastest for the rest of the process. Every measurement is
 //! recorded ([`route_choices`]); `kiln bench` reports them.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use burn::tensor::{DType, Device, Tensor};
+
+/// The ops kiln can run either by burn's kernels or by its own restructuring on GPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuOp {
+    /// Attention with a head dim that is not a multiple of 16 ([`crate::attention::gpu_route`]):
+    /// the alternative zero-pads it.
+    Attention,
+    /// Stride-1 convolutions ([`crate::gpu_conv`]): the alternative is an im2col product.
+    Conv2d,
+    /// GroupNorm (+ SiLU) ([`crate::gpu_norm`]): the alternative is a fused formulation.
+    GroupNorm,
+}
+
+impl GpuOp {
+    pub const ALL: [GpuOp; 3] = [GpuOp::Attention, GpuOp::Conv2d, GpuOp::GroupNorm];
+
+    /// The op's name in [`RouteChoice::op`] and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            GpuOp::Attention => "attention",
+            GpuOp::Conv2d => "conv2d",
+            GpuOp::GroupNorm => "group_norm",
+        }
+    }
+
+    /// The `kiln` flag that sets the op's [`RoutePolicy`].
+    pub fn flag(self) -> &'static str {
+        match self {
+            GpuOp::Attention => "--gpu-attention",
+            GpuOp::Conv2d => "--gpu-conv",
+            GpuOp::GroupNorm => "--gpu-norm",
+        }
+    }
+
+    /// The name of kiln's alternative route (the flag's third value).
+    pub fn alternative(self) -> &'static str {
+        match self {
+            GpuOp::Attention => "padded",
+            GpuOp::Conv2d => "im2col",
+            GpuOp::GroupNorm => "fused",
+        }
+    }
+}
+
+/// Which route a [`GpuOp`] takes on GPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RoutePolicy {
+    /// Time burn's route and kiln's alternative at each shape's first use and keep the faster.
+    #[default]
+    Auto,
+    /// Always burn's op.
+    Burn,
+    /// Always kiln's alternative (where it applies).
+    Alternative,
+}
+
+impl RoutePolicy {
+    /// `auto`, `burn` or the op's alternative, else a message naming the flag and the value.
+    pub fn parse(op: GpuOp, value: &str) -> Result<Self, String> {
+        match value {
+            "auto" => Ok(RoutePolicy::Auto),
+            "burn" => Ok(RoutePolicy::Burn),
+            v if v == op.alternative() => Ok(RoutePolicy::Alternative),
+            other => Err(format!("{} must be auto, burn or {}, got {other:?}", op.flag(), op.alternative())),
+        }
+    }
+
+    /// The policy as [`RoutePolicy::parse`] reads it.
+    pub fn name(self, op: GpuOp) -> &'static str {
+        match self {
+            RoutePolicy::Auto => "auto",
+            RoutePolicy::Burn => "burn",
+            RoutePolicy::Alternative => op.alternative(),
+        }
+    }
+}
+
+static POLICIES: [AtomicU8; 3] = [AtomicU8::new(0), AtomicU8::new(0), AtomicU8::new(0)];
+
+/// Sets `op`'s process-wide [`RoutePolicy`] (`kiln --gpu-attention`, `--gpu-conv`, `--gpu-norm`).
+pub fn set_policy(op: GpuOp, policy: RoutePolicy) {
+    POLICIES[op as usize].store(policy as u8, Ordering::Relaxed);
+}
+
+/// `op`'s process-wide [`RoutePolicy`].
+pub fn policy(op: GpuOp) -> RoutePolicy {
+    match POLICIES[op as usize].load(Ordering::Relaxed) {
+        1 => RoutePolicy::Burn,
+        2 => RoutePolicy::Alternative,
+        _ => RoutePolicy::Auto,
+    }
+}
+
+/// Whether `op` takes kiln's alternative here: as its [`RoutePolicy`] says, and under `Auto`
+/// (when `measure` is true) as [`choose`] measured between `burn` and `alternative`; `Auto` without
+/// `measure` keeps burn's route.
+pub fn use_alternative<const D: usize>(
+    op: GpuOp,
+    device: &Device,
+    dtype: DType,
+    measure: bool,
+    shape: impl FnOnce() -> String,
+    burn: &dyn Fn() -> Tensor<D>,
+    alternative: &dyn Fn() -> Tensor<D>,
+) -> bool {
+    match policy(op) {
+        RoutePolicy::Burn => false,
+        RoutePolicy::Alternative => true,
+        RoutePolicy::Auto if !measure => false,
+        RoutePolicy::Auto => {
+            choose(op.name(), device, dtype, shape(), &[("burn", burn), (op.alternative(), alternative)]) == op.alternative()
+        }
+    }
+}
 
 /// Timed calls per candidate in [`choose`].
 pub const TIMED_CALLS: usize = 5;
@@ -91,4 +206,24 @@ pub fn choose<const D: usize>(
         }
     }
     route
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each flag reads `auto`, `burn` and its own alternative, writes them back the same, and
+    /// refuses another op's alternative with a message naming the flag and the value.
+    #[test]
+    fn policies_parse_and_print_per_op() {
+        for op in GpuOp::ALL {
+            for value in ["auto", "burn", op.alternative()] {
+                let p = RoutePolicy::parse(op, value).unwrap();
+                assert_eq!(p.name(op), value);
+            }
+        }
+        let err = RoutePolicy::parse(GpuOp::Attention, "im2col").unwrap_err();
+        assert_eq!(err, "--gpu-attention must be auto, burn or padded, got \"im2col\"");
+        assert_eq!(policy(GpuOp::Conv2d), RoutePolicy::Auto, "the default");
+    }
 }

@@ -52,6 +52,7 @@ pub mod cpu_norm;
 pub mod embeddings;
 mod flex;
 pub mod gpu_conv;
+pub mod gpu_norm;
 pub mod gpu_route;
 pub mod load;
 pub mod resnet;
@@ -71,7 +72,6 @@ pub use transformer::{
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, PaddingConfig2d};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
 /// A `nn.Conv2d(c_in, c_out, kernel_size=k, stride=s, padding=p)` as PyTorch builds it.
@@ -93,21 +93,23 @@ pub fn conv2d_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 }
 
 /// `norm.forward(x)` (diffusers' `GroupNorm`), by kiln's CPU kernel where it applies
-/// ([`cpu_norm`]: flex, f32) and by burn's ops everywhere else.
+/// ([`cpu_norm`]: flex, f32), on GPUs by burn's module or a fused formulation, whichever is faster
+/// there ([`gpu_norm`]), and by burn's ops everywhere else.
 ///
 /// # Shapes
 /// - x: `[batch, channels, ...]` → the same shape
 pub fn group_norm<const D: usize>(norm: &GroupNorm, x: Tensor<D>) -> Tensor<D> {
-    cpu_norm::group_norm(norm, &x, false).unwrap_or_else(|| norm.forward(x))
+    cpu_norm::group_norm(norm, &x, false).unwrap_or_else(|| gpu_norm::group_norm(norm, x, false))
 }
 
 /// `silu(norm.forward(x))`, diffusers' `nonlinearity(norm(x))` before a ResNet block's
-/// convolutions and the models' `conv_out`, in one pass on the CPU ([`cpu_norm`]).
+/// convolutions and the models' `conv_out`, in one pass on the CPU ([`cpu_norm`]), on GPUs as
+/// [`group_norm`].
 ///
 /// # Shapes
 /// - x: `[batch, channels, ...]` → the same shape
 pub fn group_norm_silu<const D: usize>(norm: &GroupNorm, x: Tensor<D>) -> Tensor<D> {
-    cpu_norm::group_norm(norm, &x, true).unwrap_or_else(|| silu(norm.forward(x)))
+    cpu_norm::group_norm(norm, &x, true).unwrap_or_else(|| gpu_norm::group_norm(norm, x, true))
 }
 
 /// Casts every float parameter of `module` to `dtype` (e.g. a randomly initialised model to f16

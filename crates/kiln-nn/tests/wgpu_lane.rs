@@ -166,6 +166,25 @@ fn conv2d_im2col_route() {
     }
 }
 
+/// The fused GroupNorm (+ SiLU) route (`GpuNormRoute::Fused`, what `--gpu-norm auto` may pick)
+/// through burn's fused CubeCL kernels against burn's GroupNorm on flex.
+#[test]
+fn group_norm_fused_route() {
+    use burn::nn::GroupNormConfig;
+    use kiln_nn::gpu_norm::{group_norm_by, GpuNormRoute};
+    let Some(lane) = wgpu_lane_device() else { return };
+    let flex = Device::flex();
+    for (what, [b, c, h, w], groups, with_silu) in [("fused group norm + silu", [2, 32, 8, 8], 8, true), ("fused group norm", [1, 12, 5, 7], 4, false)] {
+        let mut norm = GroupNormConfig::new(groups, c).with_epsilon(1e-6).init(&flex);
+        norm.gamma = Some(burn::module::Param::from_tensor(randn([c], &flex)));
+        norm.beta = Some(burn::module::Param::from_tensor(randn([c], &flex)));
+        let x = randn([b, c, h, w], &flex).add_scalar(3.0);
+        let want = group_norm_by(GpuNormRoute::Burn, &norm, x.clone(), with_silu);
+        let got = group_norm_by(GpuNormRoute::Fused, &norm.clone().to_device(&lane), x.to_device(&lane), with_silu);
+        assert_close(what, got, want);
+    }
+}
+
 /// `gpu_route::choose` on the lane: both candidates timed, the fastest kept and recorded, and the
 /// same key answered from the record without timing again.
 #[test]

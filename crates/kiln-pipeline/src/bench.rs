@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use kiln_nn::attention::{gpu_attention_policy, GpuAttentionPolicy};
-use kiln_nn::gpu_conv::{gpu_conv_policy, GpuConvPolicy};
+use kiln_nn::gpu_route::{policy, GpuOp};
 use kiln_scheduler::{SamplerName, SchedulerConfig, StepOptions};
 use kiln_text_encoder::{ClipTextConfig, ClipTextModel};
 use kiln_unet::{TextTimeCond, UNet2DConditionConfig, UNet2DConditionModel};
@@ -123,10 +122,10 @@ pub struct BenchReport {
     pub peak_memory_bytes: Option<u64>,
     pub peak_memory_source: String,
     pub unet_parameters: usize,
-    /// `kiln_nn::attention::GpuAttentionPolicy` in force (`--gpu-attention`).
-    pub gpu_attention: String,
-    /// `kiln_nn::gpu_conv::GpuConvPolicy` in force (`--gpu-conv`).
-    pub gpu_conv: String,
+    /// Each `kiln_nn::gpu_route::GpuOp`'s policy in force, by op name (`attention`, `conv2d`,
+    /// `group_norm`): `auto`, `burn` or kiln's alternative (`--gpu-attention`, `--gpu-conv`,
+    /// `--gpu-norm`).
+    pub gpu_policies: BTreeMap<String, String>,
     /// The choices `auto` measured on the device in this run (GPUs only): each op and shape, every
     /// route's time and the one kept ([`kiln_nn::gpu_route`]).
     pub routes: Vec<RouteReport>,
@@ -135,7 +134,7 @@ pub struct BenchReport {
 /// One measured choice ([`kiln_nn::gpu_route::RouteChoice`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteReport {
-    /// `attention` or `conv2d`.
+    /// `attention`, `conv2d` or `group_norm`.
     pub op: String,
     pub dtype: String,
     pub shape: String,
@@ -369,18 +368,7 @@ fn run_bench_here(o: &BenchOptions, device: &Device, device_name: &str) -> Resul
         peak_memory_bytes: memory.peak,
         peak_memory_source: if *device == Device::flex() { "process peak RSS (VmHWM)".into() } else { "device allocator, bytes reserved".into() },
         unet_parameters: burn::module::Module::num_params(&c.unet),
-        gpu_attention: match gpu_attention_policy() {
-            GpuAttentionPolicy::Auto => "auto",
-            GpuAttentionPolicy::Burn => "burn",
-            GpuAttentionPolicy::PaddedHeadDim => "padded",
-        }
-        .into(),
-        gpu_conv: match gpu_conv_policy() {
-            GpuConvPolicy::Auto => "auto",
-            GpuConvPolicy::Burn => "burn",
-            GpuConvPolicy::Im2col => "im2col",
-        }
-        .into(),
+        gpu_policies: GpuOp::ALL.iter().map(|&op| (op.name().to_string(), policy(op).name(op).to_string())).collect(),
         routes: route_reports(),
     })
 }

@@ -18,7 +18,6 @@
 //! groups=1)` with explicit (possibly asymmetric) zero padding.
 
 use burn::nn::conv::Conv2d;
-use burn::nn::PaddingConfig2d;
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -41,22 +40,12 @@ const GEMM_THREADS_FROM: usize = 192 * 192 * 192;
 /// - x: `[batch, c_in, height, width]`, `conv.weight`: `[c_out, c_in, kh, kw]`
 /// - output: `[batch, c_out, height + top + bottom - kh + 1, width + left + right - kw + 1]`
 pub fn conv2d(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
-    if conv.stride != [1, 1] || conv.dilation != [1, 1] || conv.groups != 1 {
-        return None;
-    }
-    let (top, left, bottom, right) = match conv.padding {
-        PaddingConfig2d::Explicit(top, left, bottom, right) => (top, left, bottom, right),
-        PaddingConfig2d::Valid => (0, 0, 0, 0),
-        PaddingConfig2d::Same => return None,
-    };
+    let (top, left, bottom, right) = crate::stride_1_padding(conv, x)?;
     let weight = conv.weight.val();
     let [batch, c_in, h, w] = x.dims();
-    let [c_out, c_in_w, kh, kw] = weight.dims();
+    let [c_out, _, kh, kw] = weight.dims();
     let bias_ok = conv.bias.as_ref().is_none_or(|b| b.dims() == [c_out]);
-    if c_in != c_in_w || !bias_ok || [batch, c_in, h, w, c_out, kh, kw].contains(&0) {
-        return None;
-    }
-    if h + top + bottom < kh || w + left + right < kw {
+    if !bias_ok || [batch, c_in, h, w, c_out, kh, kw].contains(&0) {
         return None;
     }
     let x = flex::f32_tensor(x)?;

@@ -7,7 +7,6 @@
 //! (memory-bound, ~3 TB/s there) to run the FLOPs at the matrix product's rate instead.
 
 use burn::nn::conv::Conv2d;
-use burn::nn::PaddingConfig2d;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Tensor};
 
@@ -30,22 +29,6 @@ pub enum GpuConvRoute {
 /// single image above it keeps burn's op (a VAE's 512 px up-blocks would need 0.3–1.2 GB).
 pub const IM2COL_MAX_BYTES: usize = 128 << 20;
 
-/// Zero padding `(top, left, bottom, right)` of a convolution [`GpuConvRoute::Im2col`] can run
-/// (stride 1, dilation 1, one group, explicit or no padding, a non-empty output), else `None`.
-fn im2col_padding(conv: &Conv2d, x: &Tensor<4>) -> Option<(usize, usize, usize, usize)> {
-    if conv.stride != [1, 1] || conv.dilation != [1, 1] || conv.groups != 1 {
-        return None;
-    }
-    let (top, left, bottom, right) = match conv.padding {
-        PaddingConfig2d::Explicit(top, left, bottom, right) => (top, left, bottom, right),
-        PaddingConfig2d::Valid => (0, 0, 0, 0),
-        PaddingConfig2d::Same => return None,
-    };
-    let [_, c_in, h, w] = x.dims();
-    let [_, c_in_w, kh, kw] = conv.weight.dims();
-    (c_in == c_in_w && h + top + bottom >= kh && w + left + right >= kw).then_some((top, left, bottom, right))
-}
-
 /// Images per im2col product so that one `cols` stays within [`IM2COL_MAX_BYTES`]; 0 when a single
 /// image does not fit.
 fn images_per_chunk(conv: &Conv2d, x: &Tensor<4>, (top, left, bottom, right): (usize, usize, usize, usize), max_bytes: usize) -> usize {
@@ -67,7 +50,7 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     if device == Device::flex() || device.is_autodiff() {
         return conv.forward(x);
     }
-    let Some(padding) = im2col_padding(conv, &x) else { return conv.forward(x) };
+    let Some(padding) = crate::stride_1_padding(conv, &x) else { return conv.forward(x) };
     if images_per_chunk(conv, &x, padding, IM2COL_MAX_BYTES) == 0 {
         return conv.forward(x);
     }
@@ -96,7 +79,7 @@ pub fn conv2d_by(route: GpuConvRoute, conv: &Conv2d, x: Tensor<4>) -> Tensor<4> 
 
 /// [`GpuConvRoute::Im2col`] with im2col matrices of at most `max_bytes`.
 fn im2col_conv(conv: &Conv2d, x: Tensor<4>, max_bytes: usize) -> Tensor<4> {
-    let Some((top, left, bottom, right)) = im2col_padding(conv, &x) else { return conv.forward(x) };
+    let Some((top, left, bottom, right)) = crate::stride_1_padding(conv, &x) else { return conv.forward(x) };
     let chunk = images_per_chunk(conv, &x, (top, left, bottom, right), max_bytes);
     if chunk == 0 {
         return conv.forward(x);
@@ -140,13 +123,14 @@ fn im2col_conv(conv: &Conv2d, x: Tensor<4>, max_bytes: usize) -> Tensor<4> {
 /// burn's op): stride 1, dilation 1, one group, explicit padding, and one image's im2col matrix
 /// within [`IM2COL_MAX_BYTES`].
 pub fn im2col_applies(conv: &Conv2d, x: &Tensor<4>) -> bool {
-    im2col_padding(conv, x).is_some_and(|p| images_per_chunk(conv, x, p, IM2COL_MAX_BYTES) > 0)
+    crate::stride_1_padding(conv, x).is_some_and(|p| images_per_chunk(conv, x, p, IM2COL_MAX_BYTES) > 0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::nn::conv::Conv2dConfig;
+    use burn::nn::PaddingConfig2d;
     use burn::tensor::Distribution;
 
     /// The im2col product against burn's convolution on flex: 3×3 with SD's padding 1, 1×1,

@@ -10,11 +10,11 @@
 # step is skipped when the call's time budget is nearly spent; $OUT/skipped.txt says which):
 #   1. SD 1.5 at 512: scripts/bench/torch_reference.py (CUDA, fp16, CFG batch 2), kiln bench
 #      --json (Vulkan, UNet and VAE f16) with the same config, and scripts/bench/compare.py:
-#      kiln ÷ torch per component;
-#   2. SD 1.5 again with `--gpu-attention burn --gpu-conv burn --gpu-norm burn` (burn's as is): the
-#      before/after of kiln's GPU routes (the auto run's JSON lists each shape it timed);
-#   3. scripts/gpu/unet_check.py: kiln's f16 UNet output against PyTorch's on the same weights;
-#   4. SDXL at 1024 like 1.
+#      kiln ÷ torch per component — once with `--gpu-attention burn --gpu-conv burn --gpu-norm
+#      burn` (burn's kernels as they are), once with kiln's measured routes (`auto`, the default;
+#      its JSON lists every shape it timed): the before/after;
+#   2. scripts/gpu/unet_check.py: kiln's f16 UNet output against PyTorch's on the same weights;
+#   3. SDXL at 1024 like 1 (auto only).
 # Everything lands in $OUT (the device tool brings it back).
 set -uo pipefail
 OUT=${OUT:-/tmp/kiln-gpu-out}
@@ -56,9 +56,11 @@ compare() { # kiln-name torch-preset
   python3 scripts/bench/compare.py "$OUT/kiln-$1.json" "$OUT/torch-$2.json" | tee "$OUT/ratios-$1.txt" || status=1
 }
 torch_bench sd15 512
-kiln_bench sd15 512 sd15 && compare sd15 sd15
-# before/after for kiln's GPU routes (attention head dim, im2col conv, fused GroupNorm): burn's as they are
+# before/after for kiln's GPU routes (attention head dim, im2col conv, fused GroupNorm): burn's as
+# they are first (this also fills burn's persistent autotune cache, so the auto run's first use
+# adds only what its alternatives need), then auto
 kiln_bench sd15 512 sd15-burn --gpu-attention burn --gpu-conv burn --gpu-norm burn && compare sd15-burn sd15
+kiln_bench sd15 512 sd15 && compare sd15 sd15
 run python3 scripts/gpu/unet_check.py write /tmp/unet-check --preset sd15 --size 512 --device cuda &&
   run $KILN bench --unet-check /tmp/unet-check --device vulkan --dtype f16 &&
   python3 scripts/gpu/unet_check.py compare /tmp/unet-check | tee "$OUT/unet-check.json" || status=1

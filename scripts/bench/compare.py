@@ -27,6 +27,12 @@ def main():
         for r in kiln.get("routes", []):
             times = ", ".join(f"{name} {ms:.3f} ms" for name, ms in r["times_ms"].items())
             print(f"  {r['op']} {r['dtype']} {r['shape']}: {times} -> {r['route']}")
+    if kiln.get("unet_profile"):
+        p = kiln["unet_profile"]
+        print(f"kiln UNet step by op ({p['step_ms']:.2f} ms with a device sync around each op):")
+        for o in p["ops"]:
+            print(f"  {o['op']:<12} {o['calls']:>5} calls {o['ms']:10.2f} ms {100 * o['share']:6.1f} %")
+        print(f"  {'other':<12} {'':>5}       {p['other_ms']:10.2f} ms {100 * p['other_ms'] / p['step_ms']:6.1f} %")
     if kiln.get("peak_memory_bytes") and ref.get("peak_memory_bytes"):
         gib = 1 << 30
         print(f"peak memory    {kiln['peak_memory_bytes'] / gib:9.2f}G {ref['peak_memory_bytes'] / gib:9.2f}G "

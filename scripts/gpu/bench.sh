@@ -12,7 +12,8 @@
 #      --json (Vulkan, UNet and VAE f16) with the same config, and scripts/bench/compare.py:
 #      kiln ÷ torch per component — once with `--gpu-attention burn --gpu-conv burn --gpu-norm
 #      burn` (burn's kernels as they are), once with kiln's measured routes (`auto`, the default;
-#      its JSON lists every shape it timed): the before/after;
+#      its JSON lists every shape it timed): the before/after; each kiln run also profiles one
+#      UNet step by op (`--profile`: convolutions, GroupNorms, attention, the rest);
 #   2. scripts/gpu/unet_check.py: kiln's f16 UNet output against PyTorch's on the same weights;
 #   3. SDXL at 1024 like 1 (auto only).
 # Everything lands in $OUT (the device tool brings it back).
@@ -46,7 +47,7 @@ run() {
 kiln_bench() { # preset size name [extra flags]: kiln bench --json into $OUT/kiln-NAME.json
   local preset=$1 size=$2 name=$3; shift 3
   run $KILN bench --preset "$preset" --device vulkan --dtype f16 --vae-dtype f16 --width "$size" --height "$size" \
-    --steps 20 --batch 1 --iters 5 --json "$@" >"$OUT/kiln-$name.json" 2>"$OUT/kiln-$name.log" || { status=1; tail -5 "$OUT/kiln-$name.log"; return 1; }
+    --steps 20 --batch 1 --iters 5 --profile --json "$@" >"$OUT/kiln-$name.json" 2>"$OUT/kiln-$name.log" || { status=1; tail -5 "$OUT/kiln-$name.log"; return 1; }
 }
 torch_bench() { # preset size
   run python3 scripts/bench/torch_reference.py --preset "$1" --device cuda --dtype fp16 --vae-dtype fp16 \

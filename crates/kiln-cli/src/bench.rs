@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Also time one UNet CFG step per op (convolutions, GroupNorms, attention; the device is
+    /// synced around each, so that step is slower than the plain one).
+    #[arg(long)]
+    profile: bool,
     /// Instead of timing: run DIR/unet on the inputs scripts/gpu/unet_check.py wrote and save
     /// DIR/kiln_out.safetensors for it to compare with PyTorch.
     #[arg(long, value_name = "DIR")]
@@ -64,6 +68,13 @@ fn print_text(r: &BenchReport) {
     for c in &r.routes {
         let times: Vec<String> = c.times_ms.iter().map(|(route, ms)| format!("{route} {ms:.3} ms")).collect();
         println!("  {} {} {}: {} -> {}", c.op, c.dtype, c.shape, times.join(", "), c.route);
+    }
+    if let Some(p) = &r.unet_profile {
+        println!("UNet CFG step by op ({:.2} ms with a device sync around each op):", p.step_ms);
+        for op in &p.ops {
+            println!("  {:<12} {:>5} calls {:>10.2} ms  {:>5.1} %", op.op, op.calls, op.ms, 100.0 * op.share);
+        }
+        println!("  {:<12} {:>5}       {:>10.2} ms  {:>5.1} %", "other", "", p.other_ms, 100.0 * p.other_ms / p.step_ms);
     }
     match r.peak_memory_bytes {
         Some(b) => println!("peak memory: {:.2} GiB ({})", b as f64 / (1u64 << 30) as f64, r.peak_memory_source),
@@ -98,6 +109,7 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         batch: a.batch,
         iters: a.iters,
         seed: 0,
+        profile: a.profile,
     };
     let device_name = format!("{} ({device:?})", a.device.device);
     let report = run_bench(&options, &device, &device_name).map_err(|e| e.to_string())?;

@@ -76,3 +76,45 @@ fn the_sd15_preset_is_sd15() {
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["unet_parameters"], 859_520_964);
 }
+
+/// The shapes in a safetensors file's header (the file's first 8 bytes give the header's length).
+fn tensor_shapes(path: &std::path::Path) -> Vec<(String, Vec<usize>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(k, v)| (k.clone(), v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect()))
+        .collect()
+}
+
+/// `--profile`: one UNet step timed per op. Every convolution of the UNet (a 4-D weight in its
+/// safetensors file) and every attention (a `to_q`) is counted once, GroupNorms are counted, and
+/// the ops plus the rest add up to the profiled step.
+#[test]
+fn bench_profile_counts_every_op_of_the_unet() {
+    let out = kiln(&["bench", "--model", &model(), "--width", "64", "--height", "64", "--steps", "1", "--iters", "1", "--profile", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &r["unet_profile"];
+    let weights = tensor_shapes(&PathBuf::from(model()).join("unet/diffusion_pytorch_model.safetensors"));
+    let convs = weights.iter().filter(|(_, s)| s.len() == 4).count();
+    let attentions = weights.iter().filter(|(k, _)| k.ends_with("to_q.weight")).count();
+    let op = |name: &str| p["ops"].as_array().unwrap().iter().find(|o| o["op"] == name).unwrap_or_else(|| panic!("{name}: {p}")).clone();
+    assert_eq!(op("conv2d")["calls"].as_u64(), Some(convs as u64), "{p}");
+    assert_eq!(op("attention")["calls"].as_u64(), Some(attentions as u64), "{p}");
+    assert!(op("group_norm")["calls"].as_u64().unwrap() > 0, "{p}");
+    let step = p["step_ms"].as_f64().unwrap();
+    let sum: f64 = p["ops"].as_array().unwrap().iter().map(|o| o["ms"].as_f64().unwrap()).sum::<f64>() + p["other_ms"].as_f64().unwrap();
+    assert!((sum - step).abs() < 1e-6 * step.max(1.0), "{sum} vs {step}");
+    for o in p["ops"].as_array().unwrap() {
+        assert!(o["ms"].as_f64().unwrap() > 0.0 && o["share"].as_f64().unwrap() < 1.0, "{o}");
+    }
+    // without --profile there is none
+    let out = kiln(&["bench", "--model", &model(), "--width", "64", "--height", "64", "--steps", "1", "--iters", "1", "--json"]);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["unet_profile"].is_null());
+}

@@ -155,6 +155,10 @@ pub fn attention_by(route: GpuAttentionRoute, q: Tensor<4>, k: Tensor<4>, v: Ten
 /// - q: `[batch, seq_q, heads · head_dim]`, k: `[batch, seq_k, heads · head_dim]`,
 ///   v: `[batch, seq_k, heads · v_dim]` → `[batch, seq_q, heads · v_dim]`
 pub fn multi_head_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, upcast: bool, causal: bool) -> Tensor<3> {
+    crate::profile::scope("attention", crate::profile::device_of(&q), || multi_head_attention_here(q, k, v, heads, upcast, causal))
+}
+
+fn multi_head_attention_here(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, upcast: bool, causal: bool) -> Tensor<3> {
     if let Some(o) = crate::cpu_attention::attention_tokens(&q, &k, &v, heads, causal) {
         return o;
     }

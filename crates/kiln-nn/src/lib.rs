@@ -55,6 +55,7 @@ pub mod gpu_conv;
 pub mod gpu_norm;
 pub mod gpu_route;
 pub mod load;
+pub mod profile;
 pub mod resnet;
 pub mod sampling;
 pub mod testing;
@@ -106,7 +107,7 @@ pub(crate) fn stride_1_padding(conv: &Conv2d, x: &Tensor<4>) -> Option<(usize, u
 /// # Shapes
 /// - x: `[batch, c_in, height, width]` → `[batch, c_out, height_out, width_out]`
 pub fn conv2d_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    cpu_conv::conv2d(conv, &x).unwrap_or_else(|| gpu_conv::conv2d(conv, x))
+    profile::scope("conv2d", profile::device_of(&x), || cpu_conv::conv2d(conv, &x).unwrap_or_else(|| gpu_conv::conv2d(conv, x)))
 }
 
 /// `norm.forward(x)` (diffusers' `GroupNorm`), by kiln's CPU kernel where it applies
@@ -116,7 +117,7 @@ pub fn conv2d_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// # Shapes
 /// - x: `[batch, channels, ...]` → the same shape
 pub fn group_norm<const D: usize>(norm: &GroupNorm, x: Tensor<D>) -> Tensor<D> {
-    cpu_norm::group_norm(norm, &x, false).unwrap_or_else(|| gpu_norm::group_norm(norm, x, false))
+    profile::scope("group_norm", profile::device_of(&x), || cpu_norm::group_norm(norm, &x, false).unwrap_or_else(|| gpu_norm::group_norm(norm, x, false)))
 }
 
 /// `silu(norm.forward(x))`, diffusers' `nonlinearity(norm(x))` before a ResNet block's
@@ -126,7 +127,7 @@ pub fn group_norm<const D: usize>(norm: &GroupNorm, x: Tensor<D>) -> Tensor<D> {
 /// # Shapes
 /// - x: `[batch, channels, ...]` → the same shape
 pub fn group_norm_silu<const D: usize>(norm: &GroupNorm, x: Tensor<D>) -> Tensor<D> {
-    cpu_norm::group_norm(norm, &x, true).unwrap_or_else(|| gpu_norm::group_norm(norm, x, true))
+    profile::scope("group_norm", profile::device_of(&x), || cpu_norm::group_norm(norm, &x, true).unwrap_or_else(|| gpu_norm::group_norm(norm, x, true)))
 }
 
 /// Casts every float parameter of `module` to `dtype` (e.g. a randomly initialised model to f16

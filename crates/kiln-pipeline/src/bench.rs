@@ -85,6 +85,8 @@ pub struct BenchOptions {
     /// Timed repetitions per component (after the first, untimed-for-the-mean call).
     pub iters: usize,
     pub seed: u64,
+    /// Also run one UNet CFG step with per-op timing ([`BenchReport::unet_profile`]).
+    pub profile: bool,
 }
 
 /// Seconds over the timed repetitions.
@@ -129,6 +131,30 @@ pub struct BenchReport {
     /// The choices `auto` measured on the device in this run (GPUs only): each op and shape, every
     /// route's time and the one kept ([`kiln_nn::gpu_route`]).
     pub routes: Vec<RouteReport>,
+    /// `--profile`: one more UNet CFG step with the device synced around every convolution,
+    /// GroupNorm and attention call ([`kiln_nn::profile`]).
+    pub unet_profile: Option<UnetProfile>,
+}
+
+/// Where one UNet CFG step's time goes (`kiln bench --profile`).
+#[derive(Debug, Clone, Serialize)]
+pub struct UnetProfile {
+    /// The profiled step, syncs included (slower than [`BenchReport::unet_step`]).
+    pub step_ms: f64,
+    /// Per op: `conv2d`, `group_norm`, `attention`.
+    pub ops: Vec<OpProfile>,
+    /// The rest of the step: linear layers, element-wise ops, embeddings, the syncs.
+    pub other_ms: f64,
+}
+
+/// One op's calls and time within [`UnetProfile`].
+#[derive(Debug, Clone, Serialize)]
+pub struct OpProfile {
+    pub op: String,
+    pub calls: usize,
+    pub ms: f64,
+    /// `ms` ÷ the profiled step.
+    pub share: f64,
 }
 
 /// One measured choice ([`kiln_nn::gpu_route::RouteChoice`]).
@@ -331,6 +357,28 @@ fn run_bench_here(o: &BenchOptions, device: &Device, device_name: &str) -> Resul
     let unet_step =
         time(o.iters, device, &mut memory, || Ok(c.unet.forward(sample.clone(), &[999.0], context.clone(), added.as_ref())?))?;
 
+    let unet_profile = if o.profile {
+        kiln_nn::profile::take();
+        kiln_nn::profile::set_enabled(true);
+        sync(device)?;
+        let start = Instant::now();
+        let out = c.unet.forward(sample.clone(), &[999.0], context.clone(), added.as_ref());
+        let synced = sync(device);
+        let step_ms = start.elapsed().as_secs_f64() * 1e3;
+        kiln_nn::profile::set_enabled(false);
+        let totals = kiln_nn::profile::take();
+        drop(out?);
+        synced?;
+        let ops: Vec<OpProfile> = totals
+            .into_iter()
+            .map(|(op, t)| OpProfile { op: op.into(), calls: t.calls, ms: t.secs * 1e3, share: t.secs * 1e3 / step_ms })
+            .collect();
+        let other_ms = step_ms - ops.iter().map(|p| p.ms).sum::<f64>();
+        Some(UnetProfile { step_ms, ops, other_ms })
+    } else {
+        None
+    };
+
     let latents = randn(&mut generator, [o.batch, c.vae.config.latent_channels, lh, lw]);
     let vae_decode = time(o.iters, device, &mut memory, || Ok(c.vae.decode(latents.clone())?))?;
 
@@ -370,6 +418,7 @@ fn run_bench_here(o: &BenchOptions, device: &Device, device_name: &str) -> Resul
         unet_parameters: burn::module::Module::num_params(&c.unet),
         gpu_policies: GpuOp::ALL.iter().map(|&op| (op.name().to_string(), policy(op).name(op).to_string())).collect(),
         routes: route_reports(),
+        unet_profile,
     })
 }
 

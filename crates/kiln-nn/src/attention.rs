@@ -268,6 +268,25 @@ pub(crate) mod tests {
         }
     }
 
+    /// Both routes in f16 (the dtype the padded route is for): as close to the f32 result as f16
+    /// allows, the padded route no further off than burn's op as it is.
+    #[test]
+    fn padded_head_dim_route_in_f16() {
+        let device = Device::flex();
+        let randn = |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let (q, k, v) = (randn([2, 2, 33, 40]), randn([2, 2, 33, 40]), randn([2, 2, 33, 40]));
+        let want = explicit_attention(q.clone(), k.clone(), v.clone(), false);
+        let f16 = |t: &Tensor<4>| t.clone().cast(FloatDType::F16);
+        let err = |route| -> f32 {
+            let got = attention_by(route, f16(&q), f16(&k), f16(&v), false);
+            assert_eq!(got.dtype(), DType::F16);
+            (got.cast(FloatDType::F32) - want.clone()).abs().max().into_scalar()
+        };
+        let (burn, padded) = (err(GpuAttentionRoute::Burn), err(GpuAttentionRoute::PaddedHeadDim));
+        eprintln!("f16 attention max error: burn {burn:.2e}, padded {padded:.2e}");
+        assert!(padded < 1e-2 && padded <= 2.0 * burn.max(1e-3), "burn {burn}, padded {padded}");
+    }
+
     /// Which route the policy gives: flex and multiples of 16 always burn's op as it is.
     #[test]
     fn gpu_route_leaves_flex_and_multiples_of_16_to_burn() {

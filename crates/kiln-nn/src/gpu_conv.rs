@@ -164,6 +164,26 @@ mod tests {
         }
     }
 
+    /// The im2col route in f16: as close to the f32 convolution as burn's f16 convolution is.
+    #[test]
+    fn im2col_in_f16() {
+        use burn::tensor::{DType, FloatDType};
+        let device = Device::flex();
+        let conv = Conv2dConfig::new([16, 8], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(&device);
+        let x = Tensor::<4>::random([2, 16, 9, 9], Distribution::Normal(0.0, 1.0), &device);
+        let want = conv.forward(x.clone());
+        let conv16 = crate::cast_module(conv, DType::F16);
+        let x16 = x.cast(FloatDType::F16);
+        let err = |route| -> f32 {
+            let got = conv2d_by(route, &conv16, x16.clone());
+            assert_eq!(got.dtype(), DType::F16);
+            (got.cast(FloatDType::F32) - want.clone()).abs().max().into_scalar()
+        };
+        let (burn, im2col) = (err(GpuConvRoute::Burn), err(GpuConvRoute::Im2col));
+        eprintln!("f16 conv max error: burn {burn:.2e}, im2col {im2col:.2e}");
+        assert!(im2col <= 2.0 * burn.max(1e-3), "burn {burn}, im2col {im2col}");
+    }
+
     /// Where the route does not apply it is burn's op: stride 2, and an image whose im2col
     /// matrix would exceed the bound.
     #[test]

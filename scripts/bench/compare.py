@@ -15,7 +15,7 @@ def main():
         if kiln[k] != ref[k]:
             sys.exit(f"the reports differ in {k}: kiln {kiln[k]!r}, torch {ref[k]!r}")
     print(f"{kiln['model']}  {kiln['width']}x{kiln['height']}  batch {kiln['batch']} (UNet {2 * kiln['batch']})  {kiln['dtype']}")
-    print(f"kiln:  {kiln['device']}\ntorch: {ref['device']}")
+    print(f"kiln:  {kiln['device']}{' on ' + kiln['adapter'] if kiln.get('adapter') else ''}\ntorch: {ref['device']}")
     print(f"{'component':<14} {'kiln ms':>10} {'torch ms':>10} {'kiln/torch':>10}   first use kiln / torch (ms)")
     for c in ("text_encode", "unet_step", "vae_decode", "end_to_end"):
         a, b = kiln[c], ref[c]

@@ -57,7 +57,8 @@ fn line(name: &str, t: &Timing) -> String {
 
 fn print_text(r: &BenchReport) {
     println!("model: {}", r.model);
-    println!("device: {}   UNet {} ({} parameters), VAE {}", r.device, r.dtype, r.unet_parameters, r.vae_dtype);
+    let adapter = r.adapter.as_deref().map(|a| format!(" on {a}")).unwrap_or_default();
+    println!("device: {}{adapter}   UNet {} ({} parameters), VAE {}", r.device, r.dtype, r.unet_parameters, r.vae_dtype);
     println!("size: {}x{}, batch {} (UNet batch {}), {} steps", r.width, r.height, r.batch, 2 * r.batch, r.steps);
     println!("{}", line("text encode", &r.text_encode));
     println!("{}", line("UNet CFG step", &r.unet_step));

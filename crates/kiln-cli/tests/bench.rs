@@ -32,6 +32,7 @@ fn bench_reports_every_component() {
     assert!(r["end_to_end"]["mean_s"].as_f64().unwrap() > r["unet_step"]["mean_s"].as_f64().unwrap());
     assert!(r["peak_memory_bytes"].as_u64().unwrap() > 1 << 20);
     assert!(r["device"].as_str().unwrap().starts_with("cpu"));
+    assert!(r["adapter"].is_null(), "no GPU adapter on the CPU");
     // the GPU route policies are reported; flex has no route to measure
     for op in ["attention", "conv2d", "group_norm"] {
         assert_eq!(r["gpu_policies"][op].as_str(), Some("auto"), "{op}");

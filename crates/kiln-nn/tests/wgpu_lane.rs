@@ -38,6 +38,15 @@ fn assert_close<const D: usize>(what: &str, got: Tensor<D>, want: Tensor<D>) {
     assert!(err <= TOL * scale, "{what}: max abs err {err} > {TOL} x {scale}");
 }
 
+/// The lane's device names its adapter (what `kiln bench` reports as `adapter`): llvmpipe.
+#[test]
+fn the_lane_device_names_its_adapter() {
+    let Some(lane) = wgpu_lane_device() else { return };
+    let name = lane.identity().map(|i| i.name).unwrap_or_default();
+    eprintln!("lane adapter: {name:?}");
+    assert!(name.contains("llvmpipe"), "{name:?}");
+}
+
 #[test]
 fn matmul_batched_and_odd_sizes() {
     let Some(lane) = wgpu_lane_device() else { return };

@@ -105,6 +105,8 @@ pub struct Timing {
 pub struct BenchReport {
     pub model: String,
     pub device: String,
+    /// The GPU as it names itself (e.g. `NVIDIA H100 80GB HBM3`); `None` on the CPU.
+    pub adapter: Option<String>,
     pub dtype: String,
     pub vae_dtype: String,
     pub width: usize,
@@ -403,6 +405,7 @@ fn run_bench_here(o: &BenchOptions, device: &Device, device_name: &str) -> Resul
     Ok(BenchReport {
         model: c.name,
         device: device_name.to_string(),
+        adapter: if *device == Device::flex() { None } else { device.identity().map(|i| i.name) },
         dtype: dtype_name(o.dtype),
         vae_dtype: dtype_name(o.vae_dtype),
         width: o.width,

@@ -160,18 +160,23 @@ fn attention_padded_head_dim_route() {
 }
 
 /// The im2col route of GPU convolutions (`GpuConvRoute::Im2col`, what `--gpu-conv auto` may pick)
-/// through burn's CubeCL matmul against burn's conv on flex: SD's 3×3 with padding 1 and a 1×1.
+/// through burn's CubeCL matmul against burn's conv on flex: SD's 3×3 with padding 1 and a 1×1,
+/// whole and in bands of output rows.
 #[test]
 fn conv2d_im2col_route() {
-    use kiln_nn::gpu_conv::{conv2d_by, GpuConvRoute};
+    use kiln_nn::gpu_conv::{conv2d_by, im2col_conv, GpuConvRoute};
     let Some(lane) = wgpu_lane_device() else { return };
     let flex = Device::flex();
     for (what, [b, c_in, h, w], c_out, k, p) in [("im2col 3x3", [2, 8, 9, 7], 6, 3, 1), ("im2col 1x1", [2, 8, 5, 5], 4, 1, 0)] {
         let conv = conv2d(c_in, c_out, k, 1, p, &flex);
         let x = randn([b, c_in, h, w], &flex);
         let want = conv.forward(x.clone());
-        let got = conv2d_by(GpuConvRoute::Im2col, &conv.clone().to_device(&lane), x.to_device(&lane));
-        assert_close(what, got, want);
+        let got = conv2d_by(GpuConvRoute::Im2col, &conv.clone().to_device(&lane), x.clone().to_device(&lane));
+        assert_close(what, got, want.clone());
+        // bands of 2 output rows (the split the VAE's large convolutions get)
+        let row_bytes = k * k * c_in * want.dims()[3] * 4;
+        let got = im2col_conv(&conv.to_device(&lane), x.to_device(&lane), 2 * row_bytes);
+        assert_close(&format!("{what}, bands of 2 rows"), got, want);
     }
 }
 

@@ -19,8 +19,9 @@ use crate::gpu_route::GpuOp;
 pub enum GpuNormRoute {
     /// burn's `GroupNorm::forward` (then burn's `silu`).
     Burn,
-    /// PyTorch's formulation (`aten/src/ATen/native/group_norm.cpp`: `y = x·scale + shift` with
-    /// `scale = rstd·γ`, `shift = β − mean·scale` per channel), statistics in f32 from shifted
+    /// PyTorch's formulation (`ComputeFusedParams` in `aten/src/ATen/native/cpu/group_norm_kernel.cpp`
+    /// and its CUDA twin: `y = x·scale + shift` with `scale = rstd·γ`, `shift = β − mean·scale` per
+    /// channel), statistics in f32 from shifted
     /// sums (the group's first element subtracted before summing, so a mean far from zero does not
     /// cancel the variance away), written as burn tensor ops that fuse into two reductions and one
     /// element-wise kernel.

@@ -45,8 +45,10 @@ run() {
   timeout "$left" "$@"
 }
 kiln_bench() { # preset size name [extra flags]: kiln bench --json into $OUT/kiln-NAME.json
+  # the log gets each component's time and each route measurement as they happen (a run that
+  # times out still leaves them)
   local preset=$1 size=$2 name=$3; shift 3
-  run $KILN bench --preset "$preset" --device vulkan --dtype f16 --vae-dtype f16 --width "$size" --height "$size" \
+  RUST_LOG=warn,kiln_nn=info,kiln_pipeline=info run $KILN bench --preset "$preset" --device vulkan --dtype f16 --vae-dtype f16 --width "$size" --height "$size" \
     --steps 20 --batch 1 --iters 5 --profile --json "$@" >"$OUT/kiln-$name.json" 2>"$OUT/kiln-$name.log" || { status=1; tail -5 "$OUT/kiln-$name.log"; return 1; }
 }
 torch_bench() { # preset size

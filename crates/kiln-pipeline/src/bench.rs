@@ -276,6 +276,7 @@ fn sync(device: &Device) -> Result<(), PipelineError> {
 
 /// Times `f` once (first use), then `iters` more times.
 fn time<T>(
+    name: &str,
     iters: usize,
     device: &Device,
     memory: &mut PeakMemory,
@@ -291,10 +292,12 @@ fn time<T>(
         Ok(secs)
     };
     let first_use_s = run(&mut f, memory)?;
+    log::info!("bench: {name}: first use {:.2} ms", first_use_s * 1e3);
     let mut times = Vec::with_capacity(iters);
     for _ in 0..iters.max(1) {
         times.push(run(&mut f, memory)?);
     }
+    log::info!("bench: {name}: {:.2} ms mean of {}", times.iter().sum::<f64>() / times.len() as f64 * 1e3, times.len());
     Ok(Timing {
         mean_s: times.iter().sum::<f64>() / times.len() as f64,
         min_s: times.iter().cloned().fold(f64::INFINITY, f64::min),
@@ -343,7 +346,7 @@ fn run_bench_here(o: &BenchOptions, device: &Device, device_name: &str) -> Resul
         }
         Ok((Tensor::cat(parts, 2), pooled))
     };
-    let text_encode = time(o.iters, device, &mut memory, encode)?;
+    let text_encode = time("text encode", o.iters, device, &mut memory, encode)?;
 
     // UNet inputs for the CFG batch
     let (context, pooled) = encode()?;
@@ -357,7 +360,7 @@ fn run_bench_here(o: &BenchOptions, device: &Device, device_name: &str) -> Resul
     };
     let sample = randn(&mut generator, [cfg_batch, unet_config.in_channels, lh, lw]);
     let unet_step =
-        time(o.iters, device, &mut memory, || Ok(c.unet.forward(sample.clone(), &[999.0], context.clone(), added.as_ref())?))?;
+        time("UNet CFG step", o.iters, device, &mut memory, || Ok(c.unet.forward(sample.clone(), &[999.0], context.clone(), added.as_ref())?))?;
 
     let unet_profile = if o.profile {
         kiln_nn::profile::take();
@@ -382,10 +385,10 @@ fn run_bench_here(o: &BenchOptions, device: &Device, device_name: &str) -> Resul
     };
 
     let latents = randn(&mut generator, [o.batch, c.vae.config.latent_channels, lh, lw]);
-    let vae_decode = time(o.iters, device, &mut memory, || Ok(c.vae.decode(latents.clone())?))?;
+    let vae_decode = time("VAE decode", o.iters, device, &mut memory, || Ok(c.vae.decode(latents.clone())?))?;
 
     let scheduler_config = c.scheduler.clone();
-    let end_to_end = time(o.iters.min(2), device, &mut memory, || {
+    let end_to_end = time("end to end", o.iters.min(2), device, &mut memory, || {
         let mut scheduler = SamplerName::Euler.build(&scheduler_config, o.steps, &StepOptions::default())?;
         let (context, _) = encode()?;
         let context = context.repeat_dim(0, o.batch);

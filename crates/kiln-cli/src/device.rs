@@ -15,8 +15,8 @@ pub struct DeviceArgs {
     /// The VAE's precision; an f16 decode that overflows (NaN/inf) is redone in f32.
     #[arg(long, value_name = "f32|f16", default_value = "f32")]
     pub vae_dtype: String,
-    /// GPUs, attention whose head dim is not a multiple of 16 (SD 1.x's 40): auto (f16: time
-    /// burn's kernel and the zero-padded head dim at first use, keep the faster), burn (as is),
+    /// GPUs, attention whose head dim is not a multiple of 16 (SD 1.x's 40): auto (time burn's
+    /// kernel and the zero-padded head dim at first use, keep the faster), burn (as is),
     /// padded (always pad to a multiple of 16 for burn's tensor-core flash kernel).
     #[arg(long, value_name = "auto|burn|padded", default_value = "auto")]
     pub gpu_attention: String,

@@ -107,7 +107,7 @@ pub enum GpuAttentionRoute {
 /// The route for these operands: [`GpuAttentionRoute::Burn`] on flex, under autodiff and when
 /// both head dims are multiples of 16; otherwise what `GpuOp::Attention`'s
 /// [`RoutePolicy`](crate::gpu_route::RoutePolicy) says, measured once per device, dtype and shape
-/// under `Auto` in f16/bf16 ([`crate::gpu_route::use_alternative`]).
+/// under `Auto` ([`crate::gpu_route::use_alternative`]).
 pub fn gpu_route(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool) -> GpuAttentionRoute {
     let device = q.device();
     let (d, dv) = (q.dims()[3], v.dims()[3]);
@@ -116,10 +116,8 @@ pub fn gpu_route(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool) -> G
     }
     let call = |route| move || attention_by(route, q.clone(), k.clone(), v.clone(), causal);
     let (burn, padded) = (call(GpuAttentionRoute::Burn), call(GpuAttentionRoute::PaddedHeadDim));
-    // auto measures in f16/bf16 only: in f32 there is no tensor-core kernel to reach on Vulkan
-    let measure = matches!(q.dtype(), DType::F16 | DType::BF16);
     let shape = || format!("q {:?} k {:?} v {:?}{}", q.dims(), k.dims(), v.dims(), if causal { " causal" } else { "" });
-    if crate::gpu_route::use_alternative(GpuOp::Attention, &device, q.dtype(), measure, shape, &burn, &padded) {
+    if crate::gpu_route::use_alternative(GpuOp::Attention, &device, q.dtype(), shape, &burn, &padded) {
         GpuAttentionRoute::PaddedHeadDim
     } else {
         GpuAttentionRoute::Burn

@@ -72,7 +72,7 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let burn = || conv.forward(x.clone());
     let im2col = || conv2d_by(GpuConvRoute::Im2col, conv, x.clone());
     let shape = || format!("x {:?} weight {:?} padding {padding:?}", x.dims(), conv.weight.dims());
-    let route = if crate::gpu_route::use_alternative(GpuOp::Conv2d, &device, x.dtype(), true, shape, &burn, &im2col) {
+    let route = if crate::gpu_route::use_alternative(GpuOp::Conv2d, &device, x.dtype(), shape, &burn, &im2col) {
         GpuConvRoute::Im2col
     } else {
         GpuConvRoute::Burn

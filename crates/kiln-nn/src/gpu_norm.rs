@@ -42,7 +42,7 @@ pub fn group_norm<const D: usize>(norm: &GroupNorm, x: Tensor<D>, with_silu: boo
     let burn = || group_norm_by(GpuNormRoute::Burn, norm, x.clone(), with_silu);
     let fused = || group_norm_by(GpuNormRoute::Fused, norm, x.clone(), with_silu);
     let shape = || format!("x {:?} groups {}{}", x.dims(), norm.num_groups, if with_silu { " + silu" } else { "" });
-    let route = if crate::gpu_route::use_alternative(GpuOp::GroupNorm, &device, x.dtype(), true, shape, &burn, &fused) {
+    let route = if crate::gpu_route::use_alternative(GpuOp::GroupNorm, &device, x.dtype(), shape, &burn, &fused) {
         GpuNormRoute::Fused
     } else {
         GpuNormRoute::Burn

@@ -107,14 +107,12 @@ pub fn policy(op: GpuOp) -> RoutePolicy {
     }
 }
 
-/// Whether `op` takes kiln's alternative here: as its [`RoutePolicy`] says, and under `Auto`
-/// (when `measure` is true) as [`choose`] measured between `burn` and `alternative`; `Auto` without
-/// `measure` keeps burn's route.
+/// Whether `op` takes kiln's alternative here: as its [`RoutePolicy`] says, and under `Auto` as
+/// [`choose`] measured between `burn` and `alternative`.
 pub fn use_alternative<const D: usize>(
     op: GpuOp,
     device: &Device,
     dtype: DType,
-    measure: bool,
     shape: impl FnOnce() -> String,
     burn: &dyn Fn() -> Tensor<D>,
     alternative: &dyn Fn() -> Tensor<D>,
@@ -122,7 +120,6 @@ pub fn use_alternative<const D: usize>(
     match policy(op) {
         RoutePolicy::Burn => false,
         RoutePolicy::Alternative => true,
-        RoutePolicy::Auto if !measure => false,
         RoutePolicy::Auto => {
             choose(op.name(), device, dtype, shape(), &[("burn", burn), (op.alternative(), alternative)]) == op.alternative()
         }

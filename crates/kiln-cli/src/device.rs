@@ -1,12 +1,14 @@
 //! The device and precision flags `kiln generate` and `kiln bench` share.
 
 use clap::Args;
-use kiln::burn::tensor::{DType, Device, DeviceKind};
+use kiln::burn::tensor::{DType, Device};
+use kiln::nn::wgpu_device;
 use kiln::nn::gpu_route::{set_policy, GpuOp, RoutePolicy};
 
 #[derive(Args)]
 pub struct DeviceArgs {
-    /// cpu (burn's flex backend), vulkan (SPIR-V, f16 tensor cores), wgpu (auto API, WGSL).
+    /// cpu (burn's flex backend), vulkan (SPIR-V, f16 tensor cores), wgpu (the API wgpu picks;
+    /// OpenGL where the only Vulkan driver is one cubecl would crash, e.g. Mesa's lavapipe).
     #[arg(long, value_name = "cpu|vulkan|wgpu", default_value = "cpu")]
     pub device: String,
     /// The UNet's precision (the text encoders stay f32).
@@ -43,8 +45,8 @@ impl DeviceArgs {
     pub fn resolve(&self) -> Result<(Device, DType, DType), String> {
         let device = match self.device.as_str() {
             "cpu" => Device::flex(),
-            "vulkan" => Device::vulkan(DeviceKind::DefaultDevice),
-            "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
+            "vulkan" => wgpu_device::vulkan().map_err(|why| format!("--device vulkan: {why}; use --device cpu"))?,
+            "wgpu" => wgpu_device::auto().map_err(|why| format!("--device wgpu: {why}; use --device cpu"))?,
             other => return Err(format!("--device must be cpu, vulkan or wgpu, got {other:?}")),
         };
         let policies = [

@@ -317,3 +317,23 @@ fn a_prompt_longer_than_77_tokens_is_truncated_with_a_warning() {
     assert!(stderr.contains("truncated") && stderr.contains("15 tokens dropped"), "warning expected: {stderr}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--device vulkan` where the Vulkan driver is one cubecl-spirv 0.11.3 would crash (Mesa's
+/// lavapipe, which CI installs) or where there is no Vulkan at all: exit 2 with the reason and
+/// the way out, instead of a segfault in the driver. Skipped where a usable Vulkan GPU exists.
+#[test]
+fn vulkan_without_a_usable_driver_exits_2() {
+    use kiln::nn::wgpu_device::{vulkan_check, VulkanCheck, EXPLICIT_LAYOUT_EXT};
+    let needle = match vulkan_check() {
+        VulkanCheck::Usable => return eprintln!("skipped: this machine has a usable Vulkan adapter"),
+        VulkanCheck::Crashes(_) => EXPLICIT_LAYOUT_EXT.to_str().unwrap().to_string(),
+        VulkanCheck::Absent(_) => "no Vulkan adapter".to_string(),
+    };
+    let model = root().join("assets/fixtures/models/sd1");
+    let out = tmp("vulkan").join("never.png");
+    let o = kiln(&["generate", "--model", model.to_str().unwrap(), "--prompt", "x", "--device", "vulkan", "--output", out.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--device vulkan") && stderr.contains(&needle) && stderr.contains("--device cpu"), "{stderr}");
+    assert!(!out.exists());
+}

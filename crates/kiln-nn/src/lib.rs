@@ -60,6 +60,7 @@ pub mod resnet;
 pub mod sampling;
 pub mod testing;
 pub mod transformer;
+pub mod wgpu_device;
 
 pub use attention::{Attention, AttentionConfig};
 pub use embeddings::{timestep_embedding, TimestepEmbedding, TimestepEmbeddingConfig};

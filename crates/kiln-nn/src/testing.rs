@@ -32,12 +32,10 @@
 
 use std::sync::OnceLock;
 
-use burn::tensor::wgpu::{WgpuBackend, WgpuInitError};
-use burn::tensor::{Device, DeviceKind};
+use burn::tensor::wgpu::WgpuBackend;
+use burn::tensor::Device;
 
-/// The Vulkan extension whose absence sends cubecl-spirv 0.11.3 down its broken implicit
-/// shared-memory lowering (see the module docs).
-const EXPLICIT_LAYOUT_EXT: &std::ffi::CStr = c"VK_KHR_workgroup_memory_explicit_layout";
+use crate::wgpu_device;
 
 /// The device the wgpu lane runs on, or `None` (after printing why on stderr) when this machine
 /// has no usable adapter for the configured lane.
@@ -70,19 +68,8 @@ pub fn wgpu_lane_device() -> Option<Device> {
 fn init_lane() -> Result<Device, String> {
     let lane = std::env::var("KILN_WGPU_LANE").unwrap_or_else(|_| "gl".into());
     let device = match lane.as_str() {
-        "gl" => Device::wgpu_options()
-            .graphics_api(WgpuBackend::Gl)
-            .device_kind(DeviceKind::DefaultDevice)
-            .init()
-            .map_err(|err| describe(err, "OpenGL (EGL)", "libegl1 libegl-mesa0 libgl1-mesa-dri"))?,
-        "vulkan" => {
-            vulkan_known_crash()?;
-            Device::wgpu_options()
-                .graphics_api(WgpuBackend::Vulkan)
-                .device_kind(DeviceKind::DefaultDevice)
-                .init()
-                .map_err(|err| describe(err, "Vulkan", "mesa-vulkan-drivers"))?
-        }
+        "gl" => wgpu_device::open(Some(WgpuBackend::Gl))?,
+        "vulkan" => wgpu_device::vulkan().map_err(|why| format!("known crash avoided: {why}; use KILN_WGPU_LANE=gl"))?,
         "off" => return Err("KILN_WGPU_LANE=off".into()),
         other => panic!("KILN_WGPU_LANE={other:?}: expected gl, vulkan or off"),
     };
@@ -90,58 +77,4 @@ fn init_lane() -> Result<Device, String> {
     let f16 = device.supports_dtype(burn::tensor::DType::F16);
     eprintln!("wgpu lane: {lane} on {name} (f16 supported: {f16})");
     Ok(device)
-}
-
-fn describe(err: WgpuInitError, api: &str, packages: &str) -> String {
-    match err {
-        WgpuInitError::AdapterUnavailable { .. } | WgpuInitError::UnsupportedGraphicsApi { .. } => {
-            format!("no {api} adapter ({err}); on Debian/Ubuntu install {packages}")
-        }
-        err => format!("{api} device initialisation failed: {err}"),
-    }
-}
-
-/// `Err(reason)` when the Vulkan adapter burn would pick lacks `VK_KHR_workgroup_memory_explicit_layout`,
-/// i.e. when cubecl-spirv 0.11.3's first shared-memory kernel would crash the driver.
-fn vulkan_known_crash() -> Result<(), String> {
-    use burn::tensor::wgpu::wgpu;
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::VULKAN,
-        flags: wgpu::InstanceFlags::empty(),
-        ..wgpu::InstanceDescriptor::new_without_display_handle()
-    });
-    let options = wgpu::RequestAdapterOptions {
-        power_preference: wgpu::PowerPreference::HighPerformance,
-        ..Default::default()
-    };
-    let adapter = block_on(instance.request_adapter(&options))
-        .map_err(|err| format!("no Vulkan adapter ({err}); on Debian/Ubuntu install mesa-vulkan-drivers"))?;
-    let info = adapter.get_info();
-    // SAFETY: only reads the adapter's extension list; the raw handle is not kept.
-    let has_ext = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() }
-        .is_some_and(|hal| hal.physical_device_capabilities().supports_extension(EXPLICIT_LAYOUT_EXT));
-    if has_ext {
-        Ok(())
-    } else {
-        Err(format!(
-            "known crash avoided: Vulkan adapter {:?} ({}) lacks {}, so cubecl-spirv 0.11.3 would emit \
-             invalid shared memory (a Workgroup variable of pointer type) and the driver segfaults in \
-             vkCreateComputePipelines; use KILN_WGPU_LANE=gl",
-            info.name,
-            info.driver_info,
-            EXPLICIT_LAYOUT_EXT.to_string_lossy()
-        ))
-    }
-}
-
-/// Drives a future to completion on this thread (wgpu's native adapter request is ready at once).
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    let mut future = std::pin::pin!(future);
-    loop {
-        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-            return out;
-        }
-        std::thread::yield_now();
-    }
 }

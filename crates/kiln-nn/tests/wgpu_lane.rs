@@ -47,6 +47,27 @@ fn the_lane_device_names_its_adapter() {
     assert!(name.contains("llvmpipe"), "{name:?}");
 }
 
+/// `wgpu_device::auto` (`kiln --device wgpu`) passes over a Vulkan driver cubecl would crash
+/// (lavapipe on CI) for OpenGL, and that device runs a matrix product (the kernel lavapipe
+/// crashes on). Skipped where Vulkan is usable or absent.
+#[test]
+fn auto_device_passes_over_a_crashing_vulkan_driver() {
+    use kiln_nn::wgpu_device::{auto, vulkan_check, VulkanCheck};
+    if wgpu_lane_device().is_none() {
+        return;
+    }
+    let check = vulkan_check();
+    if !matches!(check, VulkanCheck::Crashes(_)) {
+        return eprintln!("skipped: Vulkan here is {check:?}");
+    }
+    let device = auto().expect("OpenGL is there (the lane runs on it)");
+    assert!(format!("{device:?}").contains("Gl"), "{device:?}");
+    let flex = Device::flex();
+    let (a, b) = (randn([64, 64], &flex), randn([64, 64], &flex));
+    let want = a.clone().matmul(b.clone());
+    assert_close("matmul on wgpu_device::auto", a.to_device(&device).matmul(b.to_device(&device)), want);
+}
+
 #[test]
 fn matmul_batched_and_odd_sizes() {
     let Some(lane) = wgpu_lane_device() else { return };

@@ -21,9 +21,11 @@ pub const EXPLICIT_LAYOUT_EXT: &std::ffi::CStr = c"VK_KHR_workgroup_memory_expli
 /// What [`vulkan_check`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VulkanCheck {
-    /// The adapter burn would pick has the extension.
+    /// The adapter burn would pick has the extension, or is a GPU (a hardware driver without it
+    /// is not known to crash; a warning is logged).
     Usable,
-    /// There is an adapter, but cubecl's kernels would crash its driver: why, naming it.
+    /// The adapter is a software driver without the extension (Mesa's lavapipe), which cubecl's
+    /// kernels crash: why, naming it.
     Crashes(String),
     /// No Vulkan adapter (no loader or no driver): why.
     Absent(String),
@@ -47,6 +49,11 @@ pub fn vulkan_check() -> VulkanCheck {
     let has_ext = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() }
         .is_some_and(|hal| hal.physical_device_capabilities().supports_extension(EXPLICIT_LAYOUT_EXT));
     if has_ext {
+        VulkanCheck::Usable
+    } else if info.device_type != wgpu::DeviceType::Cpu {
+        // a GPU driver without the extension: no crash is known there (cubecl falls back to its
+        // implicit lowering, which only software drivers have been seen to reject)
+        log::warn!("the Vulkan adapter {:?} lacks {}; cubecl's shared memory may not work on it", info.name, EXPLICIT_LAYOUT_EXT.to_string_lossy());
         VulkanCheck::Usable
     } else {
         VulkanCheck::Crashes(format!(

@@ -21,7 +21,7 @@ def main():
         a, b = kiln[c], ref[c]
         print(f"{c:<14} {a['mean_s'] * 1e3:10.2f} {b['mean_s'] * 1e3:10.2f} {a['mean_s'] / b['mean_s']:10.2f}   "
               f"{a['first_use_s'] * 1e3:.1f} / {b['first_use_s'] * 1e3:.1f}")
-    if "gpu_policies" in kiln:
+    if kiln.get("routes"):
         policies = ", ".join(f"{op} {p}" for op, p in kiln["gpu_policies"].items())
         print(f"kiln GPU routes: {policies}; timed at first use:")
         for r in kiln.get("routes", []):

@@ -18,9 +18,9 @@
 //! `vkCreateComputePipelines` on the first kernel that uses shared memory (a 64x64 or 256x256
 //! matmul: cubek's partitioned matmul; element-wise ops and a sum run). Hand-fixing the three
 //! `OpVariable`s makes the module pass `spirv-val` and lavapipe build the pipeline. Drivers that
-//! expose the extension (desktop GPU drivers generally do) take the explicit-layout path instead. `KILN_WGPU_LANE=vulkan` asks for the Vulkan lane anyway: it is used when the
-//! adapter has the extension and refused (with the reason printed) when it does not, since a
-//! segfault cannot be caught in-process.
+//! expose the extension (desktop GPU drivers generally do) take the explicit-layout path instead. `KILN_WGPU_LANE=vulkan` asks for the Vulkan lane anyway, through
+//! [`wgpu_device::vulkan`]: refused (with the reason printed) on a software driver without the
+//! extension, since a segfault cannot be caught in-process.
 //!
 //! The WGSL path has no f16 on GL: lane tests run in f32. Mesa caps one storage buffer at
 //! 128 MiB: keep shapes tiny.

@@ -16,7 +16,7 @@ use kiln::unet::UNet2DConditionModel;
 use kiln::vae::AutoencoderKL;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/fixtures/models").join(name)
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())).join("assets/fixtures/models").join(name)
 }
 
 fn randn(g: &mut TorchGenerator, shape: [usize; 4], device: &Device) -> Tensor<4> {
@@ -30,7 +30,7 @@ fn sync(device: &Device) {
 /// 20 DPM++ 2M steps on SD 1.5's latent shape at 512×512 (the scheduler's tensor arithmetic).
 fn scheduler_steps(c: &mut Criterion) {
     let device = Device::flex();
-    let config = SchedulerConfig::from_model_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/configs/sd15")).unwrap();
+    let config = SchedulerConfig::from_model_dir(&Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())).join("assets/configs/sd15")).unwrap();
     let mut g = TorchGenerator::new(0);
     let sample = randn(&mut g, [1, 4, 64, 64], &device);
     let eps = randn(&mut g, [1, 4, 64, 64], &device);

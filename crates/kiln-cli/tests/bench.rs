@@ -10,7 +10,7 @@ use common::kiln;
 use serde_json::Value;
 
 fn model() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/fixtures/models/sd1").to_str().unwrap().to_string()
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())).join("../../assets/fixtures/models/sd1").to_str().unwrap().to_string()
 }
 
 #[test]

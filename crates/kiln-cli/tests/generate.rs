@@ -8,7 +8,7 @@ mod common;
 use common::{assert_usage_error, kiln, pixels};
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())).join("../..")
 }
 
 fn tmp(name: &str) -> PathBuf {

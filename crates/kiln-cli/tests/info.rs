@@ -11,7 +11,7 @@ use common::TempDir;
 use serde_json::Value;
 
 fn assets() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/fixtures").canonicalize().unwrap()
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())).join("../../assets/fixtures").canonicalize().unwrap()
 }
 
 fn kiln_env(args: &[&str], env: &[(&str, &Path)]) -> Output {

@@ -11,7 +11,7 @@ use kiln_train::analysis::analyze;
 use kiln_train::dataset::{Shape, COLORS};
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())).join("../..")
 }
 
 /// Splits a shell command line into words (double quotes only, as the README uses them).

@@ -8,7 +8,7 @@ use common::{assert_usage_error, kiln};
 use serde_json::Value;
 
 fn assets() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/fixtures/schedule_cli")
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())).join("../../assets/fixtures/schedule_cli")
 }
 
 fn close(a: f64, b: f64, rtol: f64) -> bool {

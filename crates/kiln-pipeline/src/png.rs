@@ -581,7 +581,7 @@ mod tests {
     /// `scripts/fixtures/png_params.py`: exact agreement.
     #[test]
     fn matches_python_on_fixture_cases() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/fixtures/png/infotext_cases.json");
+        let path = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())).join("../../assets/fixtures/png/infotext_cases.json");
         let cases: serde_json::Value = serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
         let pairs = |v: &serde_json::Value| -> Vec<(String, String)> {
             v.as_array().unwrap().iter().map(|p| (p[0].as_str().unwrap().into(), p[1].as_str().unwrap().into())).collect()

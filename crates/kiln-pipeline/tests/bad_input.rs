@@ -9,7 +9,7 @@ use image::{GrayImage, RgbImage};
 use kiln_pipeline::{GenerateOptions, PipelineError, StableDiffusion, Task};
 
 fn model(name: &str) -> StableDiffusion {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/fixtures/models").join(name);
+    let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())).join("../../assets/fixtures/models").join(name);
     StableDiffusion::load(&dir, &Device::flex(), DType::F32, None).unwrap()
 }
 

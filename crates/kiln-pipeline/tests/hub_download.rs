@@ -22,7 +22,7 @@ const REPO: &str = "kiln-test/tiny-sd";
 
 /// The sd1 fixture as a Hub repo, plus files a real SD 1.5 repo has that kiln must not fetch.
 fn repo_files() -> BTreeMap<String, Vec<u8>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/fixtures/models/sd1");
+    let root = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())).join("../../assets/fixtures/models/sd1");
     let mut files = BTreeMap::new();
     fn walk(dir: &Path, rel: &str, out: &mut BTreeMap<String, Vec<u8>>) {
         for e in fs::read_dir(dir).unwrap() {

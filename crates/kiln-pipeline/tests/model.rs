@@ -11,7 +11,7 @@ use kiln_pipeline::model::{cached_snapshot, ComponentFiles};
 use kiln_pipeline::{resolve, HubConfig, HubId, ModelError, ModelFolder, PipelineKind, ResolveOptions};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/fixtures/models").join(name).canonicalize().unwrap()
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())).join("../../assets/fixtures/models").join(name).canonicalize().unwrap()
 }
 
 

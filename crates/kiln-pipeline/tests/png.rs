@@ -12,7 +12,7 @@ use kiln_pipeline::{GenerationParams, PngError};
 
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/fixtures/png").join(name)
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())).join("../../assets/fixtures/png").join(name)
 }
 
 fn gradient(w: u32, h: u32) -> RgbImage {

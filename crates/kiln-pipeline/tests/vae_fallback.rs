@@ -7,7 +7,7 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use kiln_pipeline::{StableDiffusion, TorchGenerator};
 
 fn sd1() -> StableDiffusion {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/fixtures/models/sd1");
+    let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())).join("../../assets/fixtures/models/sd1");
     StableDiffusion::load(&dir, &Device::flex(), DType::F32, None).unwrap()
 }
 

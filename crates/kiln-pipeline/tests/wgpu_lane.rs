@@ -17,7 +17,7 @@ use common::read_png;
 use kiln_pipeline::{GenerateOptions, StableDiffusion};
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())).join("../..")
 }
 
 #[test]

@@ -20,7 +20,7 @@ const SIGMA_RTOL: f64 = 1e-5;
 const FRACTIONAL_T_ATOL: f64 = 1e-4;
 
 fn fixture_path(class: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/fixtures/scheduler").join(format!("{class}.json"))
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())).join("../../assets/fixtures/scheduler").join(format!("{class}.json"))
 }
 
 struct FixtureNoise(VecDeque<Vec<f32>>);

@@ -22,7 +22,7 @@ use kiln_train::dataset::{samples, Scene, Shape, SplitMix64};
 use serde_json::Value;
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())).join("../..")
 }
 
 fn load(dir: &std::path::Path) -> StableDiffusion {

@@ -21,7 +21,7 @@ use kiln_vae::AutoencoderKLConfig;
 use safetensors::SafeTensors;
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/fixtures/train")
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())).join("../../assets/fixtures/train")
 }
 
 fn dir() -> PathBuf {

@@ -10,7 +10,7 @@ use kiln_pipeline::{GenerateOptions, StableDiffusion};
 use serde_json::Value;
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())).join("../..")
 }
 
 fn train(out: &PathBuf, extra: &[&str]) -> String {

@@ -8,7 +8,7 @@ use burn::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())).join("../..")
 }
 
 pub fn fixture(family: &str) -> PathBuf {

@@ -9,7 +9,7 @@ use kiln_unet::{TextTimeCond, UNet2DConditionModel};
 use safetensors::{Dtype, SafeTensors};
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())).join("../..")
 }
 
 pub fn fixture_dir(family: &str) -> PathBuf {

@@ -26,7 +26,7 @@ def main():
         print(f"kiln GPU routes: {policies}; timed at first use:")
         for r in kiln.get("routes", []):
             times = ", ".join(f"{name} {ms:.3f} ms" for name, ms in r["times_ms"].items())
-            print(f"  {r['op']} {r['dtype']} {r['shape']}: {times} -> {r['route']}")
+            print(f"  {r['op']} {r['dtype']} {r['shape']}: {times} -> {r['route']}{' (stored)' if r.get('stored') else ''}")
     if kiln.get("unet_profile"):
         p = kiln["unet_profile"]
         print(f"kiln UNet step by op ({p['step_ms']:.2f} ms with a device sync around each op):")

@@ -68,7 +68,8 @@ fn print_text(r: &BenchReport) {
     println!("GPU routes: {}", policies.join(", "));
     for c in &r.routes {
         let times: Vec<String> = c.times_ms.iter().map(|(route, ms)| format!("{route} {ms:.3} ms")).collect();
-        println!("  {} {} {}: {} -> {}", c.op, c.dtype, c.shape, times.join(", "), c.route);
+        let stored = if c.stored { " (stored)" } else { "" };
+        println!("  {} {} {}: {} -> {}{stored}", c.op, c.dtype, c.shape, times.join(", "), c.route);
     }
     if let Some(p) = &r.unet_profile {
         println!("UNet CFG step by op ({:.2} ms with a device sync around each op):", p.step_ms);

@@ -66,6 +66,10 @@ pub fn wgpu_lane_device() -> Option<Device> {
 }
 
 fn init_lane() -> Result<Device, String> {
+    // measured GPU routes stay in memory unless a test chose a store (never the user's cache)
+    if !crate::gpu_route::store_path_overridden() && std::env::var_os("KILN_CACHE_DIR").is_none() {
+        crate::gpu_route::set_store_path(None);
+    }
     let lane = std::env::var("KILN_WGPU_LANE").unwrap_or_else(|_| "gl".into());
     let device = match lane.as_str() {
         "gl" => wgpu_device::open(Some(WgpuBackend::Gl))?,

@@ -170,6 +170,9 @@ pub struct RouteReport {
     pub times_ms: BTreeMap<String, f64>,
     /// The route kept (the fastest).
     pub route: String,
+    /// Read from the store of earlier measurements on this GPU (`kiln_nn::gpu_route::store_path`)
+    /// rather than timed in this run.
+    pub stored: bool,
 }
 
 fn route_reports() -> Vec<RouteReport> {
@@ -181,6 +184,7 @@ fn route_reports() -> Vec<RouteReport> {
             shape: c.shape,
             times_ms: c.times_s.iter().map(|(r, s)| (r.to_string(), s * 1e3)).collect(),
             route: c.route.into(),
+            stored: c.cached,
         })
         .collect()
 }

@@ -190,7 +190,7 @@ pub fn choose<const D: usize>(
         return c.route;
     }
     let store_at = store_path();
-    let adapter = store_at.as_ref().and(device.identity()).map(|id| format!("{} [{}]", id.name, id.fingerprint));
+    let adapter = store_at.as_ref().and_then(|_| device.identity()).map(|id| format!("{} [{}]", id.name, id.fingerprint));
     let key = |adapter: &str| StoredChoice {
         kiln: env!("CARGO_PKG_VERSION").into(),
         adapter: adapter.into(),

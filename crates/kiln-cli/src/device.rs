@@ -18,16 +18,16 @@ pub struct DeviceArgs {
     #[arg(long, value_name = "f32|f16", default_value = "f32")]
     pub vae_dtype: String,
     /// GPUs, attention whose head dim is not a multiple of 16 (SD 1.x's 40): auto (time burn's
-    /// kernel and the zero-padded head dim at first use, keep the faster), burn (as is),
+    /// kernel and the zero-padded head dim at first use, keep the faster; remembered per GPU), burn (as is),
     /// padded (always pad to a multiple of 16 for burn's tensor-core flash kernel).
     #[arg(long, value_name = "auto|burn|padded", default_value = "auto")]
     pub gpu_attention: String,
     /// GPUs, stride-1 convolutions: auto (time burn's conv kernel and an im2col matrix product
-    /// at first use, keep the faster), burn (as is), im2col (always where it applies).
+    /// at first use, keep the faster; remembered per GPU), burn (as is), im2col (always where it applies).
     #[arg(long, value_name = "auto|burn|im2col", default_value = "auto")]
     pub gpu_conv: String,
     /// GPUs, GroupNorm (+ SiLU): auto (time burn's module and kiln's fused formulation, no f32
-    /// copies of f16 inputs, at first use, keep the faster), burn (as is), fused (always).
+    /// copies of f16 inputs, at first use, keep the faster; remembered per GPU), burn (as is), fused (always).
     #[arg(long, value_name = "auto|burn|fused", default_value = "auto")]
     pub gpu_norm: String,
 }

@@ -79,15 +79,15 @@ pub fn scaled_dot_product_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, up
         return o;
     }
     let dtype = q.dtype();
-    if upcast && dtype != DType::F32 {
+    let upcast = upcast && dtype != DType::F32;
+    let (q, k, v) = if upcast {
         let f32 = FloatDType::F32;
-        let (q, k, v) = (q.cast(f32), k.cast(f32), v.cast(f32));
-        let route = gpu_route(&q, &k, &v, causal);
-        attention_by(route, q, k, v, causal).cast(dtype)
+        (q.cast(f32), k.cast(f32), v.cast(f32))
     } else {
-        let route = gpu_route(&q, &k, &v, causal);
-        attention_by(route, q, k, v, causal)
-    }
+        (q, k, v)
+    };
+    let o = attention_by(gpu_route(&q, &k, &v, causal), q, k, v, causal);
+    if upcast { o.cast(dtype) } else { o }
 }
 
 /// How [`scaled_dot_product_attention`] runs burn's `attention` op.
@@ -109,15 +109,14 @@ pub enum GpuAttentionRoute {
 /// [`RoutePolicy`](crate::gpu_route::RoutePolicy) says, measured once per device, dtype and shape
 /// under `Auto` ([`crate::gpu_route::use_alternative`]).
 pub fn gpu_route(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool) -> GpuAttentionRoute {
-    let device = q.device();
     let (d, dv) = (q.dims()[3], v.dims()[3]);
-    if (d % 16 == 0 && dv % 16 == 0) || device == Device::flex() || device.is_autodiff() {
+    if d % 16 == 0 && dv % 16 == 0 {
         return GpuAttentionRoute::Burn;
     }
     let call = |route| move || attention_by(route, q.clone(), k.clone(), v.clone(), causal);
     let (burn, padded) = (call(GpuAttentionRoute::Burn), call(GpuAttentionRoute::PaddedHeadDim));
     let shape = || format!("q {:?} k {:?} v {:?}{}", q.dims(), k.dims(), v.dims(), if causal { " causal" } else { "" });
-    if crate::gpu_route::use_alternative(GpuOp::Attention, &device, q.dtype(), shape, &burn, &padded) {
+    if crate::gpu_route::use_alternative(GpuOp::Attention, &q.device(), q.dtype(), shape, &burn, &padded) {
         GpuAttentionRoute::PaddedHeadDim
     } else {
         GpuAttentionRoute::Burn

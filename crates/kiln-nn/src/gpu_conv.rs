@@ -8,7 +8,7 @@
 
 use burn::nn::conv::Conv2d;
 use burn::tensor::ops::PadMode;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 
 use crate::gpu_route::GpuOp;
 
@@ -61,10 +61,6 @@ fn chunks(conv: &Conv2d, x: &Tensor<4>, (top, left, bottom, right): (usize, usiz
 /// # Shapes
 /// - x: `[batch, c_in, height, width]` → `[batch, c_out, height_out, width_out]`
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let device = x.device();
-    if device == Device::flex() || device.is_autodiff() {
-        return conv.forward(x);
-    }
     let Some(padding) = crate::stride_1_padding(conv, &x) else { return conv.forward(x) };
     if chunks(conv, &x, padding, IM2COL_MAX_BYTES).is_none() {
         return conv.forward(x);
@@ -72,7 +68,7 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let burn = || conv.forward(x.clone());
     let im2col = || conv2d_by(GpuConvRoute::Im2col, conv, x.clone());
     let shape = || format!("x {:?} weight {:?} padding {padding:?}", x.dims(), conv.weight.dims());
-    let route = if crate::gpu_route::use_alternative(GpuOp::Conv2d, &device, x.dtype(), shape, &burn, &im2col) {
+    let route = if crate::gpu_route::use_alternative(GpuOp::Conv2d, &x.device(), x.dtype(), shape, &burn, &im2col) {
         GpuConvRoute::Im2col
     } else {
         GpuConvRoute::Burn
@@ -146,6 +142,7 @@ pub fn im2col_applies(conv: &Conv2d, x: &Tensor<4>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::Device;
     use burn::nn::conv::Conv2dConfig;
     use burn::nn::PaddingConfig2d;
     use burn::tensor::Distribution;

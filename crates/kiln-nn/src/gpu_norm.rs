@@ -10,7 +10,7 @@
 
 use burn::nn::GroupNorm;
 use burn::tensor::activation::silu;
-use burn::tensor::{DType, Device, FloatDType, Tensor};
+use burn::tensor::{DType, FloatDType, Tensor};
 
 use crate::gpu_route::GpuOp;
 
@@ -35,14 +35,13 @@ pub enum GpuNormRoute {
 /// # Shapes
 /// - x: `[batch, channels, ...]` → the same shape
 pub fn group_norm<const D: usize>(norm: &GroupNorm, x: Tensor<D>, with_silu: bool) -> Tensor<D> {
-    let device = x.device();
-    if device == Device::flex() || device.is_autodiff() || D < 3 {
+    if D < 3 {
         return group_norm_by(GpuNormRoute::Burn, norm, x, with_silu);
     }
     let burn = || group_norm_by(GpuNormRoute::Burn, norm, x.clone(), with_silu);
     let fused = || group_norm_by(GpuNormRoute::Fused, norm, x.clone(), with_silu);
     let shape = || format!("x {:?} groups {}{}", x.dims(), norm.num_groups, if with_silu { " + silu" } else { "" });
-    let route = if crate::gpu_route::use_alternative(GpuOp::GroupNorm, &device, x.dtype(), shape, &burn, &fused) {
+    let route = if crate::gpu_route::use_alternative(GpuOp::GroupNorm, &x.device(), x.dtype(), shape, &burn, &fused) {
         GpuNormRoute::Fused
     } else {
         GpuNormRoute::Burn
@@ -103,6 +102,7 @@ fn fused<const D: usize>(norm: &GroupNorm, x: Tensor<D>, with_silu: bool) -> Ten
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::Device;
     use burn::nn::GroupNormConfig;
     use burn::tensor::Distribution;
 

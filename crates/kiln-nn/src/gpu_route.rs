@@ -108,8 +108,9 @@ pub fn policy(op: GpuOp) -> RoutePolicy {
     }
 }
 
-/// Whether `op` takes kiln's alternative here: as its [`RoutePolicy`] says, and under `Auto` as
-/// [`choose`] measured between `burn` and `alternative`.
+/// Whether `op` takes kiln's alternative here: never on flex or under autodiff (the alternatives
+/// are for GPUs, and kiln-train's gradients go through burn's ops); on GPUs as its [`RoutePolicy`]
+/// says, and under `Auto` as [`choose`] measured between `burn` and `alternative`.
 pub fn use_alternative<const D: usize>(
     op: GpuOp,
     device: &Device,
@@ -118,6 +119,9 @@ pub fn use_alternative<const D: usize>(
     burn: &dyn Fn() -> Tensor<D>,
     alternative: &dyn Fn() -> Tensor<D>,
 ) -> bool {
+    if *device == Device::flex() || device.is_autodiff() {
+        return false;
+    }
     match policy(op) {
         RoutePolicy::Burn => false,
         RoutePolicy::Alternative => true,

@@ -118,7 +118,7 @@ pub fn conv2d_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// # Shapes
 /// - x: `[batch, channels, ...]` → the same shape
 pub fn group_norm<const D: usize>(norm: &GroupNorm, x: Tensor<D>) -> Tensor<D> {
-    profile::scope("group_norm", profile::device_of(&x), || cpu_norm::group_norm(norm, &x, false).unwrap_or_else(|| gpu_norm::group_norm(norm, x, false)))
+    norm_forward(norm, x, false)
 }
 
 /// `silu(norm.forward(x))`, diffusers' `nonlinearity(norm(x))` before a ResNet block's
@@ -128,7 +128,14 @@ pub fn group_norm<const D: usize>(norm: &GroupNorm, x: Tensor<D>) -> Tensor<D> {
 /// # Shapes
 /// - x: `[batch, channels, ...]` → the same shape
 pub fn group_norm_silu<const D: usize>(norm: &GroupNorm, x: Tensor<D>) -> Tensor<D> {
-    profile::scope("group_norm", profile::device_of(&x), || cpu_norm::group_norm(norm, &x, true).unwrap_or_else(|| gpu_norm::group_norm(norm, x, true)))
+    norm_forward(norm, x, true)
+}
+
+/// [`group_norm`], then SiLU when `with_silu`: kiln's CPU kernel, else the GPU routes.
+fn norm_forward<const D: usize>(norm: &GroupNorm, x: Tensor<D>, with_silu: bool) -> Tensor<D> {
+    profile::scope("group_norm", profile::device_of(&x), || {
+        cpu_norm::group_norm(norm, &x, with_silu).unwrap_or_else(|| gpu_norm::group_norm(norm, x, with_silu))
+    })
 }
 
 /// Casts every float parameter of `module` to `dtype` (e.g. a randomly initialised model to f16

@@ -130,8 +130,9 @@ pub struct BenchReport {
     /// `group_norm`): `auto`, `burn` or kiln's alternative (`--gpu-attention`, `--gpu-conv`,
     /// `--gpu-norm`).
     pub gpu_policies: BTreeMap<String, String>,
-    /// The choices `auto` measured on the device in this run (GPUs only): each op and shape, every
-    /// route's time and the one kept ([`kiln_nn::gpu_route`]).
+    /// The choices `auto` made on the device in this run (GPUs only), measured now or read from
+    /// the store of earlier measurements: each op and shape, every route's time and the one kept
+    /// ([`kiln_nn::gpu_route`]).
     pub routes: Vec<RouteReport>,
     /// `--profile`: one more UNet CFG step with the device synced around every convolution,
     /// GroupNorm and attention call ([`kiln_nn::profile`]).
@@ -301,9 +302,10 @@ fn time<T>(
     for _ in 0..iters.max(1) {
         times.push(run(&mut f, memory)?);
     }
-    log::info!("bench: {name}: {:.2} ms mean of {}", times.iter().sum::<f64>() / times.len() as f64 * 1e3, times.len());
+    let mean_s = times.iter().sum::<f64>() / times.len() as f64;
+    log::info!("bench: {name}: {:.2} ms mean of {}", mean_s * 1e3, times.len());
     Ok(Timing {
-        mean_s: times.iter().sum::<f64>() / times.len() as f64,
+        mean_s,
         min_s: times.iter().cloned().fold(f64::INFINITY, f64::min),
         max_s: times.iter().cloned().fold(0.0, f64::max),
         iters: times.len(),
@@ -363,15 +365,15 @@ fn run_bench_here(o: &BenchOptions, device: &Device, device_name: &str) -> Resul
         _ => None,
     };
     let sample = randn(&mut generator, [cfg_batch, unet_config.in_channels, lh, lw]);
-    let unet_step =
-        time("UNet CFG step", o.iters, device, &mut memory, || Ok(c.unet.forward(sample.clone(), &[999.0], context.clone(), added.as_ref())?))?;
+    let unet_call = || c.unet.forward(sample.clone(), &[999.0], context.clone(), added.as_ref());
+    let unet_step = time("UNet CFG step", o.iters, device, &mut memory, || Ok(unet_call()?))?;
 
     let unet_profile = if o.profile {
         kiln_nn::profile::take();
         kiln_nn::profile::set_enabled(true);
         sync(device)?;
         let start = Instant::now();
-        let out = c.unet.forward(sample.clone(), &[999.0], context.clone(), added.as_ref());
+        let out = unet_call();
         let synced = sync(device);
         let step_ms = start.elapsed().as_secs_f64() * 1e3;
         kiln_nn::profile::set_enabled(false);

@@ -67,7 +67,14 @@ fn print_text(r: &BenchReport) {
     let policies: Vec<String> = r.gpu_policies.iter().map(|(op, p)| format!("{op} {p}")).collect();
     println!("GPU routes: {}", policies.join(", "));
     for c in &r.routes {
-        let times: Vec<String> = c.times_ms.iter().map(|(route, ms)| format!("{route} {ms:.3} ms")).collect();
+        let times: Vec<String> = c
+            .times_ms
+            .iter()
+            .map(|(route, ms)| match c.mismatched.get(route) {
+                Some(err) => format!("{route} {ms:.3} ms (disagrees with burn: relative error {err:.1e})"),
+                None => format!("{route} {ms:.3} ms"),
+            })
+            .collect();
         let stored = if c.stored { " (stored)" } else { "" };
         println!("  {} {} {}: {} -> {}{stored}", c.op, c.dtype, c.shape, times.join(", "), c.route);
     }

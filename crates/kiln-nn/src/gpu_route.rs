@@ -5,9 +5,10 @@
 //! kernels or as an im2col matrix product), and which is faster depends on the GPU, the driver, the
 //! dtype and the shape. kiln does what burn's autotune does for its own kernels: at the first use
 //! of an op at one shape on one device, [`choose`] runs every candidate once untimed (kernel
-//! compilation, burn's autotune), times [`TIMED_CALLS`] calls of each between two
-//! `device.sync()`s, and keeps the fastest for the rest of the process. Every measurement is
-//! recorded ([`route_choices`]); `kiln bench` reports them.
+//! compilation, burn's autotune), checks its output against the first candidate's (burn's op, the
+//! reference: a candidate that disagrees beyond [`tolerance`] is never kept), times
+//! [`TIMED_CALLS`] calls of each between two `device.sync()`s, and keeps the fastest for the rest
+//! of the process. Every measurement is recorded ([`route_choices`]); `kiln bench` reports them.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::path::{Path, PathBuf};
@@ -145,7 +146,10 @@ pub struct RouteChoice {
     pub shape: String,
     /// `(route name, seconds per call)` for every candidate, in the order given.
     pub times_s: Vec<(&'static str, f64)>,
-    /// The fastest route's name.
+    /// `(route name, relative error)` for every candidate whose output disagreed with the first
+    /// candidate's beyond [`tolerance`] (see [`relative_error`]): timed, never kept.
+    pub mismatched: Vec<(&'static str, f64)>,
+    /// The fastest route among those that agree with the first candidate.
     pub route: &'static str,
     /// Read from the on-disk store ([`store_path`]) instead of timed in this process.
     pub cached: bool,
@@ -164,22 +168,59 @@ pub fn route_choices() -> Vec<RouteChoice> {
 /// Seconds per call of `call` on `device`: one untimed call, then [`TIMED_CALLS`] calls between
 /// two syncs (their outputs kept alive until the second sync, so none is skipped).
 pub fn time_calls<const D: usize>(device: &Device, call: &dyn Fn() -> Tensor<D>) -> Result<f64, String> {
+    time_calls_keeping_first(device, call).map(|(secs, _)| secs)
+}
+
+/// [`time_calls`], also returning the untimed call's output.
+fn time_calls_keeping_first<const D: usize>(device: &Device, call: &dyn Fn() -> Tensor<D>) -> Result<(f64, Tensor<D>), String> {
     let sync = || device.sync().map_err(|e| format!("{e:?}"));
     let first = call();
     sync()?;
-    drop(first);
     let start = Instant::now();
     let outs: Vec<Tensor<D>> = (0..TIMED_CALLS).map(|_| call()).collect();
     sync()?;
     let secs = start.elapsed().as_secs_f64() / TIMED_CALLS as f64;
     drop(outs);
-    Ok(secs)
+    Ok((secs, first))
+}
+
+/// The largest relative error [`choose`] accepts from a candidate against the first one: 1e-3 in
+/// f32, 2e-2 in f16/bf16. kiln's alternatives differ from burn's ops only by rounding (≤ 4e-3 in
+/// f16 in the tests); a wrong kernel is off by the order of the values themselves.
+pub fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 | DType::BF16 => 2e-2,
+        _ => 1e-3,
+    }
+}
+
+/// `max |candidate − reference| ÷ max |reference|`, over the elements where both are finite,
+/// computed on the device (three scalars read back). Infinite where the candidate is not finite
+/// but the reference is, where the shapes differ, or where reading back fails.
+pub fn relative_error<const D: usize>(candidate: Tensor<D>, reference: Tensor<D>) -> f64 {
+    if candidate.dims() != reference.dims() {
+        return f64::INFINITY;
+    }
+    let (candidate, reference) = (candidate.cast(DType::F32), reference.cast(DType::F32));
+    let (cand_ok, ref_ok) = (candidate.clone().is_finite(), reference.clone().is_finite());
+    let broken = cand_ok.clone().bool_not().bool_and(ref_ok.clone()).any().try_into_scalar::<bool>();
+    if broken.unwrap_or(true) {
+        return f64::INFINITY;
+    }
+    let skip = cand_ok.bool_and(ref_ok.clone()).bool_not();
+    let diff = (candidate - reference.clone()).abs().mask_fill(skip, 0.0).max().try_into_scalar::<f32>();
+    let scale = reference.abs().mask_fill(ref_ok.bool_not(), 0.0).max().try_into_scalar::<f32>();
+    match (diff, scale) {
+        (Ok(diff), Ok(scale)) => diff as f64 / (scale as f64).max(f32::MIN_POSITIVE as f64),
+        _ => f64::INFINITY,
+    }
 }
 
 /// Times every candidate once per `(op, device, dtype, shape)` and returns the fastest one's
-/// name; later calls with the same key return the recorded choice, and so do later processes on
-/// the same GPU, through the on-disk store ([`store_path`]). When timing fails (the device reports
-/// an error) the first candidate is returned and nothing is recorded.
+/// name among those whose output agrees with the first candidate's (the reference, burn's op)
+/// within [`tolerance`]; later calls with the same key return the recorded choice, and so do later
+/// processes on the same GPU, through the on-disk store ([`store_path`]). When timing fails (the
+/// device reports an error) the first candidate is returned and nothing is recorded.
 pub fn choose<const D: usize>(
     op: &'static str,
     device: &Device,
@@ -202,34 +243,52 @@ pub fn choose<const D: usize>(
         dtype: format!("{dtype:?}"),
         shape: shape.clone(),
         times_s: Vec::new(),
+        mismatched: Vec::new(),
         route: String::new(),
     };
     let stored = store_at.as_deref().zip(adapter.as_deref()).and_then(|(path, a)| find_stored(path, &key(a)));
-    let (times_s, route, cached) = match stored.and_then(|s| to_static(&s, &candidates.iter().map(|c| c.0).collect::<Vec<_>>())) {
-        Some((times_s, route)) => (times_s, route, true),
+    let names: Vec<_> = candidates.iter().map(|c| c.0).collect();
+    let (times_s, mismatched, route, cached) = match stored.and_then(|s| to_static(&s, &names)) {
+        Some((times_s, mismatched, route)) => (times_s, mismatched, route, true),
         None => {
             let mut times_s = Vec::with_capacity(candidates.len());
+            let mut mismatched = Vec::new();
+            let mut reference = None;
             for (name, call) in candidates {
-                match time_calls(device, *call) {
-                    Ok(s) => times_s.push((*name, s)),
+                let output = match time_calls_keeping_first(device, *call) {
+                    Ok((secs, output)) => {
+                        times_s.push((*name, secs));
+                        output
+                    }
                     Err(e) => {
                         log::warn!("timing {op} route {name} at {shape} failed ({e}); using {}", candidates[0].0);
                         return candidates[0].0;
                     }
+                };
+                match &reference {
+                    None => reference = Some(output),
+                    Some(want) => {
+                        let err = relative_error(output, want.clone());
+                        if !(err <= tolerance(dtype)) {
+                            log::warn!("{op} route {name} at {shape} disagrees with {} (relative error {err:.2e}); not using it", candidates[0].0);
+                            mismatched.push((*name, err));
+                        }
+                    }
                 }
             }
-            let route = times_s.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map_or(candidates[0].0, |t| t.0);
+            let agreed = times_s.iter().filter(|t| !mismatched.iter().any(|m| m.0 == t.0));
+            let route = agreed.min_by(|a, b| a.1.total_cmp(&b.1)).map_or(candidates[0].0, |t| t.0);
             if let (Some(path), Some(a)) = (&store_at, &adapter) {
-                let times = times_s.iter().map(|(n, t)| (n.to_string(), *t)).collect();
-                store(path, StoredChoice { times_s: times, route: route.into(), ..key(a) });
+                let named = |v: &[(&str, f64)]| v.iter().map(|(n, t)| (n.to_string(), *t)).collect();
+                store(path, StoredChoice { times_s: named(&times_s), mismatched: named(&mismatched), route: route.into(), ..key(a) });
             }
-            (times_s, route, false)
+            (times_s, mismatched, route, false)
         }
     };
     log::info!("{op} {dtype:?} {shape}: {times_s:?} -> {route}{}", if cached { " (stored)" } else { "" });
     if let Ok(mut made) = choices().lock() {
         if !made.iter().any(same) {
-            made.push(RouteChoice { op, device: device_name, dtype, shape, times_s, route, cached });
+            made.push(RouteChoice { op, device: device_name, dtype, shape, times_s, mismatched, route, cached });
         }
     }
     route
@@ -245,6 +304,8 @@ struct StoredChoice {
     dtype: String,
     shape: String,
     times_s: Vec<(String, f64)>,
+    #[serde(default)]
+    mismatched: Vec<(String, f64)>,
     route: String,
 }
 
@@ -304,11 +365,11 @@ fn find_stored(path: &Path, key: &StoredChoice) -> Option<StoredChoice> {
 
 /// A stored choice in terms of this call's candidates; `None` when it names a route the caller
 /// does not offer (a store from another build).
-fn to_static(stored: &StoredChoice, candidates: &[&'static str]) -> Option<(Vec<(&'static str, f64)>, &'static str)> {
+fn to_static(stored: &StoredChoice, candidates: &[&'static str]) -> Option<(Vec<(&'static str, f64)>, Vec<(&'static str, f64)>, &'static str)> {
     let name = |n: &str| candidates.iter().copied().find(|c| *c == n);
     let route = name(&stored.route)?;
-    let times = stored.times_s.iter().map(|(n, t)| Some((name(n)?, *t))).collect::<Option<Vec<_>>>()?;
-    Some((times, route))
+    let named = |v: &[(String, f64)]| v.iter().map(|(n, t)| Some((name(n)?, *t))).collect::<Option<Vec<_>>>();
+    Some((named(&stored.times_s)?, named(&stored.mismatched)?, route))
 }
 
 /// Adds `choice` to the store (replacing one with the same key), written to a temporary file in
@@ -358,6 +419,7 @@ mod tests {
             dtype: "F16".into(),
             shape: shape.into(),
             times_s: vec![("burn".into(), 2e-3), ("im2col".into(), 1e-3)],
+            mismatched: Vec::new(),
             route: route.into(),
         }
     }
@@ -382,12 +444,59 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// `choose` checks every candidate's output against the first one's before timing counts: a
+    /// wrong candidate (off by 1 %, or NaN) is recorded as mismatched and never kept, however fast;
+    /// an equivalent formulation (rounding apart) competes on time.
+    #[test]
+    fn candidates_that_disagree_with_the_reference_are_never_kept() {
+        set_store_path(None);
+        let device = Device::flex();
+        let x = Tensor::<2>::random([48, 48], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let reference = || x.clone().matmul(x.clone());
+        let same = || x.clone().mul_scalar(3.0).matmul(x.clone()).div_scalar(3.0);
+        let off = || x.clone().matmul(x.clone()).mul_scalar(1.01);
+        let nan = || x.clone().slice([0..48, 0..1]).div_scalar(0.0).mul_scalar(0.0).add(x.clone().matmul(x.clone()));
+        let route = choose(
+            "mismatch test",
+            &device,
+            DType::F32,
+            "48x48".into(),
+            &[("burn", &reference), ("same", &same), ("off", &off), ("nan", &nan)],
+        );
+        let c = route_choices().into_iter().find(|c| c.op == "mismatch test").unwrap();
+        assert_eq!(c.times_s.len(), 4, "every candidate is timed: {c:?}");
+        let mismatched: Vec<_> = c.mismatched.iter().map(|m| m.0).collect();
+        assert_eq!(mismatched, ["off", "nan"], "{c:?}");
+        assert!((c.mismatched[0].1 - 0.01).abs() < 1e-3, "off by 1 %: {c:?}");
+        assert_eq!(c.mismatched[1].1, f64::INFINITY);
+        let agreed = c.times_s.iter().filter(|t| t.0 == "burn" || t.0 == "same");
+        assert_eq!(route, agreed.min_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0, "{c:?}");
+    }
+
+    /// The relative error is measured against the reference's largest value, skips elements
+    /// that are not finite in the reference, and is infinite for a non-finite candidate element
+    /// or a different shape.
+    #[test]
+    fn relative_error_against_the_reference() {
+        let device = Device::flex();
+        let t = |v: [f32; 4]| Tensor::<1>::from_floats(v, &device);
+        assert_eq!(relative_error(t([1.0, -4.0, 2.0, 0.0]), t([1.0, -4.0, 2.0, 0.0])), 0.0);
+        assert!((relative_error(t([1.0, -4.0, 2.2, 0.0]), t([1.0, -4.0, 2.0, 0.0])) - 0.05).abs() < 1e-6);
+        assert!((relative_error(t([9.0, -4.0, 2.2, 0.0]), t([f32::NAN, -4.0, 2.0, 0.0])) - 0.05).abs() < 1e-6);
+        assert_eq!(relative_error(t([1.0, f32::INFINITY, 2.0, 0.0]), t([1.0, -4.0, 2.0, 0.0])), f64::INFINITY);
+        assert_eq!(relative_error(t([1.0; 4]).slice([0..3]), t([1.0; 4]).slice([1..4])), 0.0);
+        assert_eq!(relative_error(t([1.0; 4]).slice([0..3]), t([1.0; 4])), f64::INFINITY);
+        let half = |v: [f32; 4]| t(v).cast(DType::F16);
+        let err = relative_error(half([1.0, -4.0, 2.001, 0.5]), half([1.0, -4.0, 2.0, 0.5]));
+        assert!(err <= tolerance(DType::F16) && err > 0.0, "f16 rounding is within tolerance: {err}");
+    }
+
     /// A stored choice maps onto this call's candidates, and one naming a route the caller does
     /// not offer is ignored (measured again).
     #[test]
     fn stored_routes_must_be_offered() {
         let s = stored("GPU", "x", "im2col");
-        assert_eq!(to_static(&s, &["burn", "im2col"]), Some((vec![("burn", 2e-3), ("im2col", 1e-3)], "im2col")));
+        assert_eq!(to_static(&s, &["burn", "im2col"]), Some((vec![("burn", 2e-3), ("im2col", 1e-3)], vec![], "im2col")));
         assert_eq!(to_static(&s, &["burn", "winograd"]), None);
     }
 }

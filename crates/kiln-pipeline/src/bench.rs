@@ -169,7 +169,10 @@ pub struct RouteReport {
     pub shape: String,
     /// Milliseconds per call of each route.
     pub times_ms: BTreeMap<String, f64>,
-    /// The route kept (the fastest).
+    /// Routes whose output disagreed with burn's (relative error, see
+    /// `kiln_nn::gpu_route::relative_error`): timed, never kept.
+    pub mismatched: BTreeMap<String, f64>,
+    /// The route kept (the fastest of those that agree with burn's).
     pub route: String,
     /// Read from the store of earlier measurements on this GPU (`kiln_nn::gpu_route::store_path`)
     /// rather than timed in this run.
@@ -184,6 +187,7 @@ fn route_reports() -> Vec<RouteReport> {
             dtype: dtype_name(c.dtype),
             shape: c.shape,
             times_ms: c.times_s.iter().map(|(r, s)| (r.to_string(), s * 1e3)).collect(),
+            mismatched: c.mismatched.iter().map(|(r, e)| (r.to_string(), *e)).collect(),
             route: c.route.into(),
             stored: c.cached,
         })

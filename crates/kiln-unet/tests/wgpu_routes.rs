@@ -54,6 +54,7 @@ fn every_route_through_the_sd1_unet_matches_diffusers() {
         assert!(made.iter().any(|c| c.op == op), "{op} was measured: {made:?}");
     }
     assert!(made.iter().all(|c| !c.cached), "a fresh store: {made:?}");
+    assert!(made.iter().all(|c| c.mismatched.is_empty()), "every alternative agrees with burn's op: {made:?}");
     let stored: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(dir.join("gpu-routes.json")).unwrap()).unwrap();
     assert_eq!(stored.len(), made.len());
     let status = std::process::Command::new(std::env::current_exe().unwrap())

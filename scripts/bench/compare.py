@@ -25,7 +25,10 @@ def main():
         policies = ", ".join(f"{op} {p}" for op, p in kiln["gpu_policies"].items())
         print(f"kiln GPU routes: {policies}; timed at first use:")
         for r in kiln.get("routes", []):
-            times = ", ".join(f"{name} {ms:.3f} ms" for name, ms in r["times_ms"].items())
+            # relative error per route that disagreed with burn's op; null (JSON has no inf) = not finite
+            bad = {name: float("inf") if err is None else err for name, err in (r.get("mismatched") or {}).items()}
+            times = ", ".join(f"{name} {ms:.3f} ms" + (f" (disagrees with burn: {bad[name]:.1e})" if name in bad else "")
+                              for name, ms in r["times_ms"].items())
             print(f"  {r['op']} {r['dtype']} {r['shape']}: {times} -> {r['route']}{' (stored)' if r.get('stored') else ''}")
     if kiln.get("unet_profile"):
         p = kiln["unet_profile"]

@@ -17,9 +17,10 @@ pub struct DeviceArgs {
     /// The VAE's precision; an f16 decode that overflows (NaN/inf) is redone in f32.
     #[arg(long, value_name = "f32|f16", default_value = "f32")]
     pub vae_dtype: String,
-    /// GPUs, attention whose head dim is not a multiple of 16 (SD 1.x's 40): auto (time burn's
-    /// kernel and the zero-padded head dim at first use, keep the faster; remembered per GPU), burn (as is),
-    /// padded (always pad to a multiple of 16 for burn's tensor-core flash kernel).
+    /// GPUs, attention: auto (at first use time burn's kernel, the zero-padded head dim where it is
+    /// not a multiple of 16 (SD 1.x's 40), and in f16 on GPUs with tensor cores burn's flash
+    /// kernel with larger tiles; keep the fastest that agrees with burn's; remembered per GPU),
+    /// burn (as is), padded (always pad head dims to a multiple of 16 for burn's flash kernel).
     #[arg(long, value_name = "auto|burn|padded", default_value = "auto")]
     pub gpu_attention: String,
     /// GPUs, stride-1 convolutions: auto (time burn's conv kernel and an im2col matrix product

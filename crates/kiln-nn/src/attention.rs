@@ -102,25 +102,34 @@ pub enum GpuAttentionRoute {
     /// `√(padded / d)` so burn's default scale `1/√padded` gives `1/√d`, and the output's zero
     /// columns are sliced off. 20 % more FLOPs at 40 → 48, plus three pad copies.
     PaddedHeadDim,
+    /// burn's tensor-core flash kernel with kiln's tile sizes ([`crate::gpu_flash`]), on head dims
+    /// padded as in `PaddedHeadDim` where they are not multiples of 16.
+    Flash(crate::gpu_flash::FlashKernel),
 }
 
-/// The route for these operands: [`GpuAttentionRoute::Burn`] on flex, under autodiff and when
-/// both head dims are multiples of 16; otherwise what `GpuOp::Attention`'s
-/// [`RoutePolicy`](crate::gpu_route::RoutePolicy) says, measured once per device, dtype and shape
-/// under `Auto` ([`crate::gpu_route::use_alternative`]).
+/// The route for these operands, among burn's op, [`GpuAttentionRoute::PaddedHeadDim`] where a
+/// head dim is not a multiple of 16, and [`GpuAttentionRoute::Flash`] with each of
+/// [`crate::gpu_flash::flash_tile_candidates`] (f16/bf16 on GPUs with f16 tensor cores): what
+/// `GpuOp::Attention`'s [`RoutePolicy`](crate::gpu_route::RoutePolicy) says (`padded` forces the
+/// padding where it applies; only `auto` tries the tile sizes), measured once per device, dtype
+/// and shape under `Auto` ([`crate::gpu_route::pick`]). burn's op on flex and under autodiff.
 pub fn gpu_route(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool) -> GpuAttentionRoute {
     let (d, dv) = (q.dims()[3], v.dims()[3]);
-    if d % 16 == 0 && dv % 16 == 0 {
+    let device = q.device();
+    let mut routes = vec![("burn", GpuAttentionRoute::Burn)];
+    if d % 16 != 0 || dv % 16 != 0 {
+        routes.push((GpuOp::Attention.alternative(), GpuAttentionRoute::PaddedHeadDim));
+    }
+    let tiles = crate::gpu_flash::flash_tile_candidates(&device, q.dtype(), q.dims()[2]);
+    routes.extend(tiles.into_iter().map(|(name, kernel)| (name, GpuAttentionRoute::Flash(kernel))));
+    if routes.len() == 1 {
         return GpuAttentionRoute::Burn;
     }
-    let call = |route| move || attention_by(route, q.clone(), k.clone(), v.clone(), causal);
-    let (burn, padded) = (call(GpuAttentionRoute::Burn), call(GpuAttentionRoute::PaddedHeadDim));
+    let calls: Vec<_> = routes.iter().map(|&(_, route)| move || attention_by(route, q.clone(), k.clone(), v.clone(), causal)).collect();
+    let candidates: Vec<(&'static str, &dyn Fn() -> Tensor<4>)> = routes.iter().zip(&calls).map(|((name, _), call)| (*name, call as &dyn Fn() -> Tensor<4>)).collect();
     let shape = || format!("q {:?} k {:?} v {:?}{}", q.dims(), k.dims(), v.dims(), if causal { " causal" } else { "" });
-    if crate::gpu_route::use_alternative(GpuOp::Attention, &q.device(), q.dtype(), shape, &burn, &padded) {
-        GpuAttentionRoute::PaddedHeadDim
-    } else {
-        GpuAttentionRoute::Burn
-    }
+    let name = crate::gpu_route::pick(GpuOp::Attention, &device, q.dtype(), shape, &candidates);
+    routes.iter().find(|r| r.0 == name).map_or(GpuAttentionRoute::Burn, |r| r.1)
 }
 
 /// `softmax(q kᵀ / √d) v` by burn's `attention` op along `route` (no kiln CPU kernel, no upcast).
@@ -130,17 +139,21 @@ pub fn gpu_route(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool) -> G
 ///   v: `[batch, heads, seq_k, value_dim]` → `[batch, heads, seq_q, value_dim]`
 pub fn attention_by(route: GpuAttentionRoute, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
     let options = AttentionModuleOptions { is_causal: causal, ..Default::default() };
-    match route {
-        GpuAttentionRoute::Burn => attention(q, k, v, None, None, options),
-        GpuAttentionRoute::PaddedHeadDim => {
-            let (d, dv) = (q.dims()[3], v.dims()[3]);
-            let (dp, dvp) = (d.next_multiple_of(16), dv.next_multiple_of(16));
-            let pad = |t: Tensor<4>, by: usize| if by == 0 { t } else { t.pad([(0, by)], PadMode::Constant(0.0)) };
-            let q = if dp == d { q } else { q.mul_scalar((dp as f64 / d as f64).sqrt()) };
-            let o = attention(pad(q, dp - d), pad(k, dp - d), pad(v, dvp - dv), None, None, options);
-            if dvp == dv { o } else { o.narrow(3, 0, dv) }
-        }
-    }
+    let kernel = match route {
+        GpuAttentionRoute::Burn => return attention(q, k, v, None, None, options),
+        GpuAttentionRoute::PaddedHeadDim => None,
+        GpuAttentionRoute::Flash(kernel) => Some(kernel),
+    };
+    let (d, dv) = (q.dims()[3], v.dims()[3]);
+    let (dp, dvp) = (d.next_multiple_of(16), dv.next_multiple_of(16));
+    let pad = |t: Tensor<4>, by: usize| if by == 0 { t } else { t.pad([(0, by)], PadMode::Constant(0.0)) };
+    let q = if dp == d { q } else { q.mul_scalar((dp as f64 / d as f64).sqrt()) };
+    let (q, k, v) = (pad(q, dp - d), pad(k, dp - d), pad(v, dvp - dv));
+    let o = match kernel {
+        None => attention(q, k, v, None, None, options),
+        Some(kernel) => crate::gpu_flash::flash_attention(kernel, q, k, v, causal),
+    };
+    if dvp == dv { o } else { o.narrow(3, 0, dv) }
 }
 
 /// [`scaled_dot_product_attention`] on token sequences whose last dim holds `heads` heads side by

@@ -109,9 +109,7 @@ pub fn policy(op: GpuOp) -> RoutePolicy {
     }
 }
 
-/// Whether `op` takes kiln's alternative here: never on flex or under autodiff (the alternatives
-/// are for GPUs, and kiln-train's gradients go through burn's ops); on GPUs as its [`RoutePolicy`]
-/// says, and under `Auto` as [`choose`] measured between `burn` and `alternative`.
+/// Whether `op` takes kiln's alternative here: [`pick`] between burn's op and the alternative.
 pub fn use_alternative<const D: usize>(
     op: GpuOp,
     device: &Device,
@@ -120,15 +118,29 @@ pub fn use_alternative<const D: usize>(
     burn: &dyn Fn() -> Tensor<D>,
     alternative: &dyn Fn() -> Tensor<D>,
 ) -> bool {
-    if *device == Device::flex() || device.is_autodiff() {
-        return false;
+    pick(op, device, dtype, shape, &[("burn", burn), (op.alternative(), alternative)]) == op.alternative()
+}
+
+/// The route `op` takes here among `candidates`, named as [`choose`] takes them: the first is
+/// burn's op (`"burn"`); one named [`GpuOp::alternative`] is what [`RoutePolicy::Alternative`]
+/// forces (burn's op where none is offered); any others are only measured under `Auto`. burn's op
+/// on flex and under autodiff (the routes are for GPUs, and kiln-train's gradients go through
+/// burn's ops); on GPUs as the op's [`RoutePolicy`] says, under `Auto` as [`choose`] measured.
+pub fn pick<const D: usize>(
+    op: GpuOp,
+    device: &Device,
+    dtype: DType,
+    shape: impl FnOnce() -> String,
+    candidates: &[(&'static str, &dyn Fn() -> Tensor<D>)],
+) -> &'static str {
+    let burn = candidates[0].0;
+    if *device == Device::flex() || device.is_autodiff() || candidates.len() == 1 {
+        return burn;
     }
     match policy(op) {
-        RoutePolicy::Burn => false,
-        RoutePolicy::Alternative => true,
-        RoutePolicy::Auto => {
-            choose(op.name(), device, dtype, shape(), &[("burn", burn), (op.alternative(), alternative)]) == op.alternative()
-        }
+        RoutePolicy::Burn => burn,
+        RoutePolicy::Alternative => candidates.iter().find(|c| c.0 == op.alternative()).map_or(burn, |c| c.0),
+        RoutePolicy::Auto => choose(op.name(), device, dtype, shape(), candidates),
     }
 }
 

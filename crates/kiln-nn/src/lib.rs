@@ -52,6 +52,7 @@ pub mod cpu_norm;
 pub mod embeddings;
 mod flex;
 pub mod gpu_conv;
+pub mod gpu_flash;
 pub mod gpu_norm;
 pub mod gpu_route;
 pub mod load;

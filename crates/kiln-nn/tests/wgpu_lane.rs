@@ -180,6 +180,48 @@ fn attention_padded_head_dim_route() {
     }
 }
 
+/// burn's flash kernels called through kiln's backend extension (`kiln_nn::gpu_flash`, the
+/// `auto` attention candidates with kiln's tile sizes) against flex's explicit softmax: the unit
+/// routine, which every cubecl GPU runs, on head dims 16 and 32 (causal too, and a value dim
+/// unlike the key's), and the `Flash` route with a tensor-core tile configuration at head dim 40
+/// (padded to 48) and a cross-attention key length of 7 — on a GPU without f16 cooperative
+/// matrices (this lane) that kernel is unavailable and burn's fallback answers, as the route
+/// promises. The tile configurations are offered exactly where the device has f16 tensor cores,
+/// in f16/bf16.
+#[test]
+fn flash_attention_with_kilns_tiles() {
+    use burn::tensor::DType;
+    use kiln_nn::attention::{attention_by, GpuAttentionRoute};
+    use kiln_nn::gpu_flash::{flash_attention, flash_tile_candidates, has_f16_tensor_cores, FlashKernel, FLASH_TILES};
+    let Some(lane) = wgpu_lane_device() else { return };
+    let flex = Device::flex();
+    let cores = has_f16_tensor_cores(&lane);
+    eprintln!("lane has f16 tensor cores: {cores}");
+    assert_eq!(flash_tile_candidates(&lane, DType::F16, 4096).len(), if cores { FLASH_TILES.len() } else { 0 });
+    assert!(flash_tile_candidates(&lane, DType::F32, 4096).is_empty());
+    for (what, causal, [b, h, sq, sk, d, dv]) in [
+        ("unit d16 self", false, [2, 2, 64, 64, 16, 16]),
+        ("unit d32 causal", true, [1, 2, 48, 48, 32, 32]),
+        ("unit d16 cross, value dim 32", false, [1, 3, 32, 7, 16, 32]),
+    ] {
+        let q = randn([b, h, sq, d], &flex);
+        let k = randn([b, h, sk, d], &flex);
+        let v = randn([b, h, sk, dv], &flex);
+        let want = scaled_dot_product_attention(q.clone(), k.clone(), v.clone(), false, causal);
+        let got = flash_attention(FlashKernel::Unit, q.to_device(&lane), k.to_device(&lane), v.to_device(&lane), causal);
+        assert_close(what, got, want);
+    }
+    let tiles = GpuAttentionRoute::Flash(FLASH_TILES[0].1);
+    for (what, [b, h, sq, sk, d]) in [("flash tiles d40 self", [2, 2, 64, 64, 40]), ("flash tiles d40 cross", [1, 2, 64, 7, 40])] {
+        let q = randn([b, h, sq, d], &flex);
+        let k = randn([b, h, sk, d], &flex);
+        let v = randn([b, h, sk, d], &flex);
+        let want = scaled_dot_product_attention(q.clone(), k.clone(), v.clone(), false, false);
+        let got = attention_by(tiles, q.to_device(&lane), k.to_device(&lane), v.to_device(&lane), false);
+        assert_close(what, got, want);
+    }
+}
+
 /// The im2col route of GPU convolutions (`GpuConvRoute::Im2col`, what `--gpu-conv auto` may pick)
 /// through burn's CubeCL matmul against burn's conv on flex: SD's 3×3 with padding 1 and a 1×1,
 /// whole and in bands of output rows.

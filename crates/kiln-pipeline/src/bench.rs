@@ -170,7 +170,7 @@ pub struct RouteReport {
     /// Milliseconds per call of each route.
     pub times_ms: BTreeMap<String, f64>,
     /// Routes whose output disagreed with burn's (relative error, see
-    /// `kiln_nn::gpu_route::relative_error`): timed, never kept.
+    /// `kiln_nn::gpu_route::relative_error`; JSON `null` where it is not finite): timed, never kept.
     pub mismatched: BTreeMap<String, f64>,
     /// The route kept (the fastest of those that agree with burn's).
     pub route: String,

@@ -1,0 +1,159 @@
+//! burn's flash-attention kernels (cubek's `blackbox_accelerated` and `unit` routines) called with
+//! a tile configuration of kiln's choosing, as extra candidates for [`crate::gpu_route::choose`].
+//!
+//! burn's `attention` op autotunes its tensor-core flash kernel over 2, 4 and 8 planes (warps) per
+//! cube, each plane holding one 16-row tile of queries and stepping through the keys one 16-column
+//! tile at a time (`BlackboxAcceleratedStrategy { seq_q: 1, seq_kv: 1 }`,
+//! `burn-cubecl-0.22.1/src/kernel/attention/tune.rs`). That is little work between two softmax
+//! rescales: on the H100 it ran at 25 TFLOP/s at head dim 64 where PyTorch's SDPA ran at 460
+//! (DESIGN §6). FlashAttention's speed comes from larger tiles per warp; cubek's routine takes
+//! them as its `seq_q` / `seq_kv` partition sizes, which burn leaves at 1. [`FLASH_TILES`] are such
+//! configurations: on a GPU with f16 cooperative matrices, at f16/bf16, `auto` times each next to
+//! burn's op and keeps one only where it agrees with burn's output and is faster.
+
+use burn::backend::{Backend, DispatchDevice, backend_extension, tensor::FloatTensor};
+use burn::tensor::{DType, Device, Tensor, ops::AttentionModuleOptions};
+use burn_cubecl::kernel::attention::{AttentionStrategy, attention};
+use cubek_attention::forward::routines::blackbox_accelerated::BlackboxAcceleratedStrategy;
+
+/// Which of burn's flash kernels [`flash_attention`] launches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlashKernel {
+    /// The unit routine (no tensor cores; burn's autotune tries it last): runs on every cubecl
+    /// GPU, which is how the wgpu test lane exercises this module's dispatch.
+    Unit,
+    /// The tensor-core routine: `planes` planes per cube, each computing `seq_q` 16-row query
+    /// tiles against `seq_kv` 16-column key tiles per step.
+    Accelerated { planes: u8, seq_q: u8, seq_kv: u8 },
+}
+
+impl FlashKernel {
+    /// Query rows one cube covers, with cooperative-matrix tiles of 16 rows (the size NVIDIA's
+    /// Vulkan driver offers for f16); the kernel needs it to divide the sequence length.
+    fn rows(self) -> usize {
+        match self {
+            FlashKernel::Unit => 1,
+            FlashKernel::Accelerated { planes, seq_q, .. } => planes as usize * seq_q as usize * 16,
+        }
+    }
+}
+
+/// The tile configurations `auto` measures besides burn's own autotuned choice, named as
+/// [`crate::gpu_route::RouteChoice`] reports them: planes, query tiles and key tiles per plane.
+pub const FLASH_TILES: [(&str, FlashKernel); 3] = [
+    ("flash-4p-1q-4kv", FlashKernel::Accelerated { planes: 4, seq_q: 1, seq_kv: 4 }),
+    ("flash-4p-2q-2kv", FlashKernel::Accelerated { planes: 4, seq_q: 2, seq_kv: 2 }),
+    ("flash-8p-1q-2kv", FlashKernel::Accelerated { planes: 8, seq_q: 1, seq_kv: 2 }),
+];
+
+/// Whether `device` is a cubecl GPU whose cooperative matrices take f16 operands (what cubek's
+/// tensor-core routine validates against; burn's autotune asks the same).
+pub fn has_f16_tensor_cores(device: &Device) -> bool {
+    match device.as_dispatch() {
+        DispatchDevice::Cube(cube) => {
+            let f16 = burn::backend::cubecl::dtype_to_storage_type(DType::F16);
+            cube.client().properties().features.matmul.cmma.iter().any(|c| c.a_type == f16 && c.b_type == f16)
+        }
+        #[allow(unreachable_patterns)]
+        _ => false,
+    }
+}
+
+/// The [`FLASH_TILES`] that apply to attention with `seq_q` queries in `dtype` on `device`:
+/// none on flex, under autodiff, in f32 (the routine's tiles are f16 whatever the problem's
+/// dtype) or without f16 tensor cores, and only those whose cube covers a divisor of `seq_q`.
+pub fn flash_tile_candidates(device: &Device, dtype: DType, seq_q: usize) -> Vec<(&'static str, FlashKernel)> {
+    if *device == Device::flex() || device.is_autodiff() || !matches!(dtype, DType::F16 | DType::BF16) {
+        return Vec::new();
+    }
+    if !has_f16_tensor_cores(device) {
+        return Vec::new();
+    }
+    FLASH_TILES.into_iter().filter(|(_, k)| seq_q % k.rows() == 0).collect()
+}
+
+#[backend_extension(Cube, Fusion)]
+pub trait FlashAttentionOps: Backend {
+    /// `softmax(q kᵀ / √d) v` by burn's flash `kernel` (`planes == 0`: the unit routine, else the
+    /// tensor-core routine with `planes`, `seq_q` and `seq_kv`).
+    #[fusion(dtype = q, shape = {
+        let mut out = q.clone();
+        out[3] = v[3];
+        out
+    })]
+    fn flash_attention_tiles(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        causal: bool,
+        planes: u8,
+        seq_q: u8,
+        seq_kv: u8,
+    ) -> FloatTensor<Self>;
+}
+
+impl FlashAttentionOps for burn_cubecl::CubeBackend {
+    fn flash_attention_tiles(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        causal: bool,
+        planes: u8,
+        seq_q: u8,
+        seq_kv: u8,
+    ) -> FloatTensor<Self> {
+        let options = AttentionModuleOptions { is_causal: causal, ..Default::default() };
+        let strategy = match planes {
+            0 => AttentionStrategy::FlashUnit,
+            _ => AttentionStrategy::FlashBlackboxAccelerated(BlackboxAcceleratedStrategy { num_planes: planes, seq_q, seq_kv }),
+        };
+        // burn's `attention` itself answers an invalid tile configuration with its materialising
+        // fallback; an unavailable kernel gets the same here (correct, and slow, so `auto` passes it over).
+        attention(q.clone(), k.clone(), v.clone(), None, None, options, strategy).unwrap_or_else(|e| {
+            log::info!("flash attention {planes}p-{seq_q}q-{seq_kv}kv unavailable ({e:?}); burn's fallback instead");
+            burn::backend::ops::attention::attention_fallback::<Self>(q, k, v, None, None, options)
+        })
+    }
+}
+
+/// `softmax(q kᵀ / √d) v` by burn's flash `kernel`, on a cubecl GPU (panics on flex: callers take
+/// their kernels from [`flash_tile_candidates`], which offers none there). The head dims must suit
+/// the kernel (multiples of 16 for the tensor-core routine; kiln pads them first).
+///
+/// # Shapes
+/// - q: `[batch, heads, seq_q, head_dim]`, k: `[batch, heads, seq_k, head_dim]`,
+///   v: `[batch, heads, seq_k, value_dim]` → `[batch, heads, seq_q, value_dim]`
+pub fn flash_attention(kernel: FlashKernel, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
+    let (planes, seq_q, seq_kv) = match kernel {
+        FlashKernel::Unit => (0, 0, 0),
+        FlashKernel::Accelerated { planes, seq_q, seq_kv } => (planes, seq_q, seq_kv),
+    };
+    let out = <burn::backend::Dispatch as FlashAttentionOps>::flash_attention_tiles(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        causal,
+        planes,
+        seq_q,
+        seq_kv,
+    );
+    Tensor::from_dispatch(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On the CPU, and in f32 anywhere, no tile configuration is offered (so the extension, which
+    /// has no flex implementation, is never called there); every configuration covers 64 query
+    /// rows or a multiple, so each applies to SD's 64·64 … 8·8 latent sequences that it divides.
+    #[test]
+    fn no_tiles_on_the_cpu_or_in_f32() {
+        let flex = Device::flex();
+        assert!(!has_f16_tensor_cores(&flex));
+        assert!(flash_tile_candidates(&flex, DType::F16, 4096).is_empty());
+        assert!(flash_tile_candidates(&flex, DType::F32, 4096).is_empty());
+        let rows: Vec<_> = FLASH_TILES.iter().map(|(_, k)| k.rows()).collect();
+        assert_eq!(rows, [64, 128, 128]);
+    }
+}

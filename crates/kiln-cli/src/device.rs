@@ -57,6 +57,8 @@ impl DeviceArgs {
         ]
         .map(|(op, value)| RoutePolicy::parse(op, value).map(|p| (op, p)));
         let dtypes = (dtype("--dtype", &self.dtype)?, dtype("--vae-dtype", &self.vae_dtype)?);
+        wgpu_device::dtype_check(&device, dtypes.0, "--dtype")?;
+        wgpu_device::dtype_check(&device, dtypes.1, "--vae-dtype")?;
         for policy in policies {
             let (op, policy) = policy?;
             set_policy(op, policy);

@@ -337,3 +337,28 @@ fn vulkan_without_a_usable_driver_exits_2() {
     assert!(stderr.contains("--device vulkan") && stderr.contains(&needle) && stderr.contains("--device cpu"), "{stderr}");
     assert!(!out.exists());
 }
+
+/// `--device wgpu` on a machine whose only adapters are Mesa's lavapipe (which cubecl would
+/// crash) and llvmpipe through OpenGL (whose row sums burn gets wrong, `wgpu_device::
+/// reduction_check`) — CI's — exits 2 naming both reasons and the way out, instead of writing a
+/// wrong picture. Skipped elsewhere.
+#[test]
+fn wgpu_without_a_usable_adapter_exits_2() {
+    use kiln::nn::wgpu_device::{open, reduction_check, vulkan_check, VulkanCheck, EXPLICIT_LAYOUT_EXT};
+    if !matches!(vulkan_check(), VulkanCheck::Crashes(_)) {
+        return eprintln!("skipped: Vulkan here is usable or absent");
+    }
+    let gl = match open(Some(kiln::burn::tensor::wgpu::WgpuBackend::Gl)).map(|gl| reduction_check(&gl)) {
+        Ok(Err(why)) => why,
+        other => return eprintln!("skipped: OpenGL here is {other:?}"),
+    };
+    let model = root().join("assets/fixtures/models/sd1");
+    let out = tmp("wgpu").join("never.png");
+    let o = kiln(&["generate", "--model", model.to_str().unwrap(), "--prompt", "x", "--device", "wgpu", "--output", out.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    for needle in ["--device wgpu", EXPLICIT_LAYOUT_EXT.to_str().unwrap(), &gl, "--device cpu"] {
+        assert!(stderr.contains(needle), "{needle:?} in {stderr}");
+    }
+    assert!(!out.exists());
+}

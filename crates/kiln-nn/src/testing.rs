@@ -23,7 +23,9 @@
 //! extension, since a segfault cannot be caught in-process.
 //!
 //! The WGSL path has no f16 on GL: lane tests run in f32. Mesa caps one storage buffer at
-//! 128 MiB: keep shapes tiny.
+//! 128 MiB, and burn 0.22.1's row sums there lose elements in rows of 65536 and more
+//! ([`wgpu_device::reduction_check`], which is why `kiln --device wgpu` refuses this adapter while
+//! the lane, at its small shapes, uses it): keep shapes tiny.
 //!
 //! Environment:
 //! - `KILN_WGPU_LANE` = `gl` (default) | `vulkan` | `off`

@@ -8,11 +8,17 @@
 //! rejects the module and the driver segfaults in `vkCreateComputePipelines` on the first kernel
 //! that uses shared memory (a matmul). A segfault cannot be caught, so [`vulkan`] and [`auto`]
 //! look at the adapter's extensions first, through wgpu, before burn opens it.
+//!
+//! Then they run [`reduction_check`] on the opened device: on Mesa's llvmpipe through OpenGL
+//! (the `--device wgpu` fallback on such machines) burn 0.22.1's row sums lose elements in long
+//! rows, so GroupNorm goes wrong at real image sizes — a 512×512 picture of the kiln-shapes model
+//! came out as coloured noise where the CPU drew clean circles. kiln refuses such an adapter
+//! rather than write wrong pictures.
 
 use std::sync::OnceLock;
 
 use burn::tensor::wgpu::{wgpu, WgpuBackend, WgpuInitError};
-use burn::tensor::{Device, DeviceKind};
+use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 
 /// The Vulkan extension whose absence sends cubecl-spirv 0.11.3 down its broken implicit
 /// shared-memory lowering (see the module docs).
@@ -93,26 +99,73 @@ pub fn open(api: Option<WgpuBackend>) -> Result<Device, String> {
         .clone()
 }
 
+/// The row sums [`reduction_check`] asks for: `[rows, length]` of ones.
+pub const REDUCTION_CHECKS: [[usize; 2]; 2] = [[4, 65_536], [1, 262_144]];
+
+/// Whether `device` sums long rows right: [`REDUCTION_CHECKS`] (ones, so every sum is exact in
+/// f32), or why not, naming the adapter and what it answered. burn 0.22.1's row reduction on
+/// Mesa's llvmpipe through OpenGL (cubek-reduce 0.3.1's `unit_vectorized_parallel_reduce`, what
+/// burn's autotune keeps there) answered 65444 for the fourth of four rows of 65536 ones and
+/// 262128 for one row of 262144, and zeros for whole rows at 131072: kiln's GroupNorm statistics
+/// (a group of a 512×512 VAE feature map is a row of 262144 or more) come out wrong. Two small
+/// reductions and one read back.
+pub fn reduction_check(device: &Device) -> Result<(), String> {
+    for [rows, len] in REDUCTION_CHECKS {
+        let ones = Tensor::<2>::from_data(TensorData::new(vec![1.0f32; rows * len], [rows, len]), device);
+        let sums = ones.sum_dim(1).try_into_data().map_err(|e| format!("{e:?}")).and_then(|d| d.try_to_vec::<f32>().map_err(|e| format!("{e:?}")));
+        let adapter = || device.identity().map_or_else(|| format!("{device:?}"), |id| format!("{:?}", id.name));
+        match sums {
+            Ok(sums) if sums.iter().all(|&s| s == len as f32) => {}
+            Ok(sums) => {
+                return Err(format!(
+                    "the adapter {} sums {rows} row(s) of {len} ones to {sums:?} (burn's row reduction loses elements there), \
+                     so GroupNorm and kiln's pictures would be wrong",
+                    adapter()
+                ))
+            }
+            Err(e) => return Err(format!("the adapter {} failed a row sum: {e}", adapter())),
+        }
+    }
+    Ok(())
+}
+
+/// Whether `device` computes in `dtype`, or a message naming `flag` (OpenGL's WGSL has no f16:
+/// its kernels fail to compile and leave garbage).
+pub fn dtype_check(device: &Device, dtype: burn::tensor::DType, flag: &str) -> Result<(), String> {
+    if device.supports_dtype(dtype) {
+        return Ok(());
+    }
+    let adapter = device.identity().map_or_else(|| format!("{device:?}"), |id| format!("{:?}", id.name));
+    Err(format!("{flag} {}: the adapter {adapter} does not compute in it; use {flag} f32", format!("{dtype:?}").to_lowercase()))
+}
+
+/// `device` if it passes [`reduction_check`].
+fn checked(device: Result<Device, String>) -> Result<Device, String> {
+    let device = device?;
+    reduction_check(&device).map(|()| device)
+}
+
 /// burn's wgpu runtime on Vulkan (SPIR-V, f16, cooperative-matrix tensor cores), or an error
-/// saying why not — including an adapter cubecl's kernels would crash (see the module docs).
+/// saying why not — an adapter cubecl's kernels would crash, or one that fails
+/// [`reduction_check`] (see the module docs).
 pub fn vulkan() -> Result<Device, String> {
     match vulkan_check() {
-        VulkanCheck::Usable => open(Some(WgpuBackend::Vulkan)),
+        VulkanCheck::Usable => checked(open(Some(WgpuBackend::Vulkan))),
         VulkanCheck::Crashes(why) | VulkanCheck::Absent(why) => Err(why),
     }
 }
 
 /// burn's wgpu runtime on the graphics API wgpu picks (Vulkan where there is one, else Metal,
 /// DirectX or OpenGL), except that a Vulkan adapter cubecl would crash is passed over for OpenGL,
-/// with a warning saying why.
+/// with a warning saying why; an error where the device it ends on fails [`reduction_check`].
 pub fn auto() -> Result<Device, String> {
     match vulkan_check() {
-        VulkanCheck::Usable => open(Some(WgpuBackend::Vulkan)),
+        VulkanCheck::Usable => checked(open(Some(WgpuBackend::Vulkan))),
         VulkanCheck::Crashes(why) => {
-            log::warn!("{why}; using OpenGL instead");
-            open(Some(WgpuBackend::Gl)).map_err(|gl| format!("{why}; and {gl}"))
+            log::warn!("{why}; trying OpenGL instead");
+            checked(open(Some(WgpuBackend::Gl))).map_err(|gl| format!("{why}; and on OpenGL {gl}"))
         }
-        VulkanCheck::Absent(_) => open(None),
+        VulkanCheck::Absent(_) => checked(open(None)),
     }
 }
 

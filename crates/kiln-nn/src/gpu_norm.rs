@@ -111,8 +111,8 @@ mod tests {
     }
 
     /// The fused formulation against burn's GroupNorm (+ silu) on flex in f32: 3-D and 4-D
-    /// inputs, affine and not, with and without SiLU, and a mean far from zero (1000 ± 1, where
-    /// unshifted f32 sums would lose the variance).
+    /// inputs, affine and not, with and without SiLU, a mean far from zero (1000 ± 1, where
+    /// unshifted f32 sums would lose the variance) and groups as long as a 512-pixel VAE's.
     #[test]
     fn fused_matches_burns_group_norm() {
         let device = Device::flex();
@@ -121,6 +121,8 @@ mod tests {
             ("4-D not affine", vec![1, 6, 3, 3], 3, false, false, 0.0),
             ("3-D affine", vec![2, 12, 7], 2, true, false, 0.0),
             ("mean 1000", vec![1, 4, 16, 16], 2, true, true, 1000.0),
+            // a VAE-sized group: rows of 8 · 256 · 256 = 524288 elements
+            ("long rows", vec![1, 32, 256, 256], 4, true, true, 0.5),
         ] {
             let mut norm = GroupNormConfig::new(groups, dims[1]).with_affine(affine).with_epsilon(1e-6).init(&device);
             if affine {
@@ -135,7 +137,7 @@ mod tests {
                 let x = Tensor::<3>::random([dims[0], dims[1], dims[2]], Distribution::Normal(offset, 1.0), &device);
                 max_abs(group_norm_by(GpuNormRoute::Fused, &norm, x.clone(), with_silu) - group_norm_by(GpuNormRoute::Burn, &norm, x, with_silu))
             };
-            let bound = if offset == 0.0 { 2e-5 } else { 2e-3 };
+            let bound = if offset < 1.0 { 2e-5 } else { 2e-3 };
             eprintln!("{what}: max diff {diff:.2e} (bound {bound:.0e})");
             assert!(diff < bound, "{what}: max diff {diff}");
         }

@@ -6,7 +6,14 @@
 """
 
 import json
+import re
 import sys
+
+
+def attention_shape(shape):
+    """(q dims, k dims) from a kiln attention route's shape, "q [2, 8, 4096, 40] k [...] v [...]"."""
+    m = re.match(r"q \[([\d, ]+)\] k \[([\d, ]+)\]", shape)
+    return (tuple(int(x) for x in m[1].split(",")), tuple(int(x) for x in m[2].split(","))) if m else None
 
 
 def main():
@@ -30,6 +37,15 @@ def main():
             times = ", ".join(f"{name} {ms:.3f} ms" + (f" (disagrees with burn: {bad[name]:.1e})" if name in bad else "")
                               for name, ms in r["times_ms"].items())
             print(f"  {r['op']} {r['dtype']} {r['shape']}: {times} -> {r['route']}{' (stored)' if r.get('stored') else ''}")
+            qk = attention_shape(r["shape"]) if r["op"] == "attention" else None
+            if qk:
+                (b, h, sq, d), (_, _, sk, _) = qk
+                flop = 4 * b * h * sq * sk * d
+                kept = r["times_ms"][r["route"]]
+                torch_ms = next((a["mean_s"] * 1e3 for a in ref.get("attention", [])
+                                 if tuple(a["q"]) == qk[0] and tuple(a["k"]) == qk[1]), None)
+                vs = f"; torch SDPA {torch_ms:.3f} ms ({flop / torch_ms / 1e9:.1f} TFLOP/s), kiln/torch {kept / torch_ms:.2f}" if torch_ms else ""
+                print(f"    kept route {kept:.3f} ms = {flop / kept / 1e9:.1f} TFLOP/s{vs}")
     if kiln.get("unet_profile"):
         p = kiln["unet_profile"]
         print(f"kiln UNet step by op ({p['step_ms']:.2f} ms with a device sync around each op):")

@@ -139,6 +139,35 @@ def main():
         return vae.decode((x / vae.config.scaling_factor).to(vae.dtype)).sample
 
     e2e = timed(end_to_end, min(args.iters, 2))
+
+    # SDPA alone at every attention shape the UNet step used (captured by hooks on diffusers'
+    # Attention modules), for compare.py's per-shape kiln ÷ torch and TFLOP/s of kiln's routes
+    shapes = []
+
+    def capture(module, args_, kwargs):
+        x = args_[0] if args_ else kwargs["hidden_states"]
+        ctx = kwargs.get("encoder_hidden_states")
+        if x.ndim == 4:  # the VAE's spatial attention takes [b, c, h, w]
+            x = x.flatten(2).transpose(1, 2)
+        kv = x if ctx is None else ctx
+        d = module.inner_dim // module.heads
+        shape = (x.shape[0], module.heads, x.shape[1], kv.shape[1], d)
+        if shape not in shapes:
+            shapes.append(shape)
+
+    from diffusers.models.attention_processor import Attention
+    hooks = [m.register_forward_pre_hook(capture, with_kwargs=True) for m in unet.modules() if isinstance(m, Attention)]
+    with torch.no_grad():
+        unet(sample, t999, encoder_hidden_states=context, added_cond_kwargs=added)
+    for h in hooks:
+        h.remove()
+    attention = []
+    for (bq, h, sq, sk, d) in shapes:
+        q = torch.randn((bq, h, sq, d), device=device, dtype=dtype)
+        k = torch.randn((bq, h, sk, d), device=device, dtype=dtype)
+        v = torch.randn((bq, h, sk, d), device=device, dtype=dtype)
+        t = timed(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), args.iters)
+        attention.append(dict(q=[bq, h, sq, d], k=[bq, h, sk, d], flop=4 * bq * h * sq * sk * d, **t))
     if cuda:
         peak, source = torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated"
         device_name = f"{args.device} ({torch.cuda.get_device_name(device)})"
@@ -149,7 +178,7 @@ def main():
         model=name, device=device_name, dtype="f16" if args.dtype == "fp16" else "f32",
         vae_dtype="f16" if args.vae_dtype == "fp16" else "f32", width=args.width, height=args.height,
         batch=b, steps=args.steps, text_encode=text_encode, unet_step=unet_step, vae_decode=vae_decode,
-        end_to_end=e2e, peak_memory_bytes=peak, peak_memory_source=source,
+        end_to_end=e2e, attention=attention, peak_memory_bytes=peak, peak_memory_source=source,
         unet_parameters=sum(p.numel() for p in unet.parameters()), diffusers=diffusers.__version__,
     ), indent=1))
 

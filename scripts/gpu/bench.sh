@@ -13,7 +13,8 @@
 #      kiln ÷ torch per component — once with `--gpu-attention burn --gpu-conv burn --gpu-norm
 #      burn` (burn's kernels as they are), once with kiln's measured routes (`auto`, the default;
 #      its JSON lists every shape it timed): the before/after; each kiln run also profiles one
-#      UNet step by op (`--profile`: convolutions, GroupNorms, attention, the rest);
+#      UNet step by op (`--profile`: convolutions, GroupNorms, attention, the rest), and compare.py
+#      prints each attention shape's kept route in TFLOP/s against PyTorch's SDPA at that shape;
 #   2. scripts/gpu/unet_check.py: kiln's f16 UNet output against PyTorch's on the same weights;
 #   3. SDXL at 1024 like 1 (auto only).
 # Everything lands in $OUT (the device tool brings it back).

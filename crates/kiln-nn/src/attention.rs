@@ -120,7 +120,7 @@ pub fn gpu_route(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool) -> G
     if d % 16 != 0 || dv % 16 != 0 {
         routes.push((GpuOp::Attention.alternative(), GpuAttentionRoute::PaddedHeadDim));
     }
-    let tiles = crate::gpu_flash::flash_tile_candidates(&device, q.dtype(), q.dims()[2]);
+    let tiles = crate::gpu_flash::flash_tile_candidates(&device, q.dtype(), q.dims(), k.dims()[2]);
     routes.extend(tiles.into_iter().map(|(name, kernel)| (name, GpuAttentionRoute::Flash(kernel))));
     if routes.len() == 1 {
         return GpuAttentionRoute::Burn;

@@ -59,11 +59,23 @@ pub fn has_f16_tensor_cores(device: &Device) -> bool {
     }
 }
 
-/// The [`FLASH_TILES`] that apply to attention with `seq_q` queries in `dtype` on `device`:
-/// none on flex, under autodiff, in f32 (the routine's tiles are f16 whatever the problem's
-/// dtype) or without f16 tensor cores, and only those whose cube covers a divisor of `seq_q`.
-pub fn flash_tile_candidates(device: &Device, dtype: DType, seq_q: usize) -> Vec<(&'static str, FlashKernel)> {
+/// Attention smaller than this (`4 · batch · heads · seq_q · seq_k · head_dim` FLOPs) is left to
+/// burn's own choice: at most a few microseconds to gain on a GPU with tensor cores, against a
+/// kernel compilation per tile configuration at first use. SD 1.5 at 512 px keeps its two largest
+/// self-attentions (43 and 5.4 GFLOP), SDXL at 1024 px its two (86 and 11) and its largest
+/// cross-attention (1.6).
+pub const MIN_FLASH_TILE_FLOP: usize = 1 << 30;
+
+/// The [`FLASH_TILES`] that apply to attention of `q` `[batch, heads, seq_q, head_dim]` against
+/// `seq_k` keys in `dtype` on `device`: none on flex, under autodiff, in f32 (the routine's tiles
+/// are f16 whatever the problem's dtype), without f16 tensor cores or below
+/// [`MIN_FLASH_TILE_FLOP`]; only those whose cube covers a divisor of `seq_q`.
+pub fn flash_tile_candidates(device: &Device, dtype: DType, q: [usize; 4], seq_k: usize) -> Vec<(&'static str, FlashKernel)> {
+    let [batch, heads, seq_q, head_dim] = q;
     if *device == Device::flex() || device.is_autodiff() || !matches!(dtype, DType::F16 | DType::BF16) {
+        return Vec::new();
+    }
+    if 4 * batch * heads * seq_q * seq_k * head_dim < MIN_FLASH_TILE_FLOP {
         return Vec::new();
     }
     if !has_f16_tensor_cores(device) {
@@ -151,8 +163,8 @@ mod tests {
     fn no_tiles_on_the_cpu_or_in_f32() {
         let flex = Device::flex();
         assert!(!has_f16_tensor_cores(&flex));
-        assert!(flash_tile_candidates(&flex, DType::F16, 4096).is_empty());
-        assert!(flash_tile_candidates(&flex, DType::F32, 4096).is_empty());
+        assert!(flash_tile_candidates(&flex, DType::F16, [2, 8, 4096, 40], 4096).is_empty());
+        assert!(flash_tile_candidates(&flex, DType::F32, [2, 8, 4096, 40], 4096).is_empty());
         let rows: Vec<_> = FLASH_TILES.iter().map(|(_, k)| k.rows()).collect();
         assert_eq!(rows, [64, 128, 128]);
     }

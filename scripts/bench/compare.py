@@ -36,6 +36,7 @@ def main():
             bad = {name: float("inf") if err is None else err for name, err in (r.get("mismatched") or {}).items()}
             times = ", ".join(f"{name} {ms:.3f} ms" + (f" (disagrees with burn: {bad[name]:.1e})" if name in bad else "")
                               for name, ms in r["times_ms"].items())
+            times += "".join(f", {name} failed" for name in bad if name not in r["times_ms"])
             print(f"  {r['op']} {r['dtype']} {r['shape']}: {times} -> {r['route']}{' (stored)' if r.get('stored') else ''}")
             qk = attention_shape(r["shape"]) if r["op"] == "attention" else None
             if qk:

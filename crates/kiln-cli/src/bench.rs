@@ -74,6 +74,7 @@ fn print_text(r: &BenchReport) {
                 Some(err) => format!("{route} {ms:.3} ms (disagrees with burn: relative error {err:.1e})"),
                 None => format!("{route} {ms:.3} ms"),
             })
+            .chain(c.mismatched.keys().filter(|r| !c.times_ms.contains_key(*r)).map(|r| format!("{r} failed")))
             .collect();
         let stored = if c.stored { " (stored)" } else { "" };
         println!("  {} {} {}: {} -> {}{stored}", c.op, c.dtype, c.shape, times.join(", "), c.route);

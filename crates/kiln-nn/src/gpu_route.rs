@@ -156,10 +156,11 @@ pub struct RouteChoice {
     pub dtype: DType,
     /// The operands' shapes as the op describes them.
     pub shape: String,
-    /// `(route name, seconds per call)` for every candidate, in the order given.
+    /// `(route name, seconds per call)` for every candidate that ran, in the order given.
     pub times_s: Vec<(&'static str, f64)>,
     /// `(route name, relative error)` for every candidate whose output disagreed with the first
-    /// candidate's beyond [`tolerance`] (see [`relative_error`]): timed, never kept.
+    /// candidate's beyond [`tolerance`] (see [`relative_error`]): timed, never kept. A candidate
+    /// that panicked is here too, with an infinite error and no time in `times_s`.
     pub mismatched: Vec<(&'static str, f64)>,
     /// The fastest route among those that agree with the first candidate.
     pub route: &'static str,
@@ -266,11 +267,24 @@ pub fn choose<const D: usize>(
             let mut times_s = Vec::with_capacity(candidates.len());
             let mut mismatched = Vec::new();
             let mut reference = None;
-            for (name, call) in candidates {
-                let output = match time_calls_keeping_first(device, *call) {
+            for (i, (name, call)) in candidates.iter().enumerate() {
+                // an alternative that panics (a kernel configuration its library rejects) is
+                // passed over; burn's own op panicking is burn's error and stays one
+                let timed = match i {
+                    0 => time_calls_keeping_first(device, *call),
+                    _ => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| time_calls_keeping_first(device, *call))).unwrap_or_else(|_| {
+                        log::warn!("{op} route {name} at {shape} panicked; not using it");
+                        Err(String::from("panicked"))
+                    }),
+                };
+                let output = match timed {
                     Ok((secs, output)) => {
                         times_s.push((*name, secs));
                         output
+                    }
+                    Err(e) if i > 0 && e == "panicked" => {
+                        mismatched.push((*name, f64::INFINITY));
+                        continue;
                     }
                     Err(e) => {
                         log::warn!("timing {op} route {name} at {shape} failed ({e}); using {}", candidates[0].0);
@@ -457,8 +471,8 @@ mod tests {
     }
 
     /// `choose` checks every candidate's output against the first one's before timing counts: a
-    /// wrong candidate (off by 1 %, or NaN) is recorded as mismatched and never kept, however fast;
-    /// an equivalent formulation (rounding apart) competes on time.
+    /// wrong candidate (off by 1 %, or NaN) or one that panics is recorded as mismatched and never
+    /// kept, however fast; an equivalent formulation (rounding apart) competes on time.
     #[test]
     fn candidates_that_disagree_with_the_reference_are_never_kept() {
         set_store_path(None);
@@ -468,19 +482,21 @@ mod tests {
         let same = || x.clone().mul_scalar(3.0).matmul(x.clone()).div_scalar(3.0);
         let off = || x.clone().matmul(x.clone()).mul_scalar(1.01);
         let nan = || x.clone().slice([0..48, 0..1]).div_scalar(0.0).mul_scalar(0.0).add(x.clone().matmul(x.clone()));
+        let panics = || -> Tensor<2> { panic!("a kernel configuration its library rejects") };
         let route = choose(
             "mismatch test",
             &device,
             DType::F32,
             "48x48".into(),
-            &[("burn", &reference), ("same", &same), ("off", &off), ("nan", &nan)],
+            &[("burn", &reference), ("same", &same), ("off", &off), ("panics", &panics), ("nan", &nan)],
         );
         let c = route_choices().into_iter().find(|c| c.op == "mismatch test").unwrap();
-        assert_eq!(c.times_s.len(), 4, "every candidate is timed: {c:?}");
+        let timed: Vec<_> = c.times_s.iter().map(|t| t.0).collect();
+        assert_eq!(timed, ["burn", "same", "off", "nan"], "every candidate that ran is timed: {c:?}");
         let mismatched: Vec<_> = c.mismatched.iter().map(|m| m.0).collect();
-        assert_eq!(mismatched, ["off", "nan"], "{c:?}");
+        assert_eq!(mismatched, ["off", "panics", "nan"], "{c:?}");
         assert!((c.mismatched[0].1 - 0.01).abs() < 1e-3, "off by 1 %: {c:?}");
-        assert_eq!(c.mismatched[1].1, f64::INFINITY);
+        assert_eq!((c.mismatched[1].1, c.mismatched[2].1), (f64::INFINITY, f64::INFINITY));
         let agreed = c.times_s.iter().filter(|t| t.0 == "burn" || t.0 == "same");
         assert_eq!(route, agreed.min_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0, "{c:?}");
     }

@@ -57,6 +57,9 @@ def main():
         gib = 1 << 30
         print(f"peak memory    {kiln['peak_memory_bytes'] / gib:9.2f}G {ref['peak_memory_bytes'] / gib:9.2f}G "
               f"{kiln['peak_memory_bytes'] / ref['peak_memory_bytes']:10.2f}   ({kiln['peak_memory_source']} / {ref['peak_memory_source']})")
+    if kiln.get("steady_peak_memory_bytes") and ref.get("steady_peak_memory_bytes"):
+        a, b = kiln["steady_peak_memory_bytes"], ref["steady_peak_memory_bytes"]
+        print(f"  timed calls  {a / gib:9.2f}G {b / gib:9.2f}G {a / b:10.2f}   (after the first use's memory is given back)")
 
 
 if __name__ == "__main__":

@@ -87,7 +87,11 @@ fn print_text(r: &BenchReport) {
         println!("  {:<12} {:>5}       {:>10.2} ms  {:>5.1} %", "other", "", p.other_ms, 100.0 * p.other_ms / p.step_ms);
     }
     match r.peak_memory_bytes {
-        Some(b) => println!("peak memory: {:.2} GiB ({})", b as f64 / (1u64 << 30) as f64, r.peak_memory_source),
+        Some(b) => {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            let steady = r.steady_peak_memory_bytes.map(|s| format!(", {:.2} GiB over the timed calls", gib(s))).unwrap_or_default();
+            println!("peak memory: {:.2} GiB{steady} ({})", gib(b), r.peak_memory_source)
+        }
         None => println!("peak memory: not reported by this device"),
     }
 }

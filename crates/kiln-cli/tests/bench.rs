@@ -31,6 +31,8 @@ fn bench_reports_every_component() {
     // 3 denoising steps cost more than one UNet step
     assert!(r["end_to_end"]["mean_s"].as_f64().unwrap() > r["unet_step"]["mean_s"].as_f64().unwrap());
     assert!(r["peak_memory_bytes"].as_u64().unwrap() > 1 << 20);
+    let steady = r["steady_peak_memory_bytes"].as_u64().unwrap();
+    assert!(steady > 1 << 20 && steady <= r["peak_memory_bytes"].as_u64().unwrap());
     assert!(r["device"].as_str().unwrap().starts_with("cpu"));
     assert!(r["adapter"].is_null(), "no GPU adapter on the CPU");
     // the GPU route policies are reported; flex has no route to measure

@@ -124,6 +124,10 @@ pub struct BenchReport {
     /// Peak memory in bytes: the process's peak resident set on the CPU (VmHWM), the device
     /// allocator's reserved bytes after each call on GPUs; `None` where neither is known.
     pub peak_memory_bytes: Option<u64>,
+    /// The same over the timed calls only: after each component's first use the allocator gives
+    /// back the pages no tensor holds (route measurement and autotuning at first use hold several
+    /// outputs at once) and the CPU's peak-RSS mark is reset, so this is what a warmed-up run needs.
+    pub steady_peak_memory_bytes: Option<u64>,
     pub peak_memory_source: String,
     pub unet_parameters: usize,
     /// Each `kiln_nn::gpu_route::GpuOp`'s policy in force, by op name (`attention`, `conv2d`,
@@ -257,14 +261,20 @@ fn dtype_name(d: DType) -> String {
     format!("{d:?}").to_lowercase()
 }
 
-/// Peak memory so far: VmHWM on the CPU, the allocator's reserved bytes on GPUs.
+/// Peak memory so far: VmHWM on the CPU, the allocator's reserved bytes on GPUs; over every call
+/// (`peak`) and over the timed calls only (`steady`, see [`PeakMemory::release`]).
 struct PeakMemory {
     device: Device,
     peak: Option<u64>,
+    steady: Option<u64>,
 }
 
 impl PeakMemory {
-    fn sample(&mut self) {
+    fn new(device: &Device) -> Self {
+        PeakMemory { device: device.clone(), peak: None, steady: None }
+    }
+
+    fn sample(&mut self, timed: bool) {
         let now = if self.device == Device::flex() {
             std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
                 let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -274,7 +284,23 @@ impl PeakMemory {
             self.device.memory_pool_usage().map(|u| u.bytes_reserved)
         };
         if let Some(now) = now {
-            self.peak = Some(self.peak.map_or(now, |p| p.max(now)));
+            let max = |p: Option<u64>| Some(p.map_or(now, |p| p.max(now)));
+            self.peak = max(self.peak);
+            if timed {
+                self.steady = max(self.steady);
+            }
+        }
+    }
+
+    /// After a first use: the device allocator gives back the pages no tensor holds (burn's
+    /// `memory_cleanup`: what route measurement and autotuning reserved), and on the CPU the
+    /// peak-RSS mark is reset (`/proc/self/clear_refs`), so the timed calls' samples show what a
+    /// warmed-up run needs.
+    fn release(&mut self) {
+        if self.device == Device::flex() {
+            let _ = std::fs::write("/proc/self/clear_refs", "5");
+        } else {
+            self.device.memory_cleanup();
         }
     }
 }
@@ -291,20 +317,21 @@ fn time<T>(
     memory: &mut PeakMemory,
     mut f: impl FnMut() -> Result<T, PipelineError>,
 ) -> Result<Timing, PipelineError> {
-    let run = |f: &mut dyn FnMut() -> Result<T, PipelineError>, memory: &mut PeakMemory| -> Result<f64, PipelineError> {
+    let run = |f: &mut dyn FnMut() -> Result<T, PipelineError>, memory: &mut PeakMemory, timed: bool| -> Result<f64, PipelineError> {
         let start = Instant::now();
         let out = f()?;
         sync(device)?;
         let secs = start.elapsed().as_secs_f64();
-        memory.sample();
+        memory.sample(timed);
         drop(out);
         Ok(secs)
     };
-    let first_use_s = run(&mut f, memory)?;
+    let first_use_s = run(&mut f, memory, false)?;
+    memory.release();
     log::info!("bench: {name}: first use {:.2} ms", first_use_s * 1e3);
     let mut times = Vec::with_capacity(iters);
     for _ in 0..iters.max(1) {
-        times.push(run(&mut f, memory)?);
+        times.push(run(&mut f, memory, true)?);
     }
     let mean_s = times.iter().sum::<f64>() / times.len() as f64;
     log::info!("bench: {name}: {:.2} ms mean of {}", mean_s * 1e3, times.len());
@@ -335,7 +362,7 @@ fn run_bench_here(o: &BenchOptions, device: &Device, device_name: &str) -> Resul
         }
     }
     let c = load_components(o, device)?;
-    let mut memory = PeakMemory { device: device.clone(), peak: None };
+    let mut memory = PeakMemory::new(device);
     let mut generator = TorchGenerator::new(o.seed);
     let f = c.vae.downsample_factor();
     let (lh, lw) = (o.height / f, o.width / f);
@@ -430,6 +457,7 @@ fn run_bench_here(o: &BenchOptions, device: &Device, device_name: &str) -> Resul
         vae_decode,
         end_to_end,
         peak_memory_bytes: memory.peak,
+        steady_peak_memory_bytes: memory.steady,
         peak_memory_source: if *device == Device::flex() { "process peak RSS (VmHWM)".into() } else { "device allocator, bytes reserved".into() },
         unet_parameters: burn::module::Module::num_params(&c.unet),
         gpu_policies: GpuOp::ALL.iter().map(|&op| (op.name().to_string(), policy(op).name(op).to_string())).collect(),
@@ -473,4 +501,24 @@ pub fn unet_check(dir: &Path, device: &Device, dtype: DType) -> Result<PathBuf, 
     let path = dir.join("kiln_out.safetensors");
     std::fs::write(&path, data).map_err(io_err)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On the CPU `release` resets the peak-RSS mark: 256 MiB touched and freed before it count
+    /// in `peak` and not in `steady`.
+    #[test]
+    fn steady_peak_leaves_out_what_first_use_freed() {
+        let mut memory = PeakMemory::new(&Device::flex());
+        let big = vec![1u8; 256 << 20];
+        assert_eq!(big.iter().step_by(4096).map(|&b| b as usize).sum::<usize>(), (256 << 20) / 4096);
+        drop(big);
+        memory.sample(false);
+        memory.release();
+        memory.sample(true);
+        let (peak, steady) = (memory.peak.unwrap(), memory.steady.unwrap());
+        assert!(steady + (200 << 20) < peak, "peak {peak}, steady {steady}");
+    }
 }

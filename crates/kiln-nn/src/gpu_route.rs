@@ -198,11 +198,14 @@ fn time_calls_keeping_first<const D: usize>(device: &Device, call: &dyn Fn() -> 
 }
 
 /// The largest relative error [`choose`] accepts from a candidate against the first one: 1e-3 in
-/// f32, 2e-2 in f16/bf16. kiln's alternatives differ from burn's ops only by rounding (≤ 4e-3 in
-/// f16 in the tests); a wrong kernel is off by the order of the values themselves.
+/// f32, 5e-2 in f16, 1e-1 in bf16. kiln's alternatives differ from burn's ops only by rounding
+/// (≤ 4e-3 in f16 in the tests; a GPU kernel that accumulates a 2880-term 3×3 convolution in f16
+/// may drift ~√2880 roundings of 4.9e-4, about 2.6e-2 of a partial sum, and bf16 rounds 8×
+/// coarser); a wrong kernel is off by the order of the values themselves.
 pub fn tolerance(dtype: DType) -> f64 {
     match dtype {
-        DType::F16 | DType::BF16 => 2e-2,
+        DType::F16 => 5e-2,
+        DType::BF16 => 1e-1,
         _ => 1e-3,
     }
 }

@@ -393,12 +393,15 @@ fn find_stored(path: &Path, key: &StoredChoice) -> Option<StoredChoice> {
 }
 
 /// A stored choice in terms of this call's candidates; `None` when it names a route the caller
-/// does not offer (a store from another build).
+/// does not offer or lacks one the caller offers (a store from a build with other routes: measure
+/// again).
 fn to_static(stored: &StoredChoice, candidates: &[&'static str]) -> Option<(Vec<(&'static str, f64)>, Vec<(&'static str, f64)>, &'static str)> {
     let name = |n: &str| candidates.iter().copied().find(|c| *c == n);
     let route = name(&stored.route)?;
     let named = |v: &[(String, f64)]| v.iter().map(|(n, t)| Some((name(n)?, *t))).collect::<Option<Vec<_>>>();
-    Some((named(&stored.times_s)?, named(&stored.mismatched)?, route))
+    let (times, mismatched) = (named(&stored.times_s)?, named(&stored.mismatched)?);
+    let seen = |c: &&str| times.iter().chain(&mismatched).any(|(n, _)| n == c);
+    candidates.iter().all(|c| seen(&c)).then_some((times, mismatched, route))
 }
 
 /// Adds `choice` to the store (replacing one with the same key), written to a temporary file in
@@ -523,11 +526,14 @@ mod tests {
     }
 
     /// A stored choice maps onto this call's candidates, and one naming a route the caller does
-    /// not offer is ignored (measured again).
+    /// not offer, or missing one it offers, is ignored (measured again).
     #[test]
     fn stored_routes_must_be_offered() {
         let s = stored("GPU", "x", "im2col");
         assert_eq!(to_static(&s, &["burn", "im2col"]), Some((vec![("burn", 2e-3), ("im2col", 1e-3)], vec![], "im2col")));
         assert_eq!(to_static(&s, &["burn", "winograd"]), None);
+        assert_eq!(to_static(&s, &["burn", "im2col", "winograd"]), None, "a route added since: measure again");
+        let failed = StoredChoice { mismatched: vec![("winograd".into(), f64::INFINITY)], ..s.clone() };
+        assert!(to_static(&failed, &["burn", "im2col", "winograd"]).is_some(), "a route that failed was tried");
     }
 }

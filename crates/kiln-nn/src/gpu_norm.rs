@@ -116,13 +116,15 @@ mod tests {
     #[test]
     fn fused_matches_burns_group_norm() {
         let device = Device::flex();
-        for (what, dims, groups, affine, with_silu, offset) in [
-            ("4-D affine silu", vec![2, 8, 5, 6], 4, true, true, 0.0),
-            ("4-D not affine", vec![1, 6, 3, 3], 3, false, false, 0.0),
-            ("3-D affine", vec![2, 12, 7], 2, true, false, 0.0),
-            ("mean 1000", vec![1, 4, 16, 16], 2, true, true, 1000.0),
+        // bounds: f32 rounding of the statistics; the long rows' sums (burn's and kiln's, in
+        // different orders) each carry ~√524288 · 6e-8 ≈ 4e-5 relative error
+        for (what, dims, groups, affine, with_silu, offset, bound) in [
+            ("4-D affine silu", vec![2, 8, 5, 6], 4, true, true, 0.0, 2e-5),
+            ("4-D not affine", vec![1, 6, 3, 3], 3, false, false, 0.0, 2e-5),
+            ("3-D affine", vec![2, 12, 7], 2, true, false, 0.0, 2e-5),
+            ("mean 1000", vec![1, 4, 16, 16], 2, true, true, 1000.0, 2e-3),
             // a VAE-sized group: rows of 8 · 256 · 256 = 524288 elements
-            ("long rows", vec![1, 32, 256, 256], 4, true, true, 0.5),
+            ("long rows", vec![1, 32, 256, 256], 4, true, true, 0.5, 3e-4),
         ] {
             let mut norm = GroupNormConfig::new(groups, dims[1]).with_affine(affine).with_epsilon(1e-6).init(&device);
             if affine {
@@ -137,7 +139,6 @@ mod tests {
                 let x = Tensor::<3>::random([dims[0], dims[1], dims[2]], Distribution::Normal(offset, 1.0), &device);
                 max_abs(group_norm_by(GpuNormRoute::Fused, &norm, x.clone(), with_silu) - group_norm_by(GpuNormRoute::Burn, &norm, x, with_silu))
             };
-            let bound = if offset < 1.0 { 2e-5 } else { 2e-3 };
             eprintln!("{what}: max diff {diff:.2e} (bound {bound:.0e})");
             assert!(diff < bound, "{what}: max diff {diff}");
         }

@@ -8,7 +8,8 @@ use kiln::nn::gpu_route::{set_policy, GpuOp, RoutePolicy};
 #[derive(Args)]
 pub struct DeviceArgs {
     /// cpu (burn's flex backend), vulkan (SPIR-V, f16 tensor cores), wgpu (the API wgpu picks;
-    /// OpenGL where the only Vulkan driver is one cubecl would crash, e.g. Mesa's lavapipe).
+    /// OpenGL where the only Vulkan driver is one cubecl would crash, e.g. Mesa's lavapipe). A GPU
+    /// device that sums long rows wrongly (burn on llvmpipe's OpenGL) is refused.
     #[arg(long, value_name = "cpu|vulkan|wgpu", default_value = "cpu")]
     pub device: String,
     /// The UNet's precision (the text encoders stay f32).

@@ -274,22 +274,20 @@ pub fn choose<const D: usize>(
                 // an alternative that panics (a kernel configuration its library rejects) is
                 // passed over; burn's own op panicking is burn's error and stays one
                 let timed = match i {
-                    0 => time_calls_keeping_first(device, *call),
-                    _ => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| time_calls_keeping_first(device, *call))).unwrap_or_else(|_| {
-                        log::warn!("{op} route {name} at {shape} panicked; not using it");
-                        Err(String::from("panicked"))
-                    }),
+                    0 => Some(time_calls_keeping_first(device, *call)),
+                    _ => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| time_calls_keeping_first(device, *call))).ok(),
                 };
                 let output = match timed {
-                    Ok((secs, output)) => {
+                    Some(Ok((secs, output))) => {
                         times_s.push((*name, secs));
                         output
                     }
-                    Err(e) if i > 0 && e == "panicked" => {
+                    None => {
+                        log::warn!("{op} route {name} at {shape} panicked; not using it");
                         mismatched.push((*name, f64::INFINITY));
                         continue;
                     }
-                    Err(e) => {
+                    Some(Err(e)) => {
                         log::warn!("timing {op} route {name} at {shape} failed ({e}); using {}", candidates[0].0);
                         return candidates[0].0;
                     }
@@ -308,8 +306,9 @@ pub fn choose<const D: usize>(
             let agreed = times_s.iter().filter(|t| !mismatched.iter().any(|m| m.0 == t.0));
             let route = agreed.min_by(|a, b| a.1.total_cmp(&b.1)).map_or(candidates[0].0, |t| t.0);
             if let (Some(path), Some(a)) = (&store_at, &adapter) {
-                let named = |v: &[(&str, f64)]| v.iter().map(|(n, t)| (n.to_string(), *t)).collect();
-                store(path, StoredChoice { times_s: named(&times_s), mismatched: named(&mismatched), route: route.into(), ..key(a) });
+                let times = times_s.iter().map(|(n, t)| (n.to_string(), *t)).collect();
+                let errors = mismatched.iter().map(|(n, e)| (n.to_string(), e.is_finite().then_some(*e))).collect();
+                store(path, StoredChoice { times_s: times, mismatched: errors, route: route.into(), ..key(a) });
             }
             (times_s, mismatched, route, false)
         }
@@ -333,8 +332,9 @@ struct StoredChoice {
     dtype: String,
     shape: String,
     times_s: Vec<(String, f64)>,
+    /// `None`: not finite (JSON has no infinity).
     #[serde(default)]
-    mismatched: Vec<(String, f64)>,
+    mismatched: Vec<(String, Option<f64>)>,
     route: String,
 }
 
@@ -398,8 +398,8 @@ fn find_stored(path: &Path, key: &StoredChoice) -> Option<StoredChoice> {
 fn to_static(stored: &StoredChoice, candidates: &[&'static str]) -> Option<(Vec<(&'static str, f64)>, Vec<(&'static str, f64)>, &'static str)> {
     let name = |n: &str| candidates.iter().copied().find(|c| *c == n);
     let route = name(&stored.route)?;
-    let named = |v: &[(String, f64)]| v.iter().map(|(n, t)| Some((name(n)?, *t))).collect::<Option<Vec<_>>>();
-    let (times, mismatched) = (named(&stored.times_s)?, named(&stored.mismatched)?);
+    let times = stored.times_s.iter().map(|(n, t)| Some((name(n)?, *t))).collect::<Option<Vec<_>>>()?;
+    let mismatched = stored.mismatched.iter().map(|(n, e)| Some((name(n)?, e.unwrap_or(f64::INFINITY)))).collect::<Option<Vec<_>>>()?;
     let seen = |c: &&str| times.iter().chain(&mismatched).any(|(n, _)| n == c);
     candidates.iter().all(|c| seen(&c)).then_some((times, mismatched, route))
 }
@@ -465,8 +465,8 @@ mod tests {
         let path = dir.join("nested/gpu-routes.json");
         store(&path, stored("GPU A [spirv_1_2]", "x [2, 320, 64, 64]", "burn"));
         store(&path, stored("GPU A [spirv_1_2]", "x [2, 320, 64, 64]", "im2col"));
-        store(&path, stored("GPU B [spirv_3_4]", "x [2, 320, 64, 64]", "burn"));
-        assert_eq!(read_store(&path).len(), 2);
+        store(&path, StoredChoice { mismatched: vec![("im2col".into(), None)], ..stored("GPU B [spirv_3_4]", "x [2, 320, 64, 64]", "burn") });
+        assert_eq!(read_store(&path).len(), 2, "a choice with a non-finite error keeps the file readable");
         let key = stored("GPU A [spirv_1_2]", "x [2, 320, 64, 64]", "");
         assert_eq!(find_stored(&path, &key).map(|s| s.route), Some("im2col".into()));
         assert_eq!(find_stored(&path, &stored("GPU A [spirv_1_2]", "x [1, 320, 64, 64]", "")), None);
@@ -533,7 +533,8 @@ mod tests {
         assert_eq!(to_static(&s, &["burn", "im2col"]), Some((vec![("burn", 2e-3), ("im2col", 1e-3)], vec![], "im2col")));
         assert_eq!(to_static(&s, &["burn", "winograd"]), None);
         assert_eq!(to_static(&s, &["burn", "im2col", "winograd"]), None, "a route added since: measure again");
-        let failed = StoredChoice { mismatched: vec![("winograd".into(), f64::INFINITY)], ..s.clone() };
-        assert!(to_static(&failed, &["burn", "im2col", "winograd"]).is_some(), "a route that failed was tried");
+        let failed = StoredChoice { mismatched: vec![("winograd".into(), None)], ..s.clone() };
+        let (_, mismatched, _) = to_static(&failed, &["burn", "im2col", "winograd"]).expect("a route that failed was tried");
+        assert_eq!(mismatched, [("winograd", f64::INFINITY)]);
     }
 }

@@ -66,16 +66,22 @@ pub fn has_f16_tensor_cores(device: &Device) -> bool {
 /// cross-attention (1.6).
 pub const MIN_FLASH_TILE_FLOP: usize = 1 << 30;
 
+/// The widest head dim (padded to a multiple of 16) kiln's tile sizes are tried at: a plane holds
+/// `seq_q × head_dim / 16` query and output tiles, and past 128 (FlashAttention-2's own limit is
+/// 256) the larger partitions would spill registers. Leaves out the VAE's single 512-wide head.
+pub const MAX_FLASH_TILE_HEAD_DIM: usize = 128;
+
 /// The [`FLASH_TILES`] that apply to attention of `q` `[batch, heads, seq_q, head_dim]` against
 /// `seq_k` keys in `dtype` on `device`: none on flex, under autodiff, in f32 (the routine's tiles
-/// are f16 whatever the problem's dtype), without f16 tensor cores or below
-/// [`MIN_FLASH_TILE_FLOP`]; only those whose cube covers a divisor of `seq_q`.
+/// are f16 whatever the problem's dtype), without f16 tensor cores, below
+/// [`MIN_FLASH_TILE_FLOP`] or above [`MAX_FLASH_TILE_HEAD_DIM`]; only those whose cube covers a
+/// divisor of `seq_q`.
 pub fn flash_tile_candidates(device: &Device, dtype: DType, q: [usize; 4], seq_k: usize) -> Vec<(&'static str, FlashKernel)> {
     let [batch, heads, seq_q, head_dim] = q;
     if *device == Device::flex() || device.is_autodiff() || !matches!(dtype, DType::F16 | DType::BF16) {
         return Vec::new();
     }
-    if 4 * batch * heads * seq_q * seq_k * head_dim < MIN_FLASH_TILE_FLOP {
+    if 4 * batch * heads * seq_q * seq_k * head_dim < MIN_FLASH_TILE_FLOP || head_dim.next_multiple_of(16) > MAX_FLASH_TILE_HEAD_DIM {
         return Vec::new();
     }
     if !has_f16_tensor_cores(device) {

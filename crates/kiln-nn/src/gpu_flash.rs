@@ -77,14 +77,21 @@ pub const MAX_FLASH_TILE_HEAD_DIM: usize = 128;
 /// [`MIN_FLASH_TILE_FLOP`] or above [`MAX_FLASH_TILE_HEAD_DIM`]; only those whose cube covers a
 /// divisor of `seq_q`.
 pub fn flash_tile_candidates(device: &Device, dtype: DType, q: [usize; 4], seq_k: usize) -> Vec<(&'static str, FlashKernel)> {
-    let [batch, heads, seq_q, head_dim] = q;
     if *device == Device::flex() || device.is_autodiff() || !matches!(dtype, DType::F16 | DType::BF16) {
         return Vec::new();
     }
-    if 4 * batch * heads * seq_q * seq_k * head_dim < MIN_FLASH_TILE_FLOP || head_dim.next_multiple_of(16) > MAX_FLASH_TILE_HEAD_DIM {
+    let tiles = flash_tiles_for(q, seq_k);
+    if tiles.is_empty() || !has_f16_tensor_cores(device) {
         return Vec::new();
     }
-    if !has_f16_tensor_cores(device) {
+    tiles
+}
+
+/// The shape rules of [`flash_tile_candidates`]: at least [`MIN_FLASH_TILE_FLOP`], head dim at
+/// most [`MAX_FLASH_TILE_HEAD_DIM`], cube rows dividing `seq_q`.
+fn flash_tiles_for(q: [usize; 4], seq_k: usize) -> Vec<(&'static str, FlashKernel)> {
+    let [batch, heads, seq_q, head_dim] = q;
+    if 4 * batch * heads * seq_q * seq_k * head_dim < MIN_FLASH_TILE_FLOP || head_dim.next_multiple_of(16) > MAX_FLASH_TILE_HEAD_DIM {
         return Vec::new();
     }
     FLASH_TILES.into_iter().filter(|(_, k)| seq_q % k.rows() == 0).collect()
@@ -173,5 +180,23 @@ mod tests {
         assert!(flash_tile_candidates(&flex, DType::F32, [2, 8, 4096, 40], 4096).is_empty());
         let rows: Vec<_> = FLASH_TILES.iter().map(|(_, k)| k.rows()).collect();
         assert_eq!(rows, [64, 128, 128]);
+    }
+
+    /// Which attention shapes get tile candidates (on a GPU with f16 tensor cores, in f16).
+    #[test]
+    fn tiles_for_the_large_attentions_only() {
+        let count = |q, k| flash_tiles_for(q, k).len();
+        // SD 1.5 at 512 px: self-attention at 64² and 32² latents (43, 5.4 GFLOP), not at 16²
+        // (0.7) nor the cross-attentions (0.8 at most)
+        assert_eq!(count([2, 8, 4096, 40], 4096), 3);
+        assert_eq!(count([2, 8, 1024, 80], 1024), 3);
+        assert_eq!(count([2, 8, 256, 160], 256), 0);
+        assert_eq!(count([2, 8, 4096, 40], 77), 0);
+        // SDXL at 1024 px: its largest cross-attention (1.6 GFLOP) too
+        assert_eq!(count([2, 10, 4096, 64], 77), 3);
+        // the VAE's single 512-wide head at 512 px: too wide
+        assert_eq!(count([1, 1, 4096, 512], 4096), 0);
+        // 4160 rows: only the 64-row cube divides them
+        assert_eq!(flash_tiles_for([2, 8, 4160, 40], 4160).iter().map(|t| t.0).collect::<Vec<_>>(), ["flash-4p-1q-4kv"]);
     }
 }

@@ -250,8 +250,6 @@ fn flash_attention_with_kilns_tiles() {
     let sd15 = [2, 8, 4096, 40]; // SD 1.5's largest self-attention at 512 px: 43 GFLOP
     assert_eq!(flash_tile_candidates(&lane, DType::F16, sd15, 4096).len(), if cores { FLASH_TILES.len() } else { 0 });
     assert!(flash_tile_candidates(&lane, DType::F32, sd15, 4096).is_empty());
-    assert!(flash_tile_candidates(&lane, DType::F16, [2, 8, 64, 160], 64).is_empty(), "below MIN_FLASH_TILE_FLOP");
-    assert!(flash_tile_candidates(&lane, DType::F16, [1, 1, 4096, 512], 4096).is_empty(), "the VAE's 512-wide head");
     for (what, causal, [b, h, sq, sk, d, dv]) in [
         ("unit d16 self", false, [2, 2, 64, 64, 16, 16]),
         ("unit d32 causal", true, [1, 2, 48, 48, 32, 32]),

@@ -19,8 +19,9 @@ pub struct DeviceArgs {
     #[arg(long, value_name = "f32|f16", default_value = "f32")]
     pub vae_dtype: String,
     /// GPUs, attention: auto (at first use time burn's kernel, the zero-padded head dim where it is
-    /// not a multiple of 16 (SD 1.x's 40), and in f16 on GPUs with tensor cores burn's flash
-    /// kernel with larger tiles; keep the fastest that agrees with burn's; remembered per GPU),
+    /// not a multiple of 16 (SD 1.x's 40), and for large attentions in f16 on GPUs with tensor
+    /// cores burn's flash kernel with larger tiles; keep the fastest that agrees with burn's;
+    /// remembered per GPU),
     /// burn (as is), padded (always pad head dims to a multiple of 16 for burn's flash kernel).
     #[arg(long, value_name = "auto|burn|padded", default_value = "auto")]
     pub gpu_attention: String,

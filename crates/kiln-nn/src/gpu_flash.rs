@@ -77,7 +77,8 @@ pub const MAX_FLASH_TILE_HEAD_DIM: usize = 128;
 /// [`MIN_FLASH_TILE_FLOP`] or above [`MAX_FLASH_TILE_HEAD_DIM`]; only those whose cube covers a
 /// divisor of `seq_q`.
 pub fn flash_tile_candidates(device: &Device, dtype: DType, q: [usize; 4], seq_k: usize) -> Vec<(&'static str, FlashKernel)> {
-    if *device == Device::flex() || device.is_autodiff() || !matches!(dtype, DType::F16 | DType::BF16) {
+    // flex and autodiff devices are not cubecl ones: has_f16_tensor_cores says no for them
+    if !matches!(dtype, DType::F16 | DType::BF16) {
         return Vec::new();
     }
     let tiles = flash_tiles_for(q, seq_k);
@@ -99,43 +100,28 @@ fn flash_tiles_for(q: [usize; 4], seq_k: usize) -> Vec<(&'static str, FlashKerne
 
 #[backend_extension(Cube, Fusion)]
 pub trait FlashAttentionOps: Backend {
-    /// `softmax(q kᵀ / √d) v` by burn's flash `kernel` (`planes == 0`: the unit routine, else the
-    /// tensor-core routine with `planes`, `seq_q` and `seq_kv`).
+    /// `softmax(q kᵀ / √d) v` by burn's flash `kernel`.
     #[fusion(dtype = q, shape = {
         let mut out = q.clone();
         out[3] = v[3];
         out
     })]
-    fn flash_attention_tiles(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        causal: bool,
-        planes: u8,
-        seq_q: u8,
-        seq_kv: u8,
-    ) -> FloatTensor<Self>;
+    fn flash_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, causal: bool, kernel: FlashKernel) -> FloatTensor<Self>;
 }
 
 impl FlashAttentionOps for burn_cubecl::CubeBackend {
-    fn flash_attention_tiles(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        causal: bool,
-        planes: u8,
-        seq_q: u8,
-        seq_kv: u8,
-    ) -> FloatTensor<Self> {
+    fn flash_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, causal: bool, kernel: FlashKernel) -> FloatTensor<Self> {
         let options = AttentionModuleOptions { is_causal: causal, ..Default::default() };
-        let strategy = match planes {
-            0 => AttentionStrategy::FlashUnit,
-            _ => AttentionStrategy::FlashBlackboxAccelerated(BlackboxAcceleratedStrategy { num_planes: planes, seq_q, seq_kv }),
+        let strategy = match kernel {
+            FlashKernel::Unit => AttentionStrategy::FlashUnit,
+            FlashKernel::Accelerated { planes, seq_q, seq_kv } => {
+                AttentionStrategy::FlashBlackboxAccelerated(BlackboxAcceleratedStrategy { num_planes: planes, seq_q, seq_kv })
+            }
         };
         // burn's `attention` itself answers an invalid tile configuration with its materialising
         // fallback; an unavailable kernel gets the same here (correct, and slow, so `auto` passes it over).
         attention(q.clone(), k.clone(), v.clone(), None, None, options, strategy).unwrap_or_else(|e| {
-            log::info!("flash attention {planes}p-{seq_q}q-{seq_kv}kv unavailable ({e:?}); burn's fallback instead");
+            log::info!("flash attention {kernel:?} unavailable ({e:?}); burn's fallback instead");
             burn::backend::ops::attention::attention_fallback::<Self>(q, k, v, None, None, options)
         })
     }
@@ -149,19 +135,7 @@ impl FlashAttentionOps for burn_cubecl::CubeBackend {
 /// - q: `[batch, heads, seq_q, head_dim]`, k: `[batch, heads, seq_k, head_dim]`,
 ///   v: `[batch, heads, seq_k, value_dim]` → `[batch, heads, seq_q, value_dim]`
 pub fn flash_attention(kernel: FlashKernel, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
-    let (planes, seq_q, seq_kv) = match kernel {
-        FlashKernel::Unit => (0, 0, 0),
-        FlashKernel::Accelerated { planes, seq_q, seq_kv } => (planes, seq_q, seq_kv),
-    };
-    let out = <burn::backend::Dispatch as FlashAttentionOps>::flash_attention_tiles(
-        q.into_dispatch(),
-        k.into_dispatch(),
-        v.into_dispatch(),
-        causal,
-        planes,
-        seq_q,
-        seq_kv,
-    );
+    let out = <burn::backend::Dispatch as FlashAttentionOps>::flash_attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch(), causal, kernel);
     Tensor::from_dispatch(out)
 }
 

@@ -113,17 +113,16 @@ pub fn reduction_check(device: &Device) -> Result<(), String> {
     for [rows, len] in REDUCTION_CHECKS {
         let ones = Tensor::<2>::from_data(TensorData::new(vec![1.0f32; rows * len], [rows, len]), device);
         let sums = ones.sum_dim(1).try_into_data().map_err(|e| format!("{e:?}")).and_then(|d| d.try_to_vec::<f32>().map_err(|e| format!("{e:?}")));
-        let adapter = || device.identity().map_or_else(|| format!("{device:?}"), |id| format!("{:?}", id.name));
         match sums {
             Ok(sums) if sums.iter().all(|&s| s == len as f32) => {}
             Ok(sums) => {
                 return Err(format!(
                     "the adapter {} sums {rows} row(s) of {len} ones to {sums:?} (burn's row reduction loses elements there), \
                      so GroupNorm and kiln's pictures would be wrong",
-                    adapter()
+                    adapter_name(device)
                 ))
             }
-            Err(e) => return Err(format!("the adapter {} failed a row sum: {e}", adapter())),
+            Err(e) => return Err(format!("the adapter {} failed a row sum: {e}", adapter_name(device))),
         }
     }
     Ok(())
@@ -135,8 +134,12 @@ pub fn dtype_check(device: &Device, dtype: burn::tensor::DType, flag: &str) -> R
     if device.supports_dtype(dtype) {
         return Ok(());
     }
-    let adapter = device.identity().map_or_else(|| format!("{device:?}"), |id| format!("{:?}", id.name));
-    Err(format!("{flag} {}: the adapter {adapter} does not compute in it; use {flag} f32", format!("{dtype:?}").to_lowercase()))
+    Err(format!("{flag} {}: the adapter {} does not compute in it; use {flag} f32", format!("{dtype:?}").to_lowercase(), adapter_name(device)))
+}
+
+/// The adapter's name, quoted, for messages (the device's debug form where it reports none).
+fn adapter_name(device: &Device) -> String {
+    device.identity().map_or_else(|| format!("{device:?}"), |id| format!("{:?}", id.name))
 }
 
 /// `device` if it passes [`reduction_check`].

@@ -10,7 +10,7 @@ use crate::device::DeviceArgs;
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["preset", "model", "unet_check"])))]
 pub struct BenchArgs {
-    /// A published config with random weights: sd15, sd21, sdxl (assets/configs/).
+    /// A published config with random weights: sd15, sd21, sdxl (crates/kiln-pipeline/configs/).
     #[arg(long, value_name = "NAME")]
     preset: Option<String>,
     /// A diffusers model folder (its own weights).

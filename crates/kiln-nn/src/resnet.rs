@@ -6,7 +6,9 @@ use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
-use crate::{conv2d, conv2d_forward, group_norm_silu};
+use kiln_ops::{conv2d_forward, group_norm_silu};
+
+use crate::conv2d;
 
 #[derive(Config, Debug)]
 pub struct ResnetBlock2DConfig {

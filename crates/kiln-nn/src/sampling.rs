@@ -6,7 +6,9 @@ use burn::prelude::*;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions, PadMode};
 
-use crate::{conv2d, conv2d_forward};
+use kiln_ops::conv2d_forward;
+
+use crate::conv2d;
 
 #[derive(Config, Debug)]
 pub struct Downsample2DConfig {

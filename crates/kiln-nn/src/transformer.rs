@@ -12,7 +12,9 @@ use burn::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, L
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
 
-use crate::{Attention, AttentionConfig, conv2d, conv2d_forward};
+use kiln_ops::conv2d_forward;
+
+use crate::{conv2d, Attention, AttentionConfig};
 
 /// diffusers' `GEGLU`: `proj` to twice the inner width, then `hidden * gelu(gate)` with the exact
 /// (erf) GELU.
@@ -25,15 +27,7 @@ impl Geglu {
     /// # Shapes
     /// - x: `[batch, seq, dim]` → `[batch, seq, inner_dim]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let h = self.proj.forward(x);
-        if let Some(out) = crate::cpu_activation::geglu(&h) {
-            return out;
-        }
-        let inner = h.dims()[2] / 2;
-        // hidden_states, gate = proj(x).chunk(2, dim=-1)
-        let hidden = h.clone().narrow(2, 0, inner);
-        let gate = h.narrow(2, inner, inner);
-        hidden * gelu(gate)
+        kiln_ops::geglu(self.proj.forward(x))
     }
 }
 
@@ -216,7 +210,7 @@ impl Transformer2DModel {
     pub fn forward(&self, x: Tensor<4>, context: Option<Tensor<3>>) -> Tensor<4> {
         let [b, _, h, w] = x.dims();
         let residual = x.clone();
-        let x = crate::group_norm(&self.norm, x);
+        let x = kiln_ops::group_norm(&self.norm, x);
         // [b, c, h, w] -> [b, h·w, c]
         let to_tokens = |t: Tensor<4>| {
             let c = t.dims()[1];

@@ -3,67 +3,12 @@
 
 use burn::tensor::Tensor;
 
+use crate::class::SchedulerClass;
+use crate::common::{add_noise_alphas, ddim_timesteps, noise_like, PredictionType, SampleClip, TimestepSpacing};
 use crate::config::SchedulerConfig;
 use crate::error::Result;
-use crate::euler::{PredictionType, TimestepSpacing};
-use crate::schedule::{np_arange_f64, np_linspace, np_round, BetaConfig};
-use crate::{check_steps, noise_like, threshold_sample, NoiseSource, Scheduler, SchedulerClass, StepOptions};
-
-/// `clip_sample` / `thresholding`, shared by the ᾱ-parameterised samplers.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum SampleClip {
-    None,
-    Clip(f64),
-    Threshold { ratio: f64, max_value: f64 },
-}
-
-impl SampleClip {
-    /// Reads `thresholding`, `dynamic_thresholding_ratio`, `sample_max_value` and, when the class
-    /// has them, `clip_sample` (with its class default) and `clip_sample_range`.
-    pub(crate) fn read(r: &mut crate::config::ConfigReader<'_>, clip_default: Option<bool>) -> Result<Self> {
-        let thresholding = r.bool("thresholding", false)?;
-        let ratio = r.f64("dynamic_thresholding_ratio", 0.995)?;
-        let max_value = r.f64("sample_max_value", 1.0)?;
-        let (clip, range) = match clip_default {
-            Some(d) => (r.bool("clip_sample", d)?, r.f64("clip_sample_range", 1.0)?),
-            None => (false, 1.0),
-        };
-        Ok(if thresholding {
-            Self::Threshold { ratio, max_value }
-        } else if clip {
-            Self::Clip(range)
-        } else {
-            Self::None
-        })
-    }
-
-    pub(crate) fn apply(self, x0: Tensor<4>) -> Tensor<4> {
-        match self {
-            Self::None => x0,
-            Self::Clip(range) => x0.clamp(-range, range),
-            Self::Threshold { ratio, max_value } => threshold_sample(x0, ratio, max_value),
-        }
-    }
-}
-
-/// The integer timesteps of the ᾱ-indexed samplers (`scheduling_ddim.py::set_timesteps`).
-pub(crate) fn ddim_timesteps(spacing: TimestepSpacing, train: usize, n: usize, steps_offset: usize) -> Vec<f64> {
-    match spacing {
-        TimestepSpacing::Linspace => np_linspace(0.0, (train - 1) as f64, n)
-            .into_iter()
-            .rev()
-            .map(|t| np_round(t).trunc())
-            .collect(),
-        TimestepSpacing::Leading => {
-            let ratio = train / n;
-            (0..n).rev().map(|i| (i * ratio + steps_offset) as f64).collect()
-        }
-        TimestepSpacing::Trailing => np_arange_f64(train as f64, 0.0, -(train as f64 / n as f64))
-            .into_iter()
-            .map(|t| np_round(t) - 1.0)
-            .collect(),
-    }
-}
+use crate::schedule::BetaConfig;
+use crate::scheduler::{check_steps, NoiseSource, Schedule, Scheduler, StepOptions};
 
 /// DDIMScheduler, built for `num_inference_steps`.
 #[derive(Debug, Clone)]
@@ -73,7 +18,8 @@ pub struct DdimScheduler {
     prediction_type: PredictionType,
     clip: SampleClip,
     step_ratio: i64,
-    timesteps: Vec<f64>,
+    /// `timesteps`, `sigmas`, `init_noise_sigma` (see [`Schedule`])
+    schedule: Schedule,
     eta: f64,
 }
 
@@ -98,9 +44,9 @@ impl DdimScheduler {
             prediction_type,
             clip,
             step_ratio: (train / num_inference_steps) as i64,
-            timesteps: ddim_timesteps(spacing, train, num_inference_steps, steps_offset),
             alphas_cumprod,
             eta: options.eta,
+            schedule: Schedule { class: SchedulerClass::Ddim, timesteps: ddim_timesteps(spacing, train, num_inference_steps, steps_offset), sigmas: Vec::new(), init_noise_sigma: 1.0 },
         })
     }
 
@@ -110,16 +56,8 @@ impl DdimScheduler {
 }
 
 impl Scheduler for DdimScheduler {
-    fn class(&self) -> SchedulerClass {
-        SchedulerClass::Ddim
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn step(
@@ -129,7 +67,7 @@ impl Scheduler for DdimScheduler {
         sample: Tensor<4>,
         noise: &mut dyn NoiseSource,
     ) -> Tensor<4> {
-        let timestep = self.timesteps[step_index] as i64;
+        let timestep = self.schedule.timesteps[step_index] as i64;
         let prev_timestep = timestep - self.step_ratio;
         let alpha_prod_t = self.alpha_prod(timestep);
         let alpha_prod_t_prev = self.alpha_prod(prev_timestep);
@@ -162,12 +100,7 @@ impl Scheduler for DdimScheduler {
     }
 
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step_index: usize) -> Tensor<4> {
-        add_noise_alphas(&self.alphas_cumprod, self.timesteps[step_index], original, noise)
+        add_noise_alphas(&self.alphas_cumprod, self.schedule.timesteps[step_index], original, noise)
     }
 }
 
-/// `add_noise` of the ᾱ-indexed samplers: √ᾱ_t · x₀ + √(1 − ᾱ_t) · ε.
-pub(crate) fn add_noise_alphas(alphas_cumprod: &[f64], timestep: f64, original: Tensor<4>, noise: Tensor<4>) -> Tensor<4> {
-    let a = alphas_cumprod[timestep as usize];
-    original.mul_scalar(a.sqrt()) + noise.mul_scalar((1.0 - a).sqrt())
-}

@@ -8,12 +8,12 @@
 
 use burn::tensor::Tensor;
 
+use crate::class::SchedulerClass;
+use crate::common::{add_noise_alphas, ddim_timesteps, noise_like, PredictionType, SampleClip, TimestepSpacing};
 use crate::config::SchedulerConfig;
-use crate::ddim::{add_noise_alphas, ddim_timesteps, SampleClip};
 use crate::error::{Result, SchedulerError};
-use crate::euler::{PredictionType, TimestepSpacing};
 use crate::schedule::BetaConfig;
-use crate::{check_steps, noise_like, NoiseSource, Scheduler, SchedulerClass, StepOptions};
+use crate::scheduler::{check_steps, NoiseSource, Schedule, Scheduler, StepOptions};
 
 /// `variance_type`: the σ_t² of the reverse step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +61,8 @@ pub struct DdpmScheduler {
     variance_type: VarianceType,
     prediction_type: PredictionType,
     clip: SampleClip,
-    timesteps: Vec<f64>,
+    /// `timesteps`, `sigmas`, `init_noise_sigma` (see [`Schedule`])
+    schedule: Schedule,
 }
 
 impl DdpmScheduler {
@@ -92,7 +93,7 @@ impl DdpmScheduler {
                 "timestep {t} is outside the training range 0..{train} (steps_offset = {steps_offset})"
             )));
         }
-        Ok(Self { alphas_cumprod: betas.alphas_cumprod(), variance_type, prediction_type, clip, timesteps })
+        Ok(Self { alphas_cumprod: betas.alphas_cumprod(), variance_type, prediction_type, clip, schedule: Schedule { class: SchedulerClass::Ddpm, timesteps, sigmas: Vec::new(), init_noise_sigma: 1.0 } })
     }
 
     /// ᾱ_t for t = 0..num_train_timesteps (diffusers' `noise_scheduler.alphas_cumprod`, what its
@@ -103,22 +104,14 @@ impl DdpmScheduler {
 
     /// `previous_timestep(t)`: the timestep after the first occurrence of `t`, or −1 after the last.
     fn previous_timestep(&self, t: f64) -> i64 {
-        let index = self.timesteps.iter().position(|&s| s == t).expect("t is one of the timesteps");
-        if index == self.timesteps.len() - 1 { -1 } else { self.timesteps[index + 1] as i64 }
+        let index = self.schedule.timesteps.iter().position(|&s| s == t).expect("t is one of the timesteps");
+        if index == self.schedule.timesteps.len() - 1 { -1 } else { self.schedule.timesteps[index + 1] as i64 }
     }
 }
 
 impl Scheduler for DdpmScheduler {
-    fn class(&self) -> SchedulerClass {
-        SchedulerClass::Ddpm
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn step(
@@ -128,7 +121,7 @@ impl Scheduler for DdpmScheduler {
         sample: Tensor<4>,
         noise: &mut dyn NoiseSource,
     ) -> Tensor<4> {
-        let t = self.timesteps[step_index];
+        let t = self.schedule.timesteps[step_index];
         let prev_t = self.previous_timestep(t);
         // 0-dim float32 tensors in diffusers
         let alpha_prod_t = self.alphas_cumprod[t as usize] as f32;
@@ -170,7 +163,7 @@ impl Scheduler for DdpmScheduler {
     }
 
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step_index: usize) -> Tensor<4> {
-        add_noise_alphas(&self.alphas_cumprod, self.timesteps[step_index], original, noise)
+        add_noise_alphas(&self.alphas_cumprod, self.schedule.timesteps[step_index], original, noise)
     }
 }
 

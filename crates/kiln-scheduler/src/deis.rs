@@ -7,16 +7,13 @@
 
 use burn::tensor::Tensor;
 
+use crate::class::SchedulerClass;
+use crate::common::{alpha_sigma_f32, multistep_timesteps, spaced_timesteps, train_sigmas_and_logs, PredictionType, SampleClip, TimestepSpacing};
 use crate::config::SchedulerConfig;
-use crate::ddim::SampleClip;
 use crate::error::{Result, SchedulerError};
-use crate::euler::{PredictionType, TimestepSpacing};
-use crate::schedule::{f32r, np_interp, np_log_f32, BetaConfig, SigmaBounds, SigmaSpacing};
-use crate::unipc::{
-    alpha_sigma_f32, multistep_timesteps, spaced_timesteps, torch_exp_f32, torch_log_f32,
-    train_sigmas_and_logs,
-};
-use crate::{check_steps, NoiseSource, Scheduler, SchedulerClass, StepOptions};
+use crate::float::{f32r, np_interp, np_log_f32, torch_exp_f32, torch_log_f32};
+use crate::schedule::{BetaConfig, SigmaBounds, SigmaSpacing};
+use crate::scheduler::{check_steps, NoiseSource, Schedule, Scheduler, StepOptions};
 
 /// DEISMultistepScheduler, built for `num_inference_steps`.
 #[derive(Debug, Clone)]
@@ -25,9 +22,8 @@ pub struct DeisScheduler {
     clip: SampleClip,
     solver_order: usize,
     lower_order_final: bool,
-    timesteps: Vec<f64>,
-    /// n + 1 values, float32 like diffusers (the last repeats σ_min).
-    sigmas: Vec<f64>,
+    /// sigmas: n + 1 values, float32 like diffusers (the last repeats σ_min).
+    schedule: Schedule,
     /// The converted model outputs (noise predictions) of the last `solver_order` steps, oldest
     /// first (`self.model_outputs`).
     model_outputs: Vec<Option<Tensor<4>>>,
@@ -105,15 +101,14 @@ impl DeisScheduler {
             clip,
             solver_order,
             lower_order_final,
-            timesteps,
-            sigmas,
             model_outputs: vec![None; solver_order],
             lower_order_nums: 0,
+            schedule: Schedule { class: SchedulerClass::Deis, timesteps, sigmas, init_noise_sigma: 1.0 },
         })
     }
 
     fn alpha_sigma(&self, index: usize) -> (f32, f32) {
-        alpha_sigma_f32(self.sigmas[index] as f32)
+        alpha_sigma_f32(self.schedule.sigmas[index] as f32)
     }
 
     /// The `i`-th most recent converted model output (0 = the newest).
@@ -184,20 +179,8 @@ impl DeisScheduler {
 }
 
 impl Scheduler for DeisScheduler {
-    fn class(&self) -> SchedulerClass {
-        SchedulerClass::Deis
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn step(
@@ -207,7 +190,7 @@ impl Scheduler for DeisScheduler {
         sample: Tensor<4>,
         _noise: &mut dyn NoiseSource,
     ) -> Tensor<4> {
-        let len = self.timesteps.len();
+        let len = self.schedule.timesteps.len();
         let short = self.lower_order_final && len < 15;
         let lower_order_final = short && step_index == len - 1;
         let lower_order_second = short && step_index + 2 == len;

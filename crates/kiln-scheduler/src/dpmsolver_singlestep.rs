@@ -9,12 +9,13 @@
 
 use burn::tensor::Tensor;
 
+use crate::class::SchedulerClass;
+use crate::common::{noise_like, SampleClip};
 use crate::config::SchedulerConfig;
-use crate::ddim::SampleClip;
-use crate::dpmsolver_multistep::{AlgorithmType, DpmClassInfo, DpmConfig, DpmCore, SolverType};
+use crate::dpmsolver::{AlgorithmType, DpmClassInfo, DpmConfig, DpmCore, SolverType};
 use crate::error::{Result, SchedulerError};
-use crate::schedule::{np_linspace, np_round};
-use crate::{check_steps, noise_like, NoiseSource, Scheduler, SchedulerClass, StepOptions};
+use crate::float::{np_linspace, np_round};
+use crate::scheduler::{check_steps, NoiseSource, Schedule, Scheduler, StepOptions};
 
 /// `get_order_list(num_inference_steps)`: the solver order of each step.
 ///
@@ -139,7 +140,7 @@ impl DpmSolverSinglestepScheduler {
                 timesteps.len()
             )));
         }
-        Ok(Self { core: c.core(timesteps, sigmas), order_list, model_outputs: vec![None; order], sample: None })
+        Ok(Self { core: c.core(SchedulerClass::DpmSolverSinglestep, timesteps, sigmas), order_list, model_outputs: vec![None; order], sample: None })
     }
 
     /// The solver order of each step (`scheduler.order_list`).
@@ -159,45 +160,12 @@ impl DpmSolverSinglestepScheduler {
         let m1 = self.model_outputs[k - 2].clone().expect("checked by step");
         let (h, h_0) = (t.lambda - s1.lambda, s0.lambda - s1.lambda);
         let r0 = h_0 / h;
-        let d0 = m1.clone();
-        let d1 = (m0 - m1).mul_scalar((1.0 / r0) as f64);
-        let f = |x: f32| x as f64;
-        let (alpha_t, sigma_t) = (t.alpha, t.sigma);
-        match (c.algorithm, c.solver_type) {
-            (AlgorithmType::DpmSolverPp, SolverType::Midpoint) => {
-                sample.mul_scalar(f(sigma_t / s1.sigma))
-                    - d0.mul_scalar(f(alpha_t * ((-h).exp() - 1.0)))
-                    - d1.mul_scalar(f(0.5 * (alpha_t * ((-h).exp() - 1.0))))
-            }
-            (AlgorithmType::DpmSolverPp, SolverType::Heun) => {
-                sample.mul_scalar(f(sigma_t / s1.sigma)) - d0.mul_scalar(f(alpha_t * ((-h).exp() - 1.0)))
-                    + d1.mul_scalar(f(alpha_t * (((-h).exp() - 1.0) / h + 1.0)))
-            }
-            (AlgorithmType::DpmSolver, SolverType::Midpoint) => {
-                sample.mul_scalar(f(alpha_t / s1.alpha))
-                    - d0.mul_scalar(f(sigma_t * (h.exp() - 1.0)))
-                    - d1.mul_scalar(f(0.5 * (sigma_t * (h.exp() - 1.0))))
-            }
-            (AlgorithmType::DpmSolver, SolverType::Heun) => {
-                sample.mul_scalar(f(alpha_t / s1.alpha))
-                    - d0.mul_scalar(f(sigma_t * (h.exp() - 1.0)))
-                    - d1.mul_scalar(f(sigma_t * ((h.exp() - 1.0) / h - 1.0)))
-            }
-            (AlgorithmType::SdeDpmSolverPp, solver) => {
-                let noise = noise.expect("SDE variants draw noise");
-                let x = sample.mul_scalar(f(sigma_t / s1.sigma * (-h).exp()))
-                    + d0.mul_scalar(f(alpha_t * (1.0 - (-2.0 * h).exp())));
-                let x = match solver {
-                    SolverType::Midpoint => x + d1.mul_scalar(f(0.5 * (alpha_t * (1.0 - (-2.0 * h).exp())))),
-                    SolverType::Heun => x + d1.mul_scalar(f(alpha_t * ((1.0 - (-2.0 * h).exp()) / (-2.0 * h) + 1.0))),
-                };
-                x + noise.mul_scalar(f(sigma_t * (1.0 - (-2.0 * h).exp()).sqrt()))
-            }
-            (AlgorithmType::SdeDpmSolver, _) => unreachable!("not a singlestep algorithm"),
-        }
+        let d1 = (m0 - m1.clone()).mul_scalar((1.0 / r0) as f64);
+        c.update_2(c.solver_type, t, s1, h, m1, d1, sample, noise)
     }
 
-    /// `singlestep_dpm_solver_third_order_update`: from `sigmas[i - 2]` to `sigmas[i + 1]`.
+    /// `singlestep_dpm_solver_third_order_update`: from `sigmas[i - 2]` to `sigmas[i + 1]`. Its
+    /// midpoint branch is the second-order Heun formula with D1 = D1_1.
     fn third_order_update(&self, step_index: usize, sample: Tensor<4>, noise: Option<Tensor<4>>) -> Tensor<4> {
         let c = &self.core;
         let t = c.alpha_sigma(step_index + 1);
@@ -210,70 +178,22 @@ impl DpmSolverSinglestepScheduler {
         let m2 = self.model_outputs[k - 3].clone().expect("checked by step");
         let (h, h_0, h_1) = (t.lambda - s2.lambda, s0.lambda - s2.lambda, s1.lambda - s2.lambda);
         let (r0, r1) = (h_0 / h, h_1 / h);
-        let d0 = m2.clone();
         let d1_0 = (m1 - m2.clone()).mul_scalar((1.0 / r1) as f64);
-        let d1_1 = (m0 - m2).mul_scalar((1.0 / r0) as f64);
-        let d1 = (d1_0.clone().mul_scalar(r0 as f64) - d1_1.clone().mul_scalar(r1 as f64)).div_scalar((r0 - r1) as f64);
-        let d2 = (d1_1.clone() - d1_0).mul_scalar(2.0).div_scalar((r0 - r1) as f64);
-        let f = |x: f32| x as f64;
-        let (alpha_t, sigma_t) = (t.alpha, t.sigma);
-        match (c.algorithm, c.solver_type) {
-            (AlgorithmType::DpmSolverPp, SolverType::Midpoint) => {
-                sample.mul_scalar(f(sigma_t / s2.sigma)) - d0.mul_scalar(f(alpha_t * ((-h).exp() - 1.0)))
-                    + d1_1.mul_scalar(f(alpha_t * (((-h).exp() - 1.0) / h + 1.0)))
+        let d1_1 = (m0 - m2.clone()).mul_scalar((1.0 / r0) as f64);
+        match c.solver_type {
+            SolverType::Midpoint => c.update_2(SolverType::Heun, t, s2, h, m2, d1_1, sample, noise),
+            SolverType::Heun => {
+                let d1 = (d1_0.clone().mul_scalar(r0 as f64) - d1_1.clone().mul_scalar(r1 as f64)).div_scalar((r0 - r1) as f64);
+                let d2 = (d1_1 - d1_0).mul_scalar(2.0).div_scalar((r0 - r1) as f64);
+                c.update_3(t, s2, h, m2, d1, d2, sample, noise)
             }
-            (AlgorithmType::DpmSolverPp, SolverType::Heun) => {
-                sample.mul_scalar(f(sigma_t / s2.sigma)) - d0.mul_scalar(f(alpha_t * ((-h).exp() - 1.0)))
-                    + d1.mul_scalar(f(alpha_t * (((-h).exp() - 1.0) / h + 1.0)))
-                    - d2.mul_scalar(f(alpha_t * (((-h).exp() - 1.0 + h) / (h * h) - 0.5)))
-            }
-            (AlgorithmType::DpmSolver, SolverType::Midpoint) => {
-                sample.mul_scalar(f(alpha_t / s2.alpha))
-                    - d0.mul_scalar(f(sigma_t * (h.exp() - 1.0)))
-                    - d1_1.mul_scalar(f(sigma_t * ((h.exp() - 1.0) / h - 1.0)))
-            }
-            (AlgorithmType::DpmSolver, SolverType::Heun) => {
-                sample.mul_scalar(f(alpha_t / s2.alpha))
-                    - d0.mul_scalar(f(sigma_t * (h.exp() - 1.0)))
-                    - d1.mul_scalar(f(sigma_t * ((h.exp() - 1.0) / h - 1.0)))
-                    - d2.mul_scalar(f(sigma_t * ((h.exp() - 1.0 - h) / (h * h) - 0.5)))
-            }
-            (AlgorithmType::SdeDpmSolverPp, solver) => {
-                let noise = noise.expect("SDE variants draw noise");
-                let x = sample.mul_scalar(f(sigma_t / s2.sigma * (-h).exp()))
-                    + d0.mul_scalar(f(alpha_t * (1.0 - (-2.0 * h).exp())));
-                let x = match solver {
-                    SolverType::Midpoint => {
-                        x + d1_1.mul_scalar(f(alpha_t * ((1.0 - (-2.0 * h).exp()) / (-2.0 * h) + 1.0)))
-                    }
-                    SolverType::Heun => {
-                        let m2h = -2.0 * h;
-                        x + d1.mul_scalar(f(alpha_t * ((1.0 - (-2.0 * h).exp()) / (-2.0 * h) + 1.0)))
-                            + d2.mul_scalar(f(alpha_t * ((1.0 - (-2.0 * h).exp() + (-2.0 * h)) / (m2h * m2h) - 0.5)))
-                    }
-                };
-                x + noise.mul_scalar(f(sigma_t * (1.0 - (-2.0 * h).exp()).sqrt()))
-            }
-            (AlgorithmType::SdeDpmSolver, _) => unreachable!("not a singlestep algorithm"),
         }
     }
 }
 
 impl Scheduler for DpmSolverSinglestepScheduler {
-    fn class(&self) -> SchedulerClass {
-        SchedulerClass::DpmSolverSinglestep
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.core.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.core.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
+    fn schedule(&self) -> &Schedule {
+        &self.core.schedule
     }
 
     fn step(

@@ -25,6 +25,11 @@ pub enum SchedulerError {
     Json { path: String, source: serde_json::Error },
     #[error("invalid scheduler config: {0}")]
     Invalid(String),
+    #[error(
+        "{class} has no Karras sigmas (use_karras_sigmas); the samplers that have them: lms, euler, heun, dpm2, \
+         dpm2-a, dpm++2m, dpm++2m-sde, dpm++2s, unipc, deis"
+    )]
+    NoKarras { class: &'static str },
     #[error("step index {index} is out of range: the schedule has {len} timesteps")]
     StepIndex { index: usize, len: usize },
 }

@@ -3,78 +3,20 @@
 
 use burn::tensor::Tensor;
 
+use crate::class::SchedulerClass;
+use crate::common::{k_scale_model_input, k_timesteps, noise_like, PredictionType, TimestepSpacing};
 use crate::config::SchedulerConfig;
 use crate::error::{Result, SchedulerError};
-use crate::schedule::{
-    f32r, np_arange_f64, np_interp, np_linspace, np_log_f32, np_round, sigma_to_t, sigmas_from_alphas_cumprod,
-    torch_linspace_f32, BetaConfig, SigmaBounds, SigmaSpacing,
-};
-use crate::tensor::{k_scale_model_input};
-use crate::{check_steps, noise_like, NoiseSource, Scheduler, SchedulerClass, StepOptions};
-
-/// What the model predicts (`prediction_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PredictionType {
-    Epsilon,
-    VPrediction,
-    Sample,
-}
-
-impl PredictionType {
-    pub(crate) fn read(r: &mut crate::config::ConfigReader<'_>) -> Result<Self> {
-        Ok(match r.choice("prediction_type", "epsilon", &["epsilon", "v_prediction", "sample"])?.as_str() {
-            "epsilon" => Self::Epsilon,
-            "v_prediction" => Self::VPrediction,
-            _ => Self::Sample,
-        })
-    }
-}
-
-/// `timestep_spacing` (Table 2 of arXiv 2305.08891).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimestepSpacing {
-    Linspace,
-    Leading,
-    Trailing,
-}
-
-impl TimestepSpacing {
-    pub(crate) fn read(r: &mut crate::config::ConfigReader<'_>, default: &'static str) -> Result<Self> {
-        Ok(match r.choice("timestep_spacing", default, &["linspace", "leading", "trailing"])?.as_str() {
-            "linspace" => Self::Linspace,
-            "leading" => Self::Leading,
-            _ => Self::Trailing,
-        })
-    }
-}
-
-/// The timesteps of the k-diffusion style samplers (Euler, Euler a, Heun, LMS, KDPM2), as float32:
-/// `linspace(0, T-1, n, dtype=float32)` reversed; `arange(n) * (T // n)` reversed + offset;
-/// `round(arange(T, 0, -T/n)) - 1`.
-pub(crate) fn k_timesteps(spacing: TimestepSpacing, train: usize, n: usize, steps_offset: usize) -> Vec<f64> {
-    match spacing {
-        TimestepSpacing::Linspace => {
-            np_linspace(0.0, (train - 1) as f64, n).into_iter().rev().map(f32r).collect()
-        }
-        TimestepSpacing::Leading => {
-            let ratio = train / n;
-            (0..n).rev().map(|i| f32r((i * ratio) as f64) + steps_offset as f64).map(f32r).collect()
-        }
-        TimestepSpacing::Trailing => {
-            let ratio = train as f64 / n as f64;
-            np_arange_f64(train as f64, 0.0, -ratio).into_iter().map(|t| f32r(np_round(t)) - 1.0).collect()
-        }
-    }
-}
+use crate::float::{f32r, np_interp, np_log_f32, torch_linspace_f32};
+use crate::schedule::{sigma_to_t, sigmas_from_alphas_cumprod, BetaConfig, SigmaBounds, SigmaSpacing};
+use crate::scheduler::{check_steps, NoiseSource, Schedule, Scheduler, StepOptions};
 
 /// EulerDiscreteScheduler, built for `num_inference_steps`.
 #[derive(Debug, Clone)]
 pub struct EulerScheduler {
     prediction_type: PredictionType,
-    timesteps: Vec<f64>,
-    /// n + 1 values (the last is 0 or σ_min), float32 like diffusers.
-    sigmas: Vec<f64>,
-    init_noise_sigma: f64,
+    /// sigmas: n + 1 values (the last is 0 or σ_min), float32 like diffusers.
+    schedule: Schedule,
     options: StepOptions,
 }
 
@@ -140,7 +82,7 @@ impl EulerScheduler {
         let max_sigma = sigmas.iter().cloned().fold(f64::MIN, f64::max);
         let init_noise_sigma = match spacing {
             TimestepSpacing::Linspace | TimestepSpacing::Trailing => max_sigma,
-            // `(self.sigmas.max() ** 2 + 1) ** 0.5`, in float32
+            // `(self.schedule.sigmas.max() ** 2 + 1) ** 0.5`, in float32
             TimestepSpacing::Leading => {
                 let m = max_sigma as f32;
                 (m * m + 1.0).sqrt() as f64
@@ -149,29 +91,17 @@ impl EulerScheduler {
         if timesteps.is_empty() {
             return Err(SchedulerError::Invalid("the schedule has no timesteps".into()));
         }
-        Ok(Self { prediction_type, timesteps, sigmas, init_noise_sigma, options: *options })
+        Ok(Self { prediction_type, options: *options, schedule: Schedule { class: SchedulerClass::Euler, timesteps, sigmas, init_noise_sigma } })
     }
 }
 
 impl Scheduler for EulerScheduler {
-    fn class(&self) -> SchedulerClass {
-        SchedulerClass::Euler
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.init_noise_sigma
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn scale_model_input(&self, sample: Tensor<4>, step_index: usize) -> Tensor<4> {
-        k_scale_model_input(sample, self.sigmas[step_index])
+        k_scale_model_input(sample, self.schedule.sigmas[step_index])
     }
 
     fn step(
@@ -182,9 +112,9 @@ impl Scheduler for EulerScheduler {
         noise: &mut dyn NoiseSource,
     ) -> Tensor<4> {
         let o = &self.options;
-        let sigma = self.sigmas[step_index];
+        let sigma = self.schedule.sigmas[step_index];
         let gamma = if o.s_tmin <= sigma && sigma <= o.s_tmax {
-            (o.s_churn / (self.sigmas.len() - 1) as f64).min(2f64.sqrt() - 1.0)
+            (o.s_churn / (self.schedule.sigmas.len() - 1) as f64).min(2f64.sqrt() - 1.0)
         } else {
             0.0
         };
@@ -207,11 +137,11 @@ impl Scheduler for EulerScheduler {
             }
         };
         let derivative = (sample.clone() - pred_original_sample).div_scalar(sigma_hat);
-        let dt = self.sigmas[step_index + 1] - sigma_hat;
+        let dt = self.schedule.sigmas[step_index + 1] - sigma_hat;
         sample + derivative.mul_scalar(dt)
     }
 
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step_index: usize) -> Tensor<4> {
-        original + noise.mul_scalar(self.sigmas[step_index])
+        original + noise.mul_scalar(self.schedule.sigmas[step_index])
     }
 }

@@ -4,33 +4,20 @@
 
 use burn::tensor::Tensor;
 
+use crate::class::SchedulerClass;
+use crate::common::{ancestral_sigmas_f32, k_init_noise_sigma, k_pred_original_sample, k_scale_model_input, k_timesteps, noise_like, PredictionType, TimestepSpacing};
 use crate::config::SchedulerConfig;
 use crate::error::{Result, SchedulerError};
-use crate::euler::{PredictionType, TimestepSpacing, k_timesteps};
-use crate::lms::k_init_noise_sigma;
-use crate::schedule::{BetaConfig, f32r, np_interp, sigmas_from_alphas_cumprod};
-use crate::tensor::{k_scale_model_input, k_pred_original_sample};
-use crate::{NoiseSource, Scheduler, SchedulerClass, StepOptions, check_steps, noise_like};
-
-/// `(sigma_up, sigma_down)` of an ancestral step from `sigma_from` to `sigma_to`, in float32
-/// tensor arithmetic like diffusers (`sigma_up = (σ_to² (σ_from² − σ_to²) / σ_from²) ** 0.5`,
-/// `sigma_down = (σ_to² − σ_up²) ** 0.5`; torch's `** 0.5` is `sqrt`).
-pub(crate) fn ancestral_sigmas_f32(sigma_from: f32, sigma_to: f32) -> (f32, f32) {
-    let from2 = sigma_from * sigma_from;
-    let to2 = sigma_to * sigma_to;
-    let sigma_up = (to2 * (from2 - to2) / from2).sqrt();
-    let sigma_down = (to2 - sigma_up * sigma_up).sqrt();
-    (sigma_up, sigma_down)
-}
+use crate::float::{f32r, np_interp};
+use crate::schedule::{sigmas_from_alphas_cumprod, BetaConfig};
+use crate::scheduler::{check_steps, NoiseSource, Schedule, Scheduler, StepOptions};
 
 /// EulerAncestralDiscreteScheduler, built for `num_inference_steps`.
 #[derive(Debug, Clone)]
 pub struct EulerAncestralScheduler {
     prediction_type: PredictionType,
-    timesteps: Vec<f64>,
-    /// n + 1 values (the last is 0), float32 like diffusers.
-    sigmas: Vec<f64>,
-    init_noise_sigma: f64,
+    /// sigmas: n + 1 values (the last is 0), float32 like diffusers.
+    schedule: Schedule,
 }
 
 impl EulerAncestralScheduler {
@@ -64,29 +51,17 @@ impl EulerAncestralScheduler {
         let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| f32r(np_interp(t, &xp, &train_sigmas))).collect();
         sigmas.push(0.0);
         let init_noise_sigma = k_init_noise_sigma(&sigmas, spacing);
-        Ok(Self { prediction_type, timesteps, sigmas, init_noise_sigma })
+        Ok(Self { prediction_type, schedule: Schedule { class: SchedulerClass::EulerAncestral, timesteps, sigmas, init_noise_sigma } })
     }
 }
 
 impl Scheduler for EulerAncestralScheduler {
-    fn class(&self) -> SchedulerClass {
-        SchedulerClass::EulerAncestral
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.init_noise_sigma
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn scale_model_input(&self, sample: Tensor<4>, step_index: usize) -> Tensor<4> {
-        k_scale_model_input(sample, self.sigmas[step_index])
+        k_scale_model_input(sample, self.schedule.sigmas[step_index])
     }
 
     fn step(
@@ -96,9 +71,9 @@ impl Scheduler for EulerAncestralScheduler {
         sample: Tensor<4>,
         noise: &mut dyn NoiseSource,
     ) -> Tensor<4> {
-        let sigma = self.sigmas[step_index] as f32;
+        let sigma = self.schedule.sigmas[step_index] as f32;
         let pred_original_sample = k_pred_original_sample(self.prediction_type, model_output.clone(), &sample, sigma);
-        let sigma_to = self.sigmas[step_index + 1] as f32;
+        let sigma_to = self.schedule.sigmas[step_index + 1] as f32;
         let (sigma_up, sigma_down) = ancestral_sigmas_f32(sigma, sigma_to);
         let derivative = (sample.clone() - pred_original_sample).div_scalar(sigma);
         let dt = sigma_down - sigma;
@@ -109,6 +84,6 @@ impl Scheduler for EulerAncestralScheduler {
     }
 
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step_index: usize) -> Tensor<4> {
-        original + noise.mul_scalar(self.sigmas[step_index] as f32)
+        original + noise.mul_scalar(self.schedule.sigmas[step_index] as f32)
     }
 }

@@ -6,40 +6,13 @@
 
 use burn::tensor::Tensor;
 
+use crate::class::SchedulerClass;
+use crate::common::{interleave, k_init_noise_sigma, k_pred_original_sample, k_scale_model_input, k_sigma_schedule, PredictionType, TimestepSpacing};
 use crate::config::SchedulerConfig;
 use crate::error::{Result, SchedulerError};
-use crate::euler::{PredictionType, TimestepSpacing};
-use crate::lms::{k_init_noise_sigma, k_sigma_schedule};
-use crate::schedule::{BetaConfig, BetaSchedule, SigmaSpacing, cumprod_f32, f32r};
-use crate::tensor::{k_scale_model_input, k_pred_original_sample};
-use crate::{NoiseSource, Scheduler, SchedulerClass, StepOptions, check_steps};
-
-/// `betas_for_alpha_bar(n, alpha_transform_type="exp")`: ᾱ(t) = exp(−12 t), in float64 Python
-/// math, then `torch.tensor(..., dtype=float32)`.
-pub(crate) fn betas_for_alpha_bar_exp(n: usize, max_beta: f64) -> Vec<f32> {
-    let alpha_bar = |t: f64| (t * -12.0).exp();
-    (0..n)
-        .map(|i| {
-            let t1 = i as f64 / n as f64;
-            let t2 = (i + 1) as f64 / n as f64;
-            (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(max_beta) as f32
-        })
-        .collect()
-}
-
-/// `[x[:1], x[1:-1].repeat_interleave(2), x[-1:]]` (Heun's sigmas) or, with `keep_last_pair`,
-/// `[x[:1], x[1:].repeat_interleave(2), x[-1:]]` (KDPM2's).
-pub(crate) fn interleave(x: &[f64], keep_last_pair: bool) -> Vec<f64> {
-    let n = x.len();
-    let mut out = vec![x[0]];
-    let end = if keep_last_pair { n } else { n - 1 };
-    for &v in &x[1..end.max(1)] {
-        out.push(v);
-        out.push(v);
-    }
-    out.push(x[n - 1]);
-    out
-}
+use crate::float::{cumprod_f32, f32r};
+use crate::schedule::{betas_for_alpha_bar_exp, BetaConfig, BetaSchedule, SigmaSpacing};
+use crate::scheduler::{check_steps, NoiseSource, Schedule, Scheduler, StepOptions};
 
 /// The first half of a Heun step, kept for the second call (`prev_derivative`, `dt`, `sample`).
 #[derive(Debug, Clone)]
@@ -54,11 +27,8 @@ struct FirstOrder {
 pub struct HeunScheduler {
     prediction_type: PredictionType,
     clip_sample: Option<f64>,
-    /// 2n − 1 timesteps.
-    timesteps: Vec<f64>,
-    /// 2n interleaved sigmas, float32 like diffusers.
-    sigmas: Vec<f64>,
-    init_noise_sigma: f64,
+    /// timesteps: 2n − 1 timesteps; sigmas: 2n interleaved sigmas, float32 like diffusers.
+    schedule: Schedule,
     /// `Some` between the two model calls of a step (`state_in_first_order` is `dt is None`).
     first: Option<FirstOrder>,
 }
@@ -122,29 +92,15 @@ impl HeunScheduler {
         Ok(Self {
             prediction_type,
             clip_sample: clip.then_some(clip_range),
-            timesteps,
-            sigmas,
-            init_noise_sigma,
             first: None,
+            schedule: Schedule { class: SchedulerClass::Heun, timesteps, sigmas, init_noise_sigma },
         })
     }
 }
 
 impl Scheduler for HeunScheduler {
-    fn class(&self) -> SchedulerClass {
-        SchedulerClass::Heun
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.init_noise_sigma
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn order(&self) -> usize {
@@ -152,7 +108,7 @@ impl Scheduler for HeunScheduler {
     }
 
     fn scale_model_input(&self, sample: Tensor<4>, step_index: usize) -> Tensor<4> {
-        k_scale_model_input(sample, self.sigmas[step_index])
+        k_scale_model_input(sample, self.schedule.sigmas[step_index])
     }
 
     fn step(
@@ -164,9 +120,9 @@ impl Scheduler for HeunScheduler {
     ) -> Tensor<4> {
         let first_order = self.first.is_none();
         let (sigma, sigma_next) = if first_order {
-            (self.sigmas[step_index] as f32, self.sigmas[step_index + 1] as f32)
+            (self.schedule.sigmas[step_index] as f32, self.schedule.sigmas[step_index + 1] as f32)
         } else {
-            (self.sigmas[step_index - 1] as f32, self.sigmas[step_index] as f32)
+            (self.schedule.sigmas[step_index - 1] as f32, self.schedule.sigmas[step_index] as f32)
         };
         // gamma = 0: sigma_hat == sigma
         let sigma_hat = sigma;
@@ -196,7 +152,7 @@ impl Scheduler for HeunScheduler {
     }
 
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step_index: usize) -> Tensor<4> {
-        original + noise.mul_scalar(self.sigmas[step_index] as f32)
+        original + noise.mul_scalar(self.schedule.sigmas[step_index] as f32)
     }
 }
 

@@ -11,15 +11,13 @@
 
 use burn::tensor::Tensor;
 
+use crate::class::SchedulerClass;
+use crate::common::{ancestral_sigmas_f32, interleave, k_init_noise_sigma, k_pred_original_sample, k_scale_model_input, k_sigma_schedule, noise_like, PredictionType, TimestepSpacing};
 use crate::config::SchedulerConfig;
 use crate::error::{Result, SchedulerError};
-use crate::euler::{PredictionType, TimestepSpacing};
-use crate::euler_ancestral::ancestral_sigmas_f32;
-use crate::heun::interleave;
-use crate::lms::{k_init_noise_sigma, k_sigma_schedule};
-use crate::schedule::{BetaConfig, SigmaSpacing, f32r, np_log_f32, np_round};
-use crate::tensor::{k_scale_model_input, k_pred_original_sample};
-use crate::{NoiseSource, Scheduler, SchedulerClass, StepOptions, check_steps, noise_like};
+use crate::float::{f32r, np_log_f32, np_round};
+use crate::schedule::{BetaConfig, SigmaSpacing};
+use crate::scheduler::{check_steps, NoiseSource, Schedule, Scheduler, StepOptions};
 
 /// `_sigma_to_t(sigma, log_sigmas)` as KDPM2 calls it for the interpolated sigmas: `sigma` is a
 /// float32 torch tensor and `log_sigmas` a float32 torch tensor, so the whole computation
@@ -62,16 +60,13 @@ enum Variant {
 pub struct KDpm2Scheduler {
     variant: Variant,
     prediction_type: PredictionType,
-    /// 2n − 1 timesteps.
-    timesteps: Vec<f64>,
-    /// 2n + 2 interleaved sigmas `[σ0, σ1, σ1, …, σn, σn, σn]` (σn = 0), float32.
-    sigmas: Vec<f64>,
+    /// timesteps: 2n − 1 timesteps; sigmas: 2n + 2 interleaved sigmas `[σ0, σ1, σ1, …, σn, σn, σn]` (σn = 0), float32.
+    schedule: Schedule,
     /// `sigmas_interpol`, interleaved the same way.
     sigmas_interpol: Vec<f64>,
     /// Ancestral only: `sigmas_up` / `sigmas_down`, interleaved the same way.
     sigmas_up: Vec<f64>,
     sigmas_down: Vec<f64>,
-    init_noise_sigma: f64,
     /// The sample of the first model call, kept for the second (`self.sample`;
     /// `state_in_first_order` is `sample is None`).
     first_sample: Option<Tensor<4>>,
@@ -178,13 +173,14 @@ impl KDpm2Scheduler {
         Ok(Self {
             variant,
             prediction_type,
-            timesteps: all_timesteps,
-            sigmas,
             sigmas_interpol: interleave(&widen(&sigmas_interpol), true),
             sigmas_up: if sigmas_up.is_empty() { Vec::new() } else { interleave(&widen(&sigmas_up), true) },
             sigmas_down: if sigmas_down.is_empty() { Vec::new() } else { interleave(&widen(&sigmas_down), true) },
-            init_noise_sigma,
             first_sample: None,
+            schedule: Schedule { class: match variant {
+                Variant::Plain => SchedulerClass::KDpm2,
+                Variant::Ancestral => SchedulerClass::KDpm2Ancestral,
+            }, timesteps: all_timesteps, sigmas, init_noise_sigma },
         })
     }
 
@@ -195,23 +191,8 @@ impl KDpm2Scheduler {
 }
 
 impl Scheduler for KDpm2Scheduler {
-    fn class(&self) -> SchedulerClass {
-        match self.variant {
-            Variant::Plain => SchedulerClass::KDpm2,
-            Variant::Ancestral => SchedulerClass::KDpm2Ancestral,
-        }
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.init_noise_sigma
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn order(&self) -> usize {
@@ -220,7 +201,7 @@ impl Scheduler for KDpm2Scheduler {
 
     fn scale_model_input(&self, sample: Tensor<4>, step_index: usize) -> Tensor<4> {
         let sigma = if self.first_sample.is_none() {
-            self.sigmas[step_index]
+            self.schedule.sigmas[step_index]
         } else {
             match self.variant {
                 Variant::Plain => self.sigmas_interpol[step_index],
@@ -242,9 +223,9 @@ impl Scheduler for KDpm2Scheduler {
         match self.variant {
             Variant::Plain => {
                 let (sigma, sigma_interpol, sigma_next) = if first_order {
-                    (self.sigmas[i], self.sigmas_interpol[i + 1], self.sigmas[i + 1])
+                    (self.schedule.sigmas[i], self.sigmas_interpol[i + 1], self.schedule.sigmas[i + 1])
                 } else {
-                    (self.sigmas[i - 1], self.sigmas_interpol[i], self.sigmas[i])
+                    (self.schedule.sigmas[i - 1], self.sigmas_interpol[i], self.schedule.sigmas[i])
                 };
                 let (sigma_hat, sigma_interpol, sigma_next) = (sigma as f32, sigma_interpol as f32, sigma_next as f32);
                 let sigma_input = if first_order { sigma_hat } else { sigma_interpol };
@@ -266,9 +247,9 @@ impl Scheduler for KDpm2Scheduler {
             Variant::Ancestral => {
                 let (sigma, sigma_interpol, sigma_up, sigma_down) = if first_order {
                     // sigmas_down[step_index - 1] is unused in the first half
-                    (self.sigmas[i], self.sigmas_interpol[i], 0.0, 0.0)
+                    (self.schedule.sigmas[i], self.sigmas_interpol[i], 0.0, 0.0)
                 } else {
-                    (self.sigmas[i - 1], self.sigmas_interpol[i - 1], self.sigmas_up[i - 1], self.sigmas_down[i - 1])
+                    (self.schedule.sigmas[i - 1], self.sigmas_interpol[i - 1], self.sigmas_up[i - 1], self.sigmas_down[i - 1])
                 };
                 let (sigma_hat, sigma_interpol) = (sigma as f32, sigma_interpol as f32);
                 let (sigma_up, sigma_down) = (sigma_up as f32, sigma_down as f32);
@@ -293,7 +274,7 @@ impl Scheduler for KDpm2Scheduler {
     }
 
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step_index: usize) -> Tensor<4> {
-        original + noise.mul_scalar(self.sigmas[step_index] as f32)
+        original + noise.mul_scalar(self.schedule.sigmas[step_index] as f32)
     }
 }
 

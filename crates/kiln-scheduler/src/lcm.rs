@@ -9,77 +9,11 @@
 
 use burn::tensor::Tensor;
 
-use crate::config::{ConfigReader, SchedulerConfig};
-use crate::ddim::{add_noise_alphas, SampleClip};
-use crate::error::{Result, SchedulerError};
-use crate::euler::{PredictionType, TimestepSpacing};
-use crate::schedule::BetaConfig;
-use crate::{check_steps, noise_like, NoiseSource, Scheduler, SchedulerClass, StepOptions};
-
-/// The config LCM and TCD share (their `__init__` signatures are identical).
-#[derive(Debug, Clone)]
-pub(crate) struct ConsistencyConfig {
-    pub(crate) betas: BetaConfig,
-    pub(crate) original_inference_steps: usize,
-    pub(crate) clip: SampleClip,
-    pub(crate) set_alpha_to_one: bool,
-    pub(crate) prediction_type: PredictionType,
-    pub(crate) timestep_scaling: f64,
-}
-
-impl ConsistencyConfig {
-    /// Reads every `__init__` key of `LCMScheduler` / `TCDScheduler` with their defaults.
-    pub(crate) fn read(r: &mut ConfigReader<'_>) -> Result<Self> {
-        let betas = BetaConfig::read(
-            r,
-            0.00085,
-            0.012,
-            "scaled_linear",
-            &["linear", "scaled_linear", "squaredcos_cap_v2"],
-            true,
-        )?;
-        let original_inference_steps = r.usize("original_inference_steps", 50)?;
-        let clip = SampleClip::read(r, Some(false))?;
-        let set_alpha_to_one = r.bool("set_alpha_to_one", true)?;
-        let _steps_offset = r.usize("steps_offset", 0)?; // unused by set_timesteps
-        let prediction_type = PredictionType::read(r)?;
-        let _spacing = TimestepSpacing::read(r, "leading")?; // unused by set_timesteps
-        let timestep_scaling = r.f64("timestep_scaling", 10.0)?;
-        Ok(Self { betas, original_inference_steps, clip, set_alpha_to_one, prediction_type, timestep_scaling })
-    }
-
-    /// ᾱ (float32 values) and `final_alpha_cumprod`.
-    pub(crate) fn alphas(&self) -> (Vec<f64>, f32) {
-        let alphas_cumprod = self.betas.alphas_cumprod();
-        let final_alpha_cumprod = if self.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] as f32 };
-        (alphas_cumprod, final_alpha_cumprod)
-    }
-}
-
-/// `set_timesteps(num_inference_steps)` of LCM and TCD (strength 1, no custom timesteps): the
-/// distillation schedule `[k − 1, 2k − 1, …, original_steps · k − 1]` with `k = T // original_steps`,
-/// reversed, sampled at `floor(linspace(0, len, n, endpoint=False))`.
-pub(crate) fn consistency_timesteps(train: usize, original_steps: usize, n: usize) -> Result<Vec<f64>> {
-    check_steps(n, train)?;
-    if original_steps == 0 || original_steps > train {
-        return Err(SchedulerError::Unsupported {
-            key: "original_inference_steps".into(),
-            value: original_steps.to_string(),
-            allowed: format!("an integer in 1..={train} (num_train_timesteps)"),
-        });
-    }
-    if n > original_steps {
-        return Err(SchedulerError::Invalid(format!(
-            "num_inference_steps ({n}) cannot be larger than original_inference_steps ({original_steps}): \
-             the timesteps are a subset of the {original_steps}-step distillation schedule"
-        )));
-    }
-    let k = (train / original_steps) as i64;
-    let origin: Vec<i64> = (1..=original_steps as i64).rev().map(|i| i * k - 1).collect();
-    // np.linspace(0, len, num=n, endpoint=False): arange(n) * (len / n)
-    let step = origin.len() as f64 / n as f64;
-    Ok((0..n).map(|i| origin[(i as f64 * step).floor() as usize] as f64).collect())
-}
+use crate::class::SchedulerClass;
+use crate::common::{add_noise_alphas, consistency_timesteps, noise_like, ConsistencyConfig, PredictionType, SampleClip};
+use crate::config::SchedulerConfig;
+use crate::error::Result;
+use crate::scheduler::{NoiseSource, Schedule, Scheduler, StepOptions};
 
 /// LCMScheduler, built for `num_inference_steps`.
 #[derive(Debug, Clone)]
@@ -90,7 +24,8 @@ pub struct LcmScheduler {
     prediction_type: PredictionType,
     clip: SampleClip,
     timestep_scaling: f32,
-    timesteps: Vec<f64>,
+    /// `timesteps`, `sigmas`, `init_noise_sigma` (see [`Schedule`])
+    schedule: Schedule,
 }
 
 impl LcmScheduler {
@@ -108,7 +43,7 @@ impl LcmScheduler {
             prediction_type: c.prediction_type,
             clip: c.clip,
             timestep_scaling: c.timestep_scaling as f32,
-            timesteps,
+            schedule: Schedule { class: SchedulerClass::Lcm, timesteps, sigmas: Vec::new(), init_noise_sigma: 1.0 },
         })
     }
 }
@@ -126,16 +61,8 @@ pub(crate) fn boundary_scalings(timestep: f64, timestep_scaling: f32) -> (f32, f
 }
 
 impl Scheduler for LcmScheduler {
-    fn class(&self) -> SchedulerClass {
-        SchedulerClass::Lcm
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn step(
@@ -145,9 +72,9 @@ impl Scheduler for LcmScheduler {
         sample: Tensor<4>,
         noise: &mut dyn NoiseSource,
     ) -> Tensor<4> {
-        let timestep = self.timesteps[step_index];
+        let timestep = self.schedule.timesteps[step_index];
         // the next timestep; the last step "re-noises" to its own timestep (unused: no noise)
-        let prev_timestep = self.timesteps.get(step_index + 1).copied().unwrap_or(timestep) as i64;
+        let prev_timestep = self.schedule.timesteps.get(step_index + 1).copied().unwrap_or(timestep) as i64;
         let alpha_prod_t = self.alphas_cumprod[timestep as usize] as f32;
         let alpha_prod_t_prev = if prev_timestep >= 0 {
             self.alphas_cumprod[prev_timestep as usize] as f32
@@ -168,7 +95,7 @@ impl Scheduler for LcmScheduler {
         let predicted_original_sample = self.clip.apply(predicted_original_sample);
         // the consistency model's output
         let denoised = predicted_original_sample.mul_scalar(c_out) + sample.mul_scalar(c_skip);
-        if step_index != self.timesteps.len() - 1 {
+        if step_index != self.schedule.timesteps.len() - 1 {
             let noise = noise_like(&model_output, noise);
             denoised.mul_scalar(alpha_prod_t_prev.sqrt()) + noise.mul_scalar(beta_prod_t_prev.sqrt())
         } else {
@@ -177,7 +104,7 @@ impl Scheduler for LcmScheduler {
     }
 
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step_index: usize) -> Tensor<4> {
-        add_noise_alphas(&self.alphas_cumprod, self.timesteps[step_index], original, noise)
+        add_noise_alphas(&self.alphas_cumprod, self.schedule.timesteps[step_index], original, noise)
     }
 }
 

@@ -11,70 +11,13 @@ use std::collections::VecDeque;
 
 use burn::tensor::Tensor;
 
+use crate::class::SchedulerClass;
+use crate::common::{k_init_noise_sigma, k_pred_original_sample, k_scale_model_input, k_sigma_schedule, PredictionType, TimestepSpacing};
 use crate::config::SchedulerConfig;
 use crate::error::{Result, SchedulerError};
-use crate::euler::{PredictionType, TimestepSpacing, k_timesteps};
-use crate::schedule::{BetaConfig, SigmaBounds, SigmaSpacing, f32r, np_interp, np_log_f32, sigma_to_t, sigmas_from_alphas_cumprod};
-use crate::tensor::{k_scale_model_input, k_pred_original_sample};
-use crate::{NoiseSource, Scheduler, SchedulerClass, StepOptions, check_steps};
-
-
-/// The σ schedule of the k-diffusion samplers before their per-class post-processing
-/// (`set_timesteps` of LMS/Heun/KDPM2): timesteps by `timestep_spacing`,
-/// `σ = np.interp(timesteps, arange(T), train_sigmas)` and, with a sigma spacing, the respaced
-/// σ with `timesteps = [_sigma_to_t(σ, log_sigmas)]`.
-#[derive(Debug, Clone)]
-pub(crate) struct KSigmaSchedule {
-    /// n timesteps: float32 values, or float64 fractional ones after a sigma respacing.
-    pub timesteps: Vec<f64>,
-    /// n sigmas in float64 (diffusers appends 0 and casts to float32 afterwards).
-    pub sigmas: Vec<f64>,
-    /// `np.log(train_sigmas)`, float32 values.
-    pub log_sigmas: Vec<f64>,
-    /// Whether a Karras/exponential/beta spacing replaced the default sigmas.
-    pub respaced: bool,
-}
-
-/// Computes [`KSigmaSchedule`] from ᾱ (float32 values) for `n` steps.
-pub(crate) fn k_sigma_schedule(
-    alphas_cumprod: &[f64],
-    spacing: TimestepSpacing,
-    sigma_spacing: SigmaSpacing,
-    n: usize,
-    steps_offset: usize,
-) -> KSigmaSchedule {
-    let train = alphas_cumprod.len();
-    // sigmas = np.array(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5): float32
-    let train_sigmas = sigmas_from_alphas_cumprod(alphas_cumprod);
-    // np.log of a float32 array stays float32 (and is numpy's own SIMD log)
-    let log_sigmas: Vec<f64> = train_sigmas.iter().map(|&s| np_log_f32(s as f32) as f64).collect();
-    let timesteps = k_timesteps(spacing, train, n, steps_offset);
-    let xp: Vec<f64> = (0..train).map(|i| i as f64).collect();
-    let sigmas: Vec<f64> = timesteps.iter().map(|&t| np_interp(t, &xp, &train_sigmas)).collect();
-    // _convert_to_karras / _exponential / _beta: these classes have no sigma_min/sigma_max keys
-    match sigma_spacing.convert(&sigmas, n, SigmaBounds::default()) {
-        Some(converted) => KSigmaSchedule {
-            timesteps: converted.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect(),
-            sigmas: converted,
-            log_sigmas,
-            respaced: true,
-        },
-        None => KSigmaSchedule { timesteps, sigmas, log_sigmas, respaced: false },
-    }
-}
-
-/// `init_noise_sigma` of the k-diffusion samplers: `sigmas.max()` for linspace/trailing spacing,
-/// `(sigmas.max() ** 2 + 1) ** 0.5` (float32 tensor arithmetic) for leading.
-pub(crate) fn k_init_noise_sigma(sigmas: &[f64], spacing: TimestepSpacing) -> f64 {
-    let max_sigma = sigmas.iter().cloned().fold(f64::MIN, f64::max);
-    match spacing {
-        TimestepSpacing::Linspace | TimestepSpacing::Trailing => max_sigma,
-        TimestepSpacing::Leading => {
-            let m = max_sigma as f32;
-            (m * m + 1.0).sqrt() as f64
-        }
-    }
-}
+use crate::float::f32r;
+use crate::schedule::{BetaConfig, SigmaSpacing};
+use crate::scheduler::{check_steps, NoiseSource, Schedule, Scheduler, StepOptions};
 
 /// `get_lms_coefficient(order, t, current_order)`:
 /// ∫ from σ_t to σ_{t+1} of Π_{k ≠ j} (τ − σ_{t−k}) / (σ_{t−j} − σ_{t−k}) dτ, with j = `current`.
@@ -123,10 +66,8 @@ const LMS_ORDER: usize = 4;
 #[derive(Debug, Clone)]
 pub struct LmsScheduler {
     prediction_type: PredictionType,
-    timesteps: Vec<f64>,
-    /// n + 1 values (the last is 0), float32 like diffusers.
-    sigmas: Vec<f64>,
-    init_noise_sigma: f64,
+    /// sigmas: n + 1 values (the last is 0), float32 like diffusers.
+    schedule: Schedule,
     /// The last (up to 4) derivatives, oldest first (`self.derivatives`).
     derivatives: VecDeque<Tensor<4>>,
 }
@@ -149,35 +90,23 @@ impl LmsScheduler {
         // sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)
         let mut sigmas: Vec<f64> = schedule.sigmas.into_iter().map(f32r).collect();
         sigmas.push(0.0);
-        // self.timesteps = torch.from_numpy(timesteps).to(dtype=torch.float32)
+        // self.schedule.timesteps = torch.from_numpy(timesteps).to(dtype=torch.float32)
         let timesteps: Vec<f64> = schedule.timesteps.into_iter().map(f32r).collect();
         if timesteps.is_empty() {
             return Err(SchedulerError::Invalid("the schedule has no timesteps".into()));
         }
         let init_noise_sigma = k_init_noise_sigma(&sigmas, spacing);
-        Ok(Self { prediction_type, timesteps, sigmas, init_noise_sigma, derivatives: VecDeque::new() })
+        Ok(Self { prediction_type, derivatives: VecDeque::new(), schedule: Schedule { class: SchedulerClass::Lms, timesteps, sigmas, init_noise_sigma } })
     }
 }
 
 impl Scheduler for LmsScheduler {
-    fn class(&self) -> SchedulerClass {
-        SchedulerClass::Lms
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.init_noise_sigma
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn scale_model_input(&self, sample: Tensor<4>, step_index: usize) -> Tensor<4> {
-        k_scale_model_input(sample, self.sigmas[step_index])
+        k_scale_model_input(sample, self.schedule.sigmas[step_index])
     }
 
     fn step(
@@ -187,7 +116,7 @@ impl Scheduler for LmsScheduler {
         sample: Tensor<4>,
         _noise: &mut dyn NoiseSource,
     ) -> Tensor<4> {
-        let sigma = self.sigmas[step_index] as f32;
+        let sigma = self.schedule.sigmas[step_index] as f32;
         let pred_original_sample = k_pred_original_sample(self.prediction_type, model_output, &sample, sigma);
         let derivative = (sample.clone() - pred_original_sample).div_scalar(sigma);
         self.derivatives.push_back(derivative);
@@ -202,7 +131,7 @@ impl Scheduler for LmsScheduler {
         //                            zip(lms_coeffs, reversed(self.derivatives)))
         let mut acc: Option<Tensor<4>> = None;
         for (current, derivative) in self.derivatives.iter().rev().take(used).enumerate() {
-            let coeff = lms_coefficient(&self.sigmas, order, step_index, current);
+            let coeff = lms_coefficient(&self.schedule.sigmas, order, step_index, current);
             let term = derivative.clone().mul_scalar(coeff);
             acc = Some(match acc {
                 None => term,
@@ -216,13 +145,14 @@ impl Scheduler for LmsScheduler {
     }
 
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step_index: usize) -> Tensor<4> {
-        original + noise.mul_scalar(self.sigmas[step_index] as f32)
+        original + noise.mul_scalar(self.schedule.sigmas[step_index] as f32)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::float::np_log_f32;
 
     /// `np.log(np.float32)` from numpy 2.4.6 (x86-64, AVX512): bit patterns of input and output.
     /// The first six are SD 1.5 training sigmas where numpy is an ulp off the rounded log.

@@ -11,12 +11,12 @@
 
 use burn::tensor::Tensor;
 
+use crate::class::SchedulerClass;
+use crate::common::{add_noise_alphas, ddim_timesteps, TimestepSpacing};
 use crate::config::SchedulerConfig;
-use crate::ddim::{add_noise_alphas, ddim_timesteps};
 use crate::error::{Result, SchedulerError};
-use crate::euler::TimestepSpacing;
 use crate::schedule::BetaConfig;
-use crate::{check_steps, NoiseSource, Scheduler, SchedulerClass, StepOptions};
+use crate::scheduler::{check_steps, NoiseSource, Schedule, Scheduler, StepOptions};
 
 /// `pndm_order`: PLMS uses up to four past model outputs; PRK warms up with four steps.
 const PNDM_ORDER: usize = 4;
@@ -33,8 +33,8 @@ pub struct PndmScheduler {
     num_inference_steps: usize,
     /// `prk_timesteps` (empty with `skip_prk_steps`), the first part of `timesteps`.
     prk_timesteps: Vec<i64>,
-    /// `prk_timesteps` followed by `plms_timesteps`.
-    timesteps: Vec<f64>,
+    /// timesteps: `prk_timesteps` followed by `plms_timesteps`.
+    schedule: Schedule,
     // step state
     counter: usize,
     ets: Vec<Tensor<4>>,
@@ -109,11 +109,11 @@ impl PndmScheduler {
             num_train_timesteps: train,
             num_inference_steps: n,
             prk_timesteps,
-            timesteps,
             counter: 0,
             ets: Vec::new(),
             cur_sample: None,
             cur_model_output: None,
+            schedule: Schedule { class: SchedulerClass::Pndm, timesteps, sigmas: Vec::new(), init_noise_sigma: 1.0 },
         })
     }
 
@@ -208,16 +208,8 @@ impl PndmScheduler {
 }
 
 impl Scheduler for PndmScheduler {
-    fn class(&self) -> SchedulerClass {
-        SchedulerClass::Pndm
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn step(
@@ -228,7 +220,7 @@ impl Scheduler for PndmScheduler {
         noise: &mut dyn NoiseSource,
     ) -> Tensor<4> {
         let _ = noise;
-        let timestep = self.timesteps[step_index] as i64;
+        let timestep = self.schedule.timesteps[step_index] as i64;
         if self.counter < self.prk_timesteps.len() && !self.skip_prk_steps {
             self.step_prk(model_output, timestep, sample)
         } else {
@@ -237,7 +229,7 @@ impl Scheduler for PndmScheduler {
     }
 
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step_index: usize) -> Tensor<4> {
-        add_noise_alphas(&self.alphas_cumprod, self.timesteps[step_index], original, noise)
+        add_noise_alphas(&self.alphas_cumprod, self.schedule.timesteps[step_index], original, noise)
     }
 }
 

@@ -7,90 +7,7 @@
 
 use crate::config::ConfigReader;
 use crate::error::{Result, SchedulerError};
-
-/// Rounds an f64 to the nearest f32 and back (what `.astype(np.float32)` / `torch.float32` do).
-#[inline]
-pub fn f32r(x: f64) -> f64 {
-    x as f32 as f64
-}
-
-/// `torch.linspace(start, end, steps, dtype=torch.float32)` on the CPU
-/// (`aten/src/ATen/native/cpu/RangeFactoriesKernel.cpp::linspace_kernel`): float arithmetic, the
-/// first half counted up from `start`, the second half down from `end`, each value one fused
-/// multiply-add (torch's vectorised kernel uses FMA; verified bit for bit against torch 2.15).
-pub fn torch_linspace_f32(start: f64, end: f64, steps: usize) -> Vec<f32> {
-    let (start, end) = (start as f32, end as f32);
-    if steps == 1 {
-        return vec![start];
-    }
-    let step = (end - start) / (steps - 1) as f32;
-    let halfway = steps / 2;
-    (0..steps)
-        .map(|i| {
-            if i < halfway {
-                step.mul_add(i as f32, start)
-            } else {
-                (-step).mul_add((steps - i - 1) as f32, end)
-            }
-        })
-        .collect()
-}
-
-/// `numpy.linspace(start, stop, num)` in float64 (`y = arange(num) * step + start`, last = stop).
-pub fn np_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
-    if num == 0 {
-        return Vec::new();
-    }
-    if num == 1 {
-        return vec![start];
-    }
-    let div = (num - 1) as f64;
-    let delta = stop - start;
-    let step = delta / div;
-    let mut y: Vec<f64> = if step == 0.0 {
-        (0..num).map(|i| i as f64 / div * delta + start).collect()
-    } else {
-        (0..num).map(|i| i as f64 * step + start).collect()
-    };
-    y[num - 1] = stop;
-    y
-}
-
-/// `numpy.arange(start, stop, step)` for floats: length `ceil((stop - start) / step)`, values
-/// `start + i * delta` with `delta = (start + step) - start` (numpy's `@TYPE@_fill`).
-pub fn np_arange_f64(start: f64, stop: f64, step: f64) -> Vec<f64> {
-    let len = ((stop - start) / step).ceil();
-    if !(len > 0.0) {
-        return Vec::new();
-    }
-    let len = len as usize;
-    let delta = (start + step) - start;
-    (0..len).map(|i| if i == 0 { start } else { start + i as f64 * delta }).collect()
-}
-
-/// `numpy.round`: halves go to the even neighbour.
-#[inline]
-pub fn np_round(x: f64) -> f64 {
-    x.round_ties_even()
-}
-
-/// `numpy.interp(x, xp, fp)` for increasing `xp`, clamped at both ends.
-pub fn np_interp(x: f64, xp: &[f64], fp: &[f64]) -> f64 {
-    let n = xp.len();
-    if x <= xp[0] {
-        return fp[0];
-    }
-    if x >= xp[n - 1] {
-        return fp[n - 1];
-    }
-    // binary search for j with xp[j] <= x < xp[j+1]
-    let j = match xp.binary_search_by(|v| v.partial_cmp(&x).unwrap()) {
-        Ok(j) => return fp[j],
-        Err(j) => j - 1,
-    };
-    let slope = (fp[j + 1] - fp[j]) / (xp[j + 1] - xp[j]);
-    slope * (x - xp[j]) + fp[j]
-}
+use crate::float::{cumprod_f32, np_linspace, torch_linspace_f32, torch_sqrt_f32};
 
 /// The beta schedules diffusers knows (`beta_schedule`, or explicit `trained_betas`).
 #[derive(Debug, Clone, PartialEq)]
@@ -191,17 +108,6 @@ impl BetaConfig {
             .map(|a| a as f64)
             .collect()
     }
-}
-
-/// `torch.cumprod` of a float32 tensor on the CPU.
-pub fn cumprod_f32(x: &[f32]) -> Vec<f32> {
-    let mut acc = 1.0f64;
-    x.iter()
-        .map(|&v| {
-            acc *= v as f64;
-            acc as f32
-        })
-        .collect()
 }
 
 /// `betas_for_alpha_bar(n, max_beta, "cosine")` (e.g. `scheduling_ddpm.py`): float64 Python math,
@@ -465,70 +371,34 @@ pub fn beta_ppf(q: f64, a: f64, b: f64) -> f64 {
     0.5 * (lo + hi)
 }
 
-/// `np.log` of a float32 value: numpy's own SIMD kernel (`simd_log_FLOAT` in
-/// `numpy/_core/src/umath/loops_exponent_log.dispatch.c.src`, AVX2-FMA3/AVX512F, which numpy runs
-/// for float32 on every x86-64 CPU with AVX2), transcribed for one lane. It is not correctly
-/// rounded (up to 3.8 ulp) and differs from libm's `logf` on about a fifth of all inputs; the
-/// samplers that call `np.log` on float32 values (`log_sigmas` for `_sigma_to_t`, DEIS' `ind_fn`)
-/// need its exact bits where differences of logs cancel.
-pub fn np_log_f32(x: f32) -> f32 {
-    const SQRT1_2: f32 = f32::from_bits(0x3F35_04F3); // NPY_SQRT1_2f
-    const LOGE2: f32 = f32::from_bits(0x3F31_7218); // NPY_LOGE2f
-    // NPY_COEFF_P*_LOGf / NPY_COEFF_Q*_LOGf (npy_simd_data.h), rounded to float like the C literals
-    const P: [f32; 6] = [
-        0.0,
-        9.999999999999998702752e-01,
-        2.112677543073053063722e+00,
-        1.480000633576506585156e+00,
-        3.808837741388407920751e-01,
-        2.589979117907922693523e-02,
-    ];
-    const Q: [f32; 6] = [
-        1.0,
-        2.612677543073109236779e+00,
-        2.453006071784736363091e+00,
-        9.864942958519418960339e-01,
-        1.546476374983906719538e-01,
-        5.875095403124574342950e-03,
-    ];
-    if x.is_nan() {
-        return x;
-    }
-    if x < 0.0 {
-        return -f32::NAN;
-    }
-    if x == 0.0 {
-        return f32::NEG_INFINITY;
-    }
-    if x == f32::INFINITY {
-        return f32::INFINITY;
-    }
-    // exponent and mantissa in [0.5, 1); denormals are scaled by 2^100 first
-    let (v, bias) = if x < f32::MIN_POSITIVE { (x * f32::from_bits(0x7180_0000), 100.0) } else { (x, 0.0) };
-    let bits = v.to_bits();
-    let mut exponent = ((bits >> 23) as i32 - 0x7E) as f32 - bias;
-    let mut m = f32::from_bits((bits & 0x007F_FFFF) | (126 << 23));
-    if m <= SQRT1_2 {
-        m = m + m;
-        exponent -= 1.0;
-    }
-    let y = m - 1.0;
-    let mut num = P[5].mul_add(y, P[4]);
-    num = num.mul_add(y, P[3]);
-    num = num.mul_add(y, P[2]);
-    num = num.mul_add(y, P[1]);
-    num = num.mul_add(y, P[0]);
-    let mut den = Q[5].mul_add(y, Q[4]);
-    den = den.mul_add(y, Q[3]);
-    den = den.mul_add(y, Q[2]);
-    den = den.mul_add(y, Q[1]);
-    den = den.mul_add(y, Q[0]);
-    exponent.mul_add(LOGE2, num / den)
+/// `betas_for_alpha_bar(n, alpha_transform_type="exp")`: ᾱ(t) = exp(−12 t), in float64 Python
+/// math, then `torch.tensor(..., dtype=float32)`.
+pub(crate) fn betas_for_alpha_bar_exp(n: usize, max_beta: f64) -> Vec<f32> {
+    let alpha_bar = |t: f64| (t * -12.0).exp();
+    (0..n)
+        .map(|i| {
+            let t1 = i as f64 / n as f64;
+            let t2 = (i + 1) as f64 / n as f64;
+            (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(max_beta) as f32
+        })
+        .collect()
+}
+
+/// σ_t = ((1 − ᾱ_t) / ᾱ_t) ** 0.5 on the float32 ᾱ tensor, with torch's square root.
+pub fn torch_sigmas_from_alphas_cumprod(alphas_cumprod: &[f64]) -> Vec<f64> {
+    alphas_cumprod
+        .iter()
+        .map(|&a| {
+            let a = a as f32;
+            torch_sqrt_f32((1.0 - a) / a) as f64
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::float::{np_arange_f64, np_interp, np_round};
 
     #[test]
     fn numpy_linspace_and_arange() {

@@ -15,12 +15,11 @@
 
 use burn::tensor::Tensor;
 
+use crate::class::SchedulerClass;
+use crate::common::{add_noise_alphas, consistency_timesteps, noise_like, ConsistencyConfig, PredictionType};
 use crate::config::SchedulerConfig;
-use crate::ddim::add_noise_alphas;
 use crate::error::{Result, SchedulerError};
-use crate::euler::PredictionType;
-use crate::lcm::{consistency_timesteps, ConsistencyConfig};
-use crate::{noise_like, NoiseSource, Scheduler, SchedulerClass, StepOptions};
+use crate::scheduler::{NoiseSource, Schedule, Scheduler, StepOptions};
 
 /// The default γ (`eta`) of `TCDScheduler.step`.
 pub const TCD_DEFAULT_GAMMA: f64 = 0.3;
@@ -33,7 +32,8 @@ pub struct TcdScheduler {
     final_alpha_cumprod: f32,
     prediction_type: PredictionType,
     gamma: f64,
-    timesteps: Vec<f64>,
+    /// `timesteps`, `sigmas`, `init_noise_sigma` (see [`Schedule`])
+    schedule: Schedule,
 }
 
 impl TcdScheduler {
@@ -54,7 +54,7 @@ impl TcdScheduler {
         let timesteps =
             consistency_timesteps(c.betas.num_train_timesteps, c.original_inference_steps, num_inference_steps)?;
         let (alphas_cumprod, final_alpha_cumprod) = c.alphas();
-        Ok(Self { alphas_cumprod, final_alpha_cumprod, prediction_type: c.prediction_type, gamma, timesteps })
+        Ok(Self { alphas_cumprod, final_alpha_cumprod, prediction_type: c.prediction_type, gamma, schedule: Schedule { class: SchedulerClass::Tcd, timesteps, sigmas: Vec::new(), init_noise_sigma: 1.0 } })
     }
 
     /// γ, the `eta` of `TCDScheduler.step`.
@@ -68,16 +68,8 @@ impl TcdScheduler {
 }
 
 impl Scheduler for TcdScheduler {
-    fn class(&self) -> SchedulerClass {
-        SchedulerClass::Tcd
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn step(
@@ -87,9 +79,9 @@ impl Scheduler for TcdScheduler {
         sample: Tensor<4>,
         noise: &mut dyn NoiseSource,
     ) -> Tensor<4> {
-        let timestep = self.timesteps[step_index] as i64;
+        let timestep = self.schedule.timesteps[step_index] as i64;
         // the next timestep, 0 after the last
-        let prev_timestep = self.timesteps.get(step_index + 1).map_or(0, |&t| t as i64);
+        let prev_timestep = self.schedule.timesteps.get(step_index + 1).map_or(0, |&t| t as i64);
         // torch.floor((1 - eta) * prev_timestep): a python float times an int64 tensor is float32
         let timestep_s = (((1.0 - self.gamma) as f32) * prev_timestep as f32).floor() as i64;
 
@@ -117,7 +109,7 @@ impl Scheduler for TcdScheduler {
         let pred_noised_sample =
             pred_original_sample.mul_scalar(alpha_prod_s.sqrt()) + pred_epsilon.mul_scalar(beta_prod_s.sqrt());
 
-        if self.gamma > 0.0 && step_index != self.timesteps.len() - 1 {
+        if self.gamma > 0.0 && step_index != self.schedule.timesteps.len() - 1 {
             let noise = noise_like(&model_output, noise);
             let ratio = alpha_prod_t_prev / alpha_prod_s;
             pred_noised_sample.mul_scalar(ratio.sqrt()) + noise.mul_scalar((1.0 - ratio).sqrt())
@@ -127,7 +119,7 @@ impl Scheduler for TcdScheduler {
     }
 
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step_index: usize) -> Tensor<4> {
-        add_noise_alphas(&self.alphas_cumprod, self.timesteps[step_index], original, noise)
+        add_noise_alphas(&self.alphas_cumprod, self.schedule.timesteps[step_index], original, noise)
     }
 }
 

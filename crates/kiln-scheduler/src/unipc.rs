@@ -9,135 +9,13 @@
 
 use burn::tensor::Tensor;
 
+use crate::class::SchedulerClass;
+use crate::common::{alpha_sigma_f32, multistep_timesteps, spaced_timesteps, train_sigmas_and_logs, PredictionType, SampleClip, TimestepSpacing};
 use crate::config::SchedulerConfig;
-use crate::ddim::SampleClip;
 use crate::error::{Result, SchedulerError};
-use crate::euler::{PredictionType, TimestepSpacing};
-use crate::schedule::{
-    f32r, np_arange_f64, np_interp, np_linspace, np_log_f32, np_round, sigma_to_t, BetaConfig,
-    SigmaBounds, SigmaSpacing,
-};
-use crate::{check_steps, NoiseSource, Scheduler, SchedulerClass, StepOptions};
-
-/// The integer timesteps of the multistep solvers (`set_timesteps` of DPM-Solver++ multistep,
-/// UniPC and DEIS): `linspace(0, T − 1, n + 1).round()` reversed without its last value;
-/// `arange(n + 1) * (T // (n + 1))` reversed without 0, plus the offset; or
-/// `round(arange(T, 0, −T/n)) − 1`.
-pub(crate) fn multistep_timesteps(spacing: TimestepSpacing, train: usize, n: usize, steps_offset: usize) -> Vec<f64> {
-    match spacing {
-        TimestepSpacing::Linspace => {
-            let mut t: Vec<f64> = np_linspace(0.0, (train - 1) as f64, n + 1).into_iter().map(np_round).collect();
-            t.reverse();
-            t.pop();
-            t
-        }
-        TimestepSpacing::Leading => {
-            let ratio = train / (n + 1);
-            (1..=n).rev().map(|i| (i * ratio + steps_offset) as f64).collect()
-        }
-        TimestepSpacing::Trailing => np_arange_f64(train as f64, 0.0, -(train as f64 / n as f64))
-            .into_iter()
-            .map(|t| np_round(t) - 1.0)
-            .collect(),
-    }
-}
-
-/// The sigma schedule shared by UniPC and DEIS: the training σ's, float32 like diffusers'
-/// `((1 − ᾱ) / ᾱ) ** 0.5` tensor, and their float32 logs (`np.log` of the float32 array).
-pub(crate) fn train_sigmas_and_logs(alphas_cumprod: &[f64]) -> (Vec<f64>, Vec<f64>) {
-    let sigmas = torch_sigmas_from_alphas_cumprod(alphas_cumprod);
-    let logs = sigmas.iter().map(|&s| np_log_f32(s as f32) as f64).collect();
-    (sigmas, logs)
-}
-
-/// The timesteps of the optional sigma spacings (`_sigma_to_t` of each converted σ): rounded for
-/// Karras (`.round()`), truncated towards zero for exponential and beta (`.to(torch.int64)`).
-pub(crate) fn spaced_timesteps(kind: SigmaSpacing, sigmas: &[f64], log_sigmas: &[f64]) -> Vec<f64> {
-    sigmas
-        .iter()
-        .map(|&s| {
-            let t = sigma_to_t(s, log_sigmas);
-            if kind == SigmaSpacing::Karras { np_round(t) } else { t.trunc() }
-        })
-        .collect()
-}
-
-
-/// `torch.sqrt` (and `** 0.5`) of a float32 tensor on the CPU. torch hands float32 square roots to
-/// MKL's vector math (`vsSqrt`, high-accuracy mode), which is *not* correctly rounded: its AVX-512
-/// kernel (`mkl_vml_kernel_sSqrt_Z0HAynn`, the one torch runs on any AVX-512 CPU) takes the
-/// hardware estimate y = `vrsqrt14ps`(x) and makes one fused correction,
-/// s = x·y, h = y/2, √x ≈ fma(fma(−s, s, x), h, s), which lands one ulp low on ~0.5% of inputs.
-/// diffusers' σ = ((1 − ᾱ)/ᾱ) ** 0.5 and α_t = 1/(σ² + 1) ** 0.5 come out of it, and the
-/// higher-order multistep coefficients amplify a one-ulp σ several hundred times. This function
-/// runs the same instruction sequence where the CPU has AVX-512 (bit for bit with torch there,
-/// verified on 800 000 inputs) and the correctly rounded square root elsewhere (where torch runs
-/// another MKL kernel).
-pub fn torch_sqrt_f32(x: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // MKL rescales inputs below 2^-78 (y > 2^39) and passes 0, ±inf and negatives through
-        // special paths; the schedules never meet those, so they take the plain square root.
-        if x.is_finite() && x >= f32::from_bits(0x1880_0000) && std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            let y = unsafe { rsqrt14(x) };
-            let s = x * y;
-            let h = 0.5 * y;
-            return (-s).mul_add(s, x).mul_add(h, s);
-        }
-    }
-    x.sqrt()
-}
-
-/// `vrsqrt14ss`: the AVX-512 reciprocal square root estimate (relative error < 2^-14).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn rsqrt14(x: f32) -> f32 {
-    use std::arch::x86_64::{_mm_cvtss_f32, _mm_rsqrt14_ss, _mm_set_ss};
-    let v = _mm_set_ss(x);
-    _mm_cvtss_f32(_mm_rsqrt14_ss(v, v))
-}
-
-/// σ_t = ((1 − ᾱ_t) / ᾱ_t) ** 0.5 on the float32 ᾱ tensor, with torch's square root.
-pub fn torch_sigmas_from_alphas_cumprod(alphas_cumprod: &[f64]) -> Vec<f64> {
-    alphas_cumprod
-        .iter()
-        .map(|&a| {
-            let a = a as f32;
-            torch_sqrt_f32((1.0 - a) / a) as f64
-        })
-        .collect()
-}
-
-/// `torch.log` of a 0-dim float32 tensor. torch's CPU kernel (MKL VML, high-accuracy mode) is
-/// correctly rounded on all but ~0.05% of inputs, so the correctly rounded value (the f64
-/// logarithm rounded once) reproduces it far more often than libm's `logf` (~1% off).
-#[inline]
-pub fn torch_log_f32(x: f32) -> f32 {
-    (x as f64).ln() as f32
-}
-
-/// `torch.exp` of a 0-dim float32 tensor, approximated by the correctly rounded value. MKL's
-/// `vsExp` differs from it (and from libm's `expf`) by one ulp on ~1% of inputs; only DEIS'
-/// first-order update calls it, where one ulp of e^h stays far inside the parity tolerance.
-#[inline]
-pub fn torch_exp_f32(x: f32) -> f32 {
-    (x as f64).exp() as f32
-}
-
-/// `torch.expm1` of a 0-dim float32 tensor, as the correctly rounded value (torch's vectorised
-/// kernel is within it on all but ~0.1% of inputs; libm's `expm1f` misses it on ~10%).
-#[inline]
-pub fn torch_expm1_f32(x: f32) -> f32 {
-    (x as f64).exp_m1() as f32
-}
-
-/// `_sigma_to_alpha_sigma_t` on a float32 σ: α_t = 1 / √(σ² + 1), σ_t = σ · α_t.
-#[inline]
-pub(crate) fn alpha_sigma_f32(sigma: f32) -> (f32, f32) {
-    let alpha = 1.0f32 / torch_sqrt_f32(sigma * sigma + 1.0);
-    (alpha, sigma * alpha)
-}
+use crate::float::{f32r, np_interp, torch_expm1_f32, torch_log_f32};
+use crate::schedule::{BetaConfig, SigmaBounds, SigmaSpacing};
+use crate::scheduler::{check_steps, NoiseSource, Schedule, Scheduler, StepOptions};
 
 /// α_t, σ_t and λ_t = log α_t − log σ_t of a float32 σ, as diffusers' UniPC updates compute them.
 #[inline]
@@ -251,9 +129,8 @@ pub struct UniPcScheduler {
     solver_order: usize,
     lower_order_final: bool,
     disable_corrector: Vec<usize>,
-    timesteps: Vec<f64>,
-    /// n + 1 values, float32 like diffusers (the last is 0 or σ_min).
-    sigmas: Vec<f64>,
+    /// sigmas: n + 1 values, float32 like diffusers (the last is 0 or σ_min).
+    schedule: Schedule,
     /// The converted model outputs of the last `solver_order` steps, oldest first
     /// (`self.model_outputs`).
     model_outputs: Vec<Option<Tensor<4>>>,
@@ -363,17 +240,16 @@ impl UniPcScheduler {
             solver_order,
             lower_order_final,
             disable_corrector,
-            timesteps,
-            sigmas,
             model_outputs: vec![None; solver_order],
             lower_order_nums: 0,
             last_sample: None,
             this_order: 0,
+            schedule: Schedule { class: SchedulerClass::UniPc, timesteps, sigmas, init_noise_sigma: 1.0 },
         })
     }
 
     fn sigma(&self, index: usize) -> f32 {
-        self.sigmas[index] as f32
+        self.schedule.sigmas[index] as f32
     }
 
     /// `convert_model_output`: the data prediction x₀ (`predict_x0`) or the noise prediction ε.
@@ -479,20 +355,8 @@ impl UniPcScheduler {
 }
 
 impl Scheduler for UniPcScheduler {
-    fn class(&self) -> SchedulerClass {
-        SchedulerClass::UniPc
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn step(
@@ -516,7 +380,7 @@ impl Scheduler for UniPcScheduler {
         self.model_outputs.push(Some(model_output_convert));
 
         let this_order = if self.lower_order_final {
-            self.solver_order.min(self.timesteps.len() - step_index)
+            self.solver_order.min(self.schedule.timesteps.len() - step_index)
         } else {
             self.solver_order
         };
@@ -538,6 +402,7 @@ impl Scheduler for UniPcScheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::float::{np_log_f32, torch_sqrt_f32};
 
     #[test]
     fn multistep_timestep_spacings() {

@@ -10,7 +10,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::{gelu, gelu_approximate, relu, sigmoid};
 use kiln_nn::LoadError;
-use kiln_nn::attention::multi_head_attention;
+use kiln_ops::multi_head_attention;
 
 use crate::config::{Activation, ClipArchitecture, ClipTextConfig, ResolvedClipConfig};
 use crate::error::TextEncoderError;

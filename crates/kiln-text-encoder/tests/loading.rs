@@ -194,7 +194,7 @@ fn published_configs_instantiate() {
         ("sdxl/text_encoder", 123_060_480, false),
         ("sdxl/text_encoder_2", 694_659_840, true),
     ] {
-        let config = ClipTextConfig::from_file(&root().join("assets/configs").join(path).join("config.json")).unwrap();
+        let config = ClipTextConfig::from_file(&root().join("crates/kiln-pipeline/configs").join(path).join("config.json")).unwrap();
         assert_eq!(config.eos_token_id, 2, "{path}: legacy pooling");
         let model = ClipTextModel::new(&config, &device);
         assert_eq!(model.num_params(), params, "{path}");
@@ -211,7 +211,7 @@ static BIG_MODEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn random_forward(model: &str, encoder: &str, tokenizer: &str, layers: usize, hidden: usize, projection: Option<usize>) {
     let _one_at_a_time = BIG_MODEL.lock().unwrap_or_else(|e| e.into_inner());
     let device = Device::flex();
-    let configs = root().join("assets/configs").join(model);
+    let configs = root().join("crates/kiln-pipeline/configs").join(model);
     let config = ClipTextConfig::from_file(&configs.join(encoder).join("config.json")).unwrap();
     let model = ClipTextModel::new(&config, &device);
     let tokenizer = kiln_text_encoder::ClipTokenizer::from_dir(configs.join(tokenizer)).unwrap();

@@ -55,7 +55,7 @@ struct Args {
     /// Where the CLIP tokenizer files and SD 1.5's tokenizer configs are.
     #[arg(long, value_name = "DIR", default_value = "assets/tokenizers/clip")]
     tokenizer_files: PathBuf,
-    #[arg(long, value_name = "DIR", default_value = "assets/configs/sd15/tokenizer")]
+    #[arg(long, value_name = "DIR", default_value = "crates/kiln-pipeline/configs/sd15/tokenizer")]
     tokenizer_configs: PathBuf,
 }
 

@@ -24,7 +24,7 @@ fn train(out: &PathBuf, extra: &[&str]) -> String {
     }
     args.extend(["--vae-decoder-steps", "1"]);
     let tok = root().join("assets/tokenizers/clip");
-    let cfg = root().join("assets/configs/sd15/tokenizer");
+    let cfg = root().join("crates/kiln-pipeline/configs/sd15/tokenizer");
     args.extend(["--tokenizer-files", tok.to_str().unwrap(), "--tokenizer-configs", cfg.to_str().unwrap()]);
     let o = Command::new(env!("CARGO_BIN_EXE_kiln-train")).args(&args).output().unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr).to_string();
@@ -97,7 +97,7 @@ fn trains_checkpoints_resumes_and_writes_a_loadable_folder() {
     let o = Command::new(env!("CARGO_BIN_EXE_kiln-train"))
         .args(["--out", out.to_str().unwrap(), "--resume", "--vae-steps", "2", "--vae-decoder-steps", "1", "--unet-steps", "5"])
         .args(["--tokenizer-files", root().join("assets/tokenizers/clip").to_str().unwrap()])
-        .args(["--tokenizer-configs", root().join("assets/configs/sd15/tokenizer").to_str().unwrap()])
+        .args(["--tokenizer-configs", root().join("crates/kiln-pipeline/configs/sd15/tokenizer").to_str().unwrap()])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);

@@ -6,7 +6,8 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::prelude::*;
 use burn::tensor::DType;
-use kiln_nn::{LoadError, TimestepEmbedding, TimestepEmbeddingConfig, conv2d, conv2d_forward, group_norm_silu, load_safetensors, timestep_embedding};
+use kiln_nn::{LoadError, TimestepEmbedding, TimestepEmbeddingConfig, conv2d, load_safetensors, timestep_embedding};
+use kiln_ops::{conv2d_forward, group_norm_silu};
 use thiserror::Error;
 
 use crate::blocks::{BlockSettings, DownBlock, MidBlock, UpBlock};

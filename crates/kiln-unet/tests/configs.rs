@@ -1,5 +1,5 @@
 //! The UNet configs of SD 1.5, SD 2.1 and SDXL base as published on the Hub
-//! (assets/configs/*/unet/config.json) build the architecture diffusers builds (same tensor count
+//! (crates/kiln-pipeline/configs/*/unet/config.json) build the architecture diffusers builds (same tensor count
 //! and parameter count, counted in diffusers 0.42.1 with `from_config`) and run a forward pass with
 //! random weights at a tiny latent.
 
@@ -17,7 +17,7 @@ use kiln_unet::{TextTimeCond, UNet2DConditionConfig};
 static HEAVY: Mutex<()> = Mutex::new(());
 
 pub fn config(name: &str) -> UNet2DConditionConfig {
-    let path = repo_root().join("assets/configs").join(name).join("unet/config.json");
+    let path = repo_root().join("crates/kiln-pipeline/configs").join(name).join("unet/config.json");
     UNet2DConditionConfig::from_json_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 

@@ -14,7 +14,7 @@ use kiln_unet::{TextTimeCond, UNet2DConditionConfig};
 fn sdxl_config() {
     let mut device = Device::flex();
     device.configure(FloatDType::F16).expect("first use of the flex device in this process");
-    let path = repo_root().join("assets/configs/sdxl/unet/config.json");
+    let path = repo_root().join("crates/kiln-pipeline/configs/sdxl/unet/config.json");
     let config = UNet2DConditionConfig::from_json_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let unet = config.init(&device).unwrap();
     // diffusers 0.42.1: len(state_dict()), sum(p.numel()) of UNet2DConditionModel.from_config

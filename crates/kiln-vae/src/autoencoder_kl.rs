@@ -6,7 +6,8 @@ use std::path::Path;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::DType;
-use kiln_nn::{LoadError, conv2d, conv2d_forward, load_safetensors};
+use kiln_nn::{LoadError, conv2d, load_safetensors};
+use kiln_ops::conv2d_forward;
 
 use crate::config::AutoencoderKLConfig;
 use crate::error::{ConfigError, VaeError};

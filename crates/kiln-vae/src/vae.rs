@@ -4,7 +4,8 @@
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::prelude::*;
-use kiln_nn::{conv2d, conv2d_forward, group_norm_silu};
+use kiln_nn::conv2d;
+use kiln_ops::{conv2d_forward, group_norm_silu};
 
 use crate::blocks::{DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D, VAE_EPS};
 use crate::config::AutoencoderKLConfig;

@@ -1,5 +1,5 @@
 //! The SD 1.5, SD 2.1 and SDXL `vae/config.json` files as published on the Hub
-//! (assets/configs/<family>/vae/config.json) build the full-size VAE, and a random-weight model
+//! (crates/kiln-pipeline/configs/<family>/vae/config.json) build the full-size VAE, and a random-weight model
 //! encodes and decodes at a tiny size on flex.
 
 mod common;

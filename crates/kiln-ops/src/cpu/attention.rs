@@ -14,7 +14,7 @@
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use crate::flex::{self, OutPtr};
+use crate::cpu::flex::{self, OutPtr};
 
 /// Query rows per task: large enough for gemm, small enough to spread one head over the cores.
 const ROWS: usize = 32;

@@ -1,3 +1,5 @@
+//! # kiln-bench
+//!
 //! `kiln bench`: seconds per text encode, UNet CFG step, VAE decode and end-to-end run, on any
 //! device, for a config preset (random weights: speed does not depend on their values) or a model
 //! folder.
@@ -11,52 +13,19 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use kiln_nn::gpu_route::{policy, GpuOp};
+use kiln_ops::gpu::route::{policy, GpuOp};
 use kiln_scheduler::{SamplerName, SchedulerConfig, StepOptions};
 use kiln_text_encoder::{ClipTextConfig, ClipTextModel};
 use kiln_unet::{TextTimeCond, UNet2DConditionConfig, UNet2DConditionModel};
 use kiln_vae::{AutoencoderKL, AutoencoderKLConfig};
 use serde::Serialize;
 
-use crate::rng::TorchGenerator;
-use crate::stable_diffusion::{PipelineError, StableDiffusion};
-
-/// The published configs kiln ships in `assets/configs/`, compiled in so `kiln bench --preset`
-/// works from any directory.
-const PRESETS: &[(&str, &[(&str, &str)])] = &[
-    (
-        "sd15",
-        &[
-            ("unet", include_str!("../../../assets/configs/sd15/unet/config.json")),
-            ("vae", include_str!("../../../assets/configs/sd15/vae/config.json")),
-            ("text_encoder", include_str!("../../../assets/configs/sd15/text_encoder/config.json")),
-            ("scheduler", include_str!("../../../assets/configs/sd15/scheduler/scheduler_config.json")),
-        ],
-    ),
-    (
-        "sd21",
-        &[
-            ("unet", include_str!("../../../assets/configs/sd21/unet/config.json")),
-            ("vae", include_str!("../../../assets/configs/sd21/vae/config.json")),
-            ("text_encoder", include_str!("../../../assets/configs/sd21/text_encoder/config.json")),
-            ("scheduler", include_str!("../../../assets/configs/sd21/scheduler/scheduler_config.json")),
-        ],
-    ),
-    (
-        "sdxl",
-        &[
-            ("unet", include_str!("../../../assets/configs/sdxl/unet/config.json")),
-            ("vae", include_str!("../../../assets/configs/sdxl/vae/config.json")),
-            ("text_encoder", include_str!("../../../assets/configs/sdxl/text_encoder/config.json")),
-            ("text_encoder_2", include_str!("../../../assets/configs/sdxl/text_encoder_2/config.json")),
-            ("scheduler", include_str!("../../../assets/configs/sdxl/scheduler/scheduler_config.json")),
-        ],
-    ),
-];
+use kiln_pipeline::presets;
+use kiln_pipeline::{PipelineError, StableDiffusion, TorchGenerator};
 
 /// The preset names `--preset` takes.
 pub fn preset_names() -> Vec<&'static str> {
-    PRESETS.iter().map(|(n, _)| *n).collect()
+    presets::preset_names()
 }
 
 /// What to benchmark.
@@ -130,16 +99,16 @@ pub struct BenchReport {
     pub steady_peak_memory_bytes: Option<u64>,
     pub peak_memory_source: String,
     pub unet_parameters: usize,
-    /// Each `kiln_nn::gpu_route::GpuOp`'s policy in force, by op name (`attention`, `conv2d`,
+    /// Each `kiln_ops::gpu::route::GpuOp`'s policy in force, by op name (`attention`, `conv2d`,
     /// `group_norm`): `auto`, `burn` or kiln's alternative (`--gpu-attention`, `--gpu-conv`,
     /// `--gpu-norm`).
     pub gpu_policies: BTreeMap<String, String>,
     /// The choices `auto` made on the device in this run (GPUs only), measured now or read from
     /// the store of earlier measurements: each op and shape, every route's time and the one kept
-    /// ([`kiln_nn::gpu_route`]).
+    /// ([`kiln_ops::gpu::route`]).
     pub routes: Vec<RouteReport>,
     /// `--profile`: one more UNet CFG step with the device synced around every convolution,
-    /// GroupNorm and attention call ([`kiln_nn::profile`]).
+    /// GroupNorm and attention call ([`kiln_ops::profile`]).
     pub unet_profile: Option<UnetProfile>,
 }
 
@@ -164,7 +133,7 @@ pub struct OpProfile {
     pub share: f64,
 }
 
-/// One measured choice ([`kiln_nn::gpu_route::RouteChoice`]).
+/// One measured choice ([`kiln_ops::gpu::route::RouteChoice`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteReport {
     /// `attention`, `conv2d` or `group_norm`.
@@ -174,17 +143,17 @@ pub struct RouteReport {
     /// Milliseconds per call of each route.
     pub times_ms: BTreeMap<String, f64>,
     /// Routes whose output disagreed with burn's (relative error, see
-    /// `kiln_nn::gpu_route::relative_error`; JSON `null` where it is not finite): timed, never kept.
+    /// `kiln_ops::gpu::route::relative_error`; JSON `null` where it is not finite): timed, never kept.
     pub mismatched: BTreeMap<String, f64>,
     /// The route kept (the fastest of those that agree with burn's).
     pub route: String,
-    /// Read from the store of earlier measurements on this GPU (`kiln_nn::gpu_route::store_path`)
+    /// Read from the store of earlier measurements on this GPU (`kiln_ops::gpu::store::store_path`)
     /// rather than timed in this run.
     pub stored: bool,
 }
 
 fn route_reports() -> Vec<RouteReport> {
-    kiln_nn::gpu_route::route_choices()
+    kiln_ops::gpu::route::route_choices()
         .into_iter()
         .map(|c| RouteReport {
             op: c.op.into(),
@@ -213,12 +182,12 @@ fn bad_config(what: &str, e: impl std::fmt::Display) -> PipelineError {
 fn load_components(o: &BenchOptions, device: &Device) -> Result<Components, PipelineError> {
     match &o.model {
         BenchModel::Preset(name) => {
-            let files = PRESETS.iter().find(|(n, _)| n == name).map(|(_, f)| *f).ok_or_else(|| PipelineError::Input {
+            let preset = presets::preset(name).ok_or_else(|| PipelineError::Input {
                 what: "preset",
                 value: name.clone(),
                 allowed: format!("one of {}", preset_names().join(", ")),
             })?;
-            let get = |c: &str| files.iter().find(|(k, _)| *k == c).map(|(_, v)| *v);
+            let get = |c: &str| preset.config(c);
             let unet = UNet2DConditionConfig::from_json_str(get("unet").unwrap_or_default())
                 .and_then(|c| c.init(device))
                 .map_err(|e| bad_config("unet config", e))?;
@@ -235,8 +204,8 @@ fn load_components(o: &BenchOptions, device: &Device) -> Result<Components, Pipe
                 }
             }
             let scheduler = SchedulerConfig::from_json_str(get("scheduler").unwrap_or_default(), &format!("{name}/scheduler_config.json"))?;
-            let unet = kiln_nn::cast_module(unet, o.dtype);
-            let vae = kiln_nn::cast_module(vae, o.vae_dtype);
+            let unet = kiln_ops::cast_module(unet, o.dtype);
+            let vae = kiln_ops::cast_module(vae, o.vae_dtype);
             Ok(Components { name: format!("preset {name} (random weights)"), text_encoders, unet, vae, scheduler })
         }
         BenchModel::Folder(dir) => {
@@ -345,9 +314,9 @@ fn time<T>(
 }
 
 /// Runs the benchmark on `device` (on the CPU from one of rayon's workers, as the pipeline does:
-/// [`crate::in_worker`]).
+/// [`kiln_pipeline::in_worker`]).
 pub fn run_bench(o: &BenchOptions, device: &Device, device_name: &str) -> Result<BenchReport, PipelineError> {
-    crate::in_worker(device, || run_bench_here(o, device, device_name))
+    kiln_pipeline::in_worker(device, || run_bench_here(o, device, device_name))
 }
 
 fn run_bench_here(o: &BenchOptions, device: &Device, device_name: &str) -> Result<BenchReport, PipelineError> {
@@ -400,15 +369,15 @@ fn run_bench_here(o: &BenchOptions, device: &Device, device_name: &str) -> Resul
     let unet_step = time("UNet CFG step", o.iters, device, &mut memory, || Ok(unet_call()?))?;
 
     let unet_profile = if o.profile {
-        kiln_nn::profile::take();
-        kiln_nn::profile::set_enabled(true);
+        kiln_ops::profile::take();
+        kiln_ops::profile::set_enabled(true);
         sync(device)?;
         let start = Instant::now();
         let out = unet_call();
         let synced = sync(device);
         let step_ms = start.elapsed().as_secs_f64() * 1e3;
-        kiln_nn::profile::set_enabled(false);
-        let totals = kiln_nn::profile::take();
+        kiln_ops::profile::set_enabled(false);
+        let totals = kiln_ops::profile::take();
         drop(out?);
         synced?;
         let ops: Vec<OpProfile> = totals

@@ -1,6 +1,6 @@
 //! Zero-copy access to tensors on burn's CPU backend (flex) for kiln's CPU kernels
-//! ([`crate::cpu_attention`], [`crate::cpu_conv`], [`crate::cpu_norm`],
-//! [`crate::cpu_activation`]): the values of an f32 tensor as a slice, and a `Vec<f32>` handed
+//! ([`crate::cpu::attention`], [`crate::cpu::conv`], [`crate::cpu::norm`],
+//! [`crate::cpu::activation`]): the values of an f32 tensor as a slice, and a `Vec<f32>` handed
 //! back as a tensor, without the copies `into_data`/`from_data` make.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};

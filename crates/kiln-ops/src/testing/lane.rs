@@ -19,12 +19,12 @@
 //! matmul: cubek's partitioned matmul; element-wise ops and a sum run). Hand-fixing the three
 //! `OpVariable`s makes the module pass `spirv-val` and lavapipe build the pipeline. Drivers that
 //! expose the extension (desktop GPU drivers generally do) take the explicit-layout path instead. `KILN_WGPU_LANE=vulkan` asks for the Vulkan lane anyway, through
-//! [`wgpu_device::vulkan`]: refused (with the reason printed) on a software driver without the
+//! [`device::vulkan`]: refused (with the reason printed) on a software driver without the
 //! extension, since a segfault cannot be caught in-process.
 //!
 //! The WGSL path has no f16 on GL: lane tests run in f32. Mesa caps one storage buffer at
 //! 128 MiB, and burn 0.22.1's row sums there lose elements in rows of 65536 and more
-//! ([`wgpu_device::reduction_check`], which is why `kiln --device wgpu` refuses this adapter while
+//! ([`device::reduction_check`], which is why `kiln --device wgpu` refuses this adapter while
 //! the lane, at its small shapes, uses it): keep shapes tiny.
 //!
 //! Environment:
@@ -37,7 +37,7 @@ use std::sync::OnceLock;
 use burn::tensor::wgpu::WgpuBackend;
 use burn::tensor::Device;
 
-use crate::wgpu_device;
+use crate::device;
 
 /// The device the wgpu lane runs on, or `None` (after printing why on stderr) when this machine
 /// has no usable adapter for the configured lane.
@@ -46,7 +46,7 @@ use crate::wgpu_device;
 /// call returns a clone of the same device. Tests skip on `None`:
 ///
 /// ```no_run
-/// let Some(device) = kiln_nn::testing::wgpu_lane_device() else { return };
+/// let Some(device) = kiln_ops::testing::wgpu_lane_device() else { return };
 /// ```
 ///
 /// # Panics
@@ -69,13 +69,13 @@ pub fn wgpu_lane_device() -> Option<Device> {
 
 fn init_lane() -> Result<Device, String> {
     // measured GPU routes stay in memory unless a test chose a store (never the user's cache)
-    if !crate::gpu_route::store_path_overridden() && std::env::var_os("KILN_CACHE_DIR").is_none() {
-        crate::gpu_route::set_store_path(None);
+    if !crate::gpu::store::store_path_overridden() && std::env::var_os("KILN_CACHE_DIR").is_none() {
+        crate::gpu::store::set_store_path(None);
     }
     let lane = std::env::var("KILN_WGPU_LANE").unwrap_or_else(|_| "gl".into());
     let device = match lane.as_str() {
-        "gl" => wgpu_device::open(Some(WgpuBackend::Gl))?,
-        "vulkan" => wgpu_device::vulkan().map_err(|why| format!("known crash avoided: {why}; use KILN_WGPU_LANE=gl"))?,
+        "gl" => device::open(Some(WgpuBackend::Gl))?,
+        "vulkan" => device::vulkan().map_err(|why| format!("known crash avoided: {why}; use KILN_WGPU_LANE=gl"))?,
         "off" => return Err("KILN_WGPU_LANE=off".into()),
         other => panic!("KILN_WGPU_LANE={other:?}: expected gl, vulkan or off"),
     };
@@ -83,4 +83,29 @@ fn init_lane() -> Result<Device, String> {
     let f16 = device.supports_dtype(burn::tensor::DType::F16);
     eprintln!("wgpu lane: {lane} on {name} (f16 supported: {f16})");
     Ok(device)
+}
+
+/// Standard-normal values of `shape` on `device` (burn's device RNG: each lane test draws its
+/// inputs on flex and copies them to the lane).
+pub fn randn<const D: usize>(shape: [usize; D], device: &Device) -> burn::tensor::Tensor<D> {
+    burn::tensor::Tensor::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), device)
+}
+
+/// The relative tolerance of [`assert_close`]. Both sides run in f32; the difference is
+/// summation order (cubecl's tiled matmul/conv/attention kernels vs flex's gemm), GLSL's
+/// exp/rsqrt and GroupNorm's reduction order, all ~1e-6 relative at the lane's sizes, so 1e-4
+/// leaves room without hiding a wrong index or mask (those give O(1) errors).
+pub const LANE_TOLERANCE: f32 = 1e-4;
+
+/// Asserts max |got − want| ≤ [`LANE_TOLERANCE`] × max(1, max |want|), `got` from the lane,
+/// `want` from flex, and that `got` is finite; prints the error.
+pub fn assert_close<const D: usize>(what: &str, got: burn::tensor::Tensor<D>, want: burn::tensor::Tensor<D>) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let got: Vec<f32> = got.into_data().convert::<f32>().try_to_vec().unwrap();
+    let want: Vec<f32> = want.into_data().convert::<f32>().try_to_vec().unwrap();
+    assert!(got.iter().all(|v| v.is_finite()), "{what}: non-finite values on the lane");
+    let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!("{what}: max abs err {err:.3e} (bound {:.3e})", LANE_TOLERANCE * scale);
+    assert!(err <= LANE_TOLERANCE * scale, "{what}: max abs err {err} > {LANE_TOLERANCE} x {scale}");
 }

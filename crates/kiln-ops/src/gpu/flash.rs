@@ -1,5 +1,5 @@
 //! burn's flash-attention kernels (cubek's `blackbox_accelerated` and `unit` routines) called with
-//! a tile configuration of kiln's choosing, as extra candidates for [`crate::gpu_route::choose`].
+//! a tile configuration of kiln's choosing, as extra candidates for [`crate::gpu::route::choose`].
 //!
 //! burn's `attention` op autotunes its tensor-core flash kernel over 2, 4 and 8 planes (warps) per
 //! cube, each plane holding one 16-row tile of queries and stepping through the keys one 16-column
@@ -39,7 +39,7 @@ impl FlashKernel {
 }
 
 /// The tile configurations `auto` measures besides burn's own autotuned choice, named as
-/// [`crate::gpu_route::RouteChoice`] reports them: planes, query tiles and key tiles per plane.
+/// [`crate::gpu::route::RouteChoice`] reports them: planes, query tiles and key tiles per plane.
 pub const FLASH_TILES: [(&str, FlashKernel); 3] = [
     ("flash-4p-1q-4kv", FlashKernel::Accelerated { planes: 4, seq_q: 1, seq_kv: 4 }),
     ("flash-4p-2q-2kv", FlashKernel::Accelerated { planes: 4, seq_q: 2, seq_kv: 2 }),

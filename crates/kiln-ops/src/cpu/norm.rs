@@ -15,8 +15,8 @@ use burn::nn::GroupNorm;
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use crate::cpu_attention::exp;
-use crate::flex;
+use crate::cpu::attention::exp;
+use crate::cpu::flex;
 
 /// `norm.forward(x)`, then `silu` if asked, by kiln's kernel; `None` where it does not apply
 /// (another device, autodiff, another dtype, a channel count that does not match `norm`): the

@@ -21,7 +21,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use crate::flex::{self, OutPtr};
+use crate::cpu::flex::{self, OutPtr};
 
 /// Upper bound on one tile's im2col buffer: a tile's pixels × `Cin·kh·kw` f32 values.
 const COL_BYTES: usize = 8 << 20;
@@ -437,12 +437,22 @@ mod tests {
     /// Through burn's module: the kernel against burn-flex's own convolution on a `Conv2d` as
     /// kiln builds them (3×3 with padding 1, 1×1), and `None` (burn's op) for what it does not
     /// cover: stride 2, f16, autodiff.
+    /// `nn.Conv2d(c_in, c_out, kernel, stride, padding)`.
+    fn conv_layer(c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: usize, device: &burn::tensor::Device) -> Conv2d {
+        use burn::nn::conv::Conv2dConfig;
+        use burn::nn::PaddingConfig2d;
+        Conv2dConfig::new([c_in, c_out], [kernel, kernel])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(padding, padding, padding, padding))
+            .init(device)
+    }
+
     #[test]
     fn matches_burns_op_and_declines_the_rest() {
         use burn::tensor::{DType, Device, Distribution};
         let device = Device::flex();
         for (c_in, c_out, kernel, padding, size) in [(4, 6, 3, 1, 9), (6, 3, 1, 0, 7), (3, 5, 3, 1, 20)] {
-            let conv = crate::conv2d(c_in, c_out, kernel, 1, padding, &device);
+            let conv = conv_layer(c_in, c_out, kernel, 1, padding, &device);
             let x = Tensor::<4>::random([2, c_in, size, size + 1], Distribution::Normal(0.0, 1.0), &device);
             let got = conv2d(&conv, &x).expect("flex, f32, stride 1");
             let want = conv.forward(x);
@@ -451,12 +461,12 @@ mod tests {
             assert!(err < 1e-5, "{c_in}->{c_out} k{kernel}: max error {err}");
         }
         let x = Tensor::<4>::zeros([1, 4, 8, 8], &device);
-        assert!(conv2d(&crate::conv2d(4, 4, 3, 2, 1, &device), &x).is_none(), "stride 2");
-        let conv = crate::conv2d(4, 4, 3, 1, 1, &device);
+        assert!(conv2d(&conv_layer(4, 4, 3, 2, 1, &device), &x).is_none(), "stride 2");
+        let conv = conv_layer(4, 4, 3, 1, 1, &device);
         assert!(conv2d(&crate::cast_module(conv.clone(), DType::F16), &x.clone().cast(DType::F16)).is_none(), "f16");
         let autodiff = Device::flex().autodiff();
         let tracked = Tensor::<4>::zeros([1, 4, 8, 8], &autodiff).require_grad();
-        assert!(conv2d(&crate::conv2d(4, 4, 3, 1, 1, &autodiff), &tracked).is_none(), "autodiff");
+        assert!(conv2d(&conv_layer(4, 4, 3, 1, 1, &autodiff), &tracked).is_none(), "autodiff");
     }
 
     /// The runs of a tile that starts mid-row and crosses into the next image.

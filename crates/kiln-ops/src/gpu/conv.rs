@@ -1,6 +1,6 @@
 //! Convolutions on GPUs: burn's conv kernels, or the same convolution as one matrix product over
-//! an im2col matrix built from the kernel taps, whichever [`crate::gpu_route::choose`] measured to
-//! be faster on the device (`--gpu-conv`).
+//! an im2col matrix built from the kernel taps, whichever [`crate::gpu::route::choose`] measured to
+//! be faster on the device.
 //!
 //! burn 0.22.1's f16 3×3 convolution on Vulkan ran at 47 TFLOP/s on an H100 where its 4096³ matrix
 //! product ran at 125 (DESIGN §6); an im2col product pays one copy of the input per kernel tap
@@ -10,7 +10,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::ops::PadMode;
 use burn::tensor::Tensor;
 
-use crate::gpu_route::GpuOp;
+use crate::gpu::route::GpuOp;
 
 /// How [`conv2d`] runs a convolution on a GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +55,7 @@ fn chunks(conv: &Conv2d, x: &Tensor<4>, (top, left, bottom, right): (usize, usiz
 }
 
 /// `conv.forward(x)` on a GPU by the route `GpuOp::Conv2d`'s
-/// [`RoutePolicy`](crate::gpu_route::RoutePolicy) gives (measured once per device, dtype and shape
+/// [`RoutePolicy`](crate::gpu::route::RoutePolicy) gives (measured once per device, dtype and shape
 /// under `Auto`); burn's op on flex, under autodiff and where im2col does not apply.
 ///
 /// # Shapes
@@ -68,7 +68,7 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let burn = || conv.forward(x.clone());
     let im2col = || conv2d_by(GpuConvRoute::Im2col, conv, x.clone());
     let shape = || format!("x {:?} weight {:?} padding {padding:?}", x.dims(), conv.weight.dims());
-    let route = if crate::gpu_route::use_alternative(GpuOp::Conv2d, &x.device(), x.dtype(), shape, &burn, &im2col) {
+    let route = if crate::gpu::route::use_alternative(GpuOp::Conv2d, &x.device(), x.dtype(), shape, &burn, &im2col) {
         GpuConvRoute::Im2col
     } else {
         GpuConvRoute::Burn

@@ -12,8 +12,8 @@ use std::mem::MaybeUninit;
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use crate::cpu_attention::exp;
-use crate::flex;
+use crate::cpu::attention::exp;
+use crate::cpu::flex;
 
 /// Rows per task: enough work to be worth a thread.
 const ROWS: usize = 64;

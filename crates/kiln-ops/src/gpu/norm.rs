@@ -1,6 +1,5 @@
 //! GroupNorm (+ SiLU) on GPUs: burn's `GroupNorm` module, or the same normalisation written for
-//! burn's fusion, whichever [`crate::gpu_route::choose`] measured to be faster on the device
-//! (`--gpu-norm`).
+//! burn's fusion, whichever [`crate::gpu::route::choose`] measured to be faster on the device.
 //!
 //! burn 0.22.1's `GroupNorm` on f16 casts the input to f32 (a full f32 copy that two reductions and
 //! the normalisation then read) and back: dtype casts inside the UNet step. The fused form reads
@@ -12,7 +11,7 @@ use burn::nn::GroupNorm;
 use burn::tensor::activation::silu;
 use burn::tensor::{DType, FloatDType, Tensor};
 
-use crate::gpu_route::GpuOp;
+use crate::gpu::route::GpuOp;
 
 /// How [`group_norm`] runs on a GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,7 +28,7 @@ pub enum GpuNormRoute {
 }
 
 /// `norm.forward(x)`, then SiLU when `with_silu`, on a GPU by the route `GpuOp::GroupNorm`'s
-/// [`RoutePolicy`](crate::gpu_route::RoutePolicy) gives (measured once per device, dtype and shape
+/// [`RoutePolicy`](crate::gpu::route::RoutePolicy) gives (measured once per device, dtype and shape
 /// under `Auto`); burn's module on flex and under autodiff.
 ///
 /// # Shapes
@@ -41,7 +40,7 @@ pub fn group_norm<const D: usize>(norm: &GroupNorm, x: Tensor<D>, with_silu: boo
     let burn = || group_norm_by(GpuNormRoute::Burn, norm, x.clone(), with_silu);
     let fused = || group_norm_by(GpuNormRoute::Fused, norm, x.clone(), with_silu);
     let shape = || format!("x {:?} groups {}{}", x.dims(), norm.num_groups, if with_silu { " + silu" } else { "" });
-    let route = if crate::gpu_route::use_alternative(GpuOp::GroupNorm, &x.device(), x.dtype(), shape, &burn, &fused) {
+    let route = if crate::gpu::route::use_alternative(GpuOp::GroupNorm, &x.device(), x.dtype(), shape, &burn, &fused) {
         GpuNormRoute::Fused
     } else {
         GpuNormRoute::Burn

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::store::{FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
-use burn::tensor::DType;
+use burn::tensor::{DType, Device};
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
@@ -31,6 +31,78 @@ pub enum LoadError {
     Config { path: PathBuf, source: serde_json::Error },
     #[error("unsupported value in {path}: {message}")]
     Unsupported { path: PathBuf, message: String },
+    #[error("{dir} has no weights for variant '{variant}': {file} does not exist (weight files present: {present})")]
+    MissingVariant { dir: PathBuf, variant: String, file: String, present: String },
+    #[error("{dir} has no {file}{hint}")]
+    MissingWeights { dir: PathBuf, file: String, hint: String },
+}
+
+/// How a model component is loaded from its diffusers folder: the device, the dtype every float
+/// weight is cast to, and the weights variant (`Some("fp16")`: `<stem>.fp16.safetensors`, what
+/// diffusers' `variant="fp16"` reads).
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    pub dtype: DType,
+    pub variant: Option<String>,
+}
+
+impl LoadOptions {
+    /// f32 weights on `device`, no variant.
+    pub fn new(device: &Device) -> Self {
+        Self { device: device.clone(), dtype: DType::F32, variant: None }
+    }
+
+    pub fn with_dtype(self, dtype: DType) -> Self {
+        Self { dtype, ..self }
+    }
+
+    pub fn with_variant(self, variant: Option<&str>) -> Self {
+        Self { variant: variant.map(str::to_string), ..self }
+    }
+}
+
+/// A component's weights file name: `<stem>.safetensors`, or `<stem>.<variant>.safetensors`.
+pub fn weights_file_name(stem: &str, variant: Option<&str>) -> String {
+    match variant {
+        Some(v) => format!("{stem}.{v}.safetensors"),
+        None => format!("{stem}.safetensors"),
+    }
+}
+
+/// The weights file of the component folder `dir` (`stem`: `diffusion_pytorch_model` for
+/// diffusers' models, `model` for transformers'), or an error that says which weight files the
+/// folder has instead: the variant's file missing, sharded checkpoints, PyTorch pickles.
+pub fn weights_path(dir: &Path, stem: &str, variant: Option<&str>) -> Result<PathBuf, LoadError> {
+    let file = weights_file_name(stem, variant);
+    let path = dir.join(&file);
+    if path.is_file() {
+        return Ok(path);
+    }
+    let mut present: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(stem) || n.starts_with("pytorch_model"))
+                .collect()
+        })
+        .unwrap_or_default();
+    present.sort();
+    if let Some(variant) = variant {
+        let present = if present.is_empty() { "none".into() } else { present.join(", ") };
+        return Err(LoadError::MissingVariant { dir: dir.into(), variant: variant.into(), file, present });
+    }
+    let hint = if present.iter().any(|n| n.ends_with(".safetensors.index.json")) {
+        " (sharded checkpoints are not supported; merge the shards into one file)".to_string()
+    } else if present.iter().any(|n| n.ends_with(".bin")) {
+        " (only safetensors weights are supported, not PyTorch .bin files)".to_string()
+    } else if !present.is_empty() {
+        format!(" (weight files present: {}; pass the variant, e.g. fp16)", present.join(", "))
+    } else {
+        String::new()
+    };
+    Err(LoadError::MissingWeights { dir: dir.into(), file, hint })
 }
 
 fn list(names: &[String]) -> String {

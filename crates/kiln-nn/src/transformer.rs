@@ -10,7 +10,6 @@
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
 
 use kiln_ops::conv2d_forward;
 
@@ -238,6 +237,7 @@ impl Transformer2DModel {
 
 #[cfg(test)]
 mod tests {
+    use burn::tensor::activation::gelu;
     use super::*;
     use burn::store::ModuleSnapshot;
 

@@ -6,6 +6,7 @@
 //! under the watchdog (`kiln_ops::lane_test!`); see kiln-ops/tests/wgpu_lane.rs for the ops alone.
 
 use burn::module::Module;
+use burn::tensor::Device;
 use kiln_nn::{AttentionConfig, Downsample2DConfig, ResnetBlock2DConfig, Upsample2DConfig};
 use kiln_ops::lane_test;
 use kiln_ops::testing::{assert_close, randn};

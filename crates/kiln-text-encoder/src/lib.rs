@@ -12,10 +12,10 @@
 //!
 //! ```no_run
 //! use burn::tensor::{DType, Device};
-//! use kiln_text_encoder::{ClipTextModel, ClipTokenizer};
+//! use kiln_text_encoder::{ClipTextModel, ClipTokenizer, LoadOptions};
 //! let device = Device::flex();
 //! let tokenizer = ClipTokenizer::from_dir("sd15/tokenizer")?;
-//! let encoder = ClipTextModel::load("sd15/text_encoder", &device, DType::F32, None)?;
+//! let encoder = ClipTextModel::load("sd15/text_encoder".as_ref(), &LoadOptions::new(&device))?;
 //! let prompt = tokenizer.encode("a photo of a cat")?;
 //! if prompt.dropped_tokens > 0 {
 //!     eprintln!("truncated: {}", prompt.dropped_text);
@@ -32,5 +32,6 @@ pub mod tokenizer;
 
 pub use config::{Activation, ClipArchitecture, ClipTextConfig, ResolvedClipConfig};
 pub use error::{TextEncoderError, TokenizerError};
+pub use kiln_nn::LoadOptions;
 pub use model::{ClipTextModel, ClipTextOutput};
 pub use tokenizer::{ClipTokenizer, TokenizedPrompt};

@@ -9,7 +9,7 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, L
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::{gelu, gelu_approximate, relu, sigmoid};
-use kiln_nn::LoadError;
+use kiln_nn::{weights_path, LoadOptions};
 use kiln_ops::multi_head_attention;
 
 use crate::config::{Activation, ClipArchitecture, ClipTextConfig, ResolvedClipConfig};
@@ -148,14 +148,6 @@ pub struct ClipTextModel {
     pub text_projection: Option<Linear>,
 }
 
-/// The weights file of a text encoder folder: `model.safetensors` or `model.<variant>.safetensors`.
-pub fn weights_file_name(variant: Option<&str>) -> String {
-    match variant {
-        Some(v) => format!("model.{v}.safetensors"),
-        None => "model.safetensors".into(),
-    }
-}
-
 impl ClipTextModel {
     /// Builds the model for `config` with lazily initialised random weights (nothing is allocated
     /// until a parameter is used or loaded).
@@ -193,26 +185,18 @@ impl ClipTextModel {
         }
     }
 
+    /// The stem of a `text_encoder*/` folder's weights file: `model[.<variant>].safetensors`.
+    pub const WEIGHTS: &'static str = "model";
+
     /// Loads `dir/config.json` and `dir/model[.variant].safetensors` (a diffusers
-    /// `text_encoder*/` folder), casting every weight to `dtype`.
+    /// `text_encoder*/` folder) on `options.device`, casting every weight to `options.dtype`.
     ///
     /// Missing, unused or mis-shaped tensors are errors naming the file and the tensors; the
     /// `position_ids` buffer older files carry is ignored.
-    pub fn load(dir: impl AsRef<Path>, device: &Device, dtype: DType, variant: Option<&str>) -> Result<Self, TextEncoderError> {
-        let dir = dir.as_ref();
+    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self, TextEncoderError> {
         let config = ClipTextConfig::from_file(&dir.join("config.json"))?;
-        let path = dir.join(weights_file_name(variant));
-        if !path.exists() {
-            let index = dir.join(format!("{}.index.json", weights_file_name(variant)));
-            if index.exists() {
-                return Err(LoadError::Unsupported {
-                    path: index,
-                    message: "sharded text encoder checkpoints are not supported; merge the shards into one file".into(),
-                }
-                .into());
-            }
-        }
-        Self::load_file(&config, &path, device, dtype)
+        let path = weights_path(dir, Self::WEIGHTS, options.variant.as_deref())?;
+        Self::load_file(&config, &path, &options.device, options.dtype)
     }
 
     /// Loads the weights of `path` into a model built for `config`.

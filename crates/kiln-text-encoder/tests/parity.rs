@@ -9,6 +9,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use common::*;
 use kiln_text_encoder::{ClipTextModel, ClipTokenizer};
+use kiln_text_encoder::LoadOptions;
 
 /// The prompts the references were computed from (scripts/fixtures/models.py `PROMPTS`).
 const PROMPTS: [&str; 3] = ["a red circle on a blue background", "", "A photograph of an astronaut riding a horse, 4k, highly detailed"];
@@ -39,7 +40,7 @@ fn run(case: &Case, dtype: DType) -> f32 {
     let want_ids: Vec<u32> = refs["input_ids"].i32.iter().map(|&i| i as u32).collect();
     assert_eq!(ids.concat(), want_ids, "{} {}: token ids", case.family, case.tokenizer);
 
-    let model = ClipTextModel::load(dir.join(case.encoder), &device, dtype, None).unwrap();
+    let model = ClipTextModel::load(&dir.join(case.encoder), &LoadOptions::new(&device).with_dtype(dtype)).unwrap();
     assert_eq!(model.dtype(), dtype);
     let out = model.encode(&ids, &device).unwrap();
     assert_eq!(out.hidden_states.len(), 6, "embeddings + 5 layers");

@@ -23,10 +23,10 @@
 //!
 //! ```no_run
 //! # use burn::prelude::*;
-//! # use burn::tensor::DType;
+//! # use kiln_unet::LoadOptions;
 //! # fn main() -> Result<(), kiln_unet::UNetError> {
 //! let device = Device::flex();
-//! let unet = kiln_unet::UNet2DConditionModel::load("sd15/unet".as_ref(), &device, DType::F32, None)?;
+//! let unet = kiln_unet::UNet2DConditionModel::load("sd15/unet".as_ref(), &LoadOptions::new(&device))?;
 //! let latents = Tensor::<4>::zeros([2, 4, 64, 64], &device);
 //! let context = Tensor::<3>::zeros([2, 77, 768], &device);
 //! let noise_pred = unet.forward(latents, &[999.0], context, None)?;
@@ -39,4 +39,5 @@ pub mod unet;
 
 pub use blocks::{DownBlock, MidBlock, UpBlock};
 pub use config::{ConfigError, PerBlock, UNet2DConditionConfig};
-pub use unet::{TextTimeCond, UNet2DConditionModel, UNetError, weights_file_name};
+pub use kiln_nn::LoadOptions;
+pub use unet::{TextTimeCond, UNet2DConditionModel, UNetError};

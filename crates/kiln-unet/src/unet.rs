@@ -6,7 +6,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::prelude::*;
 use burn::tensor::DType;
-use kiln_nn::{LoadError, TimestepEmbedding, TimestepEmbeddingConfig, conv2d, load_safetensors, timestep_embedding};
+use kiln_nn::{conv2d, load_safetensors, timestep_embedding, weights_path, LoadError, LoadOptions, TimestepEmbedding, TimestepEmbeddingConfig};
 use kiln_ops::{conv2d_forward, group_norm_silu};
 use thiserror::Error;
 
@@ -22,10 +22,6 @@ pub enum UNetError {
     ConfigFile { path: PathBuf, source: ConfigError },
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{dir} has no weights for variant '{variant}': {file} does not exist (weight files present: {present})")]
-    MissingVariant { dir: PathBuf, variant: String, file: String, present: String },
-    #[error("{dir} has no {file}{hint}")]
-    MissingWeights { dir: PathBuf, file: String, hint: String },
     #[error("bad UNet input: {0}")]
     Input(String),
 }
@@ -114,31 +110,22 @@ impl UNet2DConditionConfig {
     }
 }
 
-/// The weight file name for a variant: `diffusion_pytorch_model[.<variant>].safetensors`.
-pub fn weights_file_name(variant: Option<&str>) -> String {
-    match variant {
-        Some(v) => format!("diffusion_pytorch_model.{v}.safetensors"),
-        None => "diffusion_pytorch_model.safetensors".into(),
-    }
-}
-
 impl UNet2DConditionModel {
+    /// The stem of a `unet/` folder's weights file: `diffusion_pytorch_model[.<variant>].safetensors`.
+    pub const WEIGHTS: &'static str = "diffusion_pytorch_model";
+
     /// Loads a diffusers `unet/` folder: `config.json` and
-    /// `diffusion_pytorch_model[.<variant>].safetensors` (`variant = Some("fp16")` picks the
-    /// `.fp16` file), every float tensor cast to `dtype`.
-    pub fn load(dir: &Path, device: &Device, dtype: DType, variant: Option<&str>) -> Result<Self, UNetError> {
+    /// `diffusion_pytorch_model[.<variant>].safetensors` on `options.device`, every float tensor
+    /// cast to `options.dtype`.
+    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self, UNetError> {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path)
             .map_err(|source| LoadError::Io { path: config_path.clone(), source })?;
         let config = UNet2DConditionConfig::from_json_str(&text)
             .map_err(|source| UNetError::ConfigFile { path: config_path.clone(), source })?;
-        let file = weights_file_name(variant);
-        let weights = dir.join(&file);
-        if !weights.is_file() {
-            return Err(missing_weights(dir, &file, variant));
-        }
-        let model = config.init(device).map_err(|source| UNetError::ConfigFile { path: config_path, source })?;
-        Ok(load_safetensors(model, &weights, dtype, &[], &[])?)
+        let weights = weights_path(dir, Self::WEIGHTS, options.variant.as_deref())?;
+        let model = config.init(&options.device).map_err(|source| UNetError::ConfigFile { path: config_path, source })?;
+        Ok(load_safetensors(model, &weights, options.dtype, &[], &[])?)
     }
 
     /// The config the model was built from.
@@ -284,33 +271,3 @@ impl UNet2DConditionModel {
     }
 }
 
-fn missing_weights(dir: &Path, file: &str, variant: Option<&str>) -> UNetError {
-    let mut present: Vec<String> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("diffusion_pytorch_model"))
-                .collect()
-        })
-        .unwrap_or_default();
-    present.sort();
-    if let Some(variant) = variant {
-        return UNetError::MissingVariant {
-            dir: dir.into(),
-            variant: variant.into(),
-            file: file.into(),
-            present: if present.is_empty() { "none".into() } else { present.join(", ") },
-        };
-    }
-    let hint = if present.iter().any(|n| n.ends_with(".safetensors.index.json")) {
-        " (sharded checkpoints are not supported)".to_string()
-    } else if present.iter().any(|n| n.ends_with(".bin")) {
-        " (only safetensors weights are supported, not PyTorch .bin files)".to_string()
-    } else if !present.is_empty() {
-        format!(" (weight files present: {}; pass the variant, e.g. fp16)", present.join(", "))
-    } else {
-        String::new()
-    };
-    UNetError::MissingWeights { dir: dir.into(), file: file.into(), hint }
-}

@@ -6,9 +6,9 @@ mod common;
 use std::path::PathBuf;
 
 use burn::prelude::*;
-use burn::tensor::DType;
 use common::*;
 use kiln_unet::{UNet2DConditionModel, UNetError};
+use kiln_unet::LoadOptions;
 
 fn extra_dir(name: &str) -> PathBuf {
     repo_root().join("assets/fixtures/unet").join(name)
@@ -17,7 +17,7 @@ fn extra_dir(name: &str) -> PathBuf {
 fn check(name: &str, variant: Option<&str>) {
     let device = Device::flex();
     let dir = extra_dir(name);
-    let unet = UNet2DConditionModel::load(&dir, &device, DType::F32, variant).unwrap();
+    let unet = UNet2DConditionModel::load(&dir, &LoadOptions::new(&device).with_variant(variant)).unwrap();
     let refs = Refs::open(&dir.join("reference.safetensors"));
     let mut case = 0;
     while refs.has(&format!("case{case}.out")) {
@@ -56,17 +56,17 @@ fn less_common_options() {
 #[test]
 fn variant_selection_errors() {
     let device = Device::flex();
-    let err = UNet2DConditionModel::load(&extra_dir("options"), &device, DType::F32, None).unwrap_err();
+    let err = UNet2DConditionModel::load(&extra_dir("options"), &LoadOptions::new(&device)).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, UNetError::MissingWeights { .. }), "{msg}");
+    assert!(matches!(err, UNetError::Load(kiln_nn::LoadError::MissingWeights { .. })), "{msg}");
     assert!(
         msg.contains("diffusion_pytorch_model.safetensors") && msg.contains("diffusion_pytorch_model.fp16.safetensors"),
         "{msg}"
     );
 
-    let err = UNet2DConditionModel::load(&extra_dir("odd"), &device, DType::F32, Some("fp16")).unwrap_err();
+    let err = UNet2DConditionModel::load(&extra_dir("odd"), &LoadOptions::new(&device).with_variant(Some("fp16"))).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, UNetError::MissingVariant { .. }), "{msg}");
+    assert!(matches!(err, UNetError::Load(kiln_nn::LoadError::MissingVariant { .. })), "{msg}");
     assert!(msg.contains("'fp16'") && msg.contains("diffusion_pytorch_model.fp16.safetensors"), "{msg}");
     assert!(msg.contains("present: diffusion_pytorch_model.safetensors"), "{msg}");
 }
@@ -87,7 +87,7 @@ fn num_attention_heads_is_the_head_count() {
         .replace("\"num_attention_heads\": null", "\"num_attention_heads\": 8");
     std::fs::write(dir.join("config.json"), config).unwrap();
     let device = Device::flex();
-    let unet = UNet2DConditionModel::load(&dir, &device, DType::F32, None).unwrap();
+    let unet = UNet2DConditionModel::load(&dir, &LoadOptions::new(&device)).unwrap();
     let refs = Refs::family("sd1");
     for (case, err, scale) in run_cases(&unet, &refs, &device) {
         // f32 against f32, as in parity.rs

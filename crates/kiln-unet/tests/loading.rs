@@ -6,12 +6,12 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use burn::tensor::DType;
 use common::*;
 use kiln_nn::LoadError;
 use kiln_unet::{TextTimeCond, UNet2DConditionModel, UNetError};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
+use kiln_unet::LoadOptions;
 
 const WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
 
@@ -32,7 +32,7 @@ fn edited(name: &str, edit: impl FnOnce(&mut Vec<(String, TensorView<'_>)>)) -> 
 }
 
 fn load(dir: &Path) -> Result<UNet2DConditionModel, UNetError> {
-    UNet2DConditionModel::load(dir, &Device::flex(), DType::F32, None)
+    UNet2DConditionModel::load(dir, &LoadOptions::new(&Device::flex()))
 }
 
 const ZEROS: [u8; 4096] = [0; 4096];
@@ -118,7 +118,7 @@ fn missing_files_are_named() {
     let err = load(&dir).unwrap_err();
     let msg = err.to_string();
     eprintln!("{msg}");
-    assert!(matches!(err, UNetError::MissingWeights { .. }), "{msg}");
+    assert!(matches!(err, UNetError::Load(kiln_nn::LoadError::MissingWeights { .. })), "{msg}");
     assert!(msg.contains(WEIGHTS), "{msg}");
 
     std::fs::write(dir.join("diffusion_pytorch_model.safetensors.index.json"), "{}").unwrap();

@@ -8,10 +8,11 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use common::*;
 use kiln_unet::UNet2DConditionModel;
+use kiln_unet::LoadOptions;
 
 fn f32_parity(family: &str) {
     let device = Device::flex();
-    let unet = UNet2DConditionModel::load(&fixture_dir(family).join("unet"), &device, DType::F32, None).unwrap();
+    let unet = UNet2DConditionModel::load(&fixture_dir(family).join("unet"), &LoadOptions::new(&device)).unwrap();
     let refs = Refs::family(family);
     for (case, err, scale) in run_cases(&unet, &refs, &device) {
         eprintln!("{family} f32 {case}: max err {err:.3e}, max |ref| {scale:.3}");
@@ -44,7 +45,7 @@ fn inpaint_f32() {
 
 fn f16_run(family: &str) {
     let device = Device::flex();
-    let unet = UNet2DConditionModel::load(&fixture_dir(family).join("unet"), &device, DType::F16, None).unwrap();
+    let unet = UNet2DConditionModel::load(&fixture_dir(family).join("unet"), &LoadOptions::new(&device).with_dtype(DType::F16)).unwrap();
     assert_eq!(unet.dtype(), DType::F16);
     let refs = Refs::family(family);
     for (case, err, scale) in run_cases(&unet, &refs, &device) {

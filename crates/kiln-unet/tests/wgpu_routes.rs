@@ -7,13 +7,13 @@
 
 mod common;
 
-use burn::tensor::DType;
 use common::*;
 use kiln_ops::gpu::route::{route_choices, set_policy, GpuOp, RoutePolicy};
 use kiln_unet::UNet2DConditionModel;
+use kiln_unet::LoadOptions;
 
 fn run_sd1(lane: &burn::tensor::Device, policies: &[RoutePolicy]) {
-    let unet = UNet2DConditionModel::load(&fixture_dir("sd1").join("unet"), lane, DType::F32, None).unwrap();
+    let unet = UNet2DConditionModel::load(&fixture_dir("sd1").join("unet"), &LoadOptions::new(lane)).unwrap();
     let refs = Refs::family("sd1");
     for &policy in policies {
         for op in GpuOp::ALL {

@@ -6,7 +6,7 @@ use std::path::Path;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::DType;
-use kiln_nn::{LoadError, conv2d, load_safetensors};
+use kiln_nn::{conv2d, load_safetensors, weights_path, LoadError, LoadOptions};
 use kiln_ops::conv2d_forward;
 
 use crate::config::AutoencoderKLConfig;
@@ -57,25 +57,21 @@ impl AutoencoderKLConfig {
     }
 }
 
-/// The weights file of a diffusers folder: `diffusion_pytorch_model[.<variant>].safetensors`.
-pub fn weights_file_name(variant: Option<&str>) -> String {
-    match variant {
-        Some(v) => format!("diffusion_pytorch_model.{v}.safetensors"),
-        None => "diffusion_pytorch_model.safetensors".into(),
-    }
-}
-
 impl AutoencoderKL {
+    /// The stem of a `vae/` folder's weights file: `diffusion_pytorch_model[.<variant>].safetensors`.
+    pub const WEIGHTS: &'static str = "diffusion_pytorch_model";
+
     /// Loads a diffusers `vae/` folder: `config.json` and
-    /// `diffusion_pytorch_model[.<variant>].safetensors` (e.g. variant `"fp16"`), with every float
-    /// parameter cast to `dtype`. Missing, unused or mis-shaped tensors are errors naming the file
-    /// and the tensors.
-    pub fn load(dir: &Path, dtype: DType, variant: Option<&str>, device: &Device) -> Result<Self, LoadError> {
+    /// `diffusion_pytorch_model[.<variant>].safetensors` on `options.device`, with every float
+    /// parameter cast to `options.dtype`. Missing, unused or mis-shaped tensors are errors naming
+    /// the file and the tensors.
+    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self, VaeError> {
         let config = AutoencoderKLConfig::from_file(&dir.join("config.json"))?;
+        let weights = weights_path(dir, Self::WEIGHTS, options.variant.as_deref())?;
         let model = config
-            .init(device)
+            .init(&options.device)
             .map_err(|e| LoadError::Unsupported { path: dir.join("config.json"), message: e.to_string() })?;
-        load_safetensors(model, &dir.join(weights_file_name(variant)), dtype, &[], &[])
+        Ok(load_safetensors(model, &weights, options.dtype, &[], &[])?)
     }
 
     /// `scaling_factor` from the config (0.18215 SD1/2, 0.13025 SDXL); not applied by encode/decode.

@@ -25,5 +25,5 @@ pub use autoencoder_kl::AutoencoderKL;
 pub use blocks::{DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D};
 pub use config::{AutoencoderKLConfig, SampleSize};
 pub use error::{ConfigError, VaeError};
-pub use kiln_nn::LoadError;
+pub use kiln_nn::{LoadError, LoadOptions};
 pub use vae::{Decoder, DiagonalGaussianDistribution, Encoder};

@@ -13,7 +13,7 @@ use kiln_vae::AutoencoderKLConfig;
 fn published_configs_build_and_run() {
     let device = Device::flex();
     for (family, sample_size, scaling) in [("sd15", 512, 0.18215), ("sd21", 768, 0.18215), ("sdxl", 1024, 0.13025)] {
-        let path = assets().join("configs").join(family).join("vae/config.json");
+        let path = assets().join("../crates/kiln-pipeline/configs").join(family).join("vae/config.json");
         let config = AutoencoderKLConfig::from_file(&path).unwrap_or_else(|e| panic!("{family}: {e}"));
         assert_eq!(config.block_out_channels, [128, 256, 512, 512]);
         assert_eq!(config.layers_per_block, 2);

@@ -11,6 +11,7 @@ use common::fixture;
 use kiln_vae::{AutoencoderKL, LoadError};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
+use kiln_vae::LoadOptions;
 
 const WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
 
@@ -40,7 +41,10 @@ fn write_edited(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize
 }
 
 fn load_err(dir: &Path, variant: Option<&str>) -> (LoadError, String) {
-    let err = AutoencoderKL::load(dir, DType::F32, variant, &Device::flex()).expect_err("load must fail");
+    let err = match AutoencoderKL::load(dir, &LoadOptions::new(&Device::flex()).with_variant(variant)).expect_err("load must fail") {
+        kiln_vae::VaeError::Load(e) => e,
+        other => panic!("expected a load error, got {other}"),
+    };
     let msg = err.to_string();
     eprintln!("{msg}");
     (err, msg)
@@ -50,11 +54,13 @@ fn load_err(dir: &Path, variant: Option<&str>) -> (LoadError, String) {
 fn fp16_variant_file_is_used() {
     let dir = scratch("variant");
     std::fs::write(dir.join("diffusion_pytorch_model.fp16.safetensors"), fixture_weights()).unwrap();
-    let vae = AutoencoderKL::load(&dir, DType::F32, Some("fp16"), &Device::flex()).unwrap();
+    let vae = AutoencoderKL::load(&dir, &LoadOptions::new(&Device::flex()).with_variant(Some("fp16"))).unwrap();
     assert_eq!(vae.dtype(), DType::F32);
-    // without the variant, the plain file is looked for and is absent
+    // without the variant, the plain file is looked for and is absent; the error names the
+    // file present and the way to load it
     let (err, msg) = load_err(&dir, None);
-    assert!(matches!(err, LoadError::Io { .. }) && msg.contains(WEIGHTS), "{msg}");
+    assert!(matches!(err, LoadError::MissingWeights { .. }) && msg.contains(WEIGHTS), "{msg}");
+    assert!(msg.contains("diffusion_pytorch_model.fp16.safetensors") && msg.contains("pass the variant"), "{msg}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -62,7 +68,7 @@ fn fp16_variant_file_is_used() {
 fn missing_files_are_named() {
     let dir = scratch("missing-file");
     let (err, msg) = load_err(&dir, Some("fp16"));
-    assert!(matches!(err, LoadError::Io { .. }) && msg.contains("diffusion_pytorch_model.fp16.safetensors"), "{msg}");
+    assert!(matches!(err, LoadError::MissingVariant { .. }) && msg.contains("diffusion_pytorch_model.fp16.safetensors"), "{msg}");
     std::fs::remove_file(dir.join("config.json")).unwrap();
     let (err, msg) = load_err(&dir, None);
     assert!(matches!(err, LoadError::Io { .. }) && msg.contains("config.json"), "{msg}");
@@ -155,7 +161,7 @@ fn bad_configs_are_named() {
 #[test]
 fn bad_inputs_are_errors_not_panics() {
     let device = Device::flex();
-    let vae = AutoencoderKL::load(&fixture("sd1").join("vae"), DType::F32, None, &device).unwrap();
+    let vae = AutoencoderKL::load(&fixture("sd1").join("vae"), &LoadOptions::new(&device)).unwrap();
     let msg = vae.decode(Tensor::zeros([1, 3, 4, 4], &device)).unwrap_err().to_string();
     assert!(msg.contains("latents") && msg.contains("[1, 3, 4, 4]"), "{msg}");
     let msg = vae.encode(Tensor::zeros([1, 4, 8, 8], &device)).unwrap_err().to_string();
@@ -174,7 +180,7 @@ fn bad_inputs_are_errors_not_panics() {
 #[test]
 fn bad_tile_settings_are_errors() {
     let device = Device::flex();
-    let mut vae = AutoencoderKL::load(&fixture("sd1").join("vae"), DType::F32, None, &device).unwrap();
+    let mut vae = AutoencoderKL::load(&fixture("sd1").join("vae"), &LoadOptions::new(&device)).unwrap();
     vae.tile_overlap_factor = 1.5;
     let msg = vae.tiled_decode(Tensor::zeros([1, 4, 20, 20], &device)).unwrap_err().to_string();
     assert!(msg.contains("tile_overlap_factor 1.5"), "{msg}");

@@ -8,9 +8,10 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use common::{Reference, assert_f32_parity, fixture, max_errors};
 use kiln_vae::AutoencoderKL;
+use kiln_vae::LoadOptions;
 
 fn load(family: &str, dtype: DType) -> AutoencoderKL {
-    AutoencoderKL::load(&fixture(family).join("vae"), dtype, None, &Device::flex()).expect("fixture VAE loads")
+    AutoencoderKL::load(&fixture(family).join("vae"), &LoadOptions::new(&Device::flex()).with_dtype(dtype)).expect("fixture VAE loads")
 }
 
 #[test]

@@ -40,7 +40,7 @@ const GEMM_THREADS_FROM: usize = 192 * 192 * 192;
 /// - x: `[batch, c_in, height, width]`, `conv.weight`: `[c_out, c_in, kh, kw]`
 /// - output: `[batch, c_out, height + top + bottom - kh + 1, width + left + right - kw + 1]`
 pub fn conv2d(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
-    let (top, left, bottom, right) = crate::stride_1_padding(conv, x)?;
+    let (top, left, bottom, right) = crate::geometry::stride_1_padding(conv, x)?;
     let weight = conv.weight.val();
     let [batch, c_in, h, w] = x.dims();
     let [c_out, _, kh, kw] = weight.dims();

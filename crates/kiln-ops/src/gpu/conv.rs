@@ -3,7 +3,7 @@
 //! be faster on the device.
 //!
 //! burn 0.22.1's f16 3×3 convolution on Vulkan ran at 47 TFLOP/s on an H100 where its 4096³ matrix
-//! product ran at 125 (DESIGN §6); an im2col product pays one copy of the input per kernel tap
+//! product ran at 125 (docs/performance.md#h100-2026-11-26); an im2col product pays one copy of the input per kernel tap
 //! (memory-bound, ~3 TB/s there) to run the FLOPs at the matrix product's rate instead.
 
 use burn::nn::conv::Conv2d;
@@ -61,7 +61,7 @@ fn chunks(conv: &Conv2d, x: &Tensor<4>, (top, left, bottom, right): (usize, usiz
 /// # Shapes
 /// - x: `[batch, c_in, height, width]` → `[batch, c_out, height_out, width_out]`
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let Some(padding) = crate::stride_1_padding(conv, &x) else { return conv.forward(x) };
+    let Some(padding) = crate::geometry::stride_1_padding(conv, &x) else { return conv.forward(x) };
     if chunks(conv, &x, padding, IM2COL_MAX_BYTES).is_none() {
         return conv.forward(x);
     }
@@ -94,7 +94,7 @@ pub fn conv2d_by(route: GpuConvRoute, conv: &Conv2d, x: Tensor<4>) -> Tensor<4> 
 /// # Shapes
 /// - x: `[batch, c_in, height, width]` → `[batch, c_out, height_out, width_out]`
 pub fn im2col_conv(conv: &Conv2d, x: Tensor<4>, max_bytes: usize) -> Tensor<4> {
-    let Some((top, left, bottom, right)) = crate::stride_1_padding(conv, &x) else { return conv.forward(x) };
+    let Some((top, left, bottom, right)) = crate::geometry::stride_1_padding(conv, &x) else { return conv.forward(x) };
     let Some(Chunks { images, rows }) = chunks(conv, &x, (top, left, bottom, right), max_bytes) else { return conv.forward(x) };
     let [batch, c_in, h, w] = x.dims();
     let weight = conv.weight.val();
@@ -136,7 +136,7 @@ pub fn im2col_conv(conv: &Conv2d, x: Tensor<4>, max_bytes: usize) -> Tensor<4> {
 /// burn's op): stride 1, dilation 1, one group, explicit padding, and one output row's im2col
 /// matrix within [`IM2COL_MAX_BYTES`].
 pub fn im2col_applies(conv: &Conv2d, x: &Tensor<4>) -> bool {
-    crate::stride_1_padding(conv, x).is_some_and(|p| chunks(conv, x, p, IM2COL_MAX_BYTES).is_some())
+    crate::geometry::stride_1_padding(conv, x).is_some_and(|p| chunks(conv, x, p, IM2COL_MAX_BYTES).is_some())
 }
 
 #[cfg(test)]

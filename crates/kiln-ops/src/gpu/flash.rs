@@ -6,7 +6,7 @@
 //! tile at a time (`BlackboxAcceleratedStrategy { seq_q: 1, seq_kv: 1 }`,
 //! `burn-cubecl-0.22.1/src/kernel/attention/tune.rs`). That is little work between two softmax
 //! rescales: on the H100 it ran at 25 TFLOP/s at head dim 64 where PyTorch's SDPA ran at 460
-//! (DESIGN §6). FlashAttention's speed comes from larger tiles per warp; cubek's routine takes
+//! (docs/performance.md#h100-2026-11-26). FlashAttention's speed comes from larger tiles per warp; cubek's routine takes
 //! them as its `seq_q` / `seq_kv` partition sizes, which burn leaves at 1. [`FLASH_TILES`] are such
 //! configurations: on a GPU with f16 cooperative matrices, at f16/bf16, `auto` times each next to
 //! burn's op and keeps one only where it agrees with burn's output and is faster.

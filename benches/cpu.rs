@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use kiln::burn::tensor::{DType, Device, Tensor, TensorData};
-use kiln::pipeline::{in_worker, GenerateOptions, StableDiffusion, TorchGenerator};
+use kiln::burn::tensor::{Device, Tensor, TensorData};
+use kiln::pipeline::{LoadOptions, in_worker, GenerateOptions, StableDiffusion, TorchGenerator};
 use kiln::scheduler::{SamplerName, SchedulerConfig, StepOptions};
 use kiln::unet::UNet2DConditionModel;
 use kiln::vae::AutoencoderKL;
@@ -30,7 +30,7 @@ fn sync(device: &Device) {
 /// 20 DPM++ 2M steps on SD 1.5's latent shape at 512×512 (the scheduler's tensor arithmetic).
 fn scheduler_steps(c: &mut Criterion) {
     let device = Device::flex();
-    let config = SchedulerConfig::from_model_dir(&Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())).join("assets/configs/sd15")).unwrap();
+    let config = SchedulerConfig::from_model_dir(&Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())).join("crates/kiln-pipeline/configs/sd15")).unwrap();
     let mut g = TorchGenerator::new(0);
     let sample = randn(&mut g, [1, 4, 64, 64], &device);
     let eps = randn(&mut g, [1, 4, 64, 64], &device);
@@ -50,7 +50,7 @@ fn scheduler_steps(c: &mut Criterion) {
 /// One CFG UNet call of the tiny SD1 model at 64×64 (latents [2, 4, 32, 32]).
 fn unet_step(c: &mut Criterion) {
     let device = Device::flex();
-    let unet = UNet2DConditionModel::load(&fixture("sd1").join("unet"), &device, DType::F32, None).unwrap();
+    let unet = UNet2DConditionModel::load(&fixture("sd1").join("unet"), &LoadOptions::new(&device)).unwrap();
     let mut g = TorchGenerator::new(0);
     let x = randn(&mut g, [2, 4, 32, 32], &device);
     let ctx_dim = unet.config().context_dim();
@@ -68,7 +68,7 @@ fn unet_step(c: &mut Criterion) {
 /// VAE decode of one latent tile of the tiny SD1 VAE (32×32 latents → 64×64 pixels).
 fn vae_decode_tile(c: &mut Criterion) {
     let device = Device::flex();
-    let vae = AutoencoderKL::load(&fixture("sd1").join("vae"), DType::F32, None, &device).unwrap();
+    let vae = AutoencoderKL::load(&fixture("sd1").join("vae"), &LoadOptions::new(&device)).unwrap();
     let mut g = TorchGenerator::new(0);
     let z = randn(&mut g, [1, 4, 32, 32], &device);
     c.bench_function("vae: tiny sd1 decode, 32x32 latents", |b| {
@@ -83,7 +83,7 @@ fn vae_decode_tile(c: &mut Criterion) {
 /// The README's first command as a library call: 20 PNDM steps at 64×64 with CFG.
 fn txt2img(c: &mut Criterion) {
     let device = Device::flex();
-    let pipe = StableDiffusion::load(&fixture("sd1"), &device, DType::F32, None).unwrap();
+    let pipe = StableDiffusion::load(&fixture("sd1"), &LoadOptions::new(&device)).unwrap();
     let options = GenerateOptions {
         prompt: "a red circle on a blue background".into(),
         width: Some(64),

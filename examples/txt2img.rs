@@ -2,8 +2,8 @@
 //!
 //!     cargo run --example txt2img -- assets/fixtures/models/sd1 "a red circle on a blue background" out.png
 
-use kiln::burn::tensor::{DType, Device};
-use kiln::pipeline::{StableDiffusion, GenerateOptions};
+use kiln::burn::tensor::Device;
+use kiln::pipeline::{LoadOptions, StableDiffusion, GenerateOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -11,7 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: txt2img MODEL_DIR PROMPT OUTPUT.png".into());
     };
     let device = Device::flex();
-    let pipe = StableDiffusion::load(model.as_ref(), &device, DType::F32, None)?;
+    let pipe = StableDiffusion::load(model.as_ref(), &LoadOptions::new(&device))?;
     let options = GenerateOptions {
         prompt: prompt.clone(),
         width: Some(64),

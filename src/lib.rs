@@ -5,14 +5,15 @@
 //! - [`pipeline`]: the SD 1.x/2.x, SDXL and inpainting pipelines (`StableDiffusion::load`, then `txt2img`, `img2img`, `inpaint`) and the
 //!   torch-compatible seed generator;
 //! - [`scheduler`]: diffusers' samplers;
-//! - [`unet`], [`vae`], [`text_encoder`], [`nn`]: the models and their layers.
+//! - [`unet`], [`vae`], [`text_encoder`], [`nn`]: the models and their layers;
+//! - [`ops`]: the ops the layers run (kiln's CPU kernels, the measured GPU routes, device checks).
 //!
 //! ```no_run
 //! use kiln::burn::tensor::{DType, Device};
-//! use kiln::pipeline::{StableDiffusion, GenerateOptions};
+//! use kiln::pipeline::{LoadOptions, StableDiffusion, GenerateOptions};
 //!
 //! let device = Device::flex();
-//! let pipe = StableDiffusion::load("assets/fixtures/models/sd1".as_ref(), &device, DType::F32, None)?;
+//! let pipe = StableDiffusion::load("assets/fixtures/models/sd1".as_ref(), &LoadOptions::new(&device))?;
 //! let options = GenerateOptions { prompt: "a red circle".into(), width: Some(64), height: Some(64), num_inference_steps: 10, ..Default::default() };
 //! let images = pipe.txt2img(&options, &mut |_, _| true)?;
 //! # Ok::<(), kiln::pipeline::PipelineError>(())
@@ -20,6 +21,7 @@
 
 pub use burn;
 pub use kiln_nn as nn;
+pub use kiln_ops as ops;
 pub use kiln_pipeline as pipeline;
 pub use kiln_scheduler as scheduler;
 pub use kiln_text_encoder as text_encoder;

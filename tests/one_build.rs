@@ -46,7 +46,8 @@ fn every_selection_builds_the_dependencies_with_the_workspaces_features() {
     let members: Vec<String> = metadata["packages"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect();
     assert!(members.len() >= 9, "{members:?}");
     let mut wrong = Vec::new();
-    for member in &members {
+    // (kiln-workspace-hack itself is never built alone: every other package depends on it)
+    for member in members.iter().filter(|m| *m != "kiln-workspace-hack") {
         // `cargo run -p X` builds X's normal dependencies, `cargo test -p X` its dev-dependencies too
         for edges in ["normal,build", "normal,build,dev"] {
             for (package, sets) in features(&["-p", member], edges) {

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The PyTorch/diffusers side of `kiln bench`: the same components built from the same configs
-(assets/configs/<preset>, random weights) or loaded from the same model folder, the same inputs
+(crates/kiln-pipeline/configs/<preset>, random weights) or loaded from the same model folder, the same inputs
 shape for shape, the same protocol (one first call timed on its own, then N timed calls, each
 followed by a device synchronisation), and the same JSON fields, so scripts/bench/compare.py can
 divide kiln's times by these.

@@ -5,7 +5,7 @@
     kiln bench --unet-check DIR --device vulkan --dtype f16
     python scripts/gpu/unet_check.py compare DIR
 
-`write` builds UNet2DConditionModel from assets/configs/<preset>/unet with seeded random weights,
+`write` builds UNet2DConditionModel from crates/kiln-pipeline/configs/<preset>/unet with seeded random weights,
 saves it to DIR/unet (f16 safetensors, as published models are), draws the inputs, runs PyTorch
 in f16 and in f32 on the same f16 weights, and writes DIR/io.safetensors. `compare` reads kiln's
 DIR/kiln_out.safetensors and prints the errors of kiln-f16 and torch-f16 against torch-f32 (the

@@ -21,7 +21,7 @@ use kiln_vae::{AutoencoderKL, AutoencoderKLConfig};
 use serde::Serialize;
 
 use kiln_pipeline::presets;
-use kiln_pipeline::{PipelineError, StableDiffusion, TorchGenerator};
+use kiln_pipeline::{LoadOptions, PipelineError, StableDiffusion, TorchGenerator};
 
 /// The preset names `--preset` takes.
 pub fn preset_names() -> Vec<&'static str> {
@@ -210,7 +210,7 @@ fn load_components(o: &BenchOptions, device: &Device) -> Result<Components, Pipe
         }
         BenchModel::Folder(dir) => {
             // the pipeline's own loader: component folders and weight variants as resolved
-            let mut pipe = StableDiffusion::load(dir, device, o.dtype, None)?;
+            let mut pipe = StableDiffusion::load(dir, &LoadOptions::new(device).with_dtype(o.dtype))?;
             if o.vae_dtype != DType::F32 {
                 pipe.set_vae_dtype(o.vae_dtype);
             }
@@ -442,7 +442,7 @@ pub fn unet_check(dir: &Path, device: &Device, dtype: DType) -> Result<PathBuf, 
     use safetensors::{tensor::TensorView, Dtype, SafeTensors};
     let io_err = |e: std::io::Error| PipelineError::Unsupported(format!("{}: {e}", dir.display()));
     let st_err = |e: safetensors::SafeTensorError| PipelineError::Unsupported(format!("{}: {e}", dir.join("io.safetensors").display()));
-    let unet = UNet2DConditionModel::load(&dir.join("unet"), device, dtype, None)?;
+    let unet = UNet2DConditionModel::load(&dir.join("unet"), &LoadOptions::new(device).with_dtype(dtype))?;
     let bytes = std::fs::read(dir.join("io.safetensors")).map_err(io_err)?;
     let st = SafeTensors::deserialize(&bytes).map_err(st_err)?;
     let read = |name: &str| -> Result<(Vec<f32>, Vec<usize>), PipelineError> {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use kiln::pipeline::bench::{preset_names, run_bench, BenchModel, BenchOptions, BenchReport, Timing};
+use kiln_bench::{preset_names, run_bench, BenchModel, BenchOptions, BenchReport, Timing};
 
 use crate::device::DeviceArgs;
 
@@ -99,7 +99,7 @@ fn print_text(r: &BenchReport) {
 pub fn bench(a: BenchArgs) -> Result<(), String> {
     let (device, dtype, vae_dtype) = a.device.resolve()?;
     if let Some(dir) = &a.unet_check {
-        let path = kiln::pipeline::bench::unet_check(dir, &device, dtype).map_err(|e| e.to_string())?;
+        let path = kiln_bench::unet_check(dir, &device, dtype).map_err(|e| e.to_string())?;
         eprintln!("wrote {}", path.display());
         return Ok(());
     }

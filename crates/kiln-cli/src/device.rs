@@ -2,8 +2,8 @@
 
 use clap::Args;
 use kiln::burn::tensor::{DType, Device};
-use kiln::nn::wgpu_device;
-use kiln::nn::gpu_route::{set_policy, GpuOp, RoutePolicy};
+use kiln::ops::device as wgpu_device;
+use kiln::ops::gpu::route::{set_policy, GpuOp, RoutePolicy};
 
 #[derive(Args)]
 pub struct DeviceArgs {
@@ -35,6 +35,15 @@ pub struct DeviceArgs {
     pub gpu_norm: String,
 }
 
+/// The flag that sets `op`'s route policy.
+pub fn flag(op: GpuOp) -> &'static str {
+    match op {
+        GpuOp::Attention => "--gpu-attention",
+        GpuOp::Conv2d => "--gpu-conv",
+        GpuOp::GroupNorm => "--gpu-norm",
+    }
+}
+
 fn dtype(flag: &str, v: &str) -> Result<DType, String> {
     match v {
         "f32" => Ok(DType::F32),
@@ -57,7 +66,7 @@ impl DeviceArgs {
             (GpuOp::Conv2d, &self.gpu_conv),
             (GpuOp::GroupNorm, &self.gpu_norm),
         ]
-        .map(|(op, value)| RoutePolicy::parse(op, value).map(|p| (op, p)));
+        .map(|(op, value)| RoutePolicy::parse(op, value).map(|p| (op, p)).map_err(|why| format!("{} {why}", flag(op))));
         let dtypes = (dtype("--dtype", &self.dtype)?, dtype("--vae-dtype", &self.vae_dtype)?);
         wgpu_device::dtype_check(&device, dtypes.0, "--dtype")?;
         wgpu_device::dtype_check(&device, dtypes.1, "--vae-dtype")?;

@@ -8,12 +8,13 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use clap::Args;
 use serde::Serialize;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::model::{cached_snapshot, HubConfig, HubId, ModelError, ModelFolder, PipelineKind, ResolveOptions};
-use crate::png::{self, GenerationParams, PngError};
+use kiln_pipeline::model::{cached_snapshot, HubConfig, HubId, ModelError, ModelFolder, PipelineKind, ResolveOptions};
+use kiln_pipeline::png::{self, GenerationParams, PngError};
 
 /// Why `kiln info` could not describe its argument.
 #[derive(Debug, Error)]
@@ -456,5 +457,35 @@ impl fmt::Display for Info {
                 }
             }
         }
+    }
+}
+
+#[derive(Args)]
+pub struct InfoArgs {
+    /// A PNG, a diffusers model folder, a Hub id (org/name[@revision], from the Hub cache only),
+    /// a component folder or a .safetensors file.
+    #[arg(value_name = "PATH")]
+    path: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn info(args: InfoArgs) -> Result<(), String> {
+    let info = inspect(&args.path, &kiln_pipeline::HubConfig::from_env()).map_err(|e| e.to_string())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info).map_err(|e| e.to_string())?);
+    } else {
+        let text = info.to_string();
+        if text.ends_with('\n') {
+            print!("{text}");
+        } else {
+            println!("{text}");
+        }
+    }
+    match &info {
+        // A model kiln cannot run: the summary above, then the reason, and a failure status.
+        Info::Model(m) => m.problem.clone().map_or(Ok(()), Err),
+        _ => Ok(()),
     }
 }

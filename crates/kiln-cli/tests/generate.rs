@@ -323,7 +323,7 @@ fn a_prompt_longer_than_77_tokens_is_truncated_with_a_warning() {
 /// the way out, instead of a segfault in the driver. Skipped where a usable Vulkan GPU exists.
 #[test]
 fn vulkan_without_a_usable_driver_exits_2() {
-    use kiln::nn::wgpu_device::{vulkan_check, VulkanCheck, EXPLICIT_LAYOUT_EXT};
+    use kiln::ops::device::{vulkan_check, VulkanCheck, EXPLICIT_LAYOUT_EXT};
     let needle = match vulkan_check() {
         VulkanCheck::Usable => return eprintln!("skipped: this machine has a usable Vulkan adapter"),
         VulkanCheck::Crashes(_) => EXPLICIT_LAYOUT_EXT.to_str().unwrap().to_string(),
@@ -339,12 +339,12 @@ fn vulkan_without_a_usable_driver_exits_2() {
 }
 
 /// `--device wgpu` on a machine whose only adapters are Mesa's lavapipe (which cubecl would
-/// crash) and llvmpipe through OpenGL (whose row sums burn gets wrong, `wgpu_device::
+/// crash) and llvmpipe through OpenGL (whose row sums burn gets wrong, `kiln::ops::device::
 /// reduction_check`) — CI's — exits 2 naming both reasons and the way out, instead of writing a
 /// wrong picture. Skipped elsewhere.
 #[test]
 fn wgpu_without_a_usable_adapter_exits_2() {
-    use kiln::nn::wgpu_device::{open, reduction_check, vulkan_check, VulkanCheck, EXPLICIT_LAYOUT_EXT};
+    use kiln::ops::device::{open, reduction_check, vulkan_check, VulkanCheck, EXPLICIT_LAYOUT_EXT};
     if !matches!(vulkan_check(), VulkanCheck::Crashes(_)) {
         return eprintln!("skipped: Vulkan here is usable or absent");
     }

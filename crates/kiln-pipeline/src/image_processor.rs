@@ -8,7 +8,7 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use image::{DynamicImage, GrayImage, RgbImage};
 
-use crate::stable_diffusion::PipelineError;
+use crate::error::PipelineError;
 
 /// An init image as the pipeline's tensor: `pil_to_numpy` (`x / 255` in float32) then
 /// `normalize` (`2x − 1`).

@@ -22,149 +22,17 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use image::{GrayImage, RgbImage};
-use kiln_nn::LoadError;
-use kiln_scheduler::{
-    img2img_begin_index, SamplerName, Scheduler, SchedulerClass, SchedulerConfig, SchedulerError, StepOptions,
-};
-use kiln_text_encoder::{ClipTextModel, ClipTokenizer, TextEncoderError, TokenizerError};
-use kiln_unet::{PerBlock, TextTimeCond, UNet2DConditionModel, UNetError};
-use kiln_vae::{AutoencoderKL, VaeError};
-use thiserror::Error;
+use kiln_nn::LoadOptions;
+use kiln_scheduler::{img2img_begin_index, SamplerChoice, Scheduler, SchedulerConfig, StepOptions};
+use kiln_text_encoder::{ClipTextModel, ClipTokenizer};
+use kiln_unet::{PerBlock, TextTimeCond, UNet2DConditionModel};
+use kiln_vae::AutoencoderKL;
 
+use crate::error::PipelineError;
 use crate::image_processor::{image_to_tensor, interpolate_nearest, mask_to_tensor, to_rgb_images};
-use crate::model::{ModelError, ModelFolder, PipelineKind, ResolveOptions};
+use crate::model::{ModelFolder, PipelineKind, ResolveOptions};
+use crate::options::{GenerateOptions, StepInfo, Task};
 use crate::rng::TorchGenerator;
-
-/// Why a pipeline could not be built or run. Every variant names the value and what is allowed.
-#[derive(Debug, Error)]
-pub enum PipelineError {
-    #[error("model folder {path} has no {component}/ (model_index.json lists it)")]
-    MissingComponent { path: PathBuf, component: String },
-    #[error("{0}")]
-    Model(#[from] ModelError),
-    #[error("{0}")]
-    Load(#[from] LoadError),
-    #[error("{0}")]
-    TextEncoder(#[from] TextEncoderError),
-    #[error("{0}")]
-    Tokenizer(#[from] TokenizerError),
-    #[error("{0}")]
-    UNet(#[from] UNetError),
-    #[error("{0}")]
-    Vae(#[from] VaeError),
-    #[error("{0}")]
-    Scheduler(#[from] SchedulerError),
-    #[error("{what} must be {allowed}, got {value}")]
-    Input { what: &'static str, value: String, allowed: String },
-    #[error("{0}")]
-    Unsupported(String),
-    #[error(
-        "{width}x{height} (UNet batch {batch}) needs about {needed_gib:.1} GiB at its peak (rough estimate), \
-         the device has {available_gib:.1} GiB available; use a smaller size or fewer images"
-    )]
-    TooLarge { width: usize, height: usize, batch: usize, needed_gib: f64, available_gib: f64 },
-    #[error("generation cancelled by the callback at step {0}")]
-    Cancelled(usize),
-}
-
-/// The arguments of `pipe(...)` that kiln takes, for every task.
-#[derive(Debug, Clone)]
-pub struct GenerateOptions {
-    pub prompt: String,
-    /// SDXL: the second text encoder's prompt (`prompt_2`); `None` or empty = `prompt`.
-    pub prompt_2: Option<String>,
-    /// `None` = diffusers' default: an empty negative prompt under classifier-free guidance, or
-    /// zeros for SDXL models with `force_zeros_for_empty_prompt`.
-    pub negative_prompt: Option<String>,
-    /// SDXL: `negative_prompt_2`; `None` or empty = `negative_prompt`.
-    pub negative_prompt_2: Option<String>,
-    pub num_inference_steps: usize,
-    pub guidance_scale: f64,
-    /// `guidance_rescale` (arXiv 2305.08891 §3.4), 0 = off.
-    pub guidance_rescale: f64,
-    /// `None` = the init image's width for img2img/inpainting, else the UNet's
-    /// `sample_size × 8` (diffusers' default).
-    pub width: Option<usize>,
-    pub height: Option<usize>,
-    pub seed: u64,
-    pub num_images_per_prompt: usize,
-    /// `None` = the model's own scheduler_config.json class.
-    pub scheduler: Option<SamplerName>,
-    /// `use_karras_sigmas` on top of the scheduler config.
-    pub karras: bool,
-    /// `clip_skip`: use the hidden state this many layers before the last (SD: then the final
-    /// layer norm; SDXL: counted from the penultimate layer it already uses).
-    pub clip_skip: Option<usize>,
-    /// The pipeline's `eta` (DDIM η, TCD γ).
-    pub eta: f64,
-    /// SDXL micro-conditioning `(height, width)`; `None` = the output size.
-    pub original_size: Option<(usize, usize)>,
-    /// SDXL `crops_coords_top_left` `(top, left)`.
-    pub crops_coords_top_left: (usize, usize),
-    /// SDXL `target_size` `(height, width)`; `None` = the output size.
-    pub target_size: Option<(usize, usize)>,
-}
-
-impl Default for GenerateOptions {
-    fn default() -> Self {
-        Self {
-            prompt: String::new(),
-            prompt_2: None,
-            negative_prompt: None,
-            negative_prompt_2: None,
-            num_inference_steps: 50,
-            guidance_scale: 7.5,
-            guidance_rescale: 0.0,
-            width: None,
-            height: None,
-            seed: 0,
-            num_images_per_prompt: 1,
-            scheduler: None,
-            karras: false,
-            clip_skip: None,
-            eta: 0.0,
-            original_size: None,
-            crops_coords_top_left: (0, 0),
-            target_size: None,
-        }
-    }
-}
-
-/// What to generate from: text alone, an init image, or an init image and a mask.
-#[derive(Debug, Clone, Copy)]
-pub enum Task<'a> {
-    Txt2Img,
-    /// `strength` in [0, 1]: how much of the schedule runs (1 = from pure noise).
-    Img2Img { image: &'a RgbImage, strength: f64 },
-    /// `mask`: white (≥ 128) = repaint, black = keep. diffusers' default strength is 1.
-    Inpaint { image: &'a RgbImage, mask: &'a GrayImage, strength: f64 },
-}
-
-impl Task<'_> {
-    fn image(&self) -> Option<&RgbImage> {
-        match self {
-            Task::Txt2Img => None,
-            Task::Img2Img { image, .. } | Task::Inpaint { image, .. } => Some(image),
-        }
-    }
-
-    fn strength(&self) -> f64 {
-        match self {
-            Task::Txt2Img => 1.0,
-            Task::Img2Img { strength, .. } | Task::Inpaint { strength, .. } => *strength,
-        }
-    }
-}
-
-/// Progress reported after each denoising step; return `false` from the callback to cancel.
-#[derive(Debug, Clone, Copy)]
-pub struct StepInfo {
-    /// 0-based index of the step just taken, counted from the first step this run takes.
-    pub step: usize,
-    /// Number of model calls in this run (fewer than the schedule's for img2img).
-    pub total: usize,
-    pub timestep: f64,
-}
 
 /// The text conditioning of one run, CFG halves concatenated (negative first).
 ///
@@ -206,11 +74,12 @@ pub struct StableDiffusion {
 }
 
 impl StableDiffusion {
-    /// Loads a diffusers folder: text encoders and the VAE in f32, the UNet in `unet_dtype`;
-    /// `variant = Some("fp16")` takes the `.fp16.safetensors` files where they exist.
-    pub fn load(dir: &Path, device: &Device, unet_dtype: DType, variant: Option<&str>) -> Result<Self, PipelineError> {
-        let options = ResolveOptions { prefer_fp16: variant == Some("fp16"), vae: None };
-        Self::load_folder(&ModelFolder::open(dir, &options)?, device, unet_dtype)
+    /// Loads a diffusers folder on `options.device`: the UNet in `options.dtype`, the text
+    /// encoders and the VAE in f32 (diffusers' defaults keep the VAE in f32 too);
+    /// `options.variant = Some("fp16")` takes the `.fp16.safetensors` files where they exist.
+    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self, PipelineError> {
+        let resolve = ResolveOptions { prefer_fp16: options.variant.as_deref() == Some("fp16"), vae: None };
+        Self::load_folder(&ModelFolder::open(dir, &resolve)?, &options.device, options.dtype)
     }
 
     /// Loads a resolved model folder (as [`crate::resolve`] returns it, `--vae` included).
@@ -224,15 +93,15 @@ impl StableDiffusion {
         let variant =
             |name: &str| folder.component(name).and_then(|c| c.weights()).and_then(|w| w.variant.clone());
         let tokenizer = ClipTokenizer::from_dir(dir("tokenizer")?)?;
-        let text_encoder = ClipTextModel::load(dir("text_encoder")?, device, DType::F32, variant("text_encoder").as_deref())?;
+        let text_encoder = ClipTextModel::load(&dir("text_encoder")?, &LoadOptions::new(device).with_variant(variant("text_encoder").as_deref()))?;
         let (tokenizer_2, text_encoder_2) = if folder.kind == PipelineKind::StableDiffusionXL {
-            let te2 = ClipTextModel::load(dir("text_encoder_2")?, device, DType::F32, variant("text_encoder_2").as_deref())?;
+            let te2 = ClipTextModel::load(&dir("text_encoder_2")?, &LoadOptions::new(device).with_variant(variant("text_encoder_2").as_deref()))?;
             (Some(ClipTokenizer::from_dir(dir("tokenizer_2")?)?), Some(te2))
         } else {
             (None, None)
         };
-        let unet = UNet2DConditionModel::load(&dir("unet")?, device, unet_dtype, variant("unet").as_deref())?;
-        let vae = AutoencoderKL::load(&dir("vae")?, DType::F32, variant("vae").as_deref(), device)?;
+        let unet = UNet2DConditionModel::load(&dir("unet")?, &LoadOptions::new(device).with_dtype(unet_dtype).with_variant(variant("unet").as_deref()))?;
+        let vae = AutoencoderKL::load(&dir("vae")?, &LoadOptions::new(device).with_variant(variant("vae").as_deref()))?;
         let scheduler_config = SchedulerConfig::from_file(dir("scheduler")?.join("scheduler_config.json"))?;
         Ok(Self {
             kind: folder.kind,
@@ -534,25 +403,13 @@ impl StableDiffusion {
         Ok(ids)
     }
 
-    /// Builds the scheduler of a run: `--scheduler` on top of the model's config, else the
-    /// config's own class.
+    /// Builds the scheduler of a run: `o.scheduler` and `o.karras` on top of the model's config,
+    /// through [`kiln_scheduler::SamplerChoice`] (the one place a sampler is chosen; `kiln
+    /// schedule` goes through it too).
     pub fn build_scheduler(&self, o: &GenerateOptions) -> Result<Box<dyn Scheduler>, PipelineError> {
-        let mut config = self.scheduler_config.clone();
-        if o.karras {
-            config = config.with("use_karras_sigmas", true);
-        }
         let options = StepOptions { eta: o.eta, ..StepOptions::default() };
-        Ok(match o.scheduler {
-            Some(name) => name.build(&config, o.num_inference_steps, &options)?,
-            None => {
-                let class = config.class_name.clone().ok_or_else(|| PipelineError::Input {
-                    what: "scheduler",
-                    value: "(none: scheduler_config.json has no _class_name)".into(),
-                    allowed: "a sampler name (--scheduler)".into(),
-                })?;
-                SchedulerClass::from_class_name(&class)?.build(&config, o.num_inference_steps, &options)?
-            }
-        })
+        let choice = SamplerChoice { sampler: o.scheduler, karras: o.karras };
+        Ok(choice.build(&self.scheduler_config, o.num_inference_steps, &options)?)
     }
 
     fn randn(&self, generator: &mut TorchGenerator, shape: [usize; 4]) -> Tensor<4> {

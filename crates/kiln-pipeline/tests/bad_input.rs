@@ -4,13 +4,13 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::{DType, Device};
+use burn::tensor::Device;
 use image::{GrayImage, RgbImage};
-use kiln_pipeline::{GenerateOptions, PipelineError, StableDiffusion, Task};
+use kiln_pipeline::{LoadOptions, GenerateOptions, PipelineError, StableDiffusion, Task};
 
 fn model(name: &str) -> StableDiffusion {
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())).join("../../assets/fixtures/models").join(name);
-    StableDiffusion::load(&dir, &Device::flex(), DType::F32, None).unwrap()
+    StableDiffusion::load(&dir, &LoadOptions::new(&Device::flex())).unwrap()
 }
 
 fn options(width: usize, height: usize) -> GenerateOptions {
@@ -74,6 +74,6 @@ fn the_callback_cancels_and_missing_models_are_named() {
     let sd1 = model("sd1");
     let r = sd1.txt2img(&options(64, 64), &mut |info, _| info.step < 1);
     assert!(matches!(r, Err(PipelineError::Cancelled(1))), "{:?}", r.err());
-    let e = StableDiffusion::load("/nonexistent/model".as_ref(), &Device::flex(), DType::F32, None).err().unwrap();
+    let e = StableDiffusion::load("/nonexistent/model".as_ref(), &LoadOptions::new(&Device::flex())).err().unwrap();
     assert!(matches!(e, PipelineError::Model(_)) && e.to_string().contains("/nonexistent/model"), "{e}");
 }

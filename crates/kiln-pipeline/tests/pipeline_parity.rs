@@ -10,11 +10,11 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use burn::tensor::{DType, Device};
+use burn::tensor::Device;
 mod common;
 use common::read_png;
 use kiln_pipeline::image_processor::pil_grayscale;
-use kiln_pipeline::{GenerateOptions, StableDiffusion, Task};
+use kiln_pipeline::{LoadOptions, GenerateOptions, StableDiffusion, Task};
 use serde_json::Value;
 
 /// The bound: every pixel within 2 levels of 255. Random-weight models amplify f32
@@ -37,7 +37,7 @@ fn pipelines_match_diffusers() {
     for (i, case) in cases.iter().enumerate() {
         let model = case["model"].as_str().unwrap().to_string();
         let pipe = pipes.entry(model.clone()).or_insert_with(|| {
-            StableDiffusion::load(&root().join("assets/fixtures/models").join(&model), &device, DType::F32, None).unwrap()
+            StableDiffusion::load(&root().join("assets/fixtures/models").join(&model), &LoadOptions::new(&device)).unwrap()
         });
         let pair = |key: &str| {
             case.get(key).and_then(Value::as_array).map(|v| (v[0].as_u64().unwrap() as usize, v[1].as_u64().unwrap() as usize))

@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use kiln_pipeline::{StableDiffusion, TorchGenerator};
+use kiln_pipeline::{LoadOptions, StableDiffusion, TorchGenerator};
 
 fn sd1() -> StableDiffusion {
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())).join("../../assets/fixtures/models/sd1");
-    StableDiffusion::load(&dir, &Device::flex(), DType::F32, None).unwrap()
+    StableDiffusion::load(&dir, &LoadOptions::new(&Device::flex())).unwrap()
 }
 
 fn latents(scale: f64) -> Tensor<4> {

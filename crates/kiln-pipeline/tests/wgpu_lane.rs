@@ -9,10 +9,9 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::DType;
 mod common;
 use common::read_png;
-use kiln_pipeline::{GenerateOptions, StableDiffusion};
+use kiln_pipeline::{LoadOptions, GenerateOptions, StableDiffusion};
 
 fn root() -> PathBuf {
     PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())).join("../..")
@@ -21,7 +20,7 @@ fn root() -> PathBuf {
 kiln_ops::lane_test! {
 #[ignore = "100-360 s on llvmpipe; run with --ignored"]
 fn txt2img_on_the_wgpu_lane_matches_diffusers(device) {
-    let pipe = StableDiffusion::load(&root().join("assets/fixtures/models/sd1"), &device, DType::F32, None).unwrap();
+    let pipe = StableDiffusion::load(&root().join("assets/fixtures/models/sd1"), &LoadOptions::new(&device)).unwrap();
     // case 0: PNDM (the model's scheduler), CFG 7.5; case 1: Euler a with a negative prompt
     for (file, options) in [
         (

@@ -14,9 +14,9 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{Device, Tensor};
 use kiln_pipeline::image_processor::{image_to_tensor, to_rgb_images};
-use kiln_pipeline::{GenerateOptions, StableDiffusion};
+use kiln_pipeline::{LoadOptions, GenerateOptions, StableDiffusion};
 use kiln_train::analysis::{agreement, analyze, Accuracy};
 use kiln_train::dataset::{samples, Scene, Shape, SplitMix64};
 use serde_json::Value;
@@ -26,7 +26,7 @@ fn root() -> PathBuf {
 }
 
 fn load(dir: &std::path::Path) -> StableDiffusion {
-    StableDiffusion::load(dir, &Device::flex(), DType::F32, None).unwrap()
+    StableDiffusion::load(dir, &LoadOptions::new(&Device::flex())).unwrap()
 }
 
 /// The shipped model.

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use burn::tensor::{DType, Device};
-use kiln_pipeline::{GenerateOptions, StableDiffusion};
+use burn::tensor::Device;
+use kiln_pipeline::{LoadOptions, GenerateOptions, StableDiffusion};
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -130,7 +130,7 @@ fn trains_checkpoints_resumes_and_writes_a_loadable_folder() {
     let scheduler: Value = serde_json::from_str(&std::fs::read_to_string(out.join("scheduler/scheduler_config.json")).unwrap()).unwrap();
     assert_eq!((scheduler["prediction_type"].as_str(), scheduler["rescale_betas_zero_snr"].as_bool()), (Some("v_prediction"), Some(true)));
     // kiln's pipeline loads the folder strictly (every tensor named as diffusers names it) and draws
-    let pipe = StableDiffusion::load(&out, &Device::flex(), DType::F32, None).unwrap();
+    let pipe = StableDiffusion::load(&out, &LoadOptions::new(&Device::flex())).unwrap();
     let o = GenerateOptions { prompt: "a red circle on a blue background".into(), num_inference_steps: 2, ..Default::default() };
     let img = &pipe.txt2img(&o, &mut |_, _| true).unwrap()[0];
     assert_eq!(img.dimensions(), (64, 64), "sample_size 16 × VAE factor 4");

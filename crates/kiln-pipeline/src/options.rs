@@ -1,0 +1,104 @@
+//! What one run is asked to do: [`GenerateOptions`] (diffusers' pipeline arguments), the
+//! [`Task`] (txt2img, img2img, inpainting) and the [`StepInfo`] progress reports.
+
+use image::{GrayImage, RgbImage};
+use kiln_scheduler::SamplerName;
+
+/// The arguments of `pipe(...)` that kiln takes, for every task.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub prompt: String,
+    /// SDXL: the second text encoder's prompt (`prompt_2`); `None` or empty = `prompt`.
+    pub prompt_2: Option<String>,
+    /// `None` = diffusers' default: an empty negative prompt under classifier-free guidance, or
+    /// zeros for SDXL models with `force_zeros_for_empty_prompt`.
+    pub negative_prompt: Option<String>,
+    /// SDXL: `negative_prompt_2`; `None` or empty = `negative_prompt`.
+    pub negative_prompt_2: Option<String>,
+    pub num_inference_steps: usize,
+    pub guidance_scale: f64,
+    /// `guidance_rescale` (arXiv 2305.08891 §3.4), 0 = off.
+    pub guidance_rescale: f64,
+    /// `None` = the init image's width for img2img/inpainting, else the UNet's
+    /// `sample_size × 8` (diffusers' default).
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    pub seed: u64,
+    pub num_images_per_prompt: usize,
+    /// `None` = the model's own scheduler_config.json class.
+    pub scheduler: Option<SamplerName>,
+    /// `use_karras_sigmas` on top of the scheduler config.
+    pub karras: bool,
+    /// `clip_skip`: use the hidden state this many layers before the last (SD: then the final
+    /// layer norm; SDXL: counted from the penultimate layer it already uses).
+    pub clip_skip: Option<usize>,
+    /// The pipeline's `eta` (DDIM η, TCD γ).
+    pub eta: f64,
+    /// SDXL micro-conditioning `(height, width)`; `None` = the output size.
+    pub original_size: Option<(usize, usize)>,
+    /// SDXL `crops_coords_top_left` `(top, left)`.
+    pub crops_coords_top_left: (usize, usize),
+    /// SDXL `target_size` `(height, width)`; `None` = the output size.
+    pub target_size: Option<(usize, usize)>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            prompt_2: None,
+            negative_prompt: None,
+            negative_prompt_2: None,
+            num_inference_steps: 50,
+            guidance_scale: 7.5,
+            guidance_rescale: 0.0,
+            width: None,
+            height: None,
+            seed: 0,
+            num_images_per_prompt: 1,
+            scheduler: None,
+            karras: false,
+            clip_skip: None,
+            eta: 0.0,
+            original_size: None,
+            crops_coords_top_left: (0, 0),
+            target_size: None,
+        }
+    }
+}
+
+/// What to generate from: text alone, an init image, or an init image and a mask.
+#[derive(Debug, Clone, Copy)]
+pub enum Task<'a> {
+    Txt2Img,
+    /// `strength` in [0, 1]: how much of the schedule runs (1 = from pure noise).
+    Img2Img { image: &'a RgbImage, strength: f64 },
+    /// `mask`: white (≥ 128) = repaint, black = keep. diffusers' default strength is 1.
+    Inpaint { image: &'a RgbImage, mask: &'a GrayImage, strength: f64 },
+}
+
+impl Task<'_> {
+    pub(crate) fn image(&self) -> Option<&RgbImage> {
+        match self {
+            Task::Txt2Img => None,
+            Task::Img2Img { image, .. } | Task::Inpaint { image, .. } => Some(image),
+        }
+    }
+
+    pub(crate) fn strength(&self) -> f64 {
+        match self {
+            Task::Txt2Img => 1.0,
+            Task::Img2Img { strength, .. } | Task::Inpaint { strength, .. } => *strength,
+        }
+    }
+}
+
+/// Progress reported after each denoising step; return `false` from the callback to cancel.
+#[derive(Debug, Clone, Copy)]
+pub struct StepInfo {
+    /// 0-based index of the step just taken, counted from the first step this run takes.
+    pub step: usize,
+    /// Number of model calls in this run (fewer than the schedule's for img2img).
+    pub total: usize,
+    pub timestep: f64,
+}

@@ -10,7 +10,7 @@ use kiln::burn::tensor::DType;
 use kiln::pipeline::image_processor::pil_grayscale;
 use kiln::pipeline::png::{save_png, GenerationParams};
 use kiln::pipeline::{resolve, GenerateOptions, HubConfig, PipelineKind, ResolveOptions, StableDiffusion, Task};
-use kiln::scheduler::SamplerName;
+use kiln::scheduler::{SamplerChoice, SamplerName, SchedulerConfig};
 
 use crate::device::DeviceArgs;
 
@@ -166,6 +166,12 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
     let mask = a.mask.as_deref().map(|p| read_image(p, "mask").map(|m| pil_grayscale(&m))).transpose()?;
     let resolve_options = ResolveOptions { prefer_fp16: a.fp16_variant, vae: a.vae.clone() };
     let folder = resolve(&a.model, &resolve_options, &HubConfig::from_env()).map_err(|e| e.to_string())?;
+    // the sampler the run will use (the same SamplerChoice the pipeline builds it with), checked
+    // before the weights load
+    if let Some(config) = folder.component("scheduler").and_then(|c| c.config()) {
+        let config = SchedulerConfig::from_file(config).map_err(|e| e.to_string())?;
+        SamplerChoice { sampler: scheduler, karras: a.karras }.resolve(&config).map_err(|e| crate::schedule::choice_error(&e))?;
+    }
     let mut pipe = StableDiffusion::load_folder(&folder, &device, dtype).map_err(|e| e.to_string())?;
     if vae_dtype != DType::F32 {
         pipe.set_vae_dtype(vae_dtype);

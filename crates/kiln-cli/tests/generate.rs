@@ -362,3 +362,23 @@ fn wgpu_without_a_usable_adapter_exits_2() {
     }
     assert!(!out.exists());
 }
+
+/// `kiln generate` and `kiln schedule` choose the sampler through the same function: a sampler
+/// without Karras sigmas and `--karras` is refused by both, with the same message, before
+/// generate loads the weights (before, generate ran DDIM without Karras sigmas and wrote
+/// "Schedule type: Karras" into the PNG).
+#[test]
+fn generate_and_schedule_refuse_karras_alike() {
+    let model = root().join("assets/fixtures/models/sd1");
+    let m = model.to_str().unwrap();
+    let out = tmp("karras").join("x.png");
+    let g = kiln(&["generate", "--model", m, "--prompt", "x", "--steps", "2", "--scheduler", "ddim", "--karras", "--output", out.to_str().unwrap()]);
+    let s = kiln(&["schedule", "--model", m, "--scheduler", "ddim", "--karras", "--steps", "2"]);
+    for o in [&g, &s] {
+        assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let (ge, se) = (String::from_utf8_lossy(&g.stderr), String::from_utf8_lossy(&s.stderr));
+    assert!(ge.contains("--karras: DDIMScheduler has no Karras sigmas"), "{ge}");
+    assert_eq!(ge.lines().last(), se.lines().last(), "one message from one place");
+    assert!(!out.exists());
+}

@@ -77,3 +77,26 @@ fn the_callback_cancels_and_missing_models_are_named() {
     let e = StableDiffusion::load("/nonexistent/model".as_ref(), &LoadOptions::new(&Device::flex())).err().unwrap();
     assert!(matches!(e, PipelineError::Model(_)) && e.to_string().contains("/nonexistent/model"), "{e}");
 }
+
+/// The pipeline builds its scheduler through `SamplerChoice`, as `kiln schedule` does: Karras
+/// sigmas where the sampler has them (not the plain ones), an error where it has none.
+#[test]
+fn the_pipeline_chooses_the_sampler_through_sampler_choice() {
+    use kiln_scheduler::{SamplerChoice, SamplerName, StepOptions};
+    let pipe = model("sd1");
+    let options = |scheduler: &str, karras: bool| GenerateOptions {
+        scheduler: Some(scheduler.parse::<SamplerName>().unwrap()),
+        karras,
+        num_inference_steps: 8,
+        ..Default::default()
+    };
+    let karras = pipe.build_scheduler(&options("euler", true)).unwrap();
+    let want = SamplerChoice { sampler: Some(SamplerName::Euler), karras: true }
+        .build(&pipe.scheduler_config, 8, &StepOptions::default())
+        .unwrap();
+    assert_eq!(karras.sigmas(), want.sigmas());
+    let plain = pipe.build_scheduler(&options("euler", false)).unwrap();
+    assert_ne!(karras.sigmas(), plain.sigmas(), "Karras sigmas differ from the plain ones");
+    let e = pipe.build_scheduler(&options("ddim", true)).err().unwrap().to_string();
+    assert!(e.contains("DDIMScheduler has no Karras sigmas"), "{e}");
+}

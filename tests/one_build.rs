@@ -66,3 +66,20 @@ fn every_selection_builds_the_dependencies_with_the_workspaces_features() {
         wrong.join("\n")
     );
 }
+
+/// Every crate packages on its own (`cargo package --workspace --no-verify`): nothing a crate
+/// compiles in lies outside it (kiln-bench compiled in `../../../assets/configs` before the re-cut).
+#[test]
+fn every_crate_packages() {
+    let target = std::env::temp_dir().join(format!("kiln-package-{}", std::process::id()));
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["package", "--workspace", "--no-verify", "--allow-dirty", "--offline", "--target-dir"])
+        .arg(&target)
+        .output()
+        .expect("cargo package runs");
+    let _ = std::fs::remove_dir_all(&target);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cargo package --workspace failed:\n{stderr}");
+    assert!(stderr.matches("Packaged").count() >= 12, "{stderr}");
+}

@@ -30,9 +30,9 @@ pub mod stable_diffusion;
 ///
 /// On the CPU, burn-flex and kiln's kernels hand each parallel op to rayon's global pool. From a
 /// thread outside the pool (a program's main thread) every hand-off parks the caller until a
-/// worker has finished and woken it: a futex round trip per op, 10 % of the tiny SD1 UNet step's
-/// CPU time on this 2-core Xeon. From inside the pool the caller works on the op itself. The
-/// pipeline runs each model call through this (tiny SD1 UNet step 39 → 35 ms). GPU backends keep
+/// worker has finished and woken it: a futex round trip per op, a measurable share of a small
+/// model's step (docs/performance.md#cpu-figures-2026-11-27). From inside the pool the caller works on the op itself. The
+/// pipeline runs each model call through this. GPU backends keep
 /// the calling thread: cubecl gives each thread its own stream, and moving calls between threads
 /// could add synchronisation between streams (not measurable here: no GPU).
 pub fn in_worker<R: Send>(device: &burn::tensor::Device, f: impl FnOnce() -> R + Send) -> R {

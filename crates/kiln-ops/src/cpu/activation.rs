@@ -2,8 +2,8 @@
 //!
 //! diffusers' `GEGLU` splits its projection in two and returns `hidden * gelu(gate)`; with burn's
 //! ops that is two strided views, a GELU whose erf is one scalar libm call per value, and a
-//! product: three passes and two allocations (5.6 % of the tiny SD1 pipeline on this 2-core Xeon,
-//! perf 2026-11-27). Here it is one pass over the projection's rows, with PyTorch's vectorised erf
+//! product: three passes and two allocations (docs/performance.md#cpu-figures-2026-11-27).
+//! Here it is one pass over the projection's rows, with PyTorch's vectorised erf
 //! (`aten/src/ATen/cpu/vec/vec512/vec512_float.h`, `Vectorized<float>::erf`: Abramowitz & Stegun
 //! 7.1.26, absolute error ≤ 1.5e-7 in exact arithmetic, 5.4e-7 in f32) and kiln's vectorised exp.
 

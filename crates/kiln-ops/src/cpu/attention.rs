@@ -1,9 +1,9 @@
 //! Attention on the CPU: kiln's own kernel for burn's flex backend (f32, no autodiff).
 //!
 //! burn-flex 0.22's attention computes each softmax with one scalar `expf` call and a branch per
-//! score and runs one task per (batch, head): in the tiny SD1 pipeline on this 2-core Xeon that
-//! softmax was 28 % of the CPU time (perf, 2026-11-27), and the VAE's single-head mid-block
-//! attention ran on one core. Here the work is split into blocks of query rows over every
+//! score and runs one task per (batch, head): that softmax was the largest share of the tiny SD1
+//! pipeline's CPU time, and the VAE's single-head mid-block attention ran on one core
+//! (docs/performance.md#cpu-figures-2026-11-27). Here the work is split into blocks of query rows over every
 //! (batch, head) (rayon), `q kᵀ` and `p v` are gemm calls (the `gemm` crate burn-flex uses, so
 //! AVX-512 where the CPU has it), and the softmax uses an exp that vectorises (Cephes' `expf`
 //! polynomial, about 1 ulp), compiled for AVX-512 and AVX2 and picked at run time.

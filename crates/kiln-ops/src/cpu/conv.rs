@@ -3,8 +3,8 @@
 //! except the stride-2 downsamplers).
 //!
 //! burn-flex 0.22 runs a convolution as im2col + gemm too, but per call it first copies the input
-//! to NHWC and re-lays the weights, both on one core (12 % of an SD 1.5 `kiln bench` at 256×256 on
-//! this 2-core Xeon, perf 2026-11-27), then builds im2col tiles of 512 pixels and scatters each
+//! to NHWC and re-lays the weights, both on one core (docs/performance.md#cpu-figures-2026-11-27),
+//! then builds im2col tiles of 512 pixels and scatters each
 //! tile's freshly allocated result. Here:
 //! - im2col reads the NCHW input directly, one tile of pixels at a time (several images' pixels in
 //!   one tile where the images are small, so SD's 8×8 and 4×4 levels make one large product);

@@ -3,8 +3,7 @@
 //!
 //! burn 0.22 builds `GroupNorm` from tensor ops (mean, subtract, square, mean, divide, scale,
 //! shift: seven passes over the activation, each allocating) and SiLU as `x · sigmoid(x)` with one
-//! scalar `expf` call per value; in the tiny SD1 pipeline on this 2-core Xeon those were 13 % of
-//! the CPU time (perf, 2026-11-27). Here one task per (image, group) reads its values twice for the
+//! scalar `expf` call per value (docs/performance.md#cpu-figures-2026-11-27). Here one task per (image, group) reads its values twice for the
 //! statistics (f64 sums) and once more to write `x · scale + shift` per channel — PyTorch's own CPU
 //! formulation (`scale = γ / √(var + ε)`, `shift = β − mean · scale`, `group_norm_kernel.cpp`) —
 //! with SiLU applied in the same pass through a vectorised exp.

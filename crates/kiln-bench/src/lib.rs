@@ -319,17 +319,34 @@ pub fn run_bench(o: &BenchOptions, device: &Device, device_name: &str) -> Result
     kiln_pipeline::in_worker(device, || run_bench_here(o, device, device_name))
 }
 
+impl BenchOptions {
+    /// The largest image side `kiln bench` takes (SDXL at 1024 is the largest published size).
+    pub const MAX_SIDE: usize = 8192;
+    /// The most images per run.
+    pub const MAX_BATCH: usize = 64;
+    /// The most steps, and timed repetitions.
+    pub const MAX_STEPS: usize = 1000;
+
+    /// Checks every option before any work: sizes positive multiples of 8 up to
+    /// [`MAX_SIDE`](Self::MAX_SIDE), 1 to [`MAX_BATCH`](Self::MAX_BATCH) images, 1 to
+    /// [`MAX_STEPS`](Self::MAX_STEPS) steps and timed repetitions. Errors name the option.
+    pub fn check(&self) -> Result<(), PipelineError> {
+        for (what, v) in [("width", self.width), ("height", self.height)] {
+            if v == 0 || v % 8 != 0 || v > Self::MAX_SIDE {
+                return Err(PipelineError::Input { what, value: v.to_string(), allowed: format!("a positive multiple of 8 up to {}", Self::MAX_SIDE) });
+            }
+        }
+        for (what, v, max) in [("steps", self.steps, Self::MAX_STEPS), ("batch", self.batch, Self::MAX_BATCH), ("iters", self.iters, Self::MAX_STEPS)] {
+            if v == 0 || v > max {
+                return Err(PipelineError::Input { what, value: v.to_string(), allowed: format!("in [1, {max}]") });
+            }
+        }
+        Ok(())
+    }
+}
+
 fn run_bench_here(o: &BenchOptions, device: &Device, device_name: &str) -> Result<BenchReport, PipelineError> {
-    for (what, v) in [("width", o.width), ("height", o.height)] {
-        if v == 0 || v % 8 != 0 {
-            return Err(PipelineError::Input { what, value: v.to_string(), allowed: "a positive multiple of 8".into() });
-        }
-    }
-    for (what, v) in [("steps", o.steps), ("batch", o.batch)] {
-        if v == 0 {
-            return Err(PipelineError::Input { what, value: "0".into(), allowed: "at least 1".into() });
-        }
-    }
+    o.check()?;
     let c = load_components(o, device)?;
     let mut memory = PeakMemory::new(device);
     let mut generator = TorchGenerator::new(o.seed);
@@ -455,9 +472,19 @@ pub fn unet_check(dir: &Path, device: &Device, dtype: DType) -> Result<PathBuf, 
     let (sample, sample_shape) = read("sample")?;
     let (context, context_shape) = read("encoder_hidden_states")?;
     let (t, _) = read("timestep")?;
+    let rank = |name: &str, shape: &[usize], want: usize| match shape.len() == want && shape.iter().all(|&d| d > 0) {
+        true => Ok(()),
+        false => Err(PipelineError::Unsupported(format!("{name} must be a {want}-D tensor without empty dims, is {shape:?}"))),
+    };
+    rank("sample", &sample_shape, 4)?;
+    rank("encoder_hidden_states", &context_shape, 3)?;
+    let t = *t.first().ok_or_else(|| PipelineError::Unsupported("timestep is empty".into()))?;
+    if !t.is_finite() {
+        return Err(PipelineError::Unsupported(format!("timestep must be finite, is {t}")));
+    }
     let sample = Tensor::<4>::from_data(TensorData::new(sample, sample_shape), device);
     let context = Tensor::<3>::from_data(TensorData::new(context, context_shape), device);
-    let out = unet.forward(sample, &[t[0] as f64], context, None)?.cast(DType::F32);
+    let out = unet.forward(sample, &[t as f64], context, None)?.cast(DType::F32);
     let shape = out.dims().to_vec();
     let values: Vec<f32> = out
         .into_data()

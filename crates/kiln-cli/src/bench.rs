@@ -96,7 +96,7 @@ fn print_text(r: &BenchReport) {
     }
 }
 
-pub fn bench(a: BenchArgs) -> Result<(), String> {
+pub fn bench(a: BenchArgs) -> Result<(), crate::CliError> {
     let (device, dtype, vae_dtype) = a.device.resolve()?;
     if let Some(dir) = &a.unet_check {
         let path = kiln_bench::unet_check(dir, &device, dtype).map_err(|e| e.to_string())?;
@@ -106,7 +106,7 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     let model = match (a.preset, a.model) {
         (Some(p), _) => {
             if !preset_names().contains(&p.as_str()) {
-                return Err(format!("--preset must be one of {}, got {p:?}", preset_names().join(", ")));
+                return Err(format!("--preset must be one of {}, got {p:?}", preset_names().join(", ")).into());
             }
             BenchModel::Preset(p)
         }
@@ -125,6 +125,7 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         seed: 0,
         profile: a.profile,
     };
+    options.check().map_err(|e| e.to_string())?;
     let device_name = format!("{} ({device:?})", a.device.device);
     let report = run_bench(&options, &device, &device_name).map_err(|e| e.to_string())?;
     if a.json {

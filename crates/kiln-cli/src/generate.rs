@@ -8,11 +8,12 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln::burn::tensor::DType;
 use kiln::pipeline::image_processor::pil_grayscale;
-use kiln::pipeline::png::{save_png, GenerationParams};
-use kiln::pipeline::{resolve, GenerateOptions, HubConfig, PipelineKind, ResolveOptions, StableDiffusion, Task};
+use kiln::pipeline::png::{check_output, save_png, GenerationParams};
+use kiln::pipeline::{resolve, GenerateOptions, HubConfig, PipelineError, PipelineKind, ResolveOptions, StableDiffusion, Task};
 use kiln::scheduler::{SamplerChoice, SamplerName, SchedulerConfig};
 
 use crate::device::DeviceArgs;
+use crate::{interrupt, CliError};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -106,15 +107,49 @@ fn output_paths(output: &Path, n: usize) -> Vec<PathBuf> {
     (1..=n).map(|i| output.with_file_name(format!("{stem}-{i}{ext}"))).collect()
 }
 
-fn read_image(path: &Path, what: &str) -> Result<image::DynamicImage, String> {
+/// The largest init image or mask side kiln decodes (its pixels are read before any check of
+/// the whole file could see them: a small PNG can declare 20000 × 20000).
+const MAX_IMAGE_SIDE: u32 = 16384;
+
+/// The size of the init image or mask at `path`, from its header (nothing decoded), checked
+/// against [`MAX_IMAGE_SIDE`].
+fn image_size(path: &Path, what: &str) -> Result<(usize, usize), String> {
     if !path.is_file() {
         return Err(format!("{what} {} does not exist or is not a file", path.display()));
     }
-    image::ImageReader::open(path)
+    let (w, h) = image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
         .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?
-        .decode()
-        .map_err(|e| format!("{what} {} is not a readable PNG or JPEG image: {e}", path.display()))
+        .into_dimensions()
+        .map_err(|e| format!("{what} {} is not a readable PNG or JPEG image: {e}", path.display()))?;
+    if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
+        return Err(format!("{what} {} is {w}x{h}; kiln takes images of at most {MAX_IMAGE_SIDE} pixels a side", path.display()));
+    }
+    Ok((w as usize, h as usize))
+}
+
+/// Refuses an image of `size` where the output is `want` (an unset side follows the image).
+fn check_size(what: &str, path: &Path, (w, h): (usize, usize), want: (Option<usize>, Option<usize>)) -> Result<(), String> {
+    let (ow, oh) = (want.0.unwrap_or(w), want.1.unwrap_or(h));
+    if (ow, oh) == (w, h) {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} size {w}x{h} ({}) differs from the output size {ow}x{oh}; kiln does not resize: give an image of the output size",
+        path.display()
+    ))
+}
+
+/// Decodes the image at `path` (whose size [`image_size`] checked), within the same limits.
+fn decode_image(path: &Path, what: &str) -> Result<image::DynamicImage, String> {
+    let mut reader = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    reader.limits(limits);
+    reader.decode().map_err(|e| format!("{what} {} is not a readable PNG or JPEG image: {e}", path.display()))
 }
 
 /// `WIDTHxHEIGHT` → diffusers' `(height, width)`.
@@ -134,7 +169,7 @@ fn parse_pair(flag: &str, v: &str) -> Result<(usize, usize), String> {
     Ok((a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?))
 }
 
-pub fn generate(a: GenerateArgs) -> Result<(), String> {
+pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
     if a.mask.is_some() && a.init_image.is_none() {
         return Err("--mask needs --init-image (the image to inpaint)".into());
     }
@@ -143,7 +178,7 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
     }
     if let Some(s) = a.strength {
         if !(0.0..=1.0).contains(&s) {
-            return Err(format!("--strength must be in [0, 1], got {s}"));
+            return Err(format!("--strength must be in [0, 1], got {s}").into());
         }
     }
     let (device, dtype, vae_dtype) = a.device.resolve()?;
@@ -151,19 +186,23 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
     let original_size = a.original_size.as_deref().map(|v| parse_size("--original-size", v)).transpose()?;
     let target_size = a.target_size.as_deref().map(|v| parse_size("--target-size", v)).transpose()?;
     let crops = a.crops_coords_top_left.as_deref().map(|v| parse_pair("--crops-coords-top-left", v)).transpose()?;
-    // refuse before any work: existing outputs, missing directories, unreadable inputs
+    // refuse before any work: outputs that cannot be written (or would replace what is not a
+    // regular file, or exist without --overwrite), unreadable inputs
     let paths = output_paths(&a.output, a.num_images.max(1));
     for p in &paths {
-        if p.exists() && !a.overwrite {
-            return Err(format!("{} exists; pass --overwrite to replace it", p.display()));
-        }
-        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        if !dir.is_dir() {
-            return Err(format!("output directory {} does not exist", dir.display()));
-        }
+        check_output(p, a.overwrite).map_err(|e| format!("--output: {e}"))?;
     }
-    let init_image = a.init_image.as_deref().map(|p| read_image(p, "init image").map(|i| i.to_rgb8())).transpose()?;
-    let mask = a.mask.as_deref().map(|p| read_image(p, "mask").map(|m| pil_grayscale(&m))).transpose()?;
+    // the images' sizes from their headers first: a size kiln refuses is never decoded
+    let init_size = a.init_image.as_deref().map(|p| image_size(p, "init image")).transpose()?;
+    let mask_size = a.mask.as_deref().map(|p| image_size(p, "mask")).transpose()?;
+    if let (Some(p), Some(size)) = (&a.init_image, init_size) {
+        check_size("init image", p, size, (a.width, a.height))?;
+    }
+    if let (Some(p), Some(size), Some((iw, ih))) = (&a.mask, mask_size, init_size) {
+        check_size("mask", p, size, (Some(iw), Some(ih)))?;
+    }
+    let init_image = a.init_image.as_deref().map(|p| decode_image(p, "init image").map(|i| i.to_rgb8())).transpose()?;
+    let mask = a.mask.as_deref().map(|p| decode_image(p, "mask").map(|m| pil_grayscale(&m))).transpose()?;
     let resolve_options = ResolveOptions { prefer_fp16: a.fp16_variant, vae: a.vae.clone() };
     let folder = resolve(&a.model, &resolve_options, &HubConfig::from_env()).map_err(|e| e.to_string())?;
     // the sampler the run will use (the same SamplerChoice the pipeline builds it with), checked
@@ -209,15 +248,20 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
             .map_err(|e| e.to_string())?,
     );
     let start = Instant::now();
-    let images = pipe
-        .generate(&options, task, &mut |info, _| {
+    // Ctrl-C / SIGTERM from here on: stop at the next step, write nothing, exit 130
+    let images = interrupt::graceful(|| {
+        pipe.generate(&options, task, &mut |info, _| {
             bar.set_length(info.total as u64);
             bar.set_position(info.step as u64 + 1);
             let secs = start.elapsed().as_secs_f64() / (info.step + 1) as f64;
             bar.set_message(format!("{secs:.2} s/it"));
-            true
+            !interrupt::requested()
         })
-        .map_err(|e| e.to_string())?;
+    });
+    let images = match images {
+        Err(PipelineError::Cancelled(_)) if interrupt::requested() => return Err(CliError::Interrupted),
+        other => other.map_err(|e| e.to_string())?,
+    };
     bar.finish();
     let sampler = scheduler.map(|s| s.to_string()).unwrap_or_else(|| pipe.scheduler_config.class_name.clone().unwrap_or_default());
     let mut extra = Vec::new();
@@ -246,7 +290,13 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
                 extra.clone()
             },
         };
-        save_png(path, image, Some(&params), a.overwrite).map_err(|e| e.to_string())?;
+        // a signal during the save: the temporary file is removed, the output never appears
+        interrupt::graceful(|| if interrupt::requested() { Err(CliError::Interrupted) } else { save_png(path, image, Some(&params), a.overwrite).map_err(|e| CliError::from(e.to_string())) })?;
+        if interrupt::requested() {
+            // written just before the signal came: the run as a whole was interrupted
+            eprintln!("wrote {} (then interrupted)", path.display());
+            return Err(CliError::Interrupted);
+        }
         eprintln!("wrote {}", path.display());
     }
     Ok(())

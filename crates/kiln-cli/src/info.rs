@@ -35,6 +35,8 @@ pub enum InfoError {
     Unrecognized(PathBuf),
     #[error("{0} is a folder without model_index.json or config.json: not a diffusers model or component folder")]
     NotAModelFolder(PathBuf),
+    #[error("{0} is not a regular file or folder (a FIFO, socket or device is not read)")]
+    NotAFile(PathBuf),
 }
 
 /// What `kiln info` found.
@@ -90,6 +92,9 @@ pub struct ComponentSummary {
     pub weights: Vec<WeightsSummary>,
     /// Other files (tokenizer files, pickle weights, ...).
     pub other_files: Vec<String>,
+    /// Why the component could not be read (a broken config or weights header); the rest of
+    /// the model is still listed.
+    pub error: Option<String>,
 }
 
 /// A safetensors file, from its header.
@@ -134,6 +139,9 @@ pub fn inspect(arg: &str, hub: &HubConfig) -> Result<Info, InfoError> {
         }
         return Err(InfoError::NotAModelFolder(path.into()));
     }
+    if !meta.is_file() {
+        return Err(InfoError::NotAFile(path.into()));
+    }
     if png::is_png(path)? {
         let parameters = png::read_parameters(path)?.ok_or_else(|| PngError::NoParameters(path.into()))?;
         let (parsed, parse_error) = match GenerationParams::parse(&parameters) {
@@ -172,7 +180,12 @@ pub fn summarize_model(root: &Path) -> Result<ModelSummary, InfoError> {
     for (name, v) in map {
         if let Some([Value::String(_lib), Value::String(class)]) = v.as_array().map(Vec::as_slice) {
             let used = required.contains(&name.as_str());
-            components.push(summarize_component(&root.join(name), name, Some(class), used)?);
+            // a component is a subfolder: `/etc` or `../x` would read outside the model
+            let Some(dir) = component_dir(root, name) else {
+                components.push(ComponentSummary::failed(name, class, root, used, "not a subfolder name: a component name is one path component".into()));
+                continue;
+            };
+            components.push(summarize_component(&dir, name, Some(class), used).unwrap_or_else(|e| ComponentSummary::failed(name, class, &dir, used, e.to_string())));
         }
     }
     let check = ModelFolder::open(root, &ResolveOptions::default());
@@ -182,7 +195,7 @@ pub fn summarize_model(root: &Path) -> Result<ModelSummary, InfoError> {
         .filter(|c| c.used)
         .filter_map(|c| c.weights.iter().find(|w| !is_variant(&w.path)).or(c.weights.first()))
         .map(|w| w.parameters)
-        .sum();
+        .fold(0u64, u64::saturating_add);
     Ok(ModelSummary {
         path: root.into(),
         hub_id: None,
@@ -193,6 +206,30 @@ pub fn summarize_model(root: &Path) -> Result<ModelSummary, InfoError> {
         parameters,
         problem: check.err().map(|e| e.to_string()),
     })
+}
+
+/// `root/name` when `name` is a single ordinary path component (not `/etc`, `..`, `a/b`).
+fn component_dir(root: &Path, name: &str) -> Option<PathBuf> {
+    let mut parts = Path::new(name).components();
+    match (parts.next(), parts.next()) {
+        (Some(std::path::Component::Normal(_)), None) => Some(root.join(name)),
+        _ => None,
+    }
+}
+
+impl ComponentSummary {
+    fn failed(name: &str, class: &str, dir: &Path, used: bool, error: String) -> Self {
+        ComponentSummary {
+            name: name.into(),
+            class_name: class.into(),
+            dir: dir.into(),
+            used,
+            config: Vec::new(),
+            weights: Vec::new(),
+            other_files: Vec::new(),
+            error: Some(error),
+        }
+    }
 }
 
 fn is_variant(path: &Path) -> bool {
@@ -286,7 +323,7 @@ pub fn summarize_component(dir: &Path, name: &str, class: Option<&str>, used: bo
             }
         }
     }
-    Ok(ComponentSummary { name: name.into(), class_name, dir: dir.into(), used, config: config_summary, weights, other_files })
+    Ok(ComponentSummary { name: name.into(), class_name, dir: dir.into(), used, config: config_summary, weights, other_files, error: None })
 }
 
 /// Bytes per element of the safetensors dtypes.
@@ -353,19 +390,27 @@ pub fn read_weights_summary(path: &Path) -> Result<WeightsSummary, InfoError> {
             .and_then(|o| o.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
             .filter(|o| o.len() == 2)
             .ok_or_else(|| tensor_err("no valid data_offsets"))?;
-        let numel = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(|| tensor_err("shape overflows"))?;
+        let numel = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(|| tensor_err(&format!("shape {shape:?} has more than 2^64 elements")))?;
         let (begin, end) = (offsets[0], offsets[1]);
         if begin > end || end > data_bytes {
             return Err(tensor_err(&format!("data_offsets [{begin}, {end}] lie outside the {data_bytes} data bytes (truncated file?)")));
         }
-        if let Some(size) = dtype_size(dtype) {
-            if numel.checked_mul(size) != Some(end - begin) {
-                return Err(tensor_err(&format!("{dtype} {shape:?} needs {} bytes, data_offsets give {}", numel * size, end - begin)));
+        let bytes = (end - begin) as u128;
+        match dtype_size(dtype) {
+            Some(size) if numel as u128 * size as u128 != bytes => {
+                return Err(tensor_err(&format!("{dtype} {shape:?} needs {} bytes, data_offsets give {bytes}", numel as u128 * size as u128)));
             }
+            // a dtype kiln does not know (newer sub-byte formats): no element is smaller than a bit
+            None if numel as u128 > bytes * 8 => {
+                return Err(tensor_err(&format!("{dtype} {shape:?} has {numel} elements in {bytes} bytes")));
+            }
+            _ => {}
         }
         summary.tensors += 1;
-        summary.parameters += numel;
-        *summary.dtypes.entry(dtype.to_string()).or_default() += numel;
+        let overflow = || tensor_err("the file's parameter count passes 2^64");
+        summary.parameters = summary.parameters.checked_add(numel).ok_or_else(overflow)?;
+        let per_dtype = summary.dtypes.entry(dtype.to_string()).or_default();
+        *per_dtype = per_dtype.checked_add(numel).ok_or_else(overflow)?;
     }
     Ok(summary)
 }
@@ -416,7 +461,9 @@ fn write_component(f: &mut fmt::Formatter<'_>, c: &ComponentSummary, indent: &st
     if !c.other_files.is_empty() {
         writeln!(f, "{indent}    files: {}", c.other_files.join(", "))?;
     }
-    if !c.dir.is_dir() {
+    if let Some(e) = &c.error {
+        writeln!(f, "{indent}    FAILED: {e}")?;
+    } else if !c.dir.is_dir() {
         writeln!(f, "{indent}    (folder missing)")?;
     }
     Ok(())
@@ -471,7 +518,7 @@ pub struct InfoArgs {
     json: bool,
 }
 
-pub fn info(args: InfoArgs) -> Result<(), String> {
+pub fn info(args: InfoArgs) -> Result<(), crate::CliError> {
     let info = inspect(&args.path, &kiln_pipeline::HubConfig::from_env()).map_err(|e| e.to_string())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info).map_err(|e| e.to_string())?);
@@ -485,7 +532,7 @@ pub fn info(args: InfoArgs) -> Result<(), String> {
     }
     match &info {
         // A model kiln cannot run: the summary above, then the reason, and a failure status.
-        Info::Model(m) => m.problem.clone().map_or(Ok(()), Err),
+        Info::Model(m) => m.problem.clone().map_or(Ok(()), |p| Err(p.into())),
         _ => Ok(()),
     }
 }

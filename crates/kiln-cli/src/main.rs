@@ -1,5 +1,7 @@
-//! `kiln`: the command-line front end. Parses flags, calls the library, prints results; errors
-//! are printed as one message and exit with status 2.
+//! `kiln`: the command-line front end. Parses flags, calls the library, prints results. Exit
+//! status: 0 done; 2 an error, printed as one `error:` line naming the value and what is allowed;
+//! 130 interrupted (Ctrl-C or SIGTERM; nothing half-written is left); a closed stdout ends the
+//! process quietly (SIGPIPE, as Unix tools do).
 
 use std::process::ExitCode;
 
@@ -9,7 +11,27 @@ mod bench;
 mod device;
 mod generate;
 mod info;
+mod interrupt;
 mod schedule;
+
+/// How a command failed: a message (exit status 2) or an interrupt (130).
+#[derive(Debug)]
+pub enum CliError {
+    Message(String),
+    Interrupted,
+}
+
+impl From<String> for CliError {
+    fn from(message: String) -> Self {
+        CliError::Message(message)
+    }
+}
+
+impl From<&str> for CliError {
+    fn from(message: &str) -> Self {
+        CliError::Message(message.to_string())
+    }
+}
 
 #[derive(Parser)]
 #[command(name = "kiln", version, about = "Stable Diffusion-family image generation in Rust (diffusers-compatible)")]
@@ -34,6 +56,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    interrupt::install();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -44,9 +67,13 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+        Err(CliError::Message(message)) => {
             eprintln!("error: {message}");
             ExitCode::from(2)
+        }
+        Err(CliError::Interrupted) => {
+            eprintln!("interrupted");
+            ExitCode::from(interrupt::INTERRUPTED)
         }
     }
 }

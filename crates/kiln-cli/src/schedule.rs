@@ -44,7 +44,7 @@ fn number(x: f64) -> Value {
     if x.fract() == 0.0 && x.abs() < 1e15 { json!(x as i64) } else { json!(x) }
 }
 
-pub fn schedule(args: ScheduleArgs) -> Result<(), String> {
+pub fn schedule(args: ScheduleArgs) -> Result<(), crate::CliError> {
     let config = match (&args.model, &args.config) {
         (Some(dir), _) => SchedulerConfig::from_model_dir(dir),
         (None, Some(file)) => SchedulerConfig::from_file(file),

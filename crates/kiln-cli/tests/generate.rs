@@ -92,7 +92,7 @@ fn generate_bad_input_exits_2() {
     let mask = mask.to_str().unwrap();
     run(&["--init-image", init, "--strength", "1.5"], &["--strength", "1.5", "[0, 1]"]);
     run(&["--init-image", init, "--strength=-0.1"], &["--strength", "-0.1", "[0, 1]"]);
-    run(&["--init-image", init, "--strength", "0.05", "--steps", "10"], &["strength", "0.05", "10 steps", "no denoising step"]);
+    run(&["--init-image", init, "--strength", "0.05", "--steps", "10", "--height", "48"], &["strength", "0.05", "10 steps", "no denoising step"]);
     run(&["--mask", mask], &["--mask needs --init-image"]);
     run(&["--strength", "0.5"], &["--strength needs --init-image"]);
     run(&["--init-image", "/nonexistent/in.png"], &["init image", "/nonexistent/in.png", "does not exist"]);

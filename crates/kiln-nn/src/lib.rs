@@ -20,7 +20,7 @@ pub mod transformer;
 
 pub use attention::{Attention, AttentionConfig};
 pub use embeddings::{timestep_embedding, TimestepEmbedding, TimestepEmbeddingConfig};
-pub use load::{load_safetensors, read_config, weights_file_name, weights_path, LoadError, LoadOptions};
+pub use load::{load_safetensors, read_config, read_text_file, weights_file_name, weights_path, LoadError, LoadOptions, CONFIG_LIMIT};
 pub use resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 pub use sampling::{Downsample2D, Downsample2DConfig, Upsample2D, Upsample2DConfig};
 pub use transformer::{

@@ -114,9 +114,26 @@ fn list(names: &[String]) -> String {
     s
 }
 
+/// The largest config file kiln reads (published configs are a few KB).
+pub const CONFIG_LIMIT: u64 = 16 << 20;
+
+/// The text of a regular file of at most `limit` bytes: a FIFO or device would block or never
+/// end, and a file that large is not what kiln expects there.
+pub fn read_text_file(path: &Path, limit: u64) -> Result<String, LoadError> {
+    let io = |source| LoadError::Io { path: path.into(), source };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(io(std::io::Error::other("not a regular file")));
+    }
+    if meta.len() > limit {
+        return Err(io(std::io::Error::other(format!("{} bytes; kiln reads at most {limit} here", meta.len()))));
+    }
+    std::fs::read_to_string(path).map_err(io)
+}
+
 /// Reads and parses a JSON config file (`config.json`, `model_index.json`, ...).
 pub fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.into(), source })?;
+    let text = read_text_file(path, CONFIG_LIMIT)?;
     serde_json::from_str(&text).map_err(|source| LoadError::Config { path: path.into(), source })
 }
 

@@ -39,6 +39,8 @@ pub enum PipelineError {
          the device has {available_gib:.1} GiB available; use a smaller size or fewer images"
     )]
     TooLarge { width: usize, height: usize, batch: usize, needed_gib: f64, available_gib: f64 },
+    #[error("{component} produced NaN or infinite values{detail}; no image was made (broken weights, or a schedule that diverges)")]
+    NonFinite { component: &'static str, detail: String },
     #[error("generation cancelled by the callback at step {0}")]
     Cancelled(usize),
 }

@@ -50,8 +50,14 @@ pub enum PngError {
     OutputDirNotADir(PathBuf),
     #[error("{0} already exists; not overwriting it (use --overwrite to replace it)")]
     Exists(PathBuf),
-    #[error("{0} is a directory, not an image file name")]
+    #[error("{0} names a folder, not an image file (give a file name ending in .png)")]
     IsADirectory(PathBuf),
+    #[error("{0} is not a regular file (a symlink, FIFO or device); kiln does not replace it, even with --overwrite")]
+    NotARegularFile(PathBuf),
+    #[error("{0}: kiln writes PNG images; give a file name ending in .png")]
+    NotPngName(PathBuf),
+    #[error("{path}: the file name is {bytes} bytes; file systems take at most 255")]
+    NameTooLong { path: PathBuf, bytes: usize },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
     #[error("cannot encode {path} as PNG: {source}")]
@@ -62,6 +68,12 @@ pub enum PngError {
     NotPng(PathBuf),
     #[error("{path} is not a valid PNG (corrupt or truncated?): {source}")]
     Decode { path: PathBuf, source: png::DecodingError },
+    #[error("{0} is not a regular file")]
+    NotAFile(PathBuf),
+    #[error("{path} is not a valid PNG (corrupt or truncated?): {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("{path}: its `{keyword}` text is {bytes} bytes or more; kiln reads at most {limit}")]
+    TextTooLarge { path: PathBuf, keyword: String, bytes: u64, limit: usize },
     #[error("{0} is a PNG without generation parameters (no `parameters` text chunk)")]
     NoParameters(PathBuf),
     #[error("{path}: cannot parse its generation parameters: {source}")]
@@ -259,17 +271,22 @@ fn unquote(value: &str) -> String {
 
 /// Python's `re.findall` of A1111's `re_param` on one line: non-overlapping `(key, raw value)`
 /// matches, scanning left to right and retrying one character later where no match starts.
+///
+/// Linear in the line's length: a start that fails skips every later start that would fail the
+/// same way (they reach the same end of the key run), and the end of each quoted value is found
+/// once for the whole line ([`quoted_ends`]).
 fn find_params(line: &str) -> Vec<(String, String)> {
     let chars: Vec<char> = line.chars().collect();
+    let quoted = quoted_ends(&chars);
     let mut out = Vec::new();
     let mut i = 0;
     while i < chars.len() {
-        match match_param(&chars, i) {
-            Some((key, value, end)) => {
+        match match_param(&chars, &quoted, i) {
+            Ok((key, value, end)) => {
                 out.push((key, value));
                 i = end;
             }
-            None => i += 1,
+            Err(next) => i = next.max(i + 1),
         }
     }
     out
@@ -280,17 +297,36 @@ fn is_word(c: char) -> bool {
     c.is_alphanumeric() || c == '_'
 }
 
-/// `\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)` anchored at `start`. The key class
-/// cannot hold `:`, so the greedy key run is the only candidate; the value tries the quoted form
-/// first and falls back to `[^,]*`, which always matches.
-fn match_param(chars: &[char], start: usize) -> Option<(String, String, usize)> {
+/// For each position `r`, where `(?:\\.|[^\\"])*"` started at `r` ends: the index of the closing
+/// `"` (an escape `\x` takes two characters, `.` no newline), or `None` where a lone `\` or the
+/// line's end comes first. Computed right to left, once per line.
+fn quoted_ends(chars: &[char]) -> Vec<Option<usize>> {
+    let n = chars.len();
+    let mut end = vec![None; n + 2];
+    for r in (0..n).rev() {
+        end[r] = match chars[r] {
+            '"' => Some(r),
+            '\\' if r + 1 < n && chars[r + 1] != '\n' => end[r + 2],
+            '\\' => None,
+            _ => end[r + 1],
+        };
+    }
+    end
+}
+
+/// `\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)` anchored at `start`: the key, the raw
+/// value and where the next match may start; else the first start that could still match. The
+/// key class cannot hold `:`, so the greedy key run is the only candidate; the value tries the
+/// quoted form first and falls back to `[^,]*`, which always matches.
+fn match_param(chars: &[char], quoted: &[Option<usize>], start: usize) -> Result<(String, String, usize), usize> {
     let n = chars.len();
     let mut p = start;
     while p < n && chars[p].is_whitespace() {
         p += 1;
     }
     if p >= n || !is_word(chars[p]) {
-        return None;
+        // every start up to p skips the same whitespace to the same non-word character
+        return Err(p + 1);
     }
     let key_start = p;
     p += 1;
@@ -299,7 +335,8 @@ fn match_param(chars: &[char], start: usize) -> Option<(String, String, usize)> 
         p += 1;
     }
     if p == run_start || p >= n || chars[p] != ':' {
-        return None;
+        // every later start inside the run ends its run at the same p
+        return Err(p);
     }
     let key: String = chars[key_start..p].iter().collect();
     p += 1;
@@ -307,27 +344,14 @@ fn match_param(chars: &[char], start: usize) -> Option<(String, String, usize)> 
         p += 1;
     }
     let value_start = p;
-    // "(?:\\.|[^\\"])+" followed by `,` or the end of the line.
+    // "(?:\\.|[^\\"])+" followed by `,` or the end of the line (at least one item: the closing
+    // quote is not right after the opening one)
     if p < n && chars[p] == '"' {
-        let mut r = p + 1;
-        let mut items = 0;
-        let closed = loop {
-            if r >= n {
-                break None;
-            }
-            match chars[r] {
-                '\\' if r + 1 < n && chars[r + 1] != '\n' => r += 2,
-                '\\' => break None,
-                '"' => break Some(r),
-                _ => r += 1,
-            }
-            items += 1;
-        };
-        if let Some(close) = closed.filter(|_| items > 0) {
+        if let Some(close) = quoted[p + 1].filter(|&c| c > p + 1) {
             let after = close + 1;
             if after == n || chars[after] == ',' {
                 let value: String = chars[value_start..after].iter().collect();
-                return Some((key, value, if after == n { n } else { after + 1 }));
+                return Ok((key, value, if after == n { n } else { after + 1 }));
             }
         }
     }
@@ -336,7 +360,48 @@ fn match_param(chars: &[char], start: usize) -> Option<(String, String, usize)> 
         q += 1;
     }
     let value: String = chars[value_start..q].iter().collect();
-    Some((key, value, if q == n { n } else { q + 1 }))
+    Ok((key, value, if q == n { n } else { q + 1 }))
+}
+
+/// Checks that a PNG can be written at `path` before any work is done (a generation can take
+/// minutes): a file name ending in `.png` (kiln writes PNG; another extension would mislabel the
+/// bytes), no longer than a file name may be, in an existing folder kiln may write to, and
+/// nothing at `path` but — with `overwrite` — a regular file. A symlink (dangling or not), a
+/// FIFO or a device at `path` is never replaced; neither is a folder. The folder is probed by
+/// creating and removing a temporary file, as the write will.
+pub fn check_output(path: &Path, overwrite: bool) -> Result<(), PngError> {
+    let text = path.as_os_str().to_string_lossy();
+    let Some(file_name) = path.file_name().filter(|_| !text.ends_with('/')) else {
+        return Err(PngError::IsADirectory(path.into()));
+    };
+    if file_name.len() > 255 {
+        return Err(PngError::NameTooLong { path: path.into(), bytes: file_name.len() });
+    }
+    if !path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+        return Err(PngError::NotPngName(path.into()));
+    }
+    let dir = output_dir(path)?;
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => return Err(PngError::IsADirectory(path.into())),
+        Ok(m) if !m.is_file() => return Err(PngError::NotARegularFile(path.into())),
+        Ok(_) if !overwrite => return Err(PngError::Exists(path.into())),
+        _ => {}
+    }
+    // the folder takes a new file (permissions, a read-only file system, a full inode table)
+    TempFile::create(&dir).map(drop)
+}
+
+/// The folder `path` goes in: it must exist and be a folder.
+fn output_dir(path: &Path) -> Result<PathBuf, PngError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    match fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => Ok(dir),
+        Ok(_) => Err(PngError::OutputDirNotADir(dir)),
+        Err(_) => Err(PngError::NoOutputDir(dir)),
+    }
 }
 
 /// Writes `image` to `path` as an 8-bit RGB PNG, with `params` (if any) as A1111's `parameters`
@@ -353,28 +418,12 @@ pub fn save_png(path: &Path, image: &RgbImage, params: Option<&GenerationParams>
 /// temporary file in the same directory, synced, then moved into place, so `path` is never seen
 /// half-written. An existing `path` is an error unless `overwrite`; without `overwrite` the final
 /// step is a hard link, which fails if `path` appeared in the meantime (no race with another
-/// writer). The output directory must exist.
+/// writer). The output directory must exist, and `path` must pass [`check_output`] (checked
+/// again here: time passed since the caller checked).
 pub fn save_png_with_text(path: &Path, image: &RgbImage, texts: &[(&str, &str)], overwrite: bool) -> Result<(), PngError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    match fs::metadata(&dir) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(PngError::OutputDirNotADir(dir)),
-        Err(_) => return Err(PngError::NoOutputDir(dir)),
-    }
-    let file_name = path.file_name().ok_or_else(|| PngError::IsADirectory(path.into()))?;
-    if let Ok(m) = fs::symlink_metadata(path) {
-        if m.is_dir() {
-            return Err(PngError::IsADirectory(path.into()));
-        }
-        if !overwrite {
-            return Err(PngError::Exists(path.into()));
-        }
-    }
-
-    let tmp = TempFile::create(&dir, &file_name.to_string_lossy())?;
+    check_output(path, overwrite)?;
+    let dir = output_dir(path)?;
+    let tmp = TempFile::create(&dir)?;
     {
         let mut out = BufWriter::new(&tmp.file);
         let mut encoder = png::Encoder::new(&mut out, image.width(), image.height());
@@ -405,11 +454,13 @@ struct TempFile {
 }
 
 impl TempFile {
-    fn create(dir: &Path, name: &str) -> Result<Self, PngError> {
+    /// A new file `.kiln-<pid>-<n>.png.tmp` in `dir`: a short name of its own (a name derived
+    /// from the output's would pass the file system's 255 bytes where the output's does not).
+    fn create(dir: &Path) -> Result<Self, PngError> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         loop {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = dir.join(format!(".{name}.{}-{n}.tmp", std::process::id()));
+            let path = dir.join(format!(".kiln-{}-{n}.png.tmp", std::process::id()));
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(file) => return Ok(TempFile { path, file, published: false }),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -461,37 +512,133 @@ pub fn is_png(path: &Path) -> Result<bool, PngError> {
     }
 }
 
-/// Every text chunk of the PNG at `path` (`tEXt`, `zTXt`, `iTXt`), as `(keyword, text)` in file
-/// order by chunk type. Reads the chunks before the image data without decoding it, and the rest
-/// of the file only if `want` is not among them.
+/// The most text kiln takes from a PNG: each text chunk's bytes, inflated or not, and all of
+/// them together. A1111's `parameters` are a few KB; a zTXt chunk of 1 MB can inflate to a GB.
+pub const TEXT_LIMIT: usize = 1 << 20;
+
+/// The text chunks (`tEXt`, `zTXt`, `iTXt`) of the PNG at `path` whose keyword is `want` (every
+/// one with `None`), as `(keyword, text)` in file order. Walks the chunks without decoding the
+/// image: other chunks are skipped unread, only the wanted text chunks are read (their CRC
+/// checked) and inflated, each and all together at most [`TEXT_LIMIT`] bytes. Refuses a path
+/// that is not a regular file (a FIFO would block).
 pub fn read_png_texts(path: &Path, want: Option<&str>) -> Result<Vec<(String, String)>, PngError> {
+    let meta = fs::metadata(path).map_err(|source| PngError::Read { path: path.into(), source })?;
+    if !meta.is_file() {
+        return Err(PngError::NotAFile(path.into()));
+    }
     if !is_png(path)? {
         return Err(PngError::NotPng(path.into()));
     }
     let file = File::open(path).map_err(|source| PngError::Read { path: path.into(), source })?;
-    let decode_err = |source| PngError::Decode { path: path.into(), source };
-    let mut reader = png::Decoder::new(BufReader::new(file)).read_info().map_err(decode_err)?;
-    let mut texts = collect_texts(reader.info()).map_err(decode_err)?;
-    if want.is_none_or(|key| !texts.iter().any(|(k, _)| k == key)) {
-        // Text chunks may also follow the image data.
-        reader.finish().map_err(decode_err)?;
-        texts = collect_texts(reader.info()).map_err(decode_err)?;
+    let bad = |message: String| PngError::Corrupt { path: path.into(), message };
+    let read_err = |source| PngError::Read { path: path.into(), source };
+    let mut r = BufReader::new(file);
+    let mut sig = [0u8; 8];
+    r.read_exact(&mut sig).map_err(read_err)?;
+    let (mut texts, mut total) = (Vec::new(), 0usize);
+    loop {
+        let mut head = [0u8; 8];
+        match r.read_exact(&mut head) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(bad("it ends before its IEND chunk".into())),
+            Err(e) => return Err(read_err(e)),
+        }
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        let kind = [head[4], head[5], head[6], head[7]];
+        if len > i32::MAX as u32 {
+            return Err(bad(format!("chunk {} claims {len} bytes (PNG allows at most 2^31 - 1)", String::from_utf8_lossy(&kind))));
+        }
+        if &kind == b"IEND" {
+            return Ok(texts);
+        }
+        let is_text = matches!(&kind, b"tEXt" | b"zTXt" | b"iTXt");
+        // the keyword (1 to 79 Latin-1 bytes and a NUL) decides whether the chunk is read
+        let (raw_keyword, consumed) = if is_text { read_keyword(&mut r, len).map_err(read_err)? } else { (None, 0) };
+        let keyword = raw_keyword.as_deref().map(latin1);
+        if !keyword.as_deref().is_some_and(|k| want.is_none_or(|w| w == k)) {
+            // skip the rest of the chunk and its CRC
+            let skipped = io::copy(&mut (&mut r).take(len as u64 - consumed + 4), &mut io::sink()).map_err(read_err)?;
+            if skipped < len as u64 - consumed + 4 {
+                return Err(bad("it ends inside a chunk".into()));
+            }
+            continue;
+        }
+        let (keyword, raw_keyword) = (keyword.unwrap_or_default(), raw_keyword.unwrap_or_default());
+        let rest_len = len as usize - raw_keyword.len() - 1;
+        if rest_len > TEXT_LIMIT {
+            return Err(PngError::TextTooLarge { path: path.into(), keyword, bytes: rest_len as u64, limit: TEXT_LIMIT });
+        }
+        let mut data = vec![0u8; rest_len];
+        r.read_exact(&mut data).map_err(|_| bad(format!("its {} chunk `{keyword}` is cut short", String::from_utf8_lossy(&kind))))?;
+        let mut crc = [0u8; 4];
+        r.read_exact(&mut crc).map_err(|_| bad("it ends inside a chunk".into()))?;
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&kind);
+        hasher.update(&raw_keyword);
+        hasher.update(&[0]);
+        hasher.update(&data);
+        if hasher.finalize() != u32::from_be_bytes(crc) {
+            return Err(bad(format!("the CRC of its `{keyword}` text chunk does not match (corrupt file?)")));
+        }
+        let limit = TEXT_LIMIT - total;
+        let too_large = |bytes: u64| PngError::TextTooLarge { path: path.into(), keyword: keyword.clone(), bytes, limit: TEXT_LIMIT };
+        let text = match &kind {
+            b"tEXt" => latin1(&data),
+            b"zTXt" => match data.split_first() {
+                Some((0, compressed)) => latin1(&inflate(compressed, limit).map_err(|e| e.map_or_else(|| too_large(limit as u64 + 1), |m| bad(format!("`{keyword}`: {m}"))))?),
+                _ => return Err(bad(format!("`{keyword}`: unknown zTXt compression method"))),
+            },
+            _ => {
+                // iTXt: compression flag, method, language tag\0, translated keyword\0, text
+                let [flag, method, rest @ ..] = data.as_slice() else { return Err(bad(format!("`{keyword}`: iTXt chunk too short"))) };
+                let mut parts = rest.splitn(3, |&b| b == 0);
+                let (_language, _translated, text) = (parts.next(), parts.next(), parts.next().ok_or_else(|| bad(format!("`{keyword}`: malformed iTXt chunk")))?);
+                let bytes = match (flag, method) {
+                    (0, _) => text.to_vec(),
+                    (1, 0) => inflate(text, limit).map_err(|e| e.map_or_else(|| too_large(limit as u64 + 1), |m| bad(format!("`{keyword}`: {m}"))))?,
+                    _ => return Err(bad(format!("`{keyword}`: unknown iTXt compression"))),
+                };
+                String::from_utf8(bytes).map_err(|_| bad(format!("`{keyword}`: iTXt text is not UTF-8")))?
+            }
+        };
+        total += text.len();
+        if total > TEXT_LIMIT {
+            return Err(too_large(total as u64));
+        }
+        texts.push((keyword, text));
     }
-    Ok(texts)
 }
 
-fn collect_texts(info: &png::Info<'_>) -> Result<Vec<(String, String)>, png::DecodingError> {
-    let mut out = Vec::new();
-    for c in &info.uncompressed_latin1_text {
-        out.push((c.keyword.clone(), c.text.clone()));
+/// A text chunk's keyword bytes (read up to its NUL), and how many bytes of the chunk that
+/// consumed; `None` when the chunk has no keyword of 1 to 79 bytes (it is then skipped like any
+/// other chunk).
+fn read_keyword(r: &mut impl Read, len: u32) -> io::Result<(Option<Vec<u8>>, u64)> {
+    let mut keyword = Vec::new();
+    let mut byte = [0u8; 1];
+    while keyword.len() < 80 && (keyword.len() as u32) < len {
+        r.read_exact(&mut byte)?;
+        if byte[0] == 0 {
+            let consumed = keyword.len() as u64 + 1;
+            return Ok(((!keyword.is_empty()).then_some(keyword), consumed));
+        }
+        keyword.push(byte[0]);
     }
-    for c in &info.compressed_latin1_text {
-        out.push((c.keyword.clone(), c.get_text()?));
+    let consumed = keyword.len() as u64;
+    Ok((None, consumed))
+}
+
+/// zlib-inflates `data` into at most `limit` bytes: `Err(None)` past the limit, `Err(Some(why))`
+/// when it is not a valid zlib stream.
+fn inflate(data: &[u8], limit: usize) -> Result<Vec<u8>, Option<String>> {
+    match fdeflate::decompress_to_vec_bounded(data, limit) {
+        Ok(v) => Ok(v),
+        Err(fdeflate::BoundedDecompressionError::OutputTooLarge { .. }) => Err(None),
+        Err(_) => Err(Some("its compressed text is not a valid zlib stream".into())),
     }
-    for c in &info.utf8_text {
-        out.push((c.keyword.clone(), c.get_text()?));
-    }
-    Ok(out)
+}
+
+fn latin1(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| b as char).collect()
 }
 
 /// The raw `parameters` text of the PNG at `path`; `None` when it has none.

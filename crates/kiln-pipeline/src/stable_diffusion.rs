@@ -124,10 +124,11 @@ impl StableDiffusion {
 
     /// diffusers' default output size `(height, width)`: the UNet's `sample_size` × the VAE factor.
     pub fn default_size(&self) -> (usize, usize) {
+        // (the UNet config bounds sample_size, the VAE config its levels; saturating all the same)
         let f = self.vae_scale_factor();
         match &self.unet.config().sample_size {
-            Some(PerBlock::One(s)) => (s * f, s * f),
-            Some(PerBlock::List(l)) if l.len() == 2 => (l[0] * f, l[1] * f),
+            Some(PerBlock::One(s)) => (s.saturating_mul(f), s.saturating_mul(f)),
+            Some(PerBlock::List(l)) if l.len() == 2 => (l[0].saturating_mul(f), l[1].saturating_mul(f)),
             _ => (64 * f, 64 * f),
         }
     }
@@ -169,6 +170,18 @@ impl StableDiffusion {
         }
         if o.num_images_per_prompt == 0 {
             return Err(PipelineError::Input { what: "number of images", value: "0".into(), allowed: "at least 1".into() });
+        }
+        if let Some(skip) = o.clip_skip {
+            // SD: hidden_states[-(clip_skip + 1)]; SDXL: hidden_states[-(clip_skip + 2)], of the
+            // num_layers + 1 hidden states each encoder returns
+            let extra = usize::from(self.kind == PipelineKind::StableDiffusionXL);
+            let encoders = [Some(&self.text_encoder), self.text_encoder_2.as_ref()];
+            let layers = encoders.into_iter().flatten().map(ClipTextModel::num_layers).min().unwrap_or(0);
+            match layers.checked_sub(1 + extra) {
+                Some(max) if skip <= max => {}
+                Some(max) => return Err(PipelineError::Input { what: "clip_skip", value: skip.to_string(), allowed: format!("at most {max} for this model's text encoder ({layers} layers)") }),
+                None => return Err(PipelineError::Input { what: "clip_skip", value: skip.to_string(), allowed: format!("unset: this model's text encoder has {layers} layers, none to skip") }),
+            }
         }
         if !o.eta.is_finite() || o.eta < 0.0 {
             return Err(PipelineError::Input { what: "eta", value: o.eta.to_string(), allowed: "a finite number >= 0".into() });
@@ -294,15 +307,13 @@ impl StableDiffusion {
         match clip_skip {
             None => Ok(out.last_hidden_state),
             Some(skip) => {
-                let n = out.hidden_states.len();
-                if skip + 1 >= n {
-                    return Err(PipelineError::Input {
-                        what: "clip_skip",
-                        value: skip.to_string(),
-                        allowed: format!("at most {} for this text encoder", n - 2),
-                    });
-                }
-                Ok(self.text_encoder.final_layer_norm(out.hidden_states[n - 1 - skip].clone()))
+                // check_inputs bounds clip_skip by the layer count
+                let at = out.hidden_states.len().checked_sub(skip.saturating_add(1)).ok_or_else(|| PipelineError::Input {
+                    what: "clip skip",
+                    value: skip.to_string(),
+                    allowed: format!("less than {} for this text encoder", out.hidden_states.len()),
+                })?;
+                Ok(self.text_encoder.final_layer_norm(out.hidden_states[at].clone()))
             }
         }
     }
@@ -317,20 +328,18 @@ impl StableDiffusion {
         let (Some(tok2), Some(te2)) = (&self.tokenizer_2, &self.text_encoder_2) else {
             return Err(PipelineError::MissingComponent { path: PathBuf::new(), component: "text_encoder_2".into() });
         };
-        let back = clip_skip.unwrap_or(0) + 2;
+        let back = clip_skip.unwrap_or(0).saturating_add(2);
         let mut parts = Vec::with_capacity(2);
         let mut pooled = None;
         for (tok, te, text) in [(&self.tokenizer, &self.text_encoder, text), (tok2, te2, text_2)] {
             let out = self.run_text_encoder(tok, te, text)?;
-            let n = out.hidden_states.len();
-            if back > n {
-                return Err(PipelineError::Input {
-                    what: "clip_skip",
-                    value: clip_skip.unwrap_or(0).to_string(),
-                    allowed: format!("at most {} for this text encoder", n - 2),
-                });
-            }
-            parts.push(out.hidden_states[n - back].clone());
+            // check_inputs bounds clip_skip by the layer count
+            let at = out.hidden_states.len().checked_sub(back).ok_or_else(|| PipelineError::Input {
+                what: "clip skip",
+                value: clip_skip.unwrap_or(0).to_string(),
+                allowed: format!("less than {} for this text encoder", out.hidden_states.len().saturating_sub(1)),
+            })?;
+            parts.push(out.hidden_states[at].clone());
             // diffusers keeps `prompt_embeds[0]` when it is 2-D: the projection of the encoder
             // with projection (the second)
             if out.text_embeds.is_some() {
@@ -537,6 +546,9 @@ impl StableDiffusion {
         });
         let timesteps = scheduler.timesteps().to_vec();
         let total = timesteps.len() - begin;
+        // whether each step's UNet output and latents are finite: small device tensors, read once
+        // after the loop (no sync per step) to name the first step that broke
+        let mut finite = Vec::with_capacity(2 * total);
         for i in begin..timesteps.len() {
             let t = timesteps[i];
             let model_input = scheduler.scale_model_input(double(&latents), i);
@@ -556,6 +568,7 @@ impl StableDiffusion {
             } else {
                 noise_pred
             };
+            finite.push(noise_pred.clone().is_finite().all());
             latents = scheduler.step(noise_pred, i, latents, generator);
             if let Some((keep, mask, image_latents, noise)) = &blend {
                 // the known region follows the init image, noised to the next timestep
@@ -566,8 +579,20 @@ impl StableDiffusion {
                 };
                 latents = keep.clone() * proper + mask.clone() * latents;
             }
+            finite.push(latents.clone().is_finite().all());
             if !callback(StepInfo { step: i - begin, total, timestep: t }, &latents) {
                 return Err(PipelineError::Cancelled(i - begin));
+            }
+        }
+        if !finite.is_empty() {
+            let flags: Vec<bool> = Tensor::cat(finite, 0).into_data().try_to_vec::<bool>().unwrap_or_default();
+            if let Some(k) = flags.iter().position(|ok| !ok) {
+                let step = k / 2;
+                let component = if k % 2 == 0 { "the UNet" } else { "the scheduler's step" };
+                return Err(PipelineError::NonFinite {
+                    component,
+                    detail: format!(" at denoising step {} of {total} (timestep {})", step + 1, timesteps[begin + step]),
+                });
             }
         }
         Ok(latents)
@@ -582,7 +607,12 @@ impl StableDiffusion {
             Some((mean, std)) => (latents * std).div_scalar(sf) + mean,
             None => latents.div_scalar(sf),
         };
-        to_rgb_images(self.decode_checked(z)?.0)
+        let (image, _) = self.decode_checked(z)?;
+        // after the f16 → f32 fallback: what is still not finite is the VAE's (or the latents')
+        if !image.clone().is_finite().all().into_scalar::<bool>() {
+            return Err(PipelineError::NonFinite { component: "the VAE decoder", detail: String::new() });
+        }
+        to_rgb_images(image)
     }
 
     /// VAE decode that never returns a black image: a VAE running in f16 whose output holds NaN
@@ -632,6 +662,10 @@ impl StableDiffusion {
         };
         let do_cfg = o.guidance_scale > 1.0;
         let cond = self.encode_prompt(o, do_cfg, height, width)?;
+        let pooled_ok = cond.text_time.as_ref().is_none_or(|t| t.text_embeds.clone().is_finite().all().into_scalar::<bool>());
+        if !(pooled_ok && cond.prompt_embeds.clone().is_finite().all().into_scalar::<bool>()) {
+            return Err(PipelineError::NonFinite { component: "the text encoder", detail: String::new() });
+        }
         let mut generator = TorchGenerator::new(o.seed);
         let (latents, inpaint) = self.prepare_latents(o, &task, height, width, scheduler.as_ref(), begin, &mut generator)?;
         let latents =

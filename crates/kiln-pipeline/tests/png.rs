@@ -105,10 +105,13 @@ fn never_overwrites_unless_asked() {
     save_png(&path, &gradient(8, 8), Some(&params("second")), true).unwrap();
     assert_eq!(read_generation_params(&path).unwrap().prompt, "second");
     assert_eq!(image::open(&path).unwrap().to_rgb8(), gradient(8, 8));
-    // a dangling symlink counts as existing
+    // a symlink, dangling or not, is never replaced, even with overwrite
     let link = tmp.0.join("link.png");
     std::os::unix::fs::symlink(tmp.0.join("nowhere.png"), &link).unwrap();
-    assert!(matches!(save_png(&link, &gradient(2, 2), None, false), Err(PngError::Exists(_))));
+    for overwrite in [false, true] {
+        assert!(matches!(save_png(&link, &gradient(2, 2), None, overwrite), Err(PngError::NotARegularFile(_))));
+    }
+    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink() && !tmp.0.join("nowhere.png").exists());
     assert!(leftovers(&tmp.0).is_empty(), "{:?}", leftovers(&tmp.0));
 }
 
@@ -124,7 +127,7 @@ fn bad_output_paths_name_the_problem() {
     let err = save_png(&file.join("x.png"), &img, None, false).unwrap_err();
     assert_eq!(err.to_string(), format!("output directory {} is not a directory", file.display()));
     let err = save_png(&tmp.0, &img, None, true).unwrap_err();
-    assert_eq!(err.to_string(), format!("{} is a directory, not an image file name", tmp.0.display()));
+    assert_eq!(err.to_string(), format!("{} names a folder, not an image file (give a file name ending in .png)", tmp.0.display()));
     let err = save_png_with_text(&tmp.0.join("empty.png"), &RgbImage::new(0, 0), &[], false).unwrap_err();
     assert!(err.to_string().starts_with(&format!("cannot encode {} as PNG", tmp.0.join("empty.png").display())), "{err}");
     assert!(!tmp.0.join("empty.png").exists());

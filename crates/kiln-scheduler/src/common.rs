@@ -133,6 +133,31 @@ pub fn threshold_sample(sample: Tensor<4>, ratio: f64, max_value: f64) -> Tensor
 
 // ---- the ᾱ-indexed samplers --------------------------------------------------------------------
 
+/// `steps_offset` (read after the betas): less than `num_train_timesteps`. A larger offset puts
+/// every "leading" timestep outside the schedule (diffusers then fails indexing ᾱ mid-run).
+pub(crate) fn read_steps_offset(r: &mut ConfigReader<'_>, num_train_timesteps: usize) -> Result<usize> {
+    let steps_offset = r.usize("steps_offset", 0)?;
+    if steps_offset >= num_train_timesteps {
+        return Err(SchedulerError::Unsupported {
+            key: "steps_offset".into(),
+            value: steps_offset.to_string(),
+            allowed: format!("an integer below num_train_timesteps ({num_train_timesteps})"),
+        });
+    }
+    Ok(steps_offset)
+}
+
+/// Refuses timesteps outside the training range `0..train` (what DDIM, DDPM and PNDM would index
+/// ᾱ with), naming the first and the offset that put it there.
+pub(crate) fn check_timestep_range(timesteps: &[f64], train: usize, steps_offset: usize) -> Result<()> {
+    match timesteps.iter().find(|&&t| !(0.0..train as f64).contains(&t)) {
+        Some(&t) => Err(SchedulerError::Invalid(format!(
+            "timestep {t} is outside the training range 0..{train} (steps_offset = {steps_offset})"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The integer timesteps of the ᾱ-indexed samplers (`scheduling_ddim.py::set_timesteps`).
 pub(crate) fn ddim_timesteps(spacing: TimestepSpacing, train: usize, n: usize, steps_offset: usize) -> Vec<f64> {
     match spacing {
@@ -143,7 +168,7 @@ pub(crate) fn ddim_timesteps(spacing: TimestepSpacing, train: usize, n: usize, s
             .collect(),
         TimestepSpacing::Leading => {
             let ratio = train / n;
-            (0..n).rev().map(|i| (i * ratio + steps_offset) as f64).collect()
+            (0..n).rev().map(|i| (i * ratio).saturating_add(steps_offset) as f64).collect()
         }
         TimestepSpacing::Trailing => np_arange_f64(train as f64, 0.0, -(train as f64 / n as f64))
             .into_iter()
@@ -237,7 +262,7 @@ pub(crate) fn multistep_timesteps(spacing: TimestepSpacing, train: usize, n: usi
         }
         TimestepSpacing::Leading => {
             let ratio = train / (n + 1);
-            (1..=n).rev().map(|i| (i * ratio + steps_offset) as f64).collect()
+            (1..=n).rev().map(|i| (i * ratio).saturating_add(steps_offset) as f64).collect()
         }
         TimestepSpacing::Trailing => np_arange_f64(train as f64, 0.0, -(train as f64 / n as f64))
             .into_iter()

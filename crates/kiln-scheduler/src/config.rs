@@ -59,10 +59,14 @@ impl SchedulerConfig {
     /// Reads a `scheduler_config.json` file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| SchedulerError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let io = |source| SchedulerError::Io { path: path.display().to_string(), source };
+        // a regular file of at most 16 MiB (published ones are < 1 KB): a FIFO would block
+        let meta = std::fs::metadata(path).map_err(io)?;
+        if !meta.is_file() || meta.len() > 16 << 20 {
+            let why = if meta.is_file() { format!("{} bytes; at most 16 MiB", meta.len()) } else { "not a regular file".into() };
+            return Err(io(std::io::Error::other(why)));
+        }
+        let text = std::fs::read_to_string(path).map_err(io)?;
         Self::from_json_str(&text, &path.display().to_string())
     }
 

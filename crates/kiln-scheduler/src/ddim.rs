@@ -4,7 +4,7 @@
 use burn::tensor::Tensor;
 
 use crate::class::SchedulerClass;
-use crate::common::{add_noise_alphas, ddim_timesteps, noise_like, PredictionType, SampleClip, TimestepSpacing};
+use crate::common::{add_noise_alphas, check_timestep_range, ddim_timesteps, noise_like, read_steps_offset, PredictionType, SampleClip, TimestepSpacing};
 use crate::config::SchedulerConfig;
 use crate::error::Result;
 use crate::schedule::BetaConfig;
@@ -30,7 +30,7 @@ impl DdimScheduler {
             BetaConfig::read(&mut r, 0.0001, 0.02, "linear", &["linear", "scaled_linear", "squaredcos_cap_v2"], true)?;
         let clip = SampleClip::read(&mut r, Some(true))?;
         let set_alpha_to_one = r.bool("set_alpha_to_one", true)?;
-        let steps_offset = r.usize("steps_offset", 0)?;
+        let steps_offset = read_steps_offset(&mut r, betas.num_train_timesteps)?;
         let prediction_type = PredictionType::read(&mut r)?;
         let spacing = TimestepSpacing::read(&mut r, "leading")?;
         r.finish();
@@ -39,6 +39,8 @@ impl DdimScheduler {
         check_steps(num_inference_steps, train)?;
         let alphas_cumprod = betas.alphas_cumprod();
         let final_alpha_cumprod = if set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
+        let timesteps = ddim_timesteps(spacing, train, num_inference_steps, steps_offset);
+        check_timestep_range(&timesteps, train, steps_offset)?;
         Ok(Self {
             final_alpha_cumprod,
             prediction_type,
@@ -46,7 +48,7 @@ impl DdimScheduler {
             step_ratio: (train / num_inference_steps) as i64,
             alphas_cumprod,
             eta: options.eta,
-            schedule: Schedule { class: SchedulerClass::Ddim, timesteps: ddim_timesteps(spacing, train, num_inference_steps, steps_offset), sigmas: Vec::new(), init_noise_sigma: 1.0 },
+            schedule: Schedule { class: SchedulerClass::Ddim, timesteps, sigmas: Vec::new(), init_noise_sigma: 1.0 },
         })
     }
 

@@ -9,7 +9,7 @@
 use burn::tensor::Tensor;
 
 use crate::class::SchedulerClass;
-use crate::common::{add_noise_alphas, ddim_timesteps, noise_like, PredictionType, SampleClip, TimestepSpacing};
+use crate::common::{add_noise_alphas, check_timestep_range, ddim_timesteps, noise_like, read_steps_offset, PredictionType, SampleClip, TimestepSpacing};
 use crate::config::SchedulerConfig;
 use crate::error::{Result, SchedulerError};
 use crate::schedule::BetaConfig;
@@ -81,18 +81,14 @@ impl DdpmScheduler {
         let clip = SampleClip::read(&mut r, Some(true))?;
         let prediction_type = PredictionType::read(&mut r)?;
         let spacing = TimestepSpacing::read(&mut r, "leading")?;
-        let steps_offset = r.usize("steps_offset", 0)?;
+        let steps_offset = read_steps_offset(&mut r, betas.num_train_timesteps)?;
         r.finish();
 
         let train = betas.num_train_timesteps;
         check_steps(num_inference_steps, train)?;
         // set_timesteps: the same three spacings as DDIM, as int64
         let timesteps = ddim_timesteps(spacing, train, num_inference_steps, steps_offset);
-        if let Some(&t) = timesteps.iter().find(|&&t| t < 0.0 || t >= train as f64) {
-            return Err(SchedulerError::Invalid(format!(
-                "timestep {t} is outside the training range 0..{train} (steps_offset = {steps_offset})"
-            )));
-        }
+        check_timestep_range(&timesteps, train, steps_offset)?;
         Ok(Self { alphas_cumprod: betas.alphas_cumprod(), variance_type, prediction_type, clip, schedule: Schedule { class: SchedulerClass::Ddpm, timesteps, sigmas: Vec::new(), init_noise_sigma: 1.0 } })
     }
 

@@ -8,7 +8,7 @@
 use burn::tensor::Tensor;
 
 use crate::class::SchedulerClass;
-use crate::common::{alpha_sigma_f32, multistep_timesteps, spaced_timesteps, train_sigmas_and_logs, PredictionType, SampleClip, TimestepSpacing};
+use crate::common::{alpha_sigma_f32, multistep_timesteps, read_steps_offset, spaced_timesteps, train_sigmas_and_logs, PredictionType, SampleClip, TimestepSpacing};
 use crate::config::SchedulerConfig;
 use crate::error::{Result, SchedulerError};
 use crate::float::{f32r, np_interp, np_log_f32, torch_exp_f32, torch_log_f32};
@@ -52,7 +52,7 @@ impl DeisScheduler {
         let use_flow_sigmas = r.bool("use_flow_sigmas", false)?;
         let _flow_shift = r.f64("flow_shift", 1.0)?;
         let spacing = TimestepSpacing::read(&mut r, "linspace")?;
-        let steps_offset = r.usize("steps_offset", 0)?;
+        let steps_offset = read_steps_offset(&mut r, betas.num_train_timesteps)?;
         // Only consulted when a flow-matching pipeline passes `mu` to set_timesteps.
         let _use_dynamic_shifting = r.bool("use_dynamic_shifting", false)?;
         let _time_shift_type = r.choice("time_shift_type", "exponential", &["exponential"])?;

@@ -13,7 +13,7 @@
 use burn::tensor::Tensor;
 
 use crate::class::SchedulerClass;
-use crate::common::{noise_like, TimestepSpacing};
+use crate::common::{noise_like, read_steps_offset, TimestepSpacing};
 use crate::config::SchedulerConfig;
 use crate::dpmsolver::{AlgorithmType, DpmClassInfo, DpmConfig, DpmCore};
 use crate::error::{Result, SchedulerError};
@@ -47,7 +47,7 @@ impl DpmSolverMultistepScheduler {
         let euler_at_final = r.bool("euler_at_final", false)?;
         let use_lu_lambdas = r.bool("use_lu_lambdas", false)?;
         let spacing = TimestepSpacing::read(&mut r, "linspace")?;
-        let steps_offset = r.usize("steps_offset", 0)?;
+        let steps_offset = read_steps_offset(&mut r, c.betas.num_train_timesteps)?;
         r.finish();
 
         if c.algorithm == AlgorithmType::SdeDpmSolver && c.solver_order >= 3 {
@@ -75,7 +75,7 @@ impl DpmSolverMultistepScheduler {
             }
             TimestepSpacing::Leading => {
                 let step_ratio = last_timestep / (n + 1);
-                (1..=n).rev().map(|i| (i * step_ratio + steps_offset) as f64).collect()
+                (1..=n).rev().map(|i| (i * step_ratio).saturating_add(steps_offset) as f64).collect()
             }
             TimestepSpacing::Trailing => {
                 let step_ratio = train as f64 / n as f64;

@@ -4,7 +4,7 @@
 use burn::tensor::Tensor;
 
 use crate::class::SchedulerClass;
-use crate::common::{k_scale_model_input, k_timesteps, noise_like, PredictionType, TimestepSpacing};
+use crate::common::{k_scale_model_input, k_timesteps, noise_like, read_steps_offset, PredictionType, TimestepSpacing};
 use crate::config::SchedulerConfig;
 use crate::error::{Result, SchedulerError};
 use crate::float::{f32r, np_interp, np_log_f32, torch_linspace_f32};
@@ -37,7 +37,7 @@ impl EulerScheduler {
         let bounds = SigmaBounds { sigma_min: r.opt_f64("sigma_min")?, sigma_max: r.opt_f64("sigma_max")? };
         let spacing = TimestepSpacing::read(&mut r, "linspace")?;
         let timestep_type = r.choice("timestep_type", "discrete", &["discrete", "continuous"])?;
-        let steps_offset = r.usize("steps_offset", 0)?;
+        let steps_offset = read_steps_offset(&mut r, betas.num_train_timesteps)?;
         let final_sigmas_type = r.choice("final_sigmas_type", "zero", &["zero", "sigma_min"])?;
         r.finish();
 

@@ -5,7 +5,7 @@
 use burn::tensor::Tensor;
 
 use crate::class::SchedulerClass;
-use crate::common::{ancestral_sigmas_f32, k_init_noise_sigma, k_pred_original_sample, k_scale_model_input, k_timesteps, noise_like, PredictionType, TimestepSpacing};
+use crate::common::{ancestral_sigmas_f32, k_init_noise_sigma, k_pred_original_sample, k_scale_model_input, k_timesteps, noise_like, read_steps_offset, PredictionType, TimestepSpacing};
 use crate::config::SchedulerConfig;
 use crate::error::{Result, SchedulerError};
 use crate::float::{f32r, np_interp};
@@ -31,7 +31,7 @@ impl EulerAncestralScheduler {
             _ => PredictionType::VPrediction,
         };
         let spacing = TimestepSpacing::read(&mut r, "linspace")?;
-        let steps_offset = r.usize("steps_offset", 0)?;
+        let steps_offset = read_steps_offset(&mut r, betas.num_train_timesteps)?;
         r.finish();
 
         let n = num_inference_steps;

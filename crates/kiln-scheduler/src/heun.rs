@@ -7,7 +7,7 @@
 use burn::tensor::Tensor;
 
 use crate::class::SchedulerClass;
-use crate::common::{interleave, k_init_noise_sigma, k_pred_original_sample, k_scale_model_input, k_sigma_schedule, PredictionType, TimestepSpacing};
+use crate::common::{interleave, k_init_noise_sigma, k_pred_original_sample, k_scale_model_input, k_sigma_schedule, read_steps_offset, PredictionType, TimestepSpacing};
 use crate::config::SchedulerConfig;
 use crate::error::{Result, SchedulerError};
 use crate::float::{cumprod_f32, f32r};
@@ -60,7 +60,7 @@ impl HeunScheduler {
         let clip = r.bool("clip_sample", false)?;
         let clip_range = r.f64("clip_sample_range", 1.0)?;
         let spacing = TimestepSpacing::read(&mut r, "linspace")?;
-        let steps_offset = r.usize("steps_offset", 0)?;
+        let steps_offset = read_steps_offset(&mut r, betas.num_train_timesteps)?;
         r.finish();
 
         let n = num_inference_steps;

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use burn::tensor::Tensor;
 
 use crate::class::SchedulerClass;
-use crate::common::{k_init_noise_sigma, k_pred_original_sample, k_scale_model_input, k_sigma_schedule, PredictionType, TimestepSpacing};
+use crate::common::{k_init_noise_sigma, k_pred_original_sample, k_scale_model_input, k_sigma_schedule, read_steps_offset, PredictionType, TimestepSpacing};
 use crate::config::SchedulerConfig;
 use crate::error::{Result, SchedulerError};
 use crate::float::f32r;
@@ -80,7 +80,7 @@ impl LmsScheduler {
         let sigma_spacing = SigmaSpacing::read(&mut r, true)?;
         let prediction_type = PredictionType::read(&mut r)?;
         let spacing = TimestepSpacing::read(&mut r, "linspace")?;
-        let steps_offset = r.usize("steps_offset", 0)?;
+        let steps_offset = read_steps_offset(&mut r, betas.num_train_timesteps)?;
         r.finish();
 
         let n = num_inference_steps;

@@ -12,7 +12,7 @@
 use burn::tensor::Tensor;
 
 use crate::class::SchedulerClass;
-use crate::common::{add_noise_alphas, ddim_timesteps, TimestepSpacing};
+use crate::common::{add_noise_alphas, check_timestep_range, ddim_timesteps, read_steps_offset, TimestepSpacing};
 use crate::config::SchedulerConfig;
 use crate::error::{Result, SchedulerError};
 use crate::schedule::BetaConfig;
@@ -53,7 +53,7 @@ impl PndmScheduler {
         // `_get_prev_sample` raises for "sample"
         let v_prediction = r.choice("prediction_type", "epsilon", &["epsilon", "v_prediction"])? == "v_prediction";
         let spacing = TimestepSpacing::read(&mut r, "leading")?;
-        let steps_offset = r.usize("steps_offset", 0)?;
+        let steps_offset = read_steps_offset(&mut r, betas.num_train_timesteps)?;
         r.finish();
 
         let train = betas.num_train_timesteps;
@@ -96,11 +96,7 @@ impl PndmScheduler {
             (prk, plms)
         };
         let timesteps: Vec<f64> = prk_timesteps.iter().chain(&plms_timesteps).map(|&t| t as f64).collect();
-        if let Some(&t) = timesteps.iter().find(|&&t| t < 0.0 || t >= train as f64) {
-            return Err(SchedulerError::Invalid(format!(
-                "timestep {t} is outside the training range 0..{train} (steps_offset = {steps_offset})"
-            )));
-        }
+        check_timestep_range(&timesteps, train, steps_offset)?;
         Ok(Self {
             alphas_cumprod,
             final_alpha_cumprod,

@@ -20,6 +20,10 @@ pub enum BetaSchedule {
     Trained(Vec<f64>),
 }
 
+/// The largest `num_train_timesteps` kiln takes (every published model uses 1000; a schedule
+/// holds a few values per training step).
+pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
+
 /// The part of every discrete-time scheduler config that defines ᾱ_t.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BetaConfig {
@@ -42,11 +46,11 @@ impl BetaConfig {
         knows_rescale: bool,
     ) -> Result<Self> {
         let num_train_timesteps = r.usize("num_train_timesteps", 1000)?;
-        if num_train_timesteps < 2 {
+        if !(2..=MAX_TRAIN_TIMESTEPS).contains(&num_train_timesteps) {
             return Err(SchedulerError::Unsupported {
                 key: "num_train_timesteps".into(),
                 value: num_train_timesteps.to_string(),
-                allowed: "an integer >= 2".into(),
+                allowed: format!("an integer in [2, {MAX_TRAIN_TIMESTEPS}]"),
             });
         }
         let beta_start = r.f64("beta_start", default_start)?;
@@ -75,13 +79,24 @@ impl BetaConfig {
             (None, "sigmoid") => BetaSchedule::Sigmoid,
             (None, other) => unreachable!("choice() admitted {other}"),
         };
-        Ok(Self { num_train_timesteps, beta_start, beta_end, schedule, rescale_betas_zero_snr })
+        let config = Self { num_train_timesteps, beta_start, beta_end, schedule, rescale_betas_zero_snr };
+        // every β must be a probability strictly between 0 and 1: β ≤ 0 or ≥ 1 makes ᾱ zero,
+        // negative or not decreasing, and the σ schedule NaN (a black picture)
+        let key = if matches!(config.schedule, BetaSchedule::Trained(_)) { "trained_betas" } else { "beta_start/beta_end" };
+        if let Some((t, b)) = config.raw_betas().iter().enumerate().find(|(_, b)| !(b.is_finite() && **b > 0.0 && **b < 1.0)) {
+            return Err(SchedulerError::Unsupported {
+                key: key.into(),
+                value: format!("{beta_start}/{beta_end}, which give beta[{t}] = {b}"),
+                allowed: "values that make every beta lie in (0, 1)".into(),
+            });
+        }
+        Ok(config)
     }
 
-    /// The betas as float32, exactly as diffusers' constructors build them.
-    pub fn betas(&self) -> Vec<f32> {
+    /// The betas as float32 before `rescale_betas_zero_snr` (which sets the last to 1 on purpose).
+    fn raw_betas(&self) -> Vec<f32> {
         let n = self.num_train_timesteps;
-        let betas: Vec<f32> = match &self.schedule {
+        match &self.schedule {
             BetaSchedule::Trained(b) => b.iter().map(|&x| x as f32).collect(),
             BetaSchedule::Linear => torch_linspace_f32(self.beta_start, self.beta_end, n),
             BetaSchedule::ScaledLinear => torch_linspace_f32(self.beta_start.sqrt(), self.beta_end.sqrt(), n)
@@ -96,7 +111,12 @@ impl BetaConfig {
                     s * (self.beta_end - self.beta_start) as f32 + self.beta_start as f32
                 })
                 .collect(),
-        };
+        }
+    }
+
+    /// The betas as float32, exactly as diffusers' constructors build them.
+    pub fn betas(&self) -> Vec<f32> {
+        let betas = self.raw_betas();
         if self.rescale_betas_zero_snr { rescale_zero_terminal_snr(&betas) } else { betas }
     }
 

@@ -224,6 +224,12 @@ impl ClipTextModel {
     }
 
     /// The final layer norm, for callers that take an earlier hidden state (clip_skip).
+    /// The number of transformer layers (`num_hidden_layers`); [`ClipTextOutput::hidden_states`]
+    /// holds one more (the embeddings).
+    pub fn num_layers(&self) -> usize {
+        self.text_model.encoder.layers.len()
+    }
+
     pub fn final_layer_norm(&self, x: Tensor<3>) -> Tensor<3> {
         self.text_model.final_layer_norm.forward(x)
     }

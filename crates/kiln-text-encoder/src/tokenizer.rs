@@ -146,8 +146,19 @@ impl TokenValue {
     }
 }
 
+/// The largest tokenizer file kiln reads (CLIP's vocabulary is 1 MB).
+const TOKENIZER_FILE_LIMIT: u64 = 64 << 20;
+
+/// A tokenizer file's text: a regular file of at most [`TOKENIZER_FILE_LIMIT`] bytes.
+fn read_text(path: &Path) -> Result<String, TokenizerError> {
+    kiln_nn::read_text_file(path, TOKENIZER_FILE_LIMIT).map_err(|e| match e {
+        kiln_nn::LoadError::Io { source, .. } => TokenizerError::Io { path: path.into(), source },
+        other => TokenizerError::Format { path: path.into(), message: other.to_string() },
+    })
+}
+
 fn read_json(path: &Path) -> Result<Value, TokenizerError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TokenizerError::Io { path: path.into(), source })?;
+    let text = read_text(path)?;
     serde_json::from_str(&text).map_err(|e| TokenizerError::Format { path: path.into(), message: e.to_string() })
 }
 
@@ -344,6 +355,14 @@ impl ClipTokenizer {
                         path: p.clone(),
                         source: std::io::Error::new(std::io::ErrorKind::NotFound, "no tokenizer.json, and vocab.json + merges.txt are incomplete"),
                     });
+                }
+            }
+            // (what read_text checks, before tokenizers reads them: regular files, 64 MiB at most)
+            for p in [&vocab_path, &merges_path] {
+                let meta = std::fs::metadata(p).map_err(|source| TokenizerError::Io { path: p.clone(), source })?;
+                if !meta.is_file() || meta.len() > TOKENIZER_FILE_LIMIT {
+                    let why = if meta.is_file() { format!("{} bytes; at most {TOKENIZER_FILE_LIMIT}", meta.len()) } else { "not a regular file".into() };
+                    return Err(TokenizerError::Io { path: p.clone(), source: std::io::Error::other(why) });
                 }
             }
             let (vocab, merges) = BPE::read_file(&vocab_path.to_string_lossy(), &merges_path.to_string_lossy())

@@ -24,6 +24,14 @@ pub enum ConfigError {
     Json(#[from] serde_json::Error),
 }
 
+/// The largest channel count a config may give (SDXL's largest is 1280).
+const MAX_CHANNELS: usize = 1 << 16;
+/// The largest layer count per block (SDXL's largest is 10).
+const MAX_LAYERS: usize = 256;
+/// The largest `sample_size`, in latent pixels (SDXL's is 128; 16384 latent pixels are 131072
+/// image pixels).
+pub const MAX_SAMPLE_SIZE: usize = 1 << 14;
+
 fn unsupported(key: &str, value: impl serde::Serialize, reason: impl Into<String>) -> ConfigError {
     ConfigError::Unsupported { key: key.into(), value: show(value), reason: reason.into() }
 }
@@ -461,9 +469,38 @@ impl UNet2DConditionConfig {
             }
         };
 
+        // Sizes from the file: bounded far above any published UNet, so arithmetic on them
+        // (channel sums, the default output size, weight shapes) cannot overflow.
+        let at_most = |key: &str, values: &[usize], max: usize| -> Result<(), ConfigError> {
+            match values.iter().find(|&&v| v > max) {
+                Some(_) => Err(invalid(key, values, format!("every value must be at most {max}"))),
+                None => Ok(()),
+            }
+        };
+        at_most("in_channels", &[self.in_channels], MAX_CHANNELS)?;
+        at_most("out_channels", &[self.out_channels], MAX_CHANNELS)?;
+        at_most("block_out_channels", &self.block_out_channels, MAX_CHANNELS)?;
+        at_most("conv_in_kernel", &[self.conv_in_kernel], 15)?;
+        at_most("conv_out_kernel", &[self.conv_out_kernel], 15)?;
+        if let Some(sizes) = &self.sample_size {
+            let sizes = match sizes {
+                PerBlock::One(s) => vec![*s],
+                PerBlock::List(l) => l.clone(),
+            };
+            at_most("sample_size", &sizes, MAX_SAMPLE_SIZE)?;
+        }
+        for (key, v) in [
+            ("time_embedding_dim", self.time_embedding_dim),
+            ("addition_time_embed_dim", self.addition_time_embed_dim),
+            ("projection_class_embeddings_input_dim", self.projection_class_embeddings_input_dim),
+        ] {
+            at_most(key, v.as_slice(), MAX_CHANNELS * 4)?;
+        }
         // Per-block lists.
         let layers = self.layers_per_block.expand("layers_per_block", n)?;
+        at_most("layers_per_block", &layers, MAX_LAYERS)?;
         let cross_dims = self.cross_attention_dim.expand("cross_attention_dim", n)?;
+        at_most("cross_attention_dim", &cross_dims, MAX_CHANNELS)?;
         if cross_dims.iter().any(|&d| d != cross_dims[0]) {
             return Err(unsupported(
                 "cross_attention_dim",
@@ -487,6 +524,7 @@ impl UNet2DConditionConfig {
             };
             per_block.expand(key, n)?
         };
+        at_most("transformer_layers_per_block", &transformer_layers, MAX_LAYERS)?;
         // `num_attention_heads = num_attention_heads or attention_head_dim`. diffusers 0.42 itself
         // still refuses a non-null num_attention_heads in this class; kiln takes it as the head
         // count, the meaning it has everywhere else in diffusers.

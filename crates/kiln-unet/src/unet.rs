@@ -119,8 +119,7 @@ impl UNet2DConditionModel {
     /// cast to `options.dtype`.
     pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self, UNetError> {
         let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path)
-            .map_err(|source| LoadError::Io { path: config_path.clone(), source })?;
+        let text = kiln_nn::read_text_file(&config_path, kiln_nn::CONFIG_LIMIT)?;
         let config = UNet2DConditionConfig::from_json_str(&text)
             .map_err(|source| UNetError::ConfigFile { path: config_path.clone(), source })?;
         let weights = weights_path(dir, Self::WEIGHTS, options.variant.as_deref())?;

@@ -223,6 +223,18 @@ impl AutoencoderKLConfig {
                 ));
             }
         }
+        // bounds far above any published VAE, so sizes computed from them cannot overflow
+        for (key, values, max) in [
+            ("in_channels", vec![self.in_channels], 1 << 16),
+            ("out_channels", vec![self.out_channels], 1 << 16),
+            ("latent_channels", vec![self.latent_channels], 1 << 16),
+            ("block_out_channels", self.block_out_channels.clone(), 1 << 16),
+            ("layers_per_block", vec![self.layers_per_block], 256),
+        ] {
+            if values.iter().any(|&v| v > max) {
+                return Err(ConfigError::new(key, format!("{values:?}"), format!("every value must be at most {max}")));
+            }
+        }
         let g = self.norm_num_groups;
         for (key, c) in self.block_out_channels.iter().map(|c| ("block_out_channels", *c)) {
             if c % g != 0 {
@@ -234,10 +246,10 @@ impl AutoencoderKLConfig {
             }
         }
         match &self.sample_size {
-            SampleSize::Square(s) if *s > 0 => {}
-            SampleSize::List(l) if !l.is_empty() && l.iter().all(|s| *s > 0) => {}
+            SampleSize::Square(s) if (1..=1 << 17).contains(s) => {}
+            SampleSize::List(l) if !l.is_empty() && l.iter().all(|s| (1..=1 << 17).contains(s)) => {}
             other => {
-                return Err(ConfigError::new("sample_size", other, "must be a positive int or list of positive ints"));
+                return Err(ConfigError::new("sample_size", other, "must be a positive int or list of positive ints, at most 131072"));
             }
         }
         if self.tile_latent_min_size() == 0 {

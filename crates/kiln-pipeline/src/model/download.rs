@@ -23,6 +23,9 @@ pub(crate) fn download(id: &HubId, hub: &HubConfig, prefer_fp16: bool, want: Wan
         .build()
         .map_err(|e| hub_err(e.to_string()))?;
     let rev = id.revision().to_string();
+    if !super::hub::valid_revision(&rev) {
+        return Err(hub_err(format!("`{rev}` is not a revision name (letters, digits and -_./, no `..`)")));
+    }
     let info = match api.repo(Repo::with_revision(id.repo.clone(), RepoType::Model, rev.clone())).info() {
         Ok(info) => info,
         Err(e) => {

@@ -18,7 +18,7 @@ impl HubId {
     /// Hub's rules: letters, digits, `-`, `_`, `.`; no `--` or `..`; at most 96 characters.
     pub fn parse(s: &str) -> Option<Self> {
         let (repo, revision) = match s.split_once('@') {
-            Some((r, rev)) if !rev.is_empty() && !rev.contains(char::is_whitespace) => (r, Some(rev.to_string())),
+            Some((r, rev)) if valid_revision(rev) => (r, Some(rev.to_string())),
             Some(_) => return None,
             None => (s, None),
         };
@@ -43,6 +43,17 @@ impl HubId {
     pub fn cache_folder(&self) -> String {
         format!("models--{}", self.repo.replace('/', "--"))
     }
+}
+
+/// Whether `rev` can name a Hub revision: a branch, tag or `refs/...` path in git's rules, or a
+/// commit hash. It becomes a path under the cache (`refs/<rev>`), so it may not climb out: no
+/// `..` or `.` components, no empty component, no leading `/`, only letters, digits and
+/// `-_./`, at most 255 characters.
+pub fn valid_revision(rev: &str) -> bool {
+    !rev.is_empty()
+        && rev.len() <= 255
+        && rev.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+        && rev.split('/').all(|part| !part.is_empty() && part != "." && part != ".." && !part.ends_with(".lock"))
 }
 
 impl fmt::Display for HubId {
@@ -118,6 +129,9 @@ pub fn cached_snapshot(cache_dir: &Path, id: &HubId, offline: bool) -> Result<Pa
         return Err(not_in_cache(format!("no {} folder", id.cache_folder())));
     }
     let rev = id.revision();
+    if !valid_revision(rev) {
+        return Err(not_in_cache(format!("`{rev}` is not a revision name (letters, digits and -_./, no `..`)")));
+    }
     let commit = if is_commit_hash(rev) && repo_dir.join("snapshots").join(rev).is_dir() {
         rev.to_string()
     } else {
@@ -127,8 +141,12 @@ pub fn cached_snapshot(cache_dir: &Path, id: &HubId, offline: bool) -> Result<Pa
             Err(_) => return Err(not_in_cache(format!("revision `{rev}` was never fetched (no {})", ref_path.display()))),
         }
     };
+    // the ref file holds a commit hash: anything else would be a path of the file's choosing
+    if !is_commit_hash(&commit) {
+        return Err(not_in_cache(format!("revision `{rev}`: its ref file holds {:?}, not a commit hash", commit.chars().take(80).collect::<String>())));
+    }
     let snapshot = repo_dir.join("snapshots").join(&commit);
-    if (!is_commit_hash(&commit) && commit.contains(['/', '\\'])) || !snapshot.is_dir() {
+    if !snapshot.is_dir() {
         return Err(not_in_cache(format!("revision `{rev}` points at commit {commit}, whose snapshot folder is missing")));
     }
     Ok(snapshot)

@@ -70,7 +70,10 @@ pub(crate) struct ModelIndex {
 
 impl ModelIndex {
     pub(crate) fn read(path: &Path) -> Result<Self, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.into(), source })?;
+        let text = kiln_nn::read_text_file(path, kiln_nn::CONFIG_LIMIT).map_err(|e| match e {
+            kiln_nn::LoadError::Io { source, .. } => ModelError::Io { path: path.into(), source },
+            other => ModelError::BadIndex { path: path.display().to_string(), message: other.to_string() },
+        })?;
         let value: Value = serde_json::from_str(&text).map_err(|source| ModelError::Json { path: path.into(), source })?;
         Self::parse(&value, &path.display().to_string())
     }

@@ -83,7 +83,7 @@ impl FileSet for LocalFiles {
         if rel.is_empty() { self.0.display().to_string() } else { self.0.join(rel).display().to_string() }
     }
     fn read(&self, rel: &str) -> Option<String> {
-        std::fs::read_to_string(self.0.join(rel)).ok()
+        kiln_nn::read_text_file(&self.0.join(rel), kiln_nn::CONFIG_LIMIT).ok()
     }
 }
 

@@ -30,7 +30,7 @@ mod hub;
 mod index;
 mod layout;
 
-pub use hub::{cached_snapshot, HubConfig, HubId};
+pub use hub::{cached_snapshot, valid_revision, HubConfig, HubId};
 pub use index::{PipelineKind, SUPPORTED_PIPELINES};
 pub use layout::{Component, ComponentFiles, Weights};
 

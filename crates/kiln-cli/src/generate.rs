@@ -10,7 +10,7 @@ use kiln::burn::tensor::DType;
 use kiln::pipeline::image_processor::pil_grayscale;
 use kiln::pipeline::png::{check_output, save_png, GenerationParams};
 use kiln::pipeline::{resolve, GenerateOptions, HubConfig, PipelineError, PipelineKind, ResolveOptions, StableDiffusion, Task};
-use kiln::scheduler::{SamplerChoice, SamplerName, SchedulerConfig};
+use kiln::scheduler::{SamplerChoice, SamplerName, SchedulerConfig, StepOptions};
 
 use crate::device::DeviceArgs;
 use crate::{interrupt, CliError};
@@ -209,7 +209,11 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
     // before the weights load
     if let Some(config) = folder.component("scheduler").and_then(|c| c.config()) {
         let config = SchedulerConfig::from_file(config).map_err(|e| e.to_string())?;
-        SamplerChoice { sampler: scheduler, karras: a.karras }.resolve(&config).map_err(|e| crate::schedule::choice_error(&e))?;
+        let choice = SamplerChoice { sampler: scheduler, karras: a.karras };
+        choice.resolve(&config).map_err(|e| crate::schedule::choice_error(&e))?;
+        // built once here too, so a schedule the config cannot give (betas, offsets) is refused
+        // before the weights load
+        choice.build(&config, a.steps, &StepOptions { eta: a.eta, ..StepOptions::default() }).map_err(|e| e.to_string())?;
     }
     let mut pipe = StableDiffusion::load_folder(&folder, &device, dtype).map_err(|e| e.to_string())?;
     if vae_dtype != DType::F32 {
@@ -247,6 +251,7 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}")
             .map_err(|e| e.to_string())?,
     );
+    eprintln!("generating {} image(s), {} steps", a.num_images, a.steps);
     let start = Instant::now();
     // Ctrl-C / SIGTERM from here on: stop at the next step, write nothing, exit 130
     let images = interrupt::graceful(|| {

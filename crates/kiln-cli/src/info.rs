@@ -196,6 +196,10 @@ pub fn summarize_model(root: &Path) -> Result<ModelSummary, InfoError> {
         .filter_map(|c| c.weights.iter().find(|w| !is_variant(&w.path)).or(c.weights.first()))
         .map(|w| w.parameters)
         .fold(0u64, u64::saturating_add);
+    // what --model would report, else the first component kiln needs that could not be read
+    let problem = check.as_ref().err().map(|e| e.to_string()).or_else(|| {
+        components.iter().find(|c| c.used && c.error.is_some()).map(|c| format!("component `{}`: {}", c.name, c.error.clone().unwrap_or_default()))
+    });
     Ok(ModelSummary {
         path: root.into(),
         hub_id: None,
@@ -204,7 +208,7 @@ pub fn summarize_model(root: &Path) -> Result<ModelSummary, InfoError> {
         force_zeros_for_empty_prompt: force_zeros,
         components,
         parameters,
-        problem: check.err().map(|e| e.to_string()),
+        problem,
     })
 }
 

@@ -76,6 +76,8 @@ pub enum ModelError {
     ShardedWeights { path: String, component: String },
     #[error("{path}: {message}")]
     BadVae { path: String, message: String },
+    #[error("`{spec}`: `{revision}` is not a revision name (a branch, tag or commit: letters, digits and -_./, no `..` or empty parts)")]
+    BadRevision { spec: String, revision: String },
     #[error("`{0}` is neither an existing folder nor a Hub id (org/name or org/name@revision)")]
     NotAModel(String),
     #[error(
@@ -106,6 +108,14 @@ impl ModelSource {
         // (a revision may hold `/`, e.g. `refs/pr/1`; the repo part has exactly one)
         let repo_part = spec.split('@').next().unwrap_or_default();
         let looks_like_path = spec.starts_with(['/', '.', '~']) || spec.contains('\\') || repo_part.matches('/').count() != 1;
+        // `org/name@rev` with a repo id that parses but a revision that does not
+        if let Some((repo, rev)) = spec.split_once('@')
+            && !looks_like_path
+            && HubId::parse(repo).is_some()
+            && !hub::valid_revision(rev)
+        {
+            return Err(ModelError::BadRevision { spec: spec.into(), revision: rev.into() });
+        }
         match HubId::parse(spec) {
             Some(id) if !looks_like_path => Ok(ModelSource::Hub(id)),
             _ if spec.contains(['/', '\\']) || spec.starts_with(['.', '~']) => Err(ModelError::NotFound(path.into())),

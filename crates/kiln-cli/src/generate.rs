@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln::burn::tensor::DType;
-use kiln::pipeline::image_processor::pil_grayscale;
+use kiln::pipeline::image_processor::{decode_image, image_size, pil_grayscale};
 use kiln::pipeline::png::{check_output, save_png, GenerationParams};
 use kiln::pipeline::{resolve, GenerateOptions, HubConfig, PipelineError, PipelineKind, ResolveOptions, StableDiffusion, Task};
 use kiln::scheduler::{SamplerChoice, SamplerName, SchedulerConfig, StepOptions};
@@ -107,27 +107,6 @@ fn output_paths(output: &Path, n: usize) -> Vec<PathBuf> {
     (1..=n).map(|i| output.with_file_name(format!("{stem}-{i}{ext}"))).collect()
 }
 
-/// The largest init image or mask side kiln decodes (its pixels are read before any check of
-/// the whole file could see them: a small PNG can declare 20000 × 20000).
-const MAX_IMAGE_SIDE: u32 = 16384;
-
-/// The size of the init image or mask at `path`, from its header (nothing decoded), checked
-/// against [`MAX_IMAGE_SIDE`].
-fn image_size(path: &Path, what: &str) -> Result<(usize, usize), String> {
-    if !path.is_file() {
-        return Err(format!("{what} {} does not exist or is not a file", path.display()));
-    }
-    let (w, h) = image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?
-        .into_dimensions()
-        .map_err(|e| format!("{what} {} is not a readable PNG or JPEG image: {e}", path.display()))?;
-    if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
-        return Err(format!("{what} {} is {w}x{h}; kiln takes images of at most {MAX_IMAGE_SIDE} pixels a side", path.display()));
-    }
-    Ok((w as usize, h as usize))
-}
-
 /// Refuses an image of `size` where the output is `want` (an unset side follows the image).
 fn check_size(what: &str, path: &Path, (w, h): (usize, usize), want: (Option<usize>, Option<usize>)) -> Result<(), String> {
     let (ow, oh) = (want.0.unwrap_or(w), want.1.unwrap_or(h));
@@ -138,18 +117,6 @@ fn check_size(what: &str, path: &Path, (w, h): (usize, usize), want: (Option<usi
         "{what} size {w}x{h} ({}) differs from the output size {ow}x{oh}; kiln does not resize: give an image of the output size",
         path.display()
     ))
-}
-
-/// Decodes the image at `path` (whose size [`image_size`] checked), within the same limits.
-fn decode_image(path: &Path, what: &str) -> Result<image::DynamicImage, String> {
-    let mut reader = image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_IMAGE_SIDE);
-    limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    reader.limits(limits);
-    reader.decode().map_err(|e| format!("{what} {} is not a readable PNG or JPEG image: {e}", path.display()))
 }
 
 /// `WIDTHxHEIGHT` → diffusers' `(height, width)`.
@@ -193,16 +160,16 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
         check_output(p, a.overwrite).map_err(|e| format!("--output: {e}"))?;
     }
     // the images' sizes from their headers first: a size kiln refuses is never decoded
-    let init_size = a.init_image.as_deref().map(|p| image_size(p, "init image")).transpose()?;
-    let mask_size = a.mask.as_deref().map(|p| image_size(p, "mask")).transpose()?;
+    let init_size = a.init_image.as_deref().map(|p| image_size(p, "init image")).transpose().map_err(|e| e.to_string())?;
+    let mask_size = a.mask.as_deref().map(|p| image_size(p, "mask")).transpose().map_err(|e| e.to_string())?;
     if let (Some(p), Some(size)) = (&a.init_image, init_size) {
         check_size("init image", p, size, (a.width, a.height))?;
     }
     if let (Some(p), Some(size), Some((iw, ih))) = (&a.mask, mask_size, init_size) {
         check_size("mask", p, size, (Some(iw), Some(ih)))?;
     }
-    let init_image = a.init_image.as_deref().map(|p| decode_image(p, "init image").map(|i| i.to_rgb8())).transpose()?;
-    let mask = a.mask.as_deref().map(|p| decode_image(p, "mask").map(|m| pil_grayscale(&m))).transpose()?;
+    let init_image = a.init_image.as_deref().map(|p| decode_image(p, "init image").map(|i| i.to_rgb8())).transpose().map_err(|e| e.to_string())?;
+    let mask = a.mask.as_deref().map(|p| decode_image(p, "mask").map(|m| pil_grayscale(&m))).transpose().map_err(|e| e.to_string())?;
     let resolve_options = ResolveOptions { prefer_fp16: a.fp16_variant, vae: a.vae.clone() };
     let folder = resolve(&a.model, &resolve_options, &HubConfig::from_env()).map_err(|e| e.to_string())?;
     // the sampler the run will use (the same SamplerChoice the pipeline builds it with), checked

@@ -4,8 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -330,93 +328,33 @@ pub fn summarize_component(dir: &Path, name: &str, class: Option<&str>, used: bo
     Ok(ComponentSummary { name: name.into(), class_name, dir: dir.into(), used, config: config_summary, weights, other_files, error: None })
 }
 
-/// Bytes per element of the safetensors dtypes.
-fn dtype_size(dtype: &str) -> Option<u64> {
-    Some(match dtype {
-        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" => 1,
-        "I16" | "U16" | "F16" | "BF16" => 2,
-        "I32" | "U32" | "F32" => 4,
-        "I64" | "U64" | "F64" => 8,
-        _ => return None,
-    })
-}
-
-/// Reads a safetensors header (8-byte little-endian length, then JSON) and checks every tensor's
-/// offsets against the file, without reading the data.
+/// Summarises a safetensors file from its header (`kiln_nn::read_safetensors_header`, which
+/// checks every tensor against the file), without reading the data.
 pub fn read_weights_summary(path: &Path) -> Result<WeightsSummary, InfoError> {
-    let bad = |message: String| InfoError::Safetensors { path: path.into(), message };
-    let io_err = |source| InfoError::Io { path: path.into(), source };
-    let mut file = File::open(path).map_err(io_err)?;
-    let file_bytes = file.seek(SeekFrom::End(0)).map_err(io_err)?;
-    file.seek(SeekFrom::Start(0)).map_err(io_err)?;
-    if file_bytes < 8 {
-        return Err(bad(format!("{file_bytes} bytes, shorter than the 8-byte header length")));
-    }
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).map_err(io_err)?;
-    let header_len = u64::from_le_bytes(len);
-    // safetensors caps headers at 100 MB
-    if header_len > 100_000_000 || 8 + header_len > file_bytes {
-        return Err(bad(format!("header length {header_len} does not fit the file ({file_bytes} bytes)")));
-    }
-    let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header).map_err(io_err)?;
-    let header: Value = serde_json::from_slice(&header).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
-    let map = header.as_object().ok_or_else(|| bad("header is not a JSON object".into()))?;
-    let data_bytes = file_bytes - 8 - header_len;
+    let header = kiln_nn_header(path)?;
     let mut summary = WeightsSummary {
         path: path.into(),
-        file_bytes,
-        tensors: 0,
+        file_bytes: header.file_bytes,
+        tensors: header.tensors.len(),
         parameters: 0,
         dtypes: BTreeMap::new(),
-        metadata: BTreeMap::new(),
+        metadata: header.metadata,
     };
-    for (name, entry) in map {
-        if name == "__metadata__" {
-            if let Some(m) = entry.as_object() {
-                for (k, v) in m {
-                    summary.metadata.insert(k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
-                }
-            }
-            continue;
-        }
-        let tensor_err = |what: &str| bad(format!("tensor `{name}`: {what}"));
-        let dtype = entry.get("dtype").and_then(Value::as_str).ok_or_else(|| tensor_err("no dtype"))?;
-        let shape = entry
-            .get("shape")
-            .and_then(Value::as_array)
-            .and_then(|s| s.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
-            .ok_or_else(|| tensor_err("no valid shape"))?;
-        let offsets = entry
-            .get("data_offsets")
-            .and_then(Value::as_array)
-            .and_then(|o| o.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
-            .filter(|o| o.len() == 2)
-            .ok_or_else(|| tensor_err("no valid data_offsets"))?;
-        let numel = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(|| tensor_err(&format!("shape {shape:?} has more than 2^64 elements")))?;
-        let (begin, end) = (offsets[0], offsets[1]);
-        if begin > end || end > data_bytes {
-            return Err(tensor_err(&format!("data_offsets [{begin}, {end}] lie outside the {data_bytes} data bytes (truncated file?)")));
-        }
-        let bytes = (end - begin) as u128;
-        match dtype_size(dtype) {
-            Some(size) if numel as u128 * size as u128 != bytes => {
-                return Err(tensor_err(&format!("{dtype} {shape:?} needs {} bytes, data_offsets give {bytes}", numel as u128 * size as u128)));
-            }
-            // a dtype kiln does not know (newer sub-byte formats): no element is smaller than a bit
-            None if numel as u128 > bytes * 8 => {
-                return Err(tensor_err(&format!("{dtype} {shape:?} has {numel} elements in {bytes} bytes")));
-            }
-            _ => {}
-        }
-        summary.tensors += 1;
-        let overflow = || tensor_err("the file's parameter count passes 2^64");
-        summary.parameters = summary.parameters.checked_add(numel).ok_or_else(overflow)?;
-        let per_dtype = summary.dtypes.entry(dtype.to_string()).or_default();
-        *per_dtype = per_dtype.checked_add(numel).ok_or_else(overflow)?;
+    for t in &header.tensors {
+        let overflow = || InfoError::Safetensors { path: path.into(), message: format!("tensor `{}`: the file's parameter count passes 2^64", t.name) };
+        summary.parameters = summary.parameters.checked_add(t.numel).ok_or_else(overflow)?;
+        let per_dtype = summary.dtypes.entry(t.dtype.clone()).or_default();
+        *per_dtype = per_dtype.checked_add(t.numel).ok_or_else(overflow)?;
     }
     Ok(summary)
+}
+
+fn kiln_nn_header(path: &Path) -> Result<kiln::nn::SafetensorsHeader, InfoError> {
+    kiln::nn::read_safetensors_header(path).map_err(|e| match e {
+        kiln::nn::LoadError::Io { path, source } => InfoError::Io { path, source },
+        kiln::nn::LoadError::Format { path, message } => InfoError::Safetensors { path, message },
+        other => InfoError::Safetensors { path: path.into(), message: other.to_string() },
+    })
 }
 
 // ---- text output -------------------------------------------------------------------------------

@@ -20,7 +20,10 @@ pub mod transformer;
 
 pub use attention::{Attention, AttentionConfig};
 pub use embeddings::{timestep_embedding, TimestepEmbedding, TimestepEmbeddingConfig};
-pub use load::{load_safetensors, read_config, read_text_file, weights_file_name, weights_path, LoadError, LoadOptions, CONFIG_LIMIT};
+pub use load::{
+    dtype_size, load_safetensors, read_config, read_safetensors_header, read_text_file, weights_file_name, weights_path, LoadError, LoadOptions,
+    SafetensorsHeader, TensorEntry, CONFIG_LIMIT,
+};
 pub use resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 pub use sampling::{Downsample2D, Downsample2DConfig, Upsample2D, Upsample2DConfig};
 pub use transformer::{

@@ -41,6 +41,9 @@ pub enum PipelineError {
     TooLarge { width: usize, height: usize, batch: usize, needed_gib: f64, available_gib: f64 },
     #[error("{component} produced NaN or infinite values{detail}; no image was made (broken weights, or a schedule that diverges)")]
     NonFinite { component: &'static str, detail: String },
+    /// An init image or mask that cannot be read, or is too large to decode.
+    #[error("{0}")]
+    Image(String),
     #[error("generation cancelled by the callback at step {0}")]
     Cancelled(usize),
 }

@@ -6,6 +6,8 @@
 //! refused with both sizes named (diffusers would resize it with Lanczos).
 
 use burn::tensor::{Device, Tensor, TensorData};
+use std::path::Path;
+
 use image::{DynamicImage, GrayImage, RgbImage};
 
 use crate::error::PipelineError;
@@ -104,6 +106,39 @@ pub fn to_rgb_images(image: Tensor<4>) -> Result<Vec<RgbImage>, PipelineError> {
             RgbImage::from_raw(w as u32, h as u32, bytes).expect("buffer size matches")
         })
         .collect())
+}
+
+/// The largest init image or mask side kiln decodes (its pixels are read before any check of
+/// the whole file could see them: a small PNG can declare 20000 × 20000).
+pub const MAX_IMAGE_SIDE: u32 = 16384;
+
+/// The size of the init image or mask at `path`, from its header (nothing decoded), checked
+/// against [`MAX_IMAGE_SIDE`].
+pub fn image_size(path: &Path, what: &str) -> Result<(usize, usize), PipelineError> {
+    if !path.is_file() {
+        return Err(PipelineError::Image(format!("{what} {} does not exist or is not a file", path.display())));
+    }
+    let (w, h) = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| PipelineError::Image(format!("cannot read {what} {}: {e}", path.display())))?
+        .into_dimensions()
+        .map_err(|e| PipelineError::Image(format!("{what} {} is not a readable PNG or JPEG image: {e}", path.display())))?;
+    if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
+        return Err(PipelineError::Image(format!("{what} {} is {w}x{h}; kiln takes images of at most {MAX_IMAGE_SIDE} pixels a side", path.display())));
+    }
+    Ok((w as usize, h as usize))
+}
+
+/// Decodes the image at `path` (whose size [`image_size`] checked), within the same limits.
+pub fn decode_image(path: &Path, what: &str) -> Result<image::DynamicImage, PipelineError> {
+    let mut reader = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| PipelineError::Image(format!("cannot read {what} {}: {e}", path.display())))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    reader.limits(limits);
+    reader.decode().map_err(|e| PipelineError::Image(format!("{what} {} is not a readable PNG or JPEG image: {e}", path.display())))
 }
 
 #[cfg(test)]

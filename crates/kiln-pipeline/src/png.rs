@@ -377,6 +377,9 @@ pub fn check_output(path: &Path, overwrite: bool) -> Result<(), PngError> {
     if file_name.len() > 255 {
         return Err(PngError::NameTooLong { path: path.into(), bytes: file_name.len() });
     }
+    if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+        return Err(PngError::IsADirectory(path.into()));
+    }
     if !path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
         return Err(PngError::NotPngName(path.into()));
     }

@@ -131,6 +131,25 @@ pub fn threshold_sample(sample: Tensor<4>, ratio: f64, max_value: f64) -> Tensor
     clamped.reshape([b, c, h, w])
 }
 
+/// The highest `solver_order` kiln takes (DPM-Solver, DEIS, UniPC). diffusers takes any order
+/// and keeps that many model outputs (DPM-Solver and DEIS step at most third order, UniPC at any
+/// order); orders past a handful only add history, and one from a hostile config
+/// (`2147483647`) would allocate it up front.
+pub const MAX_SOLVER_ORDER: usize = 8;
+
+/// `solver_order` (default 2), in `1..=MAX_SOLVER_ORDER`.
+pub(crate) fn read_solver_order(r: &mut ConfigReader<'_>) -> Result<usize> {
+    let solver_order = r.usize("solver_order", 2)?;
+    if !(1..=MAX_SOLVER_ORDER).contains(&solver_order) {
+        return Err(SchedulerError::Unsupported {
+            key: "solver_order".into(),
+            value: solver_order.to_string(),
+            allowed: format!("an integer in [1, {MAX_SOLVER_ORDER}]"),
+        });
+    }
+    Ok(solver_order)
+}
+
 // ---- the ᾱ-indexed samplers --------------------------------------------------------------------
 
 /// `steps_offset` (read after the betas): less than `num_train_timesteps`. A larger offset puts

@@ -8,7 +8,7 @@
 use burn::tensor::Tensor;
 
 use crate::class::SchedulerClass;
-use crate::common::{alpha_sigma_f32, multistep_timesteps, read_steps_offset, spaced_timesteps, train_sigmas_and_logs, PredictionType, SampleClip, TimestepSpacing};
+use crate::common::{alpha_sigma_f32, multistep_timesteps, read_solver_order, read_steps_offset, spaced_timesteps, train_sigmas_and_logs, PredictionType, SampleClip, TimestepSpacing};
 use crate::config::SchedulerConfig;
 use crate::error::{Result, SchedulerError};
 use crate::float::{f32r, np_interp, np_log_f32, torch_exp_f32, torch_log_f32};
@@ -41,7 +41,7 @@ impl DeisScheduler {
             &["linear", "scaled_linear", "squaredcos_cap_v2"],
             false,
         )?;
-        let solver_order = r.usize("solver_order", 2)?;
+        let solver_order = read_solver_order(&mut r)?;
         let prediction_type = PredictionType::read(&mut r)?;
         let clip = SampleClip::read(&mut r, None)?;
         // diffusers maps the DPM-Solver names to "deis" and the other solvers' to "logrho"
@@ -58,13 +58,6 @@ impl DeisScheduler {
         let _time_shift_type = r.choice("time_shift_type", "exponential", &["exponential"])?;
         r.finish();
 
-        if solver_order == 0 {
-            return Err(SchedulerError::Unsupported {
-                key: "solver_order".into(),
-                value: "0".into(),
-                allowed: "an integer >= 1".into(),
-            });
-        }
         if use_flow_sigmas {
             return Err(SchedulerError::Unsupported {
                 key: "use_flow_sigmas".into(),

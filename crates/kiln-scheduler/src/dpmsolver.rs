@@ -12,7 +12,7 @@
 use burn::tensor::Tensor;
 
 use crate::class::SchedulerClass;
-use crate::common::SampleClip;
+use crate::common::{read_solver_order, SampleClip};
 use crate::config::ConfigReader;
 use crate::error::{Result, SchedulerError};
 use crate::float::{f32r, np_interp, np_linspace, np_log_f32, np_round};
@@ -108,7 +108,7 @@ impl DpmConfig {
         let schedules = &["linear", "scaled_linear", "squaredcos_cap_v2"];
         let betas = BetaConfig::read(r, 0.0001, 0.02, "linear", schedules, info.knows_rescale)?;
         let raw_beta_schedule = r.choice("beta_schedule", "linear", schedules)?;
-        let solver_order = r.usize("solver_order", 2)?;
+        let solver_order = read_solver_order(r)?;
         let prediction = match r
             .choice("prediction_type", "epsilon", &["epsilon", "sample", "v_prediction", "flow_prediction"])?
             .as_str()
@@ -151,13 +151,6 @@ impl DpmConfig {
         let _use_dynamic_shifting = r.bool("use_dynamic_shifting", false)?;
         r.choice("time_shift_type", "exponential", &["exponential"])?;
 
-        if solver_order == 0 {
-            return Err(SchedulerError::Unsupported {
-                key: "solver_order".into(),
-                value: "0".into(),
-                allowed: "1, 2 or 3".into(),
-            });
-        }
         if !matches!(algorithm_as_written.as_str(), "dpmsolver++" | "sde-dpmsolver++") && !final_sigma_min {
             return Err(SchedulerError::Invalid(format!(
                 "`final_sigmas_type` zero is not supported for `algorithm_type` {algorithm_as_written}; \

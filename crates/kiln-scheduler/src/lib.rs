@@ -46,6 +46,6 @@ pub mod lms;
 pub use config::SchedulerConfig;
 pub use error::{Result, SchedulerError};
 pub use class::SchedulerClass;
-pub use common::{noise_like, threshold_sample, PredictionType, TimestepSpacing};
+pub use common::{noise_like, threshold_sample, PredictionType, TimestepSpacing, MAX_SOLVER_ORDER};
 pub use sampler::{SamplerChoice, SamplerName};
 pub use scheduler::{img2img_begin_index, NoiseSource, Schedule, Scheduler, StepOptions};

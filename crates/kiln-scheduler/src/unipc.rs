@@ -10,7 +10,7 @@
 use burn::tensor::Tensor;
 
 use crate::class::SchedulerClass;
-use crate::common::{alpha_sigma_f32, multistep_timesteps, read_steps_offset, spaced_timesteps, train_sigmas_and_logs, PredictionType, SampleClip, TimestepSpacing};
+use crate::common::{alpha_sigma_f32, multistep_timesteps, read_solver_order, read_steps_offset, spaced_timesteps, train_sigmas_and_logs, PredictionType, SampleClip, TimestepSpacing};
 use crate::config::SchedulerConfig;
 use crate::error::{Result, SchedulerError};
 use crate::float::{f32r, np_interp, torch_expm1_f32, torch_log_f32};
@@ -152,7 +152,7 @@ impl UniPcScheduler {
             &["linear", "scaled_linear", "squaredcos_cap_v2"],
             true,
         )?;
-        let solver_order = r.usize("solver_order", 2)?;
+        let solver_order = read_solver_order(&mut r)?;
         let prediction_type = PredictionType::read(&mut r)?;
         let clip = SampleClip::read(&mut r, None)?;
         let predict_x0 = r.bool("predict_x0", true)?;
@@ -173,13 +173,6 @@ impl UniPcScheduler {
         let shift_terminal = r.opt_f64("shift_terminal")?;
         r.finish();
 
-        if solver_order == 0 {
-            return Err(SchedulerError::Unsupported {
-                key: "solver_order".into(),
-                value: "0".into(),
-                allowed: "an integer >= 1".into(),
-            });
-        }
         if use_flow_sigmas {
             return Err(SchedulerError::Unsupported {
                 key: "use_flow_sigmas".into(),

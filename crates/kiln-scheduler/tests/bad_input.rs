@@ -91,3 +91,22 @@ fn malformed_and_missing_configs_are_errors() {
     assert!(matches!(SchedulerConfig::from_json_str("{\"a\": ", "x"), Err(SchedulerError::Json { .. })));
     assert!(SchedulerConfig::from_json_str(r#"{"_class_name": 5}"#, "x").is_err());
 }
+
+/// Found by kiln-fuzz (scheduler_config): `"solver_order": 2147483647` made the multistep
+/// samplers allocate that many history slots up front (an allocation abort). Orders are refused
+/// past MAX_SOLVER_ORDER, naming the range; the highest allowed order still builds.
+#[test]
+fn solver_orders_past_the_limit_are_refused() {
+    use kiln_scheduler::MAX_SOLVER_ORDER;
+    for class in [SchedulerClass::DpmSolverMultistep, SchedulerClass::Deis, SchedulerClass::UniPc, SchedulerClass::DpmSolverSinglestep] {
+        for order in [0, MAX_SOLVER_ORDER + 1, 2147483647] {
+            let config = SchedulerConfig::from_json_str(&format!(r#"{{"solver_order": {order}}}"#), "test").unwrap();
+            let err = class.build(&config, 12, &StepOptions::default()).err().expect("an error").to_string();
+            assert!(err.contains("solver_order") && err.contains(&order.to_string()) && err.contains(&format!("[1, {MAX_SOLVER_ORDER}]")), "{}: {err}", class.class_name());
+        }
+    }
+    for class in [SchedulerClass::DpmSolverMultistep, SchedulerClass::Deis, SchedulerClass::UniPc] {
+        let config = SchedulerConfig::from_json_str(&format!(r#"{{"solver_order": {MAX_SOLVER_ORDER}}}"#), "test").unwrap();
+        assert!(class.build(&config, 12, &StepOptions::default()).is_ok(), "{}", class.class_name());
+    }
+}

@@ -170,6 +170,21 @@ impl ClipTextConfig {
                 return Err(bad(format!("{key} = 0")));
             }
         }
+        // bounds far above any published CLIP (bigG: hidden 1280, 32 layers, 49408 tokens), so
+        // the model built from them cannot ask for absurd sizes
+        for (key, value, max) in [
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("intermediate_size", self.intermediate_size, 1 << 18),
+            ("num_attention_heads", self.num_attention_heads, 1 << 12),
+            ("num_hidden_layers", self.num_hidden_layers, 256),
+            ("max_position_embeddings", self.max_position_embeddings, 1 << 16),
+            ("projection_dim", self.projection_dim.unwrap_or(0), 1 << 16),
+        ] {
+            if value > max {
+                return Err(bad(format!("{key} = {value}: at most {max}")));
+            }
+        }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(bad(format!(
                 "hidden_size = {} is not a multiple of num_attention_heads = {}",

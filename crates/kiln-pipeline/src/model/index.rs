@@ -161,6 +161,14 @@ impl ModelIndex {
     }
 }
 
+/// Checks a `model_index.json` text as [`super::resolve`] reads it: the pipeline it names, and
+/// well-formed component entries (`path` names the file in errors).
+pub fn check_model_index(text: &str, path: &str) -> Result<PipelineKind, ModelError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ModelError::BadIndex { path: path.into(), message: format!("not valid JSON: {e}") })?;
+    Ok(ModelIndex::parse(&value, path)?.kind)
+}
+
 #[derive(Clone, Copy)]
 enum Role {
     Scheduler,

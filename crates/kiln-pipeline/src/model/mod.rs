@@ -31,7 +31,7 @@ mod index;
 mod layout;
 
 pub use hub::{cached_snapshot, valid_revision, HubConfig, HubId};
-pub use index::{PipelineKind, SUPPORTED_PIPELINES};
+pub use index::{check_model_index, PipelineKind, SUPPORTED_PIPELINES};
 pub use layout::{Component, ComponentFiles, Weights};
 
 use index::ModelIndex;

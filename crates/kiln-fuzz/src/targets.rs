@@ -1,0 +1,196 @@
+//! The targets: every parser of bytes that come from outside kiln, called as kiln calls it.
+//! Each returns whether the input was accepted; an error is the right answer to bad input, a
+//! panic, hang or huge allocation is a finding.
+
+use std::path::Path;
+
+use burn::tensor::Device;
+use kiln_pipeline::image_processor::{decode_image, image_size, pil_grayscale};
+use kiln_pipeline::model::{cached_snapshot, check_model_index, valid_revision, HubId, ModelSource};
+use kiln_pipeline::png::{parse_infotext, read_png_texts, GenerationParams};
+use kiln_scheduler::{SamplerChoice, SamplerName, SchedulerClass, SchedulerConfig, StepOptions};
+use kiln_text_encoder::{ClipTextConfig, ClipTextModel, ClipTokenizer};
+use kiln_unet::UNet2DConditionConfig;
+use kiln_vae::AutoencoderKLConfig;
+
+use crate::engine::{Outcome, Scratch, Target};
+
+fn accepted(ok: bool) -> Outcome {
+    if ok { Outcome::Accepted } else { Outcome::Refused }
+}
+
+/// Every target, by name.
+pub const TARGETS: &[Target] = &[
+    Target { name: "safetensors_header", run: safetensors_header },
+    Target { name: "png_text", run: png_text },
+    Target { name: "infotext", run: infotext },
+    Target { name: "model_index", run: model_index },
+    Target { name: "unet_config", run: unet_config },
+    Target { name: "vae_config", run: vae_config },
+    Target { name: "clip_config", run: clip_config },
+    Target { name: "scheduler_config", run: scheduler_config },
+    Target { name: "tokenizer", run: tokenizer },
+    Target { name: "hub_id", run: hub_id },
+    Target { name: "image", run: image },
+];
+
+/// `kiln_nn::read_safetensors_header`, which every weights file passes before it loads.
+fn safetensors_header(input: &[u8], s: &Scratch) -> Outcome {
+    let path = s.file("w.safetensors", input);
+    accepted(kiln_nn::read_safetensors_header(&path).is_ok())
+}
+
+/// A PNG's text chunks (`kiln info x.png`), then A1111's parameters in each.
+fn png_text(input: &[u8], s: &Scratch) -> Outcome {
+    let path = s.file("x.png", input);
+    let mut ok = false;
+    for want in [Some("parameters"), None] {
+        if let Ok(texts) = read_png_texts(&path, want) {
+            ok = true;
+            for (_, text) in texts {
+                let _ = parse_infotext(&text);
+                let _ = GenerationParams::parse(&text);
+            }
+        }
+    }
+    accepted(ok)
+}
+
+/// The A1111 `parameters` text (infotext) parser alone.
+fn infotext(input: &[u8], _: &Scratch) -> Outcome {
+    let text = String::from_utf8_lossy(input);
+    let _ = parse_infotext(&text);
+    accepted(GenerationParams::parse(&text).is_ok())
+}
+
+fn model_index(input: &[u8], _: &Scratch) -> Outcome {
+    accepted(check_model_index(&String::from_utf8_lossy(input), "model_index.json").is_ok())
+}
+
+/// A UNet config, then the model built from it (weights stay lazy: nothing is allocated).
+fn unet_config(input: &[u8], _: &Scratch) -> Outcome {
+    match UNet2DConditionConfig::from_json_str(&String::from_utf8_lossy(input)) {
+        Ok(c) => {
+            let _ = c.init(&Device::flex());
+            Outcome::Accepted
+        }
+        Err(_) => Outcome::Refused,
+    }
+}
+
+fn vae_config(input: &[u8], _: &Scratch) -> Outcome {
+    match AutoencoderKLConfig::from_json_str(&String::from_utf8_lossy(input)) {
+        Ok(c) => {
+            let _ = c.tile_latent_min_size();
+            let _ = c.init(&Device::flex());
+            Outcome::Accepted
+        }
+        Err(_) => Outcome::Refused,
+    }
+}
+
+fn clip_config(input: &[u8], _: &Scratch) -> Outcome {
+    let Ok(config) = serde_json::from_slice::<ClipTextConfig>(input) else { return Outcome::Refused };
+    match config.validate(Path::new("config.json")) {
+        Ok(resolved) => {
+            let _ = ClipTextModel::new(&resolved, &Device::flex());
+            Outcome::Accepted
+        }
+        Err(_) => Outcome::Refused,
+    }
+}
+
+/// A scheduler config, built as every class and through every sampler name (with and without
+/// Karras sigmas) for a few step counts: the schedules are host math on the config's numbers.
+fn scheduler_config(input: &[u8], _: &Scratch) -> Outcome {
+    let Ok(config) = SchedulerConfig::from_json_str(&String::from_utf8_lossy(input), "scheduler_config.json") else { return Outcome::Refused };
+    let steps = [1, 2, 7, 25][input.len() % 4];
+    let options = StepOptions::default();
+    let mut ok = false;
+    for class in SchedulerClass::ALL {
+        ok |= class.build(&config, steps, &options).is_ok();
+    }
+    for &(_, sampler) in SamplerName::ALL {
+        for karras in [false, true] {
+            let _ = SamplerChoice { sampler: Some(sampler), karras }.build(&config, steps, &options);
+        }
+    }
+    let _ = SamplerChoice { sampler: None, karras: false }.build(&config, steps, &options);
+    accepted(ok)
+}
+
+/// A tokenizer folder: the input split at 0xFF bytes into `tokenizer_config.json`,
+/// `special_tokens_map.json`, `vocab.json` and `merges.txt` (a tiny valid vocabulary where a
+/// part is missing), then a prompt encoded with it.
+fn tokenizer(input: &[u8], s: &Scratch) -> Outcome {
+    const VOCAB: &str = r#"{"!": 0, "a</w>": 1, "c": 2, "at</w>": 3, "<|startoftext|>": 4, "<|endoftext|>": 5, "ca": 6, "cat</w>": 7, "a": 8, "t</w>": 9}"#;
+    const MERGES: &str = "#version: 0.2\nc a\nca t</w>\na t</w>\n";
+    let parts: Vec<&[u8]> = input.split(|&b| b == 0xff).collect();
+    let part = |i: usize, default: &str| -> Vec<u8> { parts.get(i).map(|p| p.to_vec()).unwrap_or_else(|| default.as_bytes().to_vec()) };
+    let dir = s.dir.join("tokenizer");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a tokenizer folder");
+    for (name, bytes) in [
+        ("tokenizer_config.json", part(0, "{}")),
+        ("special_tokens_map.json", part(1, "{}")),
+        ("vocab.json", part(2, VOCAB)),
+        ("merges.txt", part(3, MERGES)),
+    ] {
+        std::fs::write(dir.join(name), bytes).expect("tokenizer files");
+    }
+    match ClipTokenizer::from_dir(&dir) {
+        Ok(t) => {
+            let _ = t.encode("a cat");
+            let _ = t.encode(&String::from_utf8_lossy(parts.last().copied().unwrap_or_default()));
+            Outcome::Accepted
+        }
+        Err(_) => Outcome::Refused,
+    }
+}
+
+/// `--model` as a Hub id: parsing, the revision check, and reading the cache, whose `refs/`
+/// file holds the input's last line. A snapshot found must lie inside the cache.
+fn hub_id(input: &[u8], s: &Scratch) -> Outcome {
+    let text = String::from_utf8_lossy(input);
+    let (spec, ref_content) = text.split_once('\n').unwrap_or((&text, "0123456789abcdef0123456789abcdef01234567"));
+    let _ = ModelSource::parse(spec);
+    let _ = valid_revision(spec);
+    let Some(id) = HubId::parse(spec) else { return Outcome::Refused };
+    let cache = s.dir.join("hub");
+    let _ = std::fs::remove_dir_all(&cache);
+    let repo = cache.join(id.cache_folder());
+    let _ = std::fs::create_dir_all(repo.join("refs"));
+    let _ = std::fs::create_dir_all(repo.join("snapshots/0123456789abcdef0123456789abcdef01234567"));
+    if valid_revision(id.revision()) {
+        let ref_file = repo.join("refs").join(id.revision());
+        if let Some(parent) = ref_file.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let _ = std::fs::write(&ref_file, ref_content);
+    }
+    match cached_snapshot(&cache, &id, true) {
+        Ok(snapshot) => {
+            assert!(snapshot.starts_with(&cache) && !snapshot.components().any(|c| c == std::path::Component::ParentDir), "{snapshot:?} is outside the cache");
+            Outcome::Accepted
+        }
+        Err(_) => Outcome::Refused,
+    }
+}
+
+/// An init image or mask: its size from the header, then (when small) the decode and the
+/// conversions the pipeline makes.
+fn image(input: &[u8], s: &Scratch) -> Outcome {
+    let path = s.file("init.png", input);
+    match image_size(&path, "init image") {
+        Ok((w, h)) if w * h <= 1 << 20 => match decode_image(&path, "init image") {
+            Ok(img) => {
+                let _ = img.to_rgb8();
+                let _ = pil_grayscale(&img);
+                Outcome::Accepted
+            }
+            Err(_) => Outcome::Refused,
+        },
+        Ok(_) => Outcome::Accepted,
+        Err(_) => Outcome::Refused,
+    }
+}

@@ -72,6 +72,7 @@ fn init_lane() -> Result<Device, String> {
     if !crate::gpu::store::store_path_overridden() && std::env::var_os("KILN_CACHE_DIR").is_none() {
         crate::gpu::store::set_store_path(None);
     }
+    one_stream();
     let lane = std::env::var("KILN_WGPU_LANE").unwrap_or_else(|_| "gl".into());
     let device = match lane.as_str() {
         "gl" => device::open(Some(WgpuBackend::Gl))?,
@@ -83,6 +84,20 @@ fn init_lane() -> Result<Device, String> {
     let f16 = device.supports_dtype(burn::tensor::DType::F16);
     eprintln!("wgpu lane: {lane} on {name} (f16 supported: {f16})");
     Ok(device)
+}
+
+/// Gives the lane's device one CubeCL stream (`[streaming] max_streams = 1`, on top of any
+/// `cubecl.toml` and `CUBECL_*` variables), before the device opens: with the default (one
+/// stream per thread that touches the device, up to 128) two test threads on Mesa's llvmpipe
+/// deadlocked in 1 of 4 cold runs, and 0 of 5 with one stream (docs/testing.md#the-wgpu-lane-hang).
+/// Lane tests also run one per process under the watchdog ([`crate::lane_test!`]).
+fn one_stream() {
+    use burn_cubecl::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    config.streaming.max_streams = 1;
+    if !CubeClRuntimeConfig::try_set(config) {
+        eprintln!("wgpu lane: CubeCL's configuration was already read; the lane keeps its streams");
+    }
 }
 
 /// Standard-normal values of `shape` on `device` (burn's device RNG: each lane test draws its

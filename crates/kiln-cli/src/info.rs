@@ -451,7 +451,7 @@ impl fmt::Display for Info {
 
 #[derive(Args)]
 pub struct InfoArgs {
-    /// A PNG, a diffusers model folder, a Hub id (org/name[@revision], from the Hub cache only),
+    /// A PNG, a diffusers model folder, a Hub id (org/name or org/name@revision, from the Hub cache only),
     /// a component folder or a .safetensors file.
     #[arg(value_name = "PATH")]
     path: String,

@@ -4,7 +4,7 @@
 //! scheduler class the keys of the file that its `__init__` accepts; keys the file does not
 //! contain take the class's own defaults (`_use_default_values`), keys the class does not know are
 //! ignored. [`SchedulerConfig`] keeps the file's keys as they are and each sampler reads the ones
-//! it knows through a [`ConfigReader`], so switching sampler behaves exactly like
+//! it knows through a `ConfigReader`, so switching sampler behaves exactly like
 //! `NewScheduler.from_config(pipe.scheduler.config)`.
 
 use std::collections::BTreeSet;

@@ -3,7 +3,7 @@
 //! variants of order 1–3, with the SDE variants (`sde-dpmsolver`, `sde-dpmsolver++`).
 //!
 //! This module also holds what the singlestep variant shares with it (the σ schedule, the model
-//! output conversion and the first-order update): see [`DpmCore`].
+//! output conversion and the first-order update): see `DpmCore` in dpmsolver.rs.
 //!
 //! Numerics: diffusers keeps `self.sigmas` as a float32 tensor and computes every coefficient
 //! (α_t, σ_t, λ_t, h, e^{-h}, r0, …) as 0-dim float32 tensors. kiln computes those coefficients

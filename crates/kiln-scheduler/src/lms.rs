@@ -4,7 +4,7 @@
 //! diffusers gets each multistep coefficient from `scipy.integrate.quad` of a Lagrange basis
 //! polynomial; kiln integrates that polynomial exactly in closed form (see [`lms_coefficient`]).
 //!
-//! This module also holds [`k_sigma_schedule`], the σ schedule the k-diffusion style samplers
+//! Its σ schedule is `common.rs`'s `k_sigma_schedule`, which the k-diffusion style samplers
 //! (LMS, Heun, KDPM2, KDPM2 ancestral) share.
 
 use std::collections::VecDeque;

@@ -6,7 +6,7 @@
 //!   letter runs, single digits, other non-space runs; the rest removed), then byte-level;
 //! - model: BPE with `</w>` as end-of-word suffix, the folder's `unk_token`;
 //! - post-processor: `RobertaProcessing` (bos … eos);
-//! - the folder's special tokens added the way transformers adds them (see [`special_tokens`]):
+//! - the folder's special tokens added the way transformers adds them (see `special_tokens` below):
 //!   which one is the pad token and whether a token like `!` is split out of the text depend on
 //!   `tokenizer_config.json`, `special_tokens_map.json` and `tokenizer.json`.
 //!

@@ -35,7 +35,7 @@ pub fn run_on_lane(module: &str, name: &str, body: impl FnOnce(Device)) {
 }
 
 /// Runs `body` in a child process — this test binary, re-run on the test `module::name` alone with
-/// [`CHILD`] set — one such child at a time per process; fails the test when the child fails,
+/// `KILN_TEST_CHILD` set — one such child at a time per process; fails the test when the child fails,
 /// dies of a signal, or outlives the deadline (with every thread's backtrace, taken by gdb where
 /// the machine has it). In the child, simply runs `body`.
 pub fn run_in_child(module: &str, name: &str, body: impl FnOnce()) {

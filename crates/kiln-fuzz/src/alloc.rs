@@ -1,7 +1,8 @@
-//! A global allocator that counts: live bytes, their peak, and the largest single request. Past
-//! [`LIMIT`] (live or one request) it refuses the allocation after recording the input being
-//! run (the process then aborts: an input that makes kiln allocate a GiB is a finding). The
-//! fuzzing binary and its test install it with `#[global_allocator]`.
+//! A global allocator that counts: live bytes, what one input holds above the loop's own (its
+//! peak), and the largest single request. Past [`LIMIT`] (held by the input or asked for at
+//! once) it refuses the allocation after writing out the input being run (the process then
+//! aborts: an input that makes kiln allocate a GiB is a finding). The fuzzing binary and its
+//! test install it with `#[global_allocator]`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,7 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub const LIMIT: usize = 1 << 30;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
+/// Live bytes when the current input started (the loop's own: its pool, the seeds).
+static BASE: AtomicUsize = AtomicUsize::new(0);
+/// The most live bytes above `BASE` since [`start_input`].
+static INPUT_PEAK: AtomicUsize = AtomicUsize::new(0);
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
 
 /// The counting allocator.
@@ -63,12 +67,13 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
-/// Counts `size` more bytes; `false` (after recording the input) past the limit.
+/// Counts `size` more bytes; `false` (after writing out the input) past the limit.
 fn admit(size: usize) -> bool {
     LARGEST.fetch_max(size, Ordering::Relaxed);
     let live = LIVE.fetch_add(size, Ordering::Relaxed) + size;
-    PEAK.fetch_max(live, Ordering::Relaxed);
-    if size > LIMIT || live > LIMIT {
+    let held = live.saturating_sub(BASE.load(Ordering::Relaxed));
+    INPUT_PEAK.fetch_max(held, Ordering::Relaxed);
+    if size > LIMIT || held > LIMIT {
         LIVE.fetch_sub(size, Ordering::Relaxed);
         crate::current::dump("allocation over 1 GiB");
         return false;
@@ -76,13 +81,23 @@ fn admit(size: usize) -> bool {
     true
 }
 
-/// `(peak live bytes, largest single request)` since [`reset`].
-pub fn stats() -> (usize, usize) {
-    (PEAK.load(Ordering::Relaxed), LARGEST.load(Ordering::Relaxed))
+/// An input starts: what is live now is the loop's own, and the input's peak starts at 0.
+pub fn start_input() {
+    BASE.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+    INPUT_PEAK.store(0, Ordering::Relaxed);
 }
 
-/// Starts the peak and largest counters afresh (live bytes keep counting).
-pub fn reset() {
-    PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+/// The most bytes the current (or last) input held at once above the loop's own.
+pub fn input_peak() -> usize {
+    INPUT_PEAK.load(Ordering::Relaxed)
+}
+
+/// The largest single request since [`reset_largest`].
+pub fn largest() -> usize {
+    LARGEST.load(Ordering::Relaxed)
+}
+
+/// Starts the largest-request counter afresh.
+pub fn reset_largest() {
     LARGEST.store(0, Ordering::Relaxed);
 }

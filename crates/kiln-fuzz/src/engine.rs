@@ -18,6 +18,11 @@ pub const HANG_LIMIT: Duration = Duration::from_secs(10);
 /// The largest input the loop makes (inputs are trimmed back to it).
 pub const MAX_INPUT: usize = 1 << 20;
 
+/// The pool of accepted inputs mutations start from: at most this many, and this many bytes
+/// (past either, a new one replaces a random one), so the loop's own memory stays small.
+pub const POOL_INPUTS: usize = 4096;
+pub const POOL_BYTES: usize = 64 << 20;
+
 /// What a target did with an input: refused it (an error, as intended for bad input) or
 /// accepted it (parsed and used). Panics, hangs and huge allocations are caught around it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,7 +169,8 @@ pub struct Report {
     pub crashes: Vec<(PathBuf, String)>,
     /// The slowest input, in seconds.
     pub slowest_s: f64,
-    /// Peak live bytes and the largest single allocation while the target ran.
+    /// The most bytes one input held at once (above the loop's own), and the largest single
+    /// allocation, while the target ran. The input with that peak is saved as `peak-<target>.bin`.
     pub peak_bytes: usize,
     pub largest_alloc: usize,
     pub seeds: usize,
@@ -199,7 +205,8 @@ pub fn fuzz(target: &Target, corpus: &Path, out: &Path, budget: Duration, seed: 
     let mut pool: Vec<Vec<u8>> = if seeds.is_empty() { vec![Vec::new()] } else { seeds.clone() };
     let mut rng = Rng::new(seed ^ target.name.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)));
     let mut report = Report { target: target.name, seeds: seeds.len(), ..Default::default() };
-    crate::alloc::reset();
+    crate::alloc::reset_largest();
+    let mut pool_bytes: usize = pool.iter().map(Vec::len).sum();
     let start = Instant::now();
     let mut queue: std::collections::VecDeque<Vec<u8>> = seeds.into_iter().collect();
     while start.elapsed() < budget || !queue.is_empty() {
@@ -214,17 +221,24 @@ pub fn fuzz(target: &Target, corpus: &Path, out: &Path, budget: Duration, seed: 
         current::set(&input);
         let t0 = Instant::now();
         STARTED_MS.store(now_ms(), Ordering::SeqCst);
+        crate::alloc::start_input();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (target.run)(&input, &scratch)));
         STARTED_MS.store(0, Ordering::SeqCst);
+        if crate::alloc::input_peak() > report.peak_bytes {
+            report.peak_bytes = crate::alloc::input_peak();
+            let _ = std::fs::write(out.join(format!("peak-{}.bin", target.name)), &input);
+        }
         report.slowest_s = report.slowest_s.max(t0.elapsed().as_secs_f64());
         report.executions += 1;
         match result {
             Ok(Outcome::Accepted) => {
                 report.accepted += 1;
-                if pool.len() < 4096 {
+                if pool.len() < POOL_INPUTS && pool_bytes + input.len() <= POOL_BYTES {
+                    pool_bytes += input.len();
                     pool.push(input.clone());
                 } else {
                     let i = rng.below(pool.len());
+                    pool_bytes = pool_bytes - pool[i].len() + input.len();
                     pool[i] = input.clone();
                 }
             }
@@ -238,9 +252,7 @@ pub fn fuzz(target: &Target, corpus: &Path, out: &Path, budget: Duration, seed: 
         }
         current::clear();
     }
-    let (peak, largest) = crate::alloc::stats();
-    report.peak_bytes = peak;
-    report.largest_alloc = largest;
+    report.largest_alloc = crate::alloc::largest();
     current::set_dump_file(-1);
     drop(dump);
     let _ = std::fs::remove_file(out.join(format!("current-{}.bin", target.name)));

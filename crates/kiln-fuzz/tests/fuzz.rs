@@ -19,7 +19,10 @@ fn every_target_survives_its_corpus_and_mutations() {
     let mut failures = Vec::new();
     for t in TARGETS {
         let r = fuzz(t, &kiln_fuzz::corpus_dir(), &out, Duration::from_secs(BUDGET_S), 7);
-        eprintln!("{}: {} seeds, {} executions, {} accepted, slowest {:.3} s, largest allocation {} bytes", r.target, r.seeds, r.executions, r.accepted, r.slowest_s, r.largest_alloc);
+        eprintln!(
+            "{}: {} seeds, {} executions, {} accepted, slowest {:.3} s, peak {} bytes held by one input, largest allocation {} bytes",
+            r.target, r.seeds, r.executions, r.accepted, r.slowest_s, r.peak_bytes, r.largest_alloc
+        );
         assert!(r.seeds > 0, "{}: no seeds in corpus/{}", t.name, t.name);
         assert!(r.accepted > 0, "{}: no input accepted: the target never gets past its first check", t.name);
         for (path, message) in r.crashes {

@@ -133,7 +133,11 @@ impl BetaConfig {
 /// `betas_for_alpha_bar(n, max_beta, "cosine")` (e.g. `scheduling_ddpm.py`): float64 Python math,
 /// then `torch.tensor(..., dtype=float32)`.
 pub fn betas_for_alpha_bar_cosine(n: usize, max_beta: f64) -> Vec<f32> {
-    let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
+    betas_for_alpha_bar(n, max_beta, |t| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2))
+}
+
+/// diffusers' `betas_for_alpha_bar` for a given ᾱ(t): β_i = min(1 − ᾱ((i+1)/n) / ᾱ(i/n), max_beta).
+fn betas_for_alpha_bar(n: usize, max_beta: f64, alpha_bar: impl Fn(f64) -> f64) -> Vec<f32> {
     (0..n)
         .map(|i| {
             let t1 = i as f64 / n as f64;
@@ -394,14 +398,7 @@ pub fn beta_ppf(q: f64, a: f64, b: f64) -> f64 {
 /// `betas_for_alpha_bar(n, alpha_transform_type="exp")`: ᾱ(t) = exp(−12 t), in float64 Python
 /// math, then `torch.tensor(..., dtype=float32)`.
 pub(crate) fn betas_for_alpha_bar_exp(n: usize, max_beta: f64) -> Vec<f32> {
-    let alpha_bar = |t: f64| (t * -12.0).exp();
-    (0..n)
-        .map(|i| {
-            let t1 = i as f64 / n as f64;
-            let t2 = (i + 1) as f64 / n as f64;
-            (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(max_beta) as f32
-        })
-        .collect()
+    betas_for_alpha_bar(n, max_beta, |t| (t * -12.0).exp())
 }
 
 /// σ_t = ((1 − ᾱ_t) / ᾱ_t) ** 0.5 on the float32 ᾱ tensor, with torch's square root.

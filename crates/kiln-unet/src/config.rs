@@ -28,6 +28,13 @@ pub enum ConfigError {
 const MAX_CHANNELS: usize = 1 << 16;
 /// The largest layer count per block (SDXL's largest is 10).
 const MAX_LAYERS: usize = 256;
+/// The most down (and up) blocks (published UNets have 3 or 4).
+const MAX_BLOCKS: usize = 64;
+/// The most resnets and transformer blocks in all (SDXL's UNet has 17 resnets and 70
+/// transformer blocks). Each is built (with its weights left lazy) before a weight is read, so
+/// the per-block bounds alone let a config of a few bytes ask for ~40000 transformer blocks and
+/// most of a GiB of module structure (found by kiln-fuzz).
+const MAX_TOTAL_LAYERS: usize = 4096;
 /// The largest `sample_size`, in latent pixels (SDXL's is 128; 16384 latent pixels are 131072
 /// image pixels).
 pub const MAX_SAMPLE_SIZE: usize = 1 << 14;
@@ -269,6 +276,15 @@ pub(crate) struct BlockPlan {
     pub resample: bool,
 }
 
+impl BlockPlan {
+    /// Its resnets and transformer blocks, plus one (a mid block's second resnet, another
+    /// block's resampler).
+    fn layer_count(&self) -> usize {
+        let transformers = if self.cross_attention { self.layers * self.transformer_layers } else { 0 };
+        self.layers + 1 + transformers
+    }
+}
+
 /// The config after validation: what the model is built from.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Plan {
@@ -326,8 +342,8 @@ impl UNet2DConditionConfig {
     /// Validates the config and resolves every per-block setting.
     pub(crate) fn plan(&self) -> Result<Plan, ConfigError> {
         let n = self.down_block_types.len();
-        if n == 0 {
-            return Err(invalid("down_block_types", &self.down_block_types, "needs at least one block"));
+        if n == 0 || n > MAX_BLOCKS {
+            return Err(invalid("down_block_types", &self.down_block_types, format!("needs 1 to {MAX_BLOCKS} blocks")));
         }
         if self.up_block_types.len() != n {
             return Err(invalid(
@@ -542,7 +558,7 @@ impl UNet2DConditionConfig {
             }
         }
 
-        let down = (0..n)
+        let down: Vec<BlockPlan> = (0..n)
             .map(|i| BlockPlan {
                 cross_attention: down_cross[i],
                 in_channels: if i == 0 { self.block_out_channels[0] } else { self.block_out_channels[i - 1] },
@@ -568,7 +584,7 @@ impl UNet2DConditionConfig {
             resample: false,
         };
         let rev = |v: &[usize], i: usize| v[n - 1 - i];
-        let up = (0..n)
+        let up: Vec<BlockPlan> = (0..n)
             .map(|i| BlockPlan {
                 cross_attention: up_cross[i],
                 in_channels: rev(&self.block_out_channels, (i + 1).min(n - 1)),
@@ -585,6 +601,16 @@ impl UNet2DConditionConfig {
                 resample: i + 1 < n,
             })
             .collect();
+        let total: usize = [&mid].into_iter().chain(&down).chain(&up).map(BlockPlan::layer_count).sum();
+        if total > MAX_TOTAL_LAYERS {
+            return Err(invalid(
+                "layers_per_block",
+                (&layers, &transformer_layers),
+                format!(
+                    "with transformer_layers_per_block these make {total} resnets and transformer blocks; kiln builds at most {MAX_TOTAL_LAYERS}"
+                ),
+            ));
+        }
         Ok(Plan {
             down,
             mid,
@@ -634,6 +660,24 @@ mod tests {
     fn null_booleans_are_false() {
         let c = UNet2DConditionConfig::from_json_str(r#"{"upcast_attention": null, "flip_sin_to_cos": null}"#).unwrap();
         assert!(!c.upcast_attention && !c.flip_sin_to_cos);
+    }
+
+    /// Found by kiln-fuzz: layers_per_block 77 with transformer_layers_per_block [1, 2, 255] on
+    /// SDXL's blocks asked for ~40000 transformer blocks (723 MiB of module structure before a
+    /// weight was read). The totals are bounded; SDXL's own config plans.
+    #[test]
+    fn the_total_number_of_layers_is_bounded() {
+        let sdxl = r#"{"block_out_channels": [320, 640, 1280], "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "attention_head_dim": [5, 10, 20], "cross_attention_dim": 2048"#;
+        let plan = UNet2DConditionConfig::from_json_str(&format!(r#"{sdxl}, "layers_per_block": 2, "transformer_layers_per_block": [1, 2, 10]}}"#)).unwrap().plan().unwrap();
+        let total: usize = [&plan.mid].into_iter().chain(&plan.down).chain(&plan.up).map(BlockPlan::layer_count).sum();
+        assert!(total < 128, "SDXL: {total}");
+        let err = UNet2DConditionConfig::from_json_str(&format!(r#"{sdxl}, "layers_per_block": 77, "transformer_layers_per_block": [1, 2, 255]}}"#)).err().expect("refused").to_string();
+        assert!(err.contains("layers_per_block") && err.contains("4096"), "{err}");
+        let blocks = vec!["\"DownBlock2D\""; MAX_BLOCKS + 1].join(", ");
+        let json = format!(r#"{{"down_block_types": [{blocks}], "up_block_types": [{}], "block_out_channels": [{}]}}"#, blocks.replace("Down", "Up"), vec!["32"; MAX_BLOCKS + 1].join(", "));
+        let err = UNet2DConditionConfig::from_json_str(&json).err().expect("refused").to_string();
+        assert!(err.contains("down_block_types") && err.contains("1 to 64"), "{err}");
     }
 
     #[test]

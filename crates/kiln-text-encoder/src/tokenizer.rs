@@ -389,6 +389,13 @@ impl ClipTokenizer {
             .end_of_word_suffix("</w>".into())
             .fuse_unk(false)
             .unk_token(name("unk_token"))
+            // No word cache: tokenizers 0.23 keeps BPE's cache in a thread-local map keyed by a
+            // per-instance id and never removes a dropped instance's entries
+            // (`models/bpe/model.rs`, BPE_LOCAL_CACHE), so every tokenizer built and used on a
+            // thread stayed in memory (about 1 KB each, and its cached words; found by kiln-fuzz,
+            // test in crates/kiln-fuzz/tests/leaks.rs). A prompt is 77 tokens at most: merging
+            // its words afresh costs microseconds, and the tokens are the same.
+            .cache_capacity(0)
             .build()
             .map_err(|e| format(format!("cannot build the BPE model: {e}")))?;
         let mut tokenizer = Tokenizer::new(bpe);

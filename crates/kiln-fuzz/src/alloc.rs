@@ -92,6 +92,11 @@ pub fn input_peak() -> usize {
     INPUT_PEAK.load(Ordering::Relaxed)
 }
 
+/// Bytes live now (the loop's and the input's).
+pub fn live() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
 /// The largest single request since [`reset_largest`].
 pub fn largest() -> usize {
     LARGEST.load(Ordering::Relaxed)

@@ -173,6 +173,9 @@ pub struct Report {
     /// allocation, while the target ran. The input with that peak is saved as `peak-<target>.bin`.
     pub peak_bytes: usize,
     pub largest_alloc: usize,
+    /// Bytes still live when the loop is over (its own pool freed): what the target kept, in
+    /// caches or leaks, over all its inputs.
+    pub retained_bytes: usize,
     pub seeds: usize,
 }
 
@@ -201,6 +204,7 @@ pub fn fuzz(target: &Target, corpus: &Path, out: &Path, budget: Duration, seed: 
     current::set_dump_file(std::os::fd::AsRawFd::as_raw_fd(&dump));
     start_watchdog();
 
+    let live_before = crate::alloc::live();
     let seeds = seeds(corpus, target.name);
     let mut pool: Vec<Vec<u8>> = if seeds.is_empty() { vec![Vec::new()] } else { seeds.clone() };
     let mut rng = Rng::new(seed ^ target.name.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)));
@@ -253,6 +257,8 @@ pub fn fuzz(target: &Target, corpus: &Path, out: &Path, budget: Duration, seed: 
         current::clear();
     }
     report.largest_alloc = crate::alloc::largest();
+    drop((pool, queue));
+    report.retained_bytes = crate::alloc::live().saturating_sub(live_before);
     current::set_dump_file(-1);
     drop(dump);
     let _ = std::fs::remove_file(out.join(format!("current-{}.bin", target.name)));

@@ -23,13 +23,13 @@ fn main() {
         std::process::exit(2);
     }
     let mut crashed = false;
-    println!("{:<20} {:>6} {:>10} {:>9} {:>8} {:>10} {:>12} {:>12}", "target", "seeds", "execs", "accepted", "crashes", "slowest_s", "peak_MiB", "largest_MiB");
+    println!("{:<20} {:>6} {:>10} {:>9} {:>8} {:>10} {:>9} {:>12} {:>13}", "target", "seeds", "execs", "accepted", "crashes", "slowest_s", "peak_MiB", "largest_MiB", "retained_MiB");
     for t in targets {
         let r = fuzz(t, &kiln_fuzz::corpus_dir(), &out, Duration::from_secs(seconds), seed);
         let mib = |b: usize| b as f64 / (1 << 20) as f64;
         println!(
-            "{:<20} {:>6} {:>10} {:>9} {:>8} {:>10.3} {:>12.1} {:>12.1}",
-            r.target, r.seeds, r.executions, r.accepted, r.crashes.len(), r.slowest_s, mib(r.peak_bytes), mib(r.largest_alloc)
+            "{:<20} {:>6} {:>10} {:>9} {:>8} {:>10.3} {:>9.1} {:>12.1} {:>13.2}",
+            r.target, r.seeds, r.executions, r.accepted, r.crashes.len(), r.slowest_s, mib(r.peak_bytes), mib(r.largest_alloc), mib(r.retained_bytes)
         );
         for (path, message) in &r.crashes {
             println!("  crash: {} ({message})", path.display());

@@ -89,8 +89,11 @@ fn init_lane() -> Result<Device, String> {
 /// Gives the lane's device one CubeCL stream (`[streaming] max_streams = 1`, on top of any
 /// `cubecl.toml` and `CUBECL_*` variables), before the device opens: with the default (one
 /// stream per thread that touches the device, up to 128) two test threads on Mesa's llvmpipe
-/// deadlocked in 1 of 4 cold runs, and 0 of 5 with one stream (docs/testing.md#the-wgpu-lane-hang).
-/// Lane tests also run one per process under the watchdog ([`crate::lane_test!`]).
+/// hung in 1 of 4 cold runs, and 0 of 5 with one stream. Each stream has a poll thread, and a poll
+/// thread that waits over 6 s for the GL context (a long kernel on llvmpipe) panics, leaving the
+/// device's server waiting for good (docs/testing.md#the-wgpu-lane-hang): one stream, one poll
+/// thread. Lane tests also run one per process under the watchdog ([`crate::lane_test!`]), which
+/// ends a child at once when such a thread panics.
 fn one_stream() {
     use burn_cubecl::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
     let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();

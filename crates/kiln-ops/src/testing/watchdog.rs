@@ -5,7 +5,9 @@
 //! wait forever; inside the test process nothing can interrupt it. A child process can be watched:
 //! past the deadline the watchdog attaches gdb to it, takes every thread's backtrace, kills it and
 //! fails the test with the backtraces and what the child printed. The children run one at a time
-//! per test binary, so one device is never driven by two tests at once.
+//! per test binary, so one device is never driven by two tests at once. In the child, a panic on
+//! a thread other than the test's (a runtime's thread dying, which leaves the test waiting)
+//! aborts it at once.
 //!
 //! Environment: `KILN_LANE_DEADLINE_S` (default [`DEFAULT_DEADLINE_S`]) sets the deadline.
 
@@ -40,6 +42,7 @@ pub fn run_on_lane(module: &str, name: &str, body: impl FnOnce(Device)) {
 /// the machine has it). In the child, simply runs `body`.
 pub fn run_in_child(module: &str, name: &str, body: impl FnOnce()) {
     if std::env::var_os(CHILD).is_some() {
+        abort_on_other_threads_panics();
         return body();
     }
     // libtest names a test by its module path without the crate's name
@@ -91,6 +94,25 @@ pub fn run_in_child(module: &str, name: &str, body: impl FnOnce()) {
     }
     // libtest prints "running 0 tests" when the filter matched nothing: a wrong name must fail
     assert!(out.contains("1 passed"), "{test}: the child ran no test (is `{test}` the test's path?):\n{out}");
+}
+
+/// In the child: a panic on any thread but the test's ends the process at once (after the usual
+/// message). A runtime thread that dies leaves the test waiting for it forever: wgpu-hal's GL
+/// backend panics when it waits more than 6 s for its context lock
+/// (`wgpu-hal-30.0.2/src/gles/egl.rs`, `CONTEXT_LOCK_TIMEOUT_SECS`), which llvmpipe running a
+/// kernel on loaded cores can hold that long; when the thread is cubecl-wgpu's poll thread,
+/// nothing wakes the device's server again (docs/testing.md#the-wgpu-lane-hang). Aborting turns
+/// that into a failure now instead of one at the deadline.
+fn abort_on_other_threads_panics() {
+    let test_thread = std::thread::current().id();
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        if std::thread::current().id() != test_thread {
+            eprintln!("kiln watchdog: a thread other than the test's panicked; nothing would wake the test: aborting");
+            std::process::abort();
+        }
+    }));
 }
 
 /// Kills `child` and every process in its group (the processes it started).

@@ -16,6 +16,7 @@ pub mod embeddings;
 pub mod load;
 pub mod resnet;
 pub mod sampling;
+pub mod torch_checkpoint;
 pub mod transformer;
 
 pub use attention::{Attention, AttentionConfig};
@@ -26,6 +27,7 @@ pub use load::{
 };
 pub use resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 pub use sampling::{Downsample2D, Downsample2DConfig, Upsample2D, Upsample2DConfig};
+pub use torch_checkpoint::{is_zip, read_torch_checkpoint, TorchCheckpoint, TorchTensor};
 pub use transformer::{
     BasicTransformerBlock, BasicTransformerBlockConfig, FeedForward, FeedForwardConfig, Geglu, Projection,
     Transformer2DModel, Transformer2DModelConfig,

@@ -35,6 +35,10 @@ pub enum LoadError {
     MissingVariant { dir: PathBuf, variant: String, file: String, present: String },
     #[error("{dir} has no {file}{hint}")]
     MissingWeights { dir: PathBuf, file: String, hint: String },
+    #[error("{path} is not a PyTorch checkpoint kiln can read: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+    #[error("{path}: refused: its pickle calls `{global}`, which is not part of a tensor state dict (kiln never runs a checkpoint's code; convert it to safetensors if you trust it)")]
+    UnsafePickle { path: PathBuf, global: String },
 }
 
 /// How a model component is loaded from its diffusers folder: the device, the dtype every float
@@ -206,6 +210,17 @@ pub struct SafetensorsHeader {
     pub metadata: std::collections::BTreeMap<String, String>,
 }
 
+/// The file at `path`, opened, and its length; a FIFO, device or folder is refused (reading one
+/// could block or never end).
+pub(crate) fn open_regular_file(path: &Path) -> Result<(std::fs::File, u64), LoadError> {
+    let io = |source| LoadError::Io { path: path.into(), source };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(io(std::io::Error::other("not a regular file")));
+    }
+    Ok((std::fs::File::open(path).map_err(io)?, meta.len()))
+}
+
 /// Bytes per element of the safetensors dtypes kiln knows.
 pub fn dtype_size(dtype: &str) -> Option<u64> {
     Some(match dtype {
@@ -227,12 +242,7 @@ pub fn read_safetensors_header(path: &Path) -> Result<SafetensorsHeader, LoadErr
     use std::io::Read;
     let format = |message: String| LoadError::Format { path: path.into(), message };
     let io = |source| LoadError::Io { path: path.into(), source };
-    let meta = std::fs::metadata(path).map_err(io)?;
-    if !meta.is_file() {
-        return Err(io(std::io::Error::other("not a regular file")));
-    }
-    let file_bytes = meta.len();
-    let mut file = std::fs::File::open(path).map_err(io)?;
+    let (mut file, file_bytes) = open_regular_file(path)?;
     let mut n = [0u8; 8];
     if file_bytes < 8 {
         return Err(format(format!("{file_bytes} bytes, shorter than the 8-byte header length")));

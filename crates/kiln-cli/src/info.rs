@@ -29,7 +29,9 @@ pub enum InfoError {
     Safetensors { path: PathBuf, message: String },
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{0} is not a PNG image, a safetensors file or a diffusers model folder")]
+    #[error(transparent)]
+    Checkpoint(kiln::nn::LoadError),
+    #[error("{0} is not a PNG image, a safetensors file, a PyTorch checkpoint or a diffusers model folder")]
     Unrecognized(PathBuf),
     #[error("{0} is a folder without model_index.json or config.json: not a diffusers model or component folder")]
     NotAModelFolder(PathBuf),
@@ -53,6 +55,9 @@ pub enum Info {
     Model(ModelSummary),
     Component(ComponentSummary),
     Safetensors(WeightsSummary),
+    /// A PyTorch checkpoint (`torch.save`'s zip: `.ckpt`, `.pt`, `.bin`), read without running its
+    /// pickle (`kiln_nn::read_torch_checkpoint`); `metadata` is empty.
+    Checkpoint(WeightsSummary),
 }
 
 /// A model folder: its pipeline, components, and whether kiln can run it.
@@ -147,6 +152,10 @@ pub fn inspect(arg: &str, hub: &HubConfig) -> Result<Info, InfoError> {
             Err(e) => (None, Some(e.to_string())),
         };
         return Ok(Info::Png { path: path.into(), parameters, parsed, parse_error });
+    }
+    let torch_name = path.extension().is_some_and(|e| ["ckpt", "pt", "pth", "bin"].iter().any(|t| e.eq_ignore_ascii_case(t)));
+    if torch_name || kiln::nn::is_zip(path) {
+        return Ok(Info::Checkpoint(read_checkpoint_summary(path)?));
     }
     let is_safetensors_name = path.extension().is_some_and(|e| e == "safetensors");
     match read_weights_summary(path) {
@@ -349,6 +358,23 @@ pub fn read_weights_summary(path: &Path) -> Result<WeightsSummary, InfoError> {
     Ok(summary)
 }
 
+/// Summarises a PyTorch checkpoint from its pickle (every tensor checked against the file), without
+/// running it or reading the data.
+pub fn read_checkpoint_summary(path: &Path) -> Result<WeightsSummary, InfoError> {
+    let ckpt = kiln::nn::read_torch_checkpoint(path).map_err(|e| match e {
+        kiln::nn::LoadError::Io { path, source } => InfoError::Io { path, source },
+        other => InfoError::Checkpoint(other),
+    })?;
+    let mut summary = WeightsSummary { path: path.into(), file_bytes: ckpt.file_bytes, tensors: ckpt.tensors.len(), parameters: 0, dtypes: BTreeMap::new(), metadata: BTreeMap::new() };
+    for t in &ckpt.tensors {
+        let overflow = || InfoError::Checkpoint(kiln::nn::LoadError::Checkpoint { path: path.into(), message: format!("tensor `{}`: the file's parameter count passes 2^64", t.name) });
+        summary.parameters = summary.parameters.checked_add(t.numel).ok_or_else(overflow)?;
+        let per_dtype = summary.dtypes.entry(t.dtype.to_string()).or_default();
+        *per_dtype = per_dtype.checked_add(t.numel).ok_or_else(overflow)?;
+    }
+    Ok(summary)
+}
+
 fn kiln_nn_header(path: &Path) -> Result<kiln::nn::SafetensorsHeader, InfoError> {
     kiln::nn::read_safetensors_header(path).map_err(|e| match e {
         kiln::nn::LoadError::Io { path, source } => InfoError::Io { path, source },
@@ -421,7 +447,7 @@ impl fmt::Display for Info {
                 }
                 Ok(())
             }
-            Info::Safetensors(w) => writeln!(f, "{w}"),
+            Info::Safetensors(w) | Info::Checkpoint(w) => writeln!(f, "{w}"),
             Info::Component(c) => write_component(f, c, ""),
             Info::Model(m) => {
                 match &m.hub_id {
@@ -452,7 +478,8 @@ impl fmt::Display for Info {
 #[derive(Args)]
 pub struct InfoArgs {
     /// A PNG, a diffusers model folder, a Hub id (org/name or org/name@revision, from the Hub cache only),
-    /// a component folder or a .safetensors file.
+    /// a component folder, a .safetensors file or a PyTorch checkpoint (.ckpt/.pt/.bin: its tensors,
+    /// read without running its pickle).
     #[arg(value_name = "PATH")]
     path: String,
     /// Print JSON instead of text.

@@ -147,6 +147,25 @@ fn components_and_safetensors_files() {
 }
 
 #[test]
+fn pytorch_checkpoints_without_running_their_pickle() {
+    let dir = assets().join("checkpoints");
+    let tiny = dir.join("tiny.ckpt");
+    // 13 tensors (scripts/fixtures/torch_checkpoints.py): 12+6+5+6+3+1+0+4+24+6+24+2+1 elements
+    let text = ok(&kiln(&["info", tiny.to_str().unwrap()]));
+    assert!(text.starts_with("tiny.ckpt: BF16+BOOL+F16+F32+I64, 13 tensors, 94 parameters, "), "{text}");
+    let v = json(&["info", tiny.to_str().unwrap()]);
+    assert_eq!((v["type"].as_str(), v["dtypes"]["F16"].as_u64(), v["dtypes"]["I64"].as_u64()), (Some("checkpoint"), Some(6), Some(6)));
+    let evil = dir.join("evil_os_system.ckpt");
+    assert_usage_error(
+        &kiln(&["info", evil.to_str().unwrap()]),
+        &[&format!("{}: refused: its pickle calls `posix.system`", evil.display())],
+    );
+    assert!(!Path::new("/tmp/kiln-pickle-ran-code").exists(), "nothing ran");
+    let legacy = dir.join("legacy.pt");
+    assert_usage_error(&kiln(&["info", legacy.to_str().unwrap()]), &["legacy format (torch < 1.6)"]);
+}
+
+#[test]
 fn png_parameters() {
     let png = assets().join("png/pil_latin1.png");
     let text = ok(&kiln(&["info", png.to_str().unwrap()]));
@@ -176,7 +195,7 @@ fn bad_inputs_exit_2_with_a_clear_message() {
     fs::write(&text, b"hello").unwrap();
     assert_usage_error(
         &kiln(&["info", text.to_str().unwrap()]),
-        &[&format!("{} is not a PNG image, a safetensors file or a diffusers model folder", text.display())],
+        &[&format!("{} is not a PNG image, a safetensors file, a PyTorch checkpoint or a diffusers model folder", text.display())],
     );
     let missing = tmp.0.join("missing.png");
     assert_usage_error(&kiln(&["info", missing.to_str().unwrap()]), &[&format!("no such file or folder: {}", missing.display())]);

@@ -96,8 +96,9 @@ pub fn read_torch_checkpoint(path: &Path) -> Result<TorchCheckpoint, LoadError> 
         unpickle::Error::Format(m) => bad(format!("{pickle_name}: {m}")),
     })?;
     let mut tensors = Vec::new();
-    // shared references are followed each time they are met: bound the walk, not just its depth
-    let mut visits = MAX_VALUES;
+    // shared references are followed each time they are met: bound the walk by what the pickle
+    // holds (tied weights share a little; 40 dicts each holding the next twice share 2^40 times)
+    let mut visits = unpickled.value_count().saturating_mul(4).saturating_add(1024);
     unpickled.tensors(unpickled.root, String::new(), 0, &mut visits, &mut tensors).map_err(bad)?;
     let mut storages = HashMap::new();
     for t in &tensors {
@@ -646,12 +647,17 @@ mod unpickle {
     }
 
     impl Unpickled {
+        /// The values the pickle made.
+        pub fn value_count(&self) -> usize {
+            self.values.len()
+        }
+
         /// Every tensor under `id`, named by the keys that lead to it from the root.
         pub fn tensors(&self, id: usize, name: String, depth: usize, visits: &mut usize, out: &mut Vec<TorchTensor>) -> Result<(), String> {
             if depth > MAX_DEPTH {
                 return Err(format!("`{name}`: nested more than {MAX_DEPTH} deep (a recursive structure?)"));
             }
-            *visits = visits.checked_sub(1).ok_or_else(|| format!("`{name}`: more than {MAX_VALUES} paths to follow (shared references multiplying?)"))?;
+            *visits = visits.checked_sub(1).ok_or_else(|| format!("`{name}`: more paths to follow than 4 per value the pickle holds (shared references multiplying?)"))?;
             let child = |key: &str| if name.is_empty() { key.to_string() } else { format!("{name}.{key}") };
             match &self.values[id] {
                 Value::Dict(items) => {

@@ -22,6 +22,7 @@ fn accepted(ok: bool) -> Outcome {
 /// Every target, by name.
 pub const TARGETS: &[Target] = &[
     Target { name: "safetensors_header", run: safetensors_header },
+    Target { name: "torch_checkpoint", run: torch_checkpoint },
     Target { name: "png_text", run: png_text },
     Target { name: "infotext", run: infotext },
     Target { name: "model_index", run: model_index },
@@ -38,6 +39,21 @@ pub const TARGETS: &[Target] = &[
 fn safetensors_header(input: &[u8], s: &Scratch) -> Outcome {
     let path = s.file("w.safetensors", input);
     accepted(kiln_nn::read_safetensors_header(&path).is_ok())
+}
+
+/// A PyTorch checkpoint (`kiln info x.ckpt`): the zip directory, the pickle run by kiln's
+/// restricted interpreter, then the bytes of every tensor of at most 1 MiB.
+fn torch_checkpoint(input: &[u8], s: &Scratch) -> Outcome {
+    let path = s.file("x.ckpt", input);
+    match kiln_nn::read_torch_checkpoint(&path) {
+        Ok(ckpt) => {
+            for t in ckpt.tensors.iter().filter(|t| t.numel <= 1 << 17) {
+                let _ = ckpt.tensor_bytes(t);
+            }
+            Outcome::Accepted
+        }
+        Err(_) => Outcome::Refused,
+    }
 }
 
 /// A PNG's text chunks (`kiln info x.png`), then A1111's parameters in each.

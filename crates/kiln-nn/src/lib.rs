@@ -13,18 +13,19 @@
 
 pub mod attention;
 pub mod embeddings;
+pub mod error;
 pub mod load;
 pub mod resnet;
+pub mod safetensors;
 pub mod sampling;
 pub mod torch_checkpoint;
 pub mod transformer;
 
 pub use attention::{Attention, AttentionConfig};
 pub use embeddings::{timestep_embedding, TimestepEmbedding, TimestepEmbeddingConfig};
-pub use load::{
-    dtype_size, load_safetensors, read_config, read_safetensors_header, read_text_file, weights_file_name, weights_path, LoadError, LoadOptions,
-    SafetensorsHeader, TensorEntry, CONFIG_LIMIT,
-};
+pub use error::LoadError;
+pub use load::{load_safetensors, pickle_file_name, read_config, read_text_file, weights_file_name, weights_path, LoadOptions, CONFIG_LIMIT};
+pub use safetensors::{dtype_size, read_safetensors_header, SafetensorsHeader, TensorEntry};
 pub use resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 pub use sampling::{Downsample2D, Downsample2DConfig, Upsample2D, Upsample2DConfig};
 pub use torch_checkpoint::{is_zip, read_torch_checkpoint, TorchCheckpoint, TorchTensor};

@@ -22,7 +22,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::load::{dtype_size, open_regular_file, LoadError};
+use crate::error::LoadError;
+use crate::safetensors::{dtype_size, open_regular_file};
 
 /// One tensor of a checkpoint: a strided view of one storage.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,6 +139,27 @@ fn check_view(t: &TorchTensor, storage_bytes: u64) -> Result<(), String> {
 }
 
 impl TorchCheckpoint {
+    /// The checkpoint as a safetensors file's bytes (header, then every tensor contiguous), for
+    /// loaders that read safetensors. Tensors keep their names ([`TorchTensor::name`]).
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, LoadError> {
+        let mut header = serde_json::Map::new();
+        let mut data = Vec::new();
+        for t in &self.tensors {
+            let bytes = self.tensor_bytes(t)?;
+            let start = data.len();
+            data.extend_from_slice(&bytes);
+            header.insert(t.name.clone(), serde_json::json!({ "dtype": t.dtype, "shape": t.shape, "data_offsets": [start, data.len()] }));
+        }
+        let mut header = serde_json::to_vec(&header).expect("a JSON object serializes");
+        // safetensors aligns the data section to 8 bytes with spaces
+        header.resize(header.len().div_ceil(8) * 8, b' ');
+        let mut out = Vec::with_capacity(8 + header.len() + data.len());
+        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&data);
+        Ok(out)
+    }
+
     /// `t`'s elements in row-major order, little-endian, as safetensors stores them (a strided
     /// view is gathered).
     pub fn tensor_bytes(&self, t: &TorchTensor) -> Result<Vec<u8>, LoadError> {

@@ -167,10 +167,7 @@ fn broken_folders_name_what_is_wrong() {
     assert_eq!(e, format!("{}: `tokenizer` has no tokenizer.json and no vocab.json and merges.txt", t.0.join("tokenizer").display()));
     let (t, e) = broken("nomerges", &|r| r == "tokenizer/merges.txt", &none);
     assert_eq!(e, format!("{}: `tokenizer` has no tokenizer.json and no merges.txt", t.0.join("tokenizer").display()));
-    let (_, e) = broken("pickle", &|r| r == "unet/diffusion_pytorch_model.safetensors", &|d| {
-        fs::write(d.join("unet/diffusion_pytorch_model.bin"), b"pickle").unwrap()
-    });
-    assert!(e.ends_with("unet: `unet` has only PyTorch pickle weights; kiln reads safetensors only"), "{e}");
+    // (pickle-only components load: tests/pickle_weights.rs)
     let (_, e) = broken("sharded", &|r| r == "unet/diffusion_pytorch_model.safetensors", &|d| {
         fs::write(d.join("unet/diffusion_pytorch_model.safetensors.index.json"), b"{}").unwrap()
     });

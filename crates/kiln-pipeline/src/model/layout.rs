@@ -120,7 +120,9 @@ fn join(dir: &str, file: &str) -> String {
 }
 
 /// `{stem}.fp16.safetensors` when preferred and present, else `{stem}.safetensors`, else the fp16
-/// variant if it is all there is.
+/// variant if it is all there is; without safetensors, the PyTorch pickle diffusers would load in
+/// the same order (`diffusion_pytorch_model[.fp16].bin`, `pytorch_model[.fp16].bin`), which kiln
+/// reads without running it.
 pub(crate) fn pick_weights(files: &dyn FileSet, dir: &str, stem: &str, prefer_fp16: bool) -> Result<(String, Option<String>), ModelError> {
     let plain = join(dir, &format!("{stem}.safetensors"));
     let fp16 = join(dir, &format!("{stem}.fp16.safetensors"));
@@ -142,11 +144,15 @@ pub(crate) fn pick_weights(files: &dyn FileSet, dir: &str, stem: &str, prefer_fp
     if sharded.iter().any(|f| files.has_file(f)) {
         return Err(ModelError::ShardedWeights { path: files.show(dir), component });
     }
-    // transformers names its pickles pytorch_model.bin, diffusers diffusion_pytorch_model.bin
-    let pickle_stem = if stem == "model" { "pytorch_model" } else { stem };
-    let pickles = [join(dir, &format!("{pickle_stem}.bin")), join(dir, &format!("{pickle_stem}.fp16.bin"))];
-    if pickles.iter().any(|f| files.has_file(f)) {
-        return Err(ModelError::PickleWeights { path: files.show(dir), component });
+    let (plain, fp16) = (join(dir, &kiln_nn::pickle_file_name(stem, None)), join(dir, &kiln_nn::pickle_file_name(stem, Some("fp16"))));
+    if prefer_fp16 && files.has_file(&fp16) {
+        return Ok((fp16, Some("fp16".into())));
+    }
+    if files.has_file(&plain) {
+        return Ok((plain, None));
+    }
+    if files.has_file(&fp16) {
+        return Ok((fp16, Some("fp16".into())));
     }
     Err(ModelError::MissingWeights { path: files.show(dir), component, expected: format!("{stem}.safetensors or {stem}.fp16.safetensors") })
 }

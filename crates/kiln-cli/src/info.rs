@@ -341,21 +341,9 @@ pub fn summarize_component(dir: &Path, name: &str, class: Option<&str>, used: bo
 /// checks every tensor against the file), without reading the data.
 pub fn read_weights_summary(path: &Path) -> Result<WeightsSummary, InfoError> {
     let header = kiln_nn_header(path)?;
-    let mut summary = WeightsSummary {
-        path: path.into(),
-        file_bytes: header.file_bytes,
-        tensors: header.tensors.len(),
-        parameters: 0,
-        dtypes: BTreeMap::new(),
-        metadata: header.metadata,
-    };
-    for t in &header.tensors {
-        let overflow = || InfoError::Safetensors { path: path.into(), message: format!("tensor `{}`: the file's parameter count passes 2^64", t.name) };
-        summary.parameters = summary.parameters.checked_add(t.numel).ok_or_else(overflow)?;
-        let per_dtype = summary.dtypes.entry(t.dtype.clone()).or_default();
-        *per_dtype = per_dtype.checked_add(t.numel).ok_or_else(overflow)?;
-    }
-    Ok(summary)
+    let tensors = header.tensors.iter().map(|t| (t.name.as_str(), t.dtype.as_str(), t.numel));
+    WeightsSummary::count(path, header.file_bytes, header.metadata, tensors)
+        .map_err(|message| InfoError::Safetensors { path: path.into(), message })
 }
 
 /// Summarises a PyTorch checkpoint from its pickle (every tensor checked against the file), without
@@ -365,14 +353,24 @@ pub fn read_checkpoint_summary(path: &Path) -> Result<WeightsSummary, InfoError>
         kiln::nn::LoadError::Io { path, source } => InfoError::Io { path, source },
         other => InfoError::Checkpoint(other),
     })?;
-    let mut summary = WeightsSummary { path: path.into(), file_bytes: ckpt.file_bytes, tensors: ckpt.tensors.len(), parameters: 0, dtypes: BTreeMap::new(), metadata: BTreeMap::new() };
-    for t in &ckpt.tensors {
-        let overflow = || InfoError::Checkpoint(kiln::nn::LoadError::Checkpoint { path: path.into(), message: format!("tensor `{}`: the file's parameter count passes 2^64", t.name) });
-        summary.parameters = summary.parameters.checked_add(t.numel).ok_or_else(overflow)?;
-        let per_dtype = summary.dtypes.entry(t.dtype.to_string()).or_default();
-        *per_dtype = per_dtype.checked_add(t.numel).ok_or_else(overflow)?;
+    let tensors = ckpt.tensors.iter().map(|t| (t.name.as_str(), t.dtype, t.numel));
+    WeightsSummary::count(path, ckpt.file_bytes, BTreeMap::new(), tensors)
+        .map_err(|message| InfoError::Checkpoint(kiln::nn::LoadError::Checkpoint { path: path.into(), message }))
+}
+
+impl WeightsSummary {
+    /// The summary of a weights file's `tensors` (name, dtype, elements): their count, and the
+    /// parameters in all and per dtype; `Err` names the tensor where the count passes 2^64.
+    fn count<'a>(path: &Path, file_bytes: u64, metadata: BTreeMap<String, String>, tensors: impl ExactSizeIterator<Item = (&'a str, &'a str, u64)>) -> Result<Self, String> {
+        let mut summary = WeightsSummary { path: path.into(), file_bytes, tensors: tensors.len(), parameters: 0, dtypes: BTreeMap::new(), metadata };
+        for (name, dtype, numel) in tensors {
+            let overflow = || format!("tensor `{name}`: the file's parameter count passes 2^64");
+            summary.parameters = summary.parameters.checked_add(numel).ok_or_else(overflow)?;
+            let per_dtype = summary.dtypes.entry(dtype.to_string()).or_default();
+            *per_dtype = per_dtype.checked_add(numel).ok_or_else(overflow)?;
+        }
+        Ok(summary)
     }
-    Ok(summary)
 }
 
 fn kiln_nn_header(path: &Path) -> Result<kiln::nn::SafetensorsHeader, InfoError> {

@@ -142,12 +142,12 @@ impl TorchCheckpoint {
     /// The checkpoint as a safetensors file's bytes (header, then every tensor contiguous), for
     /// loaders that read safetensors. Tensors keep their names ([`TorchTensor::name`]).
     pub fn to_safetensors(&self) -> Result<Vec<u8>, LoadError> {
+        let file = File::open(&self.path).map_err(|source| LoadError::Io { path: self.path.clone(), source })?;
         let mut header = serde_json::Map::new();
         let mut data = Vec::new();
         for t in &self.tensors {
-            let bytes = self.tensor_bytes(t)?;
             let start = data.len();
-            data.extend_from_slice(&bytes);
+            self.read_tensor(&file, t, &mut data)?;
             header.insert(t.name.clone(), serde_json::json!({ "dtype": t.dtype, "shape": t.shape, "data_offsets": [start, data.len()] }));
         }
         let mut header = serde_json::to_vec(&header).expect("a JSON object serializes");
@@ -163,23 +163,30 @@ impl TorchCheckpoint {
     /// `t`'s elements in row-major order, little-endian, as safetensors stores them (a strided
     /// view is gathered).
     pub fn tensor_bytes(&self, t: &TorchTensor) -> Result<Vec<u8>, LoadError> {
+        let file = File::open(&self.path).map_err(|source| LoadError::Io { path: self.path.clone(), source })?;
+        let mut out = Vec::new();
+        self.read_tensor(&file, t, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends [`Self::tensor_bytes`] of `t`, read from `file` (this checkpoint, opened), to `out`.
+    fn read_tensor(&self, file: &File, t: &TorchTensor, out: &mut Vec<u8>) -> Result<(), LoadError> {
         let io = |source| LoadError::Io { path: self.path.clone(), source };
         let bad = |message: String| LoadError::Checkpoint { path: self.path.clone(), message };
         let &(start, storage_bytes) = self.storages.get(&t.storage).ok_or_else(|| bad(format!("tensor `{}` is not from this checkpoint", t.name)))?;
         check_view(t, storage_bytes).map_err(bad)?;
         let size = dtype_size(t.dtype).expect("torch dtypes are safetensors dtypes") as usize;
-        let file = File::open(&self.path).map_err(io)?;
         let contiguous = t.shape.iter().zip(&t.strides).rev().try_fold(1u64, |want, (&n, &s)| (n == 1 || s == want).then(|| want * n)).is_some();
         // a view may repeat elements (stride 0): the output can be larger than the file
         let bytes = t.numel.checked_mul(size as u64).and_then(|n| usize::try_from(n).ok());
-        let mut out = Vec::new();
-        if bytes.is_none_or(|n| out.try_reserve_exact(n).is_err()) {
+        let Some(bytes) = bytes.filter(|&n| out.try_reserve_exact(n).is_ok()) else {
             return Err(bad(format!("tensor `{}` of shape {:?} does not fit in memory", t.name, t.shape)));
-        }
-        out.resize(bytes.unwrap_or_default(), 0);
+        };
+        let from = out.len();
+        out.resize(from + bytes, 0);
+        let out = &mut out[from..];
         if contiguous || t.numel == 0 {
-            file.read_exact_at(&mut out, start + t.offset * size as u64).map_err(io)?;
-            return Ok(out);
+            return file.read_exact_at(out, start + t.offset * size as u64).map_err(io);
         }
         let span = t.shape.iter().zip(&t.strides).map(|(&n, &s)| (n - 1) * s).sum::<u64>() + 1;
         let mut storage = vec![0u8; span as usize * size];
@@ -196,7 +203,7 @@ impl TorchCheckpoint {
                 index[d] = 0;
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -6,36 +6,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::TempDir;
+use common::{mirror, TempDir};
 use kiln_pipeline::model::{cached_snapshot, ComponentFiles};
 use kiln_pipeline::{resolve, HubConfig, HubId, ModelError, ModelFolder, PipelineKind, ResolveOptions};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())).join("../../assets/fixtures/models").join(name).canonicalize().unwrap()
-}
-
-
-/// Mirrors `src` into `dst` with a symlink per file (to its resolved target), skipping the paths
-/// (relative, `/`-separated) for which `skip` is true.
-fn mirror(src: &Path, dst: &Path, skip: &dyn Fn(&str) -> bool) {
-    fn walk(src: &Path, dst: &Path, rel: &str, skip: &dyn Fn(&str) -> bool) {
-        fs::create_dir_all(dst).unwrap();
-        for entry in fs::read_dir(src).unwrap() {
-            let entry = entry.unwrap();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
-            if skip(&rel) {
-                continue;
-            }
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, &dst.join(&name), &rel, skip);
-            } else {
-                std::os::unix::fs::symlink(path.canonicalize().unwrap(), dst.join(&name)).unwrap();
-            }
-        }
-    }
-    walk(src, dst, "", skip)
 }
 
 fn open(dir: &Path) -> Result<ModelFolder, ModelError> {

@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 
 mod common;
-use common::read_png;
+use common::{read_png, sd1_case0};
 use kiln_pipeline::{LoadOptions, GenerateOptions, StableDiffusion};
 
 fn root() -> PathBuf {
@@ -23,18 +23,7 @@ fn txt2img_on_the_wgpu_lane_matches_diffusers(device) {
     let pipe = StableDiffusion::load(&root().join("assets/fixtures/models/sd1"), &LoadOptions::new(&device)).unwrap();
     // case 0: PNDM (the model's scheduler), CFG 7.5; case 1: Euler a with a negative prompt
     for (file, options) in [
-        (
-            "case00-0.png",
-            GenerateOptions {
-                prompt: "a red circle on a blue background".into(),
-                num_inference_steps: 5,
-                guidance_scale: 7.5,
-                width: Some(64),
-                height: Some(48),
-                seed: 0,
-                ..Default::default()
-            },
-        ),
+        ("case00-0.png", sd1_case0()),
         (
             "case01-0.png",
             GenerateOptions {

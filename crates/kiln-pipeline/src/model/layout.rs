@@ -124,35 +124,35 @@ fn join(dir: &str, file: &str) -> String {
 /// the same order (`diffusion_pytorch_model[.fp16].bin`, `pytorch_model[.fp16].bin`), which kiln
 /// reads without running it.
 pub(crate) fn pick_weights(files: &dyn FileSet, dir: &str, stem: &str, prefer_fp16: bool) -> Result<(String, Option<String>), ModelError> {
-    let plain = join(dir, &format!("{stem}.safetensors"));
-    let fp16 = join(dir, &format!("{stem}.fp16.safetensors"));
     let component = if dir.is_empty() { "vae".to_string() } else { dir.to_string() };
-    if prefer_fp16 && files.has_file(&fp16) {
-        return Ok((fp16, Some("fp16".into())));
-    }
-    if files.has_file(&plain) {
-        if prefer_fp16 {
-            log::info!("{}: no fp16 variant, using {plain}", files.show(dir));
+    // one format's files: the fp16 variant when preferred and present, else the plain file, else
+    // the fp16 variant if it is all there is
+    let pick = |plain: String, fp16: String| -> Option<(String, Option<String>)> {
+        if prefer_fp16 && files.has_file(&fp16) {
+            return Some((fp16, Some("fp16".into())));
         }
-        return Ok((plain, None));
-    }
-    if files.has_file(&fp16) {
-        log::info!("{}: only the fp16 weights variant is present, using it", files.show(dir));
-        return Ok((fp16, Some("fp16".into())));
+        if files.has_file(&plain) {
+            if prefer_fp16 {
+                log::info!("{}: no fp16 variant, using {plain}", files.show(dir));
+            }
+            return Some((plain, None));
+        }
+        if files.has_file(&fp16) {
+            log::info!("{}: only the fp16 weights variant is present, using it", files.show(dir));
+            return Some((fp16, Some("fp16".into())));
+        }
+        None
+    };
+    let (plain, fp16) = (join(dir, &kiln_nn::weights_file_name(stem, None)), join(dir, &kiln_nn::weights_file_name(stem, Some("fp16"))));
+    if let Some(picked) = pick(plain.clone(), fp16.clone()) {
+        return Ok(picked);
     }
     let sharded = [format!("{plain}.index.json"), format!("{fp16}.index.json")];
     if sharded.iter().any(|f| files.has_file(f)) {
         return Err(ModelError::ShardedWeights { path: files.show(dir), component });
     }
-    let (plain, fp16) = (join(dir, &kiln_nn::pickle_file_name(stem, None)), join(dir, &kiln_nn::pickle_file_name(stem, Some("fp16"))));
-    if prefer_fp16 && files.has_file(&fp16) {
-        return Ok((fp16, Some("fp16".into())));
-    }
-    if files.has_file(&plain) {
-        return Ok((plain, None));
-    }
-    if files.has_file(&fp16) {
-        return Ok((fp16, Some("fp16".into())));
+    if let Some(picked) = pick(join(dir, &kiln_nn::pickle_file_name(stem, None)), join(dir, &kiln_nn::pickle_file_name(stem, Some("fp16")))) {
+        return Ok(picked);
     }
     Err(ModelError::MissingWeights { path: files.show(dir), component, expected: format!("{stem}.safetensors or {stem}.fp16.safetensors") })
 }

@@ -6,10 +6,11 @@ use std::time::Instant;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln::burn::tensor::DType;
+use kiln::burn::tensor::{DType, Device};
 use kiln::pipeline::image_processor::{decode_image, image_size, pil_grayscale};
 use kiln::pipeline::png::{check_output, save_png, GenerationParams};
-use kiln::pipeline::{resolve, GenerateOptions, HubConfig, PipelineError, PipelineKind, ResolveOptions, StableDiffusion, Task};
+use kiln::pipeline::single_file::{Architecture, SingleFile};
+use kiln::pipeline::{resolve, resolve_config, resolve_vae, GenerateOptions, HubConfig, PipelineError, PipelineKind, ResolveOptions, StableDiffusion, Task};
 use kiln::scheduler::{SamplerChoice, SamplerName, SchedulerConfig, StepOptions};
 
 use crate::device::DeviceArgs;
@@ -17,9 +18,20 @@ use crate::{interrupt, CliError};
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// A diffusers model folder, or a Hub id `org/name[@revision]`.
-    #[arg(long, value_name = "DIR|HUB_ID")]
+    /// A diffusers model folder, a Hub id `org/name[@revision]`, or a single-file checkpoint
+    /// (`.safetensors`, `.ckpt`: SD 1.x, 2.x, SDXL base, SD 1.x/2.x inpainting in the original
+    /// LDM layout; the family is detected from its keys).
+    #[arg(long, value_name = "DIR|HUB_ID|FILE")]
     model: String,
+    /// Single-file checkpoints: the diffusers folder or Hub id whose configs and tokenizers
+    /// describe its architecture (diffusers' `config=`); default: the detected family's published
+    /// configs, compiled in.
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    config: Option<String>,
+    /// Single-file checkpoints: what the UNet predicts, overriding the family's default (SD 2.x
+    /// files are read as 768 v-prediction; SD 2.x base 512 is `epsilon`).
+    #[arg(long, value_name = "TYPE", value_parser = ["epsilon", "v_prediction"])]
+    prediction_type: Option<String>,
     #[arg(long, value_name = "TEXT")]
     prompt: String,
     #[arg(long, value_name = "TEXT")]
@@ -93,7 +105,7 @@ pub struct GenerateArgs {
     /// SDXL micro-conditioning: crop coordinates TOP,LEFT (default 0,0).
     #[arg(long, value_name = "TOP,LEFT")]
     crops_coords_top_left: Option<String>,
-    /// A VAE folder or Hub id to use instead of the model's.
+    /// A VAE folder or Hub id to use instead of the model's (also a single file's).
     #[arg(long, value_name = "DIR")]
     vae: Option<String>,
 }
@@ -136,6 +148,53 @@ fn parse_pair(flag: &str, v: &str) -> Result<(usize, usize), String> {
     Ok((a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?))
 }
 
+/// Refuses, before the weights load, a sampler the scheduler config cannot give (the same
+/// SamplerChoice the pipeline builds it with, built once so that bad betas or offsets show here).
+fn check_sampler(a: &GenerateArgs, scheduler: Option<SamplerName>, config: &SchedulerConfig) -> Result<(), CliError> {
+    let choice = SamplerChoice { sampler: scheduler, karras: a.karras };
+    choice.resolve(config).map_err(|e| crate::schedule::choice_error(&e))?;
+    choice.build(config, a.steps, &StepOptions { eta: a.eta, ..StepOptions::default() }).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Loads `--model`: a single-file checkpoint (with `--config`, `--prediction-type`, `--vae`) or
+/// a diffusers folder / Hub id; and the model's name for the PNG parameters (A1111 writes the
+/// checkpoint's file name without its extension).
+fn load_model(a: &GenerateArgs, scheduler: Option<SamplerName>, device: &Device, dtype: DType) -> Result<(StableDiffusion, String), CliError> {
+    let hub = HubConfig::from_env();
+    let path = Path::new(&a.model);
+    if path.is_file() {
+        if a.fp16_variant {
+            return Err("--fp16-variant picks a diffusers folder's .fp16 weights; a single-file checkpoint has one set of weights".into());
+        }
+        let file = SingleFile::open(path).map_err(|e| e.to_string())?;
+        eprintln!("{}: {} checkpoint ({})", path.display(), file.detection.family.name(), file.detection.evidence);
+        let mut arch = match &a.config {
+            Some(spec) => Architecture::from_folder(&resolve_config(spec, &hub).map_err(|e| format!("--config: {e}"))?).map_err(|e| format!("--config: {e}"))?,
+            None => Architecture::for_file(&file).map_err(|e| e.to_string())?,
+        };
+        if let Some(p) = &a.prediction_type {
+            arch = arch.with_prediction_type(p);
+        }
+        let config = SchedulerConfig::from_json_str(&arch.scheduler.text, &arch.scheduler.label.display().to_string()).map_err(|e| e.to_string())?;
+        check_sampler(a, scheduler, &config)?;
+        let vae = a.vae.as_deref().map(|v| resolve_vae(v, false, &hub)).transpose().map_err(|e| format!("--vae: {e}"))?;
+        let pipe = StableDiffusion::load_single_file(&file, &arch, vae.as_deref(), device, dtype).map_err(|e| e.to_string())?;
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| a.model.clone());
+        return Ok((pipe, name));
+    }
+    if a.config.is_some() || a.prediction_type.is_some() {
+        return Err("--config and --prediction-type describe a single-file checkpoint (--model FILE); a diffusers folder has its own configs".into());
+    }
+    let resolve_options = ResolveOptions { prefer_fp16: a.fp16_variant, vae: a.vae.clone() };
+    let folder = resolve(&a.model, &resolve_options, &hub).map_err(|e| e.to_string())?;
+    if let Some(config) = folder.component("scheduler").and_then(|c| c.config()) {
+        check_sampler(a, scheduler, &SchedulerConfig::from_file(config).map_err(|e| e.to_string())?)?;
+    }
+    let pipe = StableDiffusion::load_folder(&folder, device, dtype).map_err(|e| e.to_string())?;
+    Ok((pipe, folder.name.clone()))
+}
+
 pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
     if a.mask.is_some() && a.init_image.is_none() {
         return Err("--mask needs --init-image (the image to inpaint)".into());
@@ -170,19 +229,7 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
     }
     let init_image = a.init_image.as_deref().map(|p| decode_image(p, "init image").map(|i| i.to_rgb8())).transpose().map_err(|e| e.to_string())?;
     let mask = a.mask.as_deref().map(|p| decode_image(p, "mask").map(|m| pil_grayscale(&m))).transpose().map_err(|e| e.to_string())?;
-    let resolve_options = ResolveOptions { prefer_fp16: a.fp16_variant, vae: a.vae.clone() };
-    let folder = resolve(&a.model, &resolve_options, &HubConfig::from_env()).map_err(|e| e.to_string())?;
-    // the sampler the run will use (the same SamplerChoice the pipeline builds it with), checked
-    // before the weights load
-    if let Some(config) = folder.component("scheduler").and_then(|c| c.config()) {
-        let config = SchedulerConfig::from_file(config).map_err(|e| e.to_string())?;
-        let choice = SamplerChoice { sampler: scheduler, karras: a.karras };
-        choice.resolve(&config).map_err(|e| crate::schedule::choice_error(&e))?;
-        // built once here too, so a schedule the config cannot give (betas, offsets) is refused
-        // before the weights load
-        choice.build(&config, a.steps, &StepOptions { eta: a.eta, ..StepOptions::default() }).map_err(|e| e.to_string())?;
-    }
-    let mut pipe = StableDiffusion::load_folder(&folder, &device, dtype).map_err(|e| e.to_string())?;
+    let (mut pipe, model_name) = load_model(&a, scheduler, &device, dtype)?;
     if vae_dtype != DType::F32 {
         pipe.set_vae_dtype(vae_dtype);
     }
@@ -206,7 +253,7 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
         crops_coords_top_left: crops.unwrap_or((0, 0)),
         target_size,
     };
-    let img2img_default = if folder.kind == PipelineKind::StableDiffusionXL { 0.3 } else { 0.8 };
+    let img2img_default = if pipe.kind == PipelineKind::StableDiffusionXL { 0.3 } else { 0.8 };
     let task = match (&init_image, &mask) {
         (None, _) => Task::Txt2Img,
         // diffusers' defaults: 0.8 (SD img2img), 0.3 (SDXL img2img)
@@ -253,7 +300,7 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
             seed: a.seed,
             width: image.width(),
             height: image.height(),
-            model: Some(folder.name.clone()),
+            model: Some(model_name.clone()),
             extra: if a.num_images > 1 {
                 let mut e = extra.clone();
                 e.push(("Batch pos".to_string(), i.to_string()));

@@ -1,6 +1,6 @@
-//! `kiln info PATH`: what a PNG, a model folder (or a Hub id in the cache), a component folder or
-//! a safetensors file holds — read from configs and safetensors headers only, never loading
-//! weights.
+//! `kiln info PATH`: what a PNG, a model folder (or a Hub id in the cache), a component folder, a
+//! safetensors file or a PyTorch checkpoint holds (a single-file checkpoint: its family, its
+//! components, what is not used) — read from configs and headers only, never loading weights.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,6 +13,7 @@ use thiserror::Error;
 
 use kiln_pipeline::model::{cached_snapshot, HubConfig, HubId, ModelError, ModelFolder, PipelineKind, ResolveOptions};
 use kiln_pipeline::png::{self, GenerationParams, PngError};
+use kiln_pipeline::single_file::{SingleFile, SingleFileError};
 
 /// Why `kiln info` could not describe its argument.
 #[derive(Debug, Error)]
@@ -111,6 +112,33 @@ pub struct WeightsSummary {
     pub dtypes: BTreeMap<String, u64>,
     /// `__metadata__` (e.g. `{"format": "pt"}`).
     pub metadata: BTreeMap<String, String>,
+    /// A single-file checkpoint: its family and components (files with a UNet under
+    /// `model.diffusion_model.`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointSummary>,
+    /// What a file that is not a whole model looks like (a LoRA, an embedding, a VAE alone, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub looks_like: Option<String>,
+}
+
+/// A single-file checkpoint's family (kiln_pipeline::single_file).
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointSummary {
+    /// `SD 1.x`, `SDXL base`, ...
+    pub family: String,
+    /// diffusers' `infer_diffusers_model_type` name (`v1`, `v2`, `xl_base`, `inpainting`, ...).
+    pub diffusers_type: String,
+    /// The keys that decided it.
+    pub evidence: String,
+    /// Whether the layout is a published model's (its family's configs fit without `--config`).
+    pub published: bool,
+    /// `.ckpt` files: the prefix every key has (`state_dict.`).
+    pub root: String,
+    /// (component, prefix, tensors, parameters).
+    pub components: Vec<(String, String, usize, u64)>,
+    pub ema_tensors: usize,
+    /// Keys outside every component, not loaded (schedule buffers, EMA, training state).
+    pub unused_keys: Vec<String>,
 }
 
 /// Describes `arg`: a PNG, a safetensors file, a model or component folder, or a Hub id found in
@@ -155,15 +183,37 @@ pub fn inspect(arg: &str, hub: &HubConfig) -> Result<Info, InfoError> {
     }
     let torch_name = path.extension().is_some_and(|e| ["ckpt", "pt", "pth", "bin"].iter().any(|t| e.eq_ignore_ascii_case(t)));
     if torch_name || kiln::nn::is_zip(path) {
-        return Ok(Info::Checkpoint(read_checkpoint_summary(path)?));
+        return Ok(Info::Checkpoint(with_family(read_checkpoint_summary(path)?)));
     }
     let is_safetensors_name = path.extension().is_some_and(|e| e == "safetensors");
     match read_weights_summary(path) {
-        Ok(w) => Ok(Info::Safetensors(w)),
+        Ok(w) => Ok(Info::Safetensors(with_family(w))),
         Err(e) if is_safetensors_name => Err(e),
         Err(_) if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) => Err(PngError::NotPng(path.into()).into()),
         Err(_) => Err(InfoError::Unrecognized(path.into())),
     }
+}
+
+/// `summary` with what the file is as a model: a single-file checkpoint's family and
+/// components, or what it looks like instead.
+fn with_family(mut summary: WeightsSummary) -> WeightsSummary {
+    match SingleFile::open(&summary.path) {
+        Ok(file) => {
+            summary.checkpoint = Some(CheckpointSummary {
+                family: file.detection.family.name().into(),
+                diffusers_type: file.detection.family.diffusers_type().into(),
+                evidence: file.detection.evidence.clone(),
+                published: file.detection.published,
+                root: file.root.clone(),
+                components: file.components().into_iter().map(|(c, p, n, params)| (c.into(), p.into(), n, params)).collect(),
+                ema_tensors: file.ema_tensors,
+                unused_keys: file.other_keys.clone(),
+            })
+        }
+        Err(SingleFileError::NotACheckpoint { looks_like, .. }) => summary.looks_like = Some(looks_like),
+        Err(_) => {}
+    }
+    summary
 }
 
 fn read_json(path: &Path) -> Result<Value, ModelError> {
@@ -362,7 +412,7 @@ impl WeightsSummary {
     /// The summary of a weights file's `tensors` (name, dtype, elements): their count, and the
     /// parameters in all and per dtype; `Err` names the tensor where the count passes 2^64.
     fn count<'a>(path: &Path, file_bytes: u64, metadata: BTreeMap<String, String>, tensors: impl ExactSizeIterator<Item = (&'a str, &'a str, u64)>) -> Result<Self, String> {
-        let mut summary = WeightsSummary { path: path.into(), file_bytes, tensors: tensors.len(), parameters: 0, dtypes: BTreeMap::new(), metadata };
+        let mut summary = WeightsSummary { path: path.into(), file_bytes, tensors: tensors.len(), parameters: 0, dtypes: BTreeMap::new(), metadata, checkpoint: None, looks_like: None };
         for (name, dtype, numel) in tensors {
             let overflow = || format!("tensor `{name}`: the file's parameter count passes 2^64");
             summary.parameters = summary.parameters.checked_add(numel).ok_or_else(overflow)?;
@@ -445,7 +495,35 @@ impl fmt::Display for Info {
                 }
                 Ok(())
             }
-            Info::Safetensors(w) | Info::Checkpoint(w) => writeln!(f, "{w}"),
+            Info::Safetensors(w) | Info::Checkpoint(w) => {
+                writeln!(f, "{w}")?;
+                if let Some(c) = &w.checkpoint {
+                    writeln!(f, "single-file checkpoint: {} (diffusers: {}), decided by {}", c.family, c.diffusers_type, c.evidence)?;
+                    if !c.published {
+                        writeln!(f, "layout: not a published model's: kiln generate needs --config DIR|HUB_ID with its diffusers configs")?;
+                    }
+                    if !c.root.is_empty() {
+                        writeln!(f, "keys under: {}", c.root)?;
+                    }
+                    writeln!(f, "components:")?;
+                    for (component, prefix, tensors, parameters) in &c.components {
+                        writeln!(f, "  {component:<15} {prefix:<38} {tensors} tensors, {} parameters", human_count(*parameters))?;
+                    }
+                    if c.ema_tensors > 0 {
+                        writeln!(f, "EMA: {} tensors (model_ema.*), not loaded", c.ema_tensors)?;
+                    }
+                    if !c.unused_keys.is_empty() {
+                        let shown: Vec<&str> = c.unused_keys.iter().take(12).map(String::as_str).collect();
+                        let more = c.unused_keys.len().saturating_sub(shown.len());
+                        let more = if more > 0 { format!(", … ({more} more)") } else { String::new() };
+                        writeln!(f, "not used ({} keys): {}{more}", c.unused_keys.len(), shown.join(", "))?;
+                    }
+                }
+                if let Some(l) = &w.looks_like {
+                    writeln!(f, "not a whole model: {l}")?;
+                }
+                Ok(())
+            }
             Info::Component(c) => write_component(f, c, ""),
             Info::Model(m) => {
                 match &m.hub_id {
@@ -477,7 +555,8 @@ impl fmt::Display for Info {
 pub struct InfoArgs {
     /// A PNG, a diffusers model folder, a Hub id (org/name or org/name@revision, from the Hub cache only),
     /// a component folder, a .safetensors file or a PyTorch checkpoint (.ckpt/.pt/.bin: its tensors,
-    /// read without running its pickle).
+    /// read without running its pickle); a single-file checkpoint's family (SD 1.x, 2.x, SDXL,
+    /// inpainting), components, EMA and unused keys.
     #[arg(value_name = "PATH")]
     path: String,
     /// Print JSON instead of text.

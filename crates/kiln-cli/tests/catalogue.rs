@@ -247,6 +247,16 @@ fn cases(dir: &Path) -> Vec<Case> {
     let sd1 = fixture_model("sd1");
     let sdxl = fixture_model("sdxl");
     let out = d("out.png");
+    let tiny_ckpt = root().join("assets/fixtures/single_file/sd1.ckpt").to_string_lossy().into_owned();
+    // a LoRA (kohya's key names), which is not a model
+    let lora = d("lora.safetensors");
+    {
+        let header = br#"{"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight":{"dtype":"F16","shape":[2,2],"data_offsets":[0,8]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(&[0; 8]);
+        std::fs::write(&lora, bytes).unwrap();
+    }
     let init = root().join("assets/fixtures/pipelines/inputs/init-64x48.png").to_string_lossy().into_owned();
     let mask = root().join("assets/fixtures/pipelines/inputs/mask-64x48.png").to_string_lossy().into_owned();
     let gen_args = |extra: &[&str]| -> Vec<String> {
@@ -423,6 +433,11 @@ fn cases(dir: &Path) -> Vec<Case> {
         g("`--model` whose UNet `sample_size` is 2^62", &["--model", &sample_size], &["sample_size", "at most"]),
         g("`--model` whose scheduler has `beta_end` 2", &["--model", &beta_model], &["beta", "(0, 1)"]),
         Case { args: gen_args(&["--model", &nan_unet]), ..case("`--model` whose UNet weights are NaN", &[], End::Exit(2), &["the UNet produced NaN", "at denoising step 1 of"]) }.after(no_file(out.clone())),
+        // ---- generate: single-file checkpoints
+        g("`--model` a LoRA file", &["--model", &lora], &["lora.safetensors", "not a Stable Diffusion checkpoint", "looks like a LoRA"]),
+        g("`--model` a single file whose layout is not a published model's, no `--config`", &["--model", &tiny_ckpt], &["sd1.ckpt", "not a published model's", "--config"]),
+        g("`--model FILE --config` a folder that does not exist", &["--model", &tiny_ckpt, "--config", "/nonexistent/config"], &["--config", "/nonexistent/config", "does not exist"]),
+        g("`--prediction-type` with a diffusers folder", &["--prediction-type", "epsilon"], &["--prediction-type", "single-file checkpoint"]),
         // ---- generate: interrupted
         Case { args: gen_args(&["--steps", "400", "--width", "64", "--height", "64"]), ..case("Ctrl-C during a run", &[], End::Exit(130), &["interrupted"]) }
             .drive(Drive::SignalDuringRun(2))

@@ -20,6 +20,7 @@ pub mod safetensors;
 pub mod sampling;
 pub mod torch_checkpoint;
 pub mod transformer;
+pub mod weights;
 
 pub use attention::{Attention, AttentionConfig};
 pub use embeddings::{timestep_embedding, TimestepEmbedding, TimestepEmbeddingConfig};
@@ -29,6 +30,7 @@ pub use safetensors::{dtype_size, read_safetensors_header, SafetensorsHeader, Te
 pub use resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 pub use sampling::{Downsample2D, Downsample2DConfig, Upsample2D, Upsample2DConfig};
 pub use torch_checkpoint::{is_zip, read_torch_checkpoint, TorchCheckpoint, TorchTensor};
+pub use weights::{StoredTensor, Transform, Weight, Weights, WeightsFile};
 pub use transformer::{
     BasicTransformerBlock, BasicTransformerBlockConfig, FeedForward, FeedForwardConfig, Geglu, Projection,
     Transformer2DModel, Transformer2DModelConfig,

@@ -1,21 +1,15 @@
-//! Loading diffusers / transformers weights into burn modules: safetensors files, or PyTorch
-//! pickles (`.bin`) read without running them.
-//!
-//! Weights go through burn-store's `SafetensorsStore` (memory-mapped, lazy per tensor) with
-//! `PyTorchToBurnAdapter` (transposes `Linear` weights, renames norm `weight/bias` to
-//! `gamma/beta`) and `FloatCastAdapter` (the dtype chosen at load). Unlike burn's default, both
-//! tensors the module expects but the file lacks and tensors the file has but the module does not
-//! use are errors listing the names: a silently half-loaded model draws garbage.
+//! Loading a diffusers / transformers component folder: its options ([`LoadOptions`]), its weights
+//! file (safetensors, or the PyTorch pickle (`.bin`) older folders hold, read without running it),
+//! its configs. The tensors themselves go through [`crate::weights`].
 
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::store::{FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
 use burn::tensor::{DType, Device};
 use serde::de::DeserializeOwned;
 
 pub use crate::error::LoadError;
-use crate::safetensors::read_safetensors_header;
+use crate::weights::{Weights, WeightsFile};
 
 /// How a model component is loaded from its diffusers folder: the device, the dtype every float
 /// weight is cast to, and the weights variant (`Some("fp16")`: `<stem>.fp16.safetensors`, what
@@ -125,55 +119,13 @@ pub fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T, LoadError> {
     serde_json::from_str(&text).map_err(|source| LoadError::Config { path: path.into(), source })
 }
 
-/// Loads `path` into `module`, casting every float tensor to `dtype`.
+/// Loads `path` (a safetensors file, or a PyTorch checkpoint read without running it) into
+/// `module`, casting every float tensor to `dtype`, one tensor at a time ([`Weights::load_into`]).
 ///
 /// `remap` holds `(regex, replacement)` pairs applied to the file's keys before matching (for the
 /// few places where diffusers' key layout cannot be mirrored by field names, e.g. `ff.net.0.proj`);
 /// `ignore` holds regexes of file keys that are known to be unused (e.g. CLIP's `position_ids`
 /// buffer) and are not reported.
-pub fn load_safetensors<M: Module>(
-    mut module: M,
-    path: &Path,
-    dtype: DType,
-    remap: &[(&str, &str)],
-    ignore: &[&str],
-) -> Result<M, LoadError> {
-    let store = if path.extension().is_some_and(|e| e == "bin") {
-        // a PyTorch pickle, read without running it, given to burn-store as safetensors bytes
-        // (a copy of the weights in memory while they load)
-        SafetensorsStore::from_bytes(Some(crate::torch_checkpoint::read_torch_checkpoint(path)?.to_safetensors()?))
-    } else {
-        // Check the file up front: burn-store opens it lazily, and its errors do not name the path.
-        read_safetensors_header(path)?;
-        SafetensorsStore::from_file(path)
-    };
-    let mut store = store
-        .with_from_adapter(PyTorchToBurnAdapter.chain(FloatCastAdapter::to(dtype)))
-        .allow_partial(true)
-        // Modules that are one of several layer kinds under the same diffusers key (e.g.
-        // Transformer2D's proj_in: Linear or 1×1 Conv2d) are enums; their variant names are not
-        // part of the keys.
-        .skip_enum_variants(true)
-        // Shape/dtype errors are collected in `result.errors` and reported as `Mismatch` below;
-        // with `validate(true)` burn-store returns them as an opaque `ValidationFailed` error.
-        .validate(false);
-    for (from, to) in remap {
-        store = store.with_key_remapping(*from, *to);
-    }
-    let result = module.load_from(&mut store).map_err(|e| LoadError::Format { path: path.into(), message: e.to_string() })?;
-    if !result.errors.is_empty() {
-        return Err(LoadError::Mismatch { path: path.into(), errors: result.errors.iter().map(|e| e.to_string()).collect() });
-    }
-    if !result.missing.is_empty() {
-        let mut names: Vec<String> = result.missing.iter().map(|(p, _)| p.clone()).collect();
-        names.sort();
-        return Err(LoadError::Missing { path: path.into(), names });
-    }
-    let ignore: Vec<regex_lite::Regex> = ignore.iter().map(|p| regex_lite::Regex::new(p).expect("valid ignore pattern")).collect();
-    let mut unused: Vec<String> = result.unused.into_iter().filter(|k| !ignore.iter().any(|r| r.is_match(k))).collect();
-    if !unused.is_empty() {
-        unused.sort();
-        return Err(LoadError::Unused { path: path.into(), names: unused });
-    }
-    Ok(module)
+pub fn load_safetensors<M: Module>(module: M, path: &Path, dtype: DType, remap: &[(&str, &str)], ignore: &[&str]) -> Result<M, LoadError> {
+    Weights::all(WeightsFile::open(path)?).rename(remap).load_into(module, dtype, ignore)
 }

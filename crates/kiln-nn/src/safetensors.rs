@@ -23,6 +23,9 @@ pub struct TensorEntry {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SafetensorsHeader {
     pub file_bytes: u64,
+    /// Where the data section starts in the file (8 + the header's length): a tensor's bytes are
+    /// `data_start + offsets.0 .. data_start + offsets.1`.
+    pub data_start: u64,
     pub tensors: Vec<TensorEntry>,
     /// `__metadata__` (e.g. `{"format": "pt"}`).
     pub metadata: std::collections::BTreeMap<String, String>,
@@ -76,7 +79,7 @@ pub fn read_safetensors_header(path: &Path) -> Result<SafetensorsHeader, LoadErr
     let header: serde_json::Value = serde_json::from_slice(&header).map_err(|e| format(format!("header is not valid JSON: {e}")))?;
     let obj = header.as_object().ok_or_else(|| format("header is not a JSON object".into()))?;
     let data_bytes = file_bytes - 8 - header_len;
-    let mut out = SafetensorsHeader { file_bytes, tensors: Vec::new(), metadata: Default::default() };
+    let mut out = SafetensorsHeader { file_bytes, data_start: 8 + header_len, tensors: Vec::new(), metadata: Default::default() };
     for (name, entry) in obj {
         if name == "__metadata__" {
             if let Some(m) = entry.as_object() {

@@ -10,6 +10,7 @@ use kiln_vae::VaeError;
 use thiserror::Error;
 
 use crate::model::ModelError;
+use crate::single_file::SingleFileError;
 
 /// Why a pipeline could not be built or run. Every variant names the value and what is allowed.
 #[derive(Debug, Error)]
@@ -18,6 +19,8 @@ pub enum PipelineError {
     MissingComponent { path: PathBuf, component: String },
     #[error("{0}")]
     Model(#[from] ModelError),
+    #[error("{0}")]
+    SingleFile(#[from] SingleFileError),
     #[error("{0}")]
     Load(#[from] LoadError),
     #[error("{0}")]

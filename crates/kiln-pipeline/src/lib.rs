@@ -12,7 +12,10 @@
 //! * [`model`]: `--model` resolution — a diffusers folder or a Hub id through the Hub cache
 //!   (downloads behind the `hub` cargo feature, on by default) — and the checked [`ModelFolder`]
 //!   (pipeline kind from `model_index.json`, component files).
-//! * [`presets`]: the published SD 1.5 / 2.1 / SDXL configs, compiled in.
+//! * [`single_file`]: single-file checkpoints in the original LDM layout (`.safetensors`,
+//!   `.ckpt`): the family detected from the keys, the keys mapped to diffusers', the weights read
+//!   one tensor at a time ([`StableDiffusion::load_single_file`]).
+//! * [`presets`]: the published SD 1.5 / 2.1 / SDXL configs and tokenizers, compiled in.
 //! * [`png`]: PNG output (atomic, no accidental overwrite) with A1111-style generation
 //!   parameters, and reading them back.
 
@@ -23,6 +26,7 @@ pub mod options;
 pub mod png;
 pub mod presets;
 pub mod rng;
+pub mod single_file;
 pub mod stable_diffusion;
 
 /// Runs `f` on one of rayon's worker threads when `device` is the CPU (right here when this
@@ -39,10 +43,11 @@ pub fn in_worker<R: Send>(device: &burn::tensor::Device, f: impl FnOnce() -> R +
     if *device == burn::tensor::Device::flex() { rayon::scope(|_| f()) } else { f() }
 }
 
-pub use model::{resolve, HubConfig, HubId, ModelError, ModelFolder, ModelSource, PipelineKind, ResolveOptions};
+pub use model::{resolve, resolve_config, resolve_vae, HubConfig, HubId, ModelError, ModelFolder, ModelSource, PipelineKind, ResolveOptions};
 pub use png::{save_png, GenerationParams, PngError};
 pub use rng::{NoiseDtype, NormalKernel, TorchGenerator};
 pub use error::PipelineError;
 pub use kiln_nn::LoadOptions;
 pub use options::{GenerateOptions, StepInfo, Task};
+pub use single_file::{Architecture, Family, SingleFile, SingleFileError};
 pub use stable_diffusion::{InpaintLatents, PromptEmbeds, StableDiffusion};

@@ -1,6 +1,7 @@
 //! The published configs of the model families kiln runs (`configs/`: SD 1.5, SD 2.1, SDXL base
-//! as diffusers ships them on the Hub), compiled in, so that a model can be built without its
-//! folder (`kiln bench --preset`: random weights at the real sizes).
+//! as diffusers ships them on the Hub) and their tokenizers, compiled in, so that a model can be
+//! built without its folder (`kiln bench --preset`: random weights at the real sizes; a
+//! single-file checkpoint's architecture, `single_file::arch`).
 
 /// One family's configs: each component's `config.json` (`scheduler`: its
 /// `scheduler_config.json`) by component name.
@@ -9,7 +10,15 @@ pub struct Preset {
     /// `sd15`, `sd21` or `sdxl`.
     pub name: &'static str,
     pub files: &'static [(&'static str, &'static str)],
+    /// Each tokenizer's `tokenizer_config.json` and `special_tokens_map.json` by component name;
+    /// the vocabulary and merges are CLIP's for all ([`CLIP_VOCAB`], [`CLIP_MERGES`]).
+    pub tokenizers: &'static [(&'static str, &'static str, &'static str)],
 }
+
+/// CLIP's BPE vocabulary (`vocab.json`), the same in every published SD tokenizer.
+pub const CLIP_VOCAB: &str = include_str!("../configs/sd15/tokenizer/vocab.json");
+/// CLIP's BPE merges (`merges.txt`).
+pub const CLIP_MERGES: &str = include_str!("../configs/sd15/tokenizer/merges.txt");
 
 impl Preset {
     /// The config of `component` (`unet`, `vae`, `text_encoder`, `text_encoder_2`, `scheduler`).
@@ -28,6 +37,9 @@ pub const PRESETS: &[Preset] = &[
             ("text_encoder", include_str!("../configs/sd15/text_encoder/config.json")),
             ("scheduler", include_str!("../configs/sd15/scheduler/scheduler_config.json")),
         ],
+        tokenizers: &[
+            ("tokenizer", include_str!("../configs/sd15/tokenizer/tokenizer_config.json"), include_str!("../configs/sd15/tokenizer/special_tokens_map.json")),
+        ],
     },
     Preset {
         name: "sd21",
@@ -36,6 +48,9 @@ pub const PRESETS: &[Preset] = &[
             ("vae", include_str!("../configs/sd21/vae/config.json")),
             ("text_encoder", include_str!("../configs/sd21/text_encoder/config.json")),
             ("scheduler", include_str!("../configs/sd21/scheduler/scheduler_config.json")),
+        ],
+        tokenizers: &[
+            ("tokenizer", include_str!("../configs/sd21/tokenizer/tokenizer_config.json"), include_str!("../configs/sd21/tokenizer/special_tokens_map.json")),
         ],
     },
     Preset {
@@ -46,6 +61,10 @@ pub const PRESETS: &[Preset] = &[
             ("text_encoder", include_str!("../configs/sdxl/text_encoder/config.json")),
             ("text_encoder_2", include_str!("../configs/sdxl/text_encoder_2/config.json")),
             ("scheduler", include_str!("../configs/sdxl/scheduler/scheduler_config.json")),
+        ],
+        tokenizers: &[
+            ("tokenizer", include_str!("../configs/sdxl/tokenizer/tokenizer_config.json"), include_str!("../configs/sdxl/tokenizer/special_tokens_map.json")),
+            ("tokenizer_2", include_str!("../configs/sdxl/tokenizer_2/tokenizer_config.json"), include_str!("../configs/sdxl/tokenizer_2/special_tokens_map.json")),
         ],
     },
 ];

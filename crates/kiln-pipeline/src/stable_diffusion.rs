@@ -74,10 +74,18 @@ pub struct StableDiffusion {
 }
 
 impl StableDiffusion {
-    /// Loads a diffusers folder on `options.device`: the UNet in `options.dtype`, the text
+    /// Loads a diffusers folder (or a single file) on `options.device`: the UNet in `options.dtype`, the text
     /// encoders and the VAE in f32 (diffusers' defaults keep the VAE in f32 too);
     /// `options.variant = Some("fp16")` takes the `.fp16.safetensors` files where they exist.
+    ///
+    /// A file is read as a single-file checkpoint ([`StableDiffusion::load_single_file`]) with its
+    /// family's published configs (`options.variant` does not apply).
     pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self, PipelineError> {
+        if dir.is_file() {
+            let file = crate::single_file::SingleFile::open(dir)?;
+            let arch = crate::single_file::Architecture::for_file(&file)?;
+            return Self::load_single_file(&file, &arch, None, &options.device, options.dtype);
+        }
         let resolve = ResolveOptions { prefer_fp16: options.variant.as_deref() == Some("fp16"), vae: None };
         Self::load_folder(&ModelFolder::open(dir, &resolve)?, &options.device, options.dtype)
     }

@@ -168,7 +168,7 @@ fn broken_folders_name_what_is_wrong() {
     assert!(e.starts_with(&format!("{} is not valid JSON: ", t.0.join("model_index.json").display())), "{e}");
     // a file, and a missing folder
     let e = open(&fixture("sd1").join("model_index.json")).unwrap_err().to_string();
-    assert!(e.ends_with("model_index.json is a file; kiln reads diffusers model folders (model_index.json plus component subfolders), not single-file checkpoints"), "{e}");
+    assert!(e.ends_with("model_index.json is a file, not a diffusers model folder (model_index.json plus component subfolders)"), "{e}");
     assert_eq!(open(Path::new("/no/such/model")).unwrap_err().to_string(), "model folder /no/such/model does not exist");
 }
 

@@ -13,8 +13,7 @@ use std::path::PathBuf;
 use burn::tensor::Device;
 mod common;
 use common::read_png;
-use kiln_pipeline::image_processor::pil_grayscale;
-use kiln_pipeline::{LoadOptions, GenerateOptions, StableDiffusion, Task};
+use kiln_pipeline::{LoadOptions, StableDiffusion};
 use serde_json::Value;
 
 /// The bound: every pixel within 2 levels of 255. Random-weight models amplify f32
@@ -39,35 +38,8 @@ fn pipelines_match_diffusers() {
         let pipe = pipes.entry(model.clone()).or_insert_with(|| {
             StableDiffusion::load(&root().join("assets/fixtures/models").join(&model), &LoadOptions::new(&device)).unwrap()
         });
-        let pair = |key: &str| {
-            case.get(key).and_then(Value::as_array).map(|v| (v[0].as_u64().unwrap() as usize, v[1].as_u64().unwrap() as usize))
-        };
-        let o = GenerateOptions {
-            prompt: case["prompt"].as_str().unwrap().into(),
-            prompt_2: case.get("prompt_2").and_then(Value::as_str).map(String::from),
-            negative_prompt: case["negative_prompt"].as_str().map(String::from),
-            num_inference_steps: case["steps"].as_u64().unwrap() as usize,
-            guidance_scale: case["guidance_scale"].as_f64().unwrap(),
-            width: Some(case["width"].as_u64().unwrap() as usize),
-            height: Some(case["height"].as_u64().unwrap() as usize),
-            seed: case["seed"].as_u64().unwrap(),
-            num_images_per_prompt: case["num_images"].as_u64().unwrap() as usize,
-            scheduler: case["scheduler"].as_str().map(|s| s.parse().unwrap()),
-            original_size: pair("original_size"),
-            crops_coords_top_left: pair("crops_coords_top_left").unwrap_or((0, 0)),
-            target_size: pair("target_size"),
-            ..GenerateOptions::default()
-        };
-        let input = |key: &str| case.get(key).and_then(Value::as_str).map(|f| image::open(dir.join(f)).unwrap());
-        let init = input("init_image").map(|i| i.to_rgb8());
-        let mask = input("mask_image").map(|m| pil_grayscale(&m));
-        let strength = case.get("strength").and_then(Value::as_f64).unwrap_or(1.0);
-        let task = match (case["task"].as_str().unwrap(), &init, &mask) {
-            ("txt2img", _, _) => Task::Txt2Img,
-            ("img2img", Some(image), _) => Task::Img2Img { image, strength },
-            ("inpaint", Some(image), Some(mask)) => Task::Inpaint { image, mask, strength },
-            (t, _, _) => panic!("case {i}: task {t} without its inputs"),
-        };
+        let (o, init, mask, strength) = common::case_inputs(case, &dir);
+        let task = common::case_task(case, &init, &mask, strength);
         let mut steps = 0;
         let images = pipe.generate(&o, task, &mut |_, _| {
             steps += 1;

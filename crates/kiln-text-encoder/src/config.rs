@@ -129,6 +129,12 @@ impl ClipTextConfig {
         config.validate(path)
     }
 
+    /// Parses `config.json`'s text (`label` names it in errors) and validates it.
+    pub fn from_json_str(text: &str, label: &Path) -> Result<ResolvedClipConfig, LoadError> {
+        let config: Self = serde_json::from_str(text).map_err(|source| LoadError::Config { path: label.into(), source })?;
+        config.validate(label)
+    }
+
     /// Checks every value kiln depends on; unsupported values are an error naming the key.
     pub fn validate(&self, path: &Path) -> Result<ResolvedClipConfig, LoadError> {
         let bad = |message: String| LoadError::Unsupported { path: path.into(), message };

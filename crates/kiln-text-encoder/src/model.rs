@@ -9,7 +9,7 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, L
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::{gelu, gelu_approximate, relu, sigmoid};
-use kiln_nn::{weights_path, LoadOptions};
+use kiln_nn::{weights_path, LoadOptions, Weights, WeightsFile};
 use kiln_ops::multi_head_attention;
 
 use crate::config::{Activation, ClipArchitecture, ClipTextConfig, ResolvedClipConfig};
@@ -201,11 +201,17 @@ impl ClipTextModel {
 
     /// Loads the weights of `path` into a model built for `config`.
     pub fn load_file(config: &ResolvedClipConfig, path: &Path, device: &Device, dtype: DType) -> Result<Self, TextEncoderError> {
+        Self::load_weights(config, Weights::all(WeightsFile::open(path)?), device, dtype)
+    }
+
+    /// Loads `weights` (transformers' names: a folder's file, or a single-file checkpoint's text
+    /// encoder, renamed) into a model built for `config`.
+    pub fn load_weights(config: &ResolvedClipConfig, weights: Weights, device: &Device, dtype: DType) -> Result<Self, TextEncoderError> {
         let model = Self::new(config, device);
         // transformers ≥ 5 saves a bare CLIPTextModel without the `text_model.` prefix
         let remap = [(r"^(embeddings|encoder|final_layer_norm)\.", "text_model.${1}.")];
         let ignore = [r"embeddings\.position_ids$"];
-        Ok(kiln_nn::load_safetensors(model, path, dtype, &remap, &ignore)?)
+        Ok(weights.rename(&remap).load_into(model, dtype, &ignore)?)
     }
 
     /// The dtype of the weights (what [`ClipTextModel::load`] cast them to).

@@ -313,36 +313,7 @@ impl ClipTokenizer {
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self, TokenizerError> {
         let dir = dir.as_ref();
         let config_path = dir.join("tokenizer_config.json");
-        let config = match read_optional_json(&config_path)? {
-            Some(Value::Object(m)) => m,
-            Some(_) => return Err(TokenizerError::Format { path: config_path, message: "not a JSON object".into() }),
-            None => {
-                log::warn!("{} not found: using CLIPTokenizer's defaults and 77 tokens", config_path.display());
-                Map::new()
-            }
-        };
-        let unsupported = |message: String| TokenizerError::Unsupported { path: config_path.clone(), message };
-        if let Some(class) = config.get("tokenizer_class") {
-            match class.as_str() {
-                Some("CLIPTokenizer" | "CLIPTokenizerFast") => {}
-                _ => return Err(unsupported(format!("tokenizer_class = {class}: kiln implements CLIPTokenizer"))),
-            }
-        }
-        for key in ["padding_side", "truncation_side"] {
-            if let Some(side) = config.get(key)
-                && side.as_str() != Some("right")
-            {
-                return Err(unsupported(format!("{key} = {side}: only \"right\" is supported")));
-            }
-        }
-        let max_length = match config.get("model_max_length") {
-            None => 77,
-            Some(v) => match v.as_u64() {
-                Some(n) if (3..=4096).contains(&n) => n as usize,
-                _ => return Err(unsupported(format!("model_max_length = {v}: expected the text encoder's length, e.g. 77"))),
-            },
-        };
-
+        let config = read_optional_json(&config_path)?;
         // vocabulary, merges and (tokenizer.json) added tokens
         let json_path = dir.join("tokenizer.json");
         let (vocab, merges, json_added) = if json_path.exists() {
@@ -373,6 +344,67 @@ impl ClipTokenizer {
         let special_map = read_optional_json(&special_map_path)?;
         let added_path = dir.join("added_tokens.json");
         let added_file = read_optional_json(&added_path)?;
+        Self::build(dir, config, (vocab, merges, json_added), special_map, added_file)
+    }
+
+    /// A tokenizer from the texts of `tokenizer_config.json`, `vocab.json`, `merges.txt` and
+    /// `special_tokens_map.json` (the files a published model's `tokenizer/` holds, compiled in
+    /// for single-file checkpoints); `label` names them in errors.
+    pub fn from_texts(label: &Path, config: &str, vocab: &str, merges: &str, special_tokens_map: Option<&str>) -> Result<Self, TokenizerError> {
+        let bad = |message: String| TokenizerError::Format { path: label.to_path_buf(), message };
+        let json = |text: &str, what: &str| serde_json::from_str::<Value>(text).map_err(|e| bad(format!("{what}: {e}")));
+        let mut vocab_map = Vocab::default();
+        for (token, id) in json(vocab, "vocab.json")?.as_object().ok_or_else(|| bad("vocab.json is not an object".into()))? {
+            let id = id.as_u64().and_then(|id| u32::try_from(id).ok()).ok_or_else(|| bad(format!("vocab.json: {token:?} has no integer id")))?;
+            vocab_map.insert(token.clone(), id);
+        }
+        // tokenizers' `convert_merges_to_hashmap`: `#version` lines skipped, then "a b" per line
+        let mut merges_list = Merges::new();
+        for (rank, line) in merges.lines().filter(|l| !l.starts_with("#version")).enumerate() {
+            let (a, b) = line.split_once(' ').filter(|(_, b)| !b.contains(' ')).ok_or_else(|| bad(format!("merges.txt: line {} is not two tokens", rank + 1)))?;
+            merges_list.push((a.to_string(), b.to_string()));
+        }
+        let special_map = special_tokens_map.map(|t| json(t, "special_tokens_map.json")).transpose()?;
+        Self::build(label, Some(json(config, "tokenizer_config.json")?), (vocab_map, merges_list, Vec::new()), special_map, None)
+    }
+
+    /// The tokenizer of a folder's (or the compiled-in) files, read: `config` is
+    /// `tokenizer_config.json`, `bpe` the vocabulary, merges and `tokenizer.json`'s added tokens.
+    fn build(dir: &Path, config: Option<Value>, bpe: TokenizerJson, special_map: Option<Value>, added_file: Option<Value>) -> Result<Self, TokenizerError> {
+        let config_path = dir.join("tokenizer_config.json");
+        let config = match config {
+            Some(Value::Object(m)) => m,
+            Some(_) => return Err(TokenizerError::Format { path: config_path, message: "not a JSON object".into() }),
+            None => {
+                log::warn!("{} not found: using CLIPTokenizer's defaults and 77 tokens", config_path.display());
+                Map::new()
+            }
+        };
+        let unsupported = |message: String| TokenizerError::Unsupported { path: config_path.clone(), message };
+        if let Some(class) = config.get("tokenizer_class") {
+            match class.as_str() {
+                Some("CLIPTokenizer" | "CLIPTokenizerFast") => {}
+                _ => return Err(unsupported(format!("tokenizer_class = {class}: kiln implements CLIPTokenizer"))),
+            }
+        }
+        for key in ["padding_side", "truncation_side"] {
+            if let Some(side) = config.get(key)
+                && side.as_str() != Some("right")
+            {
+                return Err(unsupported(format!("{key} = {side}: only \"right\" is supported")));
+            }
+        }
+        let max_length = match config.get("model_max_length") {
+            None => 77,
+            Some(v) => match v.as_u64() {
+                Some(n) if (3..=4096).contains(&n) => n as usize,
+                _ => return Err(unsupported(format!("model_max_length = {v}: expected the text encoder's length, e.g. 77"))),
+            },
+        };
+
+        let (vocab, merges, json_added) = bpe;
+        let special_map_path = dir.join("special_tokens_map.json");
+        let added_path = dir.join("added_tokens.json");
         let specials = special_tokens(
             &config,
             &config_path,

@@ -6,7 +6,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::prelude::*;
 use burn::tensor::DType;
-use kiln_nn::{conv2d, load_safetensors, timestep_embedding, weights_path, LoadError, LoadOptions, TimestepEmbedding, TimestepEmbeddingConfig};
+use kiln_nn::{conv2d, load_safetensors, timestep_embedding, weights_path, LoadError, LoadOptions, TimestepEmbedding, TimestepEmbeddingConfig, Weights};
 use kiln_ops::{conv2d_forward, group_norm_silu};
 use thiserror::Error;
 
@@ -125,6 +125,13 @@ impl UNet2DConditionModel {
         let weights = weights_path(dir, Self::WEIGHTS, options.variant.as_deref())?;
         let model = config.init(&options.device).map_err(|source| UNetError::ConfigFile { path: config_path, source })?;
         Ok(load_safetensors(model, &weights, options.dtype, &[], &[])?)
+    }
+
+    /// Builds the UNet of `config` on `options.device` and loads `weights` (diffusers' names; a
+    /// single-file checkpoint's UNet, renamed) into it, cast to `options.dtype`.
+    pub fn load_weights(config: &UNet2DConditionConfig, weights: Weights, options: &LoadOptions) -> Result<Self, UNetError> {
+        let model = config.init(&options.device)?;
+        Ok(weights.load_into(model, options.dtype, &[])?)
     }
 
     /// The config the model was built from.

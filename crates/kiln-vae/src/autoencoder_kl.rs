@@ -6,7 +6,7 @@ use std::path::Path;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::DType;
-use kiln_nn::{conv2d, load_safetensors, weights_path, LoadError, LoadOptions};
+use kiln_nn::{conv2d, load_safetensors, weights_path, LoadError, LoadOptions, Weights};
 use kiln_ops::conv2d_forward;
 
 use crate::config::AutoencoderKLConfig;
@@ -72,6 +72,13 @@ impl AutoencoderKL {
             .init(&options.device)
             .map_err(|e| LoadError::Unsupported { path: dir.join("config.json"), message: e.to_string() })?;
         Ok(load_safetensors(model, &weights, options.dtype, &[], &[])?)
+    }
+
+    /// Builds the VAE of `config` on `options.device` and loads `weights` (diffusers' names; a
+    /// single-file checkpoint's VAE, renamed) into it, cast to `options.dtype`.
+    pub fn load_weights(config: &AutoencoderKLConfig, weights: Weights, options: &LoadOptions) -> Result<Self, VaeError> {
+        let model = config.init(&options.device)?;
+        Ok(weights.load_into(model, options.dtype, &[])?)
     }
 
     /// `scaling_factor` from the config (0.18215 SD1/2, 0.13025 SDXL); not applied by encode/decode.

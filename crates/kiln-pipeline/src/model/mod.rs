@@ -42,10 +42,7 @@ use layout::{vae_layout, LocalFiles};
 pub enum ModelError {
     #[error("model folder {0} does not exist")]
     NotFound(PathBuf),
-    #[error(
-        "{0} is a file; kiln reads diffusers model folders (model_index.json plus component subfolders), \
-         not single-file checkpoints"
-    )]
+    #[error("{0} is a file, not a diffusers model folder (model_index.json plus component subfolders)")]
     NotAFolder(PathBuf),
     #[error("{0} is not a diffusers model folder: it has no model_index.json")]
     NoModelIndex(PathBuf),
@@ -210,15 +207,7 @@ impl ModelFolder {
 /// through the cache (downloading what is missing unless `hub.offline`).
 pub fn resolve(model: &str, opts: &ResolveOptions, hub: &HubConfig) -> Result<ModelFolder, ModelError> {
     let source = ModelSource::parse(model)?;
-    let vae = match &opts.vae {
-        None => None,
-        Some(spec) => Some(match ModelSource::parse(spec)? {
-            ModelSource::Local(p) => vae_dir(&p)?,
-            ModelSource::Hub(id) => {
-                vae_dir(&snapshot(&id, hub, opts.prefer_fp16, Want::Vae)?)?
-            }
-        }),
-    };
+    let vae = opts.vae.as_deref().map(|spec| resolve_vae(spec, opts.prefer_fp16, hub)).transpose()?;
     let (root, name) = match &source {
         ModelSource::Local(p) => (p.clone(), p.display().to_string()),
         ModelSource::Hub(id) => {
@@ -226,6 +215,26 @@ pub fn resolve(model: &str, opts: &ResolveOptions, hub: &HubConfig) -> Result<Mo
         }
     };
     ModelFolder::open_with(&root, &name, opts.prefer_fp16, vae.as_deref())
+}
+
+/// Resolves `--vae` (a VAE folder, a model folder with `vae/`, or a Hub id) to the VAE's folder.
+pub fn resolve_vae(spec: &str, prefer_fp16: bool, hub: &HubConfig) -> Result<PathBuf, ModelError> {
+    match ModelSource::parse(spec)? {
+        ModelSource::Local(p) => vae_dir(&p),
+        ModelSource::Hub(id) => vae_dir(&snapshot(&id, hub, prefer_fp16, Want::Vae)?),
+    }
+}
+
+/// Resolves a single file's `--config` (a diffusers folder, or a Hub id through the cache) to a
+/// folder whose `model_index.json` and component configs describe the architecture. A Hub id is
+/// fetched as a whole pipeline (weights included) unless it is in the cache.
+pub fn resolve_config(spec: &str, hub: &HubConfig) -> Result<PathBuf, ModelError> {
+    match ModelSource::parse(spec)? {
+        ModelSource::Local(p) if p.is_dir() => Ok(p),
+        ModelSource::Local(p) if p.exists() => Err(ModelError::NotAFolder(p)),
+        ModelSource::Local(p) => Err(ModelError::NotFound(p)),
+        ModelSource::Hub(id) => snapshot(&id, hub, false, Want::Pipeline { skip_vae: false }),
+    }
 }
 
 /// What a Hub repo must provide.

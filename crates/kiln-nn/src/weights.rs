@@ -1,0 +1,277 @@
+//! Weights files read one tensor at a time, and what a module loads from one.
+//!
+//! [`WeightsFile`] opens a safetensors file or a PyTorch checkpoint (read without running its
+//! pickle, [`crate::torch_checkpoint`]) and reads a tensor's bytes when they are asked for,
+//! never the whole file. [`Weights`] is one module's share of a file: each of the module's tensor
+//! names (diffusers' keys) with the file key it comes from and how its bytes are reshaped on the
+//! way ([`Transform`]: the slices of a fused `in_proj`, a transposed projection, a 1×1
+//! convolution read as a linear layer). A diffusers folder's file is loaded as it is
+//! ([`Weights::all`]); a single-file checkpoint is loaded through the plan its key map builds
+//! (kiln-pipeline's `single_file`). Loading goes through burn-store's adapters
+//! (`PyTorchToBurnAdapter` transposes `Linear` weights and renames norm `weight/bias` to
+//! `gamma/beta`; `FloatCastAdapter` casts to the dtype chosen at load), and both tensors the
+//! module expects but the plan lacks and tensors the plan has but the module does not use are
+//! errors listing the names: a silently half-loaded model draws garbage.
+
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::module::Module;
+use burn::store::burn_pack::Error as PackError;
+use burn::store::{bridge, FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter};
+use burn::tensor::{DType, TensorData};
+
+use crate::error::LoadError;
+use crate::safetensors::{dtype_size, read_safetensors_header};
+use crate::torch_checkpoint::{is_zip, read_torch_checkpoint, TorchCheckpoint};
+
+/// One tensor of a weights file, as the file stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTensor {
+    pub name: String,
+    /// safetensors' dtype name (`F32`, `F16`, `BF16`, ...).
+    pub dtype: String,
+    pub shape: Vec<u64>,
+}
+
+enum Source {
+    /// The open file and where its data section starts; each tensor's `(start, end)` in it.
+    Safetensors { file: std::fs::File, data_start: u64, offsets: Vec<(u64, u64)> },
+    Torch(TorchCheckpoint),
+}
+
+/// A safetensors file or a PyTorch checkpoint, its tensors listed, their data read on demand.
+pub struct WeightsFile {
+    path: PathBuf,
+    tensors: Vec<StoredTensor>,
+    index: HashMap<String, usize>,
+    source: Source,
+}
+
+impl std::fmt::Debug for WeightsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightsFile").field("path", &self.path).field("tensors", &self.tensors.len()).finish()
+    }
+}
+
+impl WeightsFile {
+    /// Opens `path`: a zip archive as a PyTorch checkpoint (`.ckpt`, `.pt`, `.pth`, `.bin`), else
+    /// a safetensors file; its header (or pickle) is read and checked against the file, no data.
+    pub fn open(path: &Path) -> Result<Arc<Self>, LoadError> {
+        let (tensors, source): (Vec<StoredTensor>, Source) = if is_zip(path) || path.extension().is_some_and(|e| ["bin", "ckpt", "pt", "pth"].iter().any(|x| e == *x)) {
+            let checkpoint = read_torch_checkpoint(path)?;
+            let tensors = checkpoint
+                .tensors
+                .iter()
+                .map(|t| StoredTensor { name: t.name.clone(), dtype: t.dtype.to_string(), shape: t.shape.clone() })
+                .collect();
+            (tensors, Source::Torch(checkpoint))
+        } else {
+            let header = read_safetensors_header(path)?;
+            let file = std::fs::File::open(path).map_err(|source| LoadError::Io { path: path.into(), source })?;
+            let offsets = header.tensors.iter().map(|t| t.offsets).collect();
+            let tensors = header.tensors.into_iter().map(|t| StoredTensor { name: t.name, dtype: t.dtype, shape: t.shape }).collect();
+            (tensors, Source::Safetensors { file, data_start: header.data_start, offsets })
+        };
+        let index = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        Ok(Arc::new(Self { path: path.into(), tensors, index, source }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every tensor, in the file's order.
+    pub fn tensors(&self) -> &[StoredTensor] {
+        &self.tensors
+    }
+
+    /// The tensor called `name`.
+    pub fn get(&self, name: &str) -> Option<&StoredTensor> {
+        self.index.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// The elements of `name`, row-major, little-endian (a checkpoint's strided view gathered).
+    pub fn read(&self, name: &str) -> Result<Vec<u8>, LoadError> {
+        let missing = || LoadError::Missing { path: self.path.clone(), names: vec![name.to_string()] };
+        let &i = self.index.get(name).ok_or_else(missing)?;
+        match &self.source {
+            Source::Safetensors { file, data_start, offsets } => {
+                let (begin, end) = offsets[i];
+                let len = usize::try_from(end - begin).map_err(|_| LoadError::Format { path: self.path.clone(), message: format!("tensor `{name}` does not fit in memory") })?;
+                let mut out = vec![0u8; len];
+                file.read_exact_at(&mut out, data_start + begin).map_err(|source| LoadError::Io { path: self.path.clone(), source })?;
+                Ok(out)
+            }
+            Source::Torch(checkpoint) => checkpoint.tensor_bytes(&checkpoint.tensors[i]),
+        }
+    }
+}
+
+/// How a file's tensor becomes a module's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    /// As stored.
+    None,
+    /// The `index`-th of `parts` equal slices along the first axis (OpenCLIP's fused `in_proj`
+    /// → q, k, v).
+    Rows { index: usize, parts: usize },
+    /// A 2-D tensor transposed (OpenCLIP's `text_projection`, stored `x @ W`).
+    Transpose,
+    /// Trailing axes of size 1 dropped (a 1×1 convolution's weight read as a linear layer's).
+    Squeeze,
+}
+
+impl Transform {
+    /// The shape `shape` becomes, or why it cannot.
+    pub fn shape(self, shape: &[u64]) -> Result<Vec<u64>, String> {
+        match self {
+            Transform::None => Ok(shape.to_vec()),
+            Transform::Rows { index, parts } => match shape.first() {
+                Some(&rows) if parts > 0 && index < parts && rows % parts as u64 == 0 => {
+                    let mut out = shape.to_vec();
+                    out[0] = rows / parts as u64;
+                    Ok(out)
+                }
+                _ => Err(format!("shape {shape:?} does not split into {parts} equal parts along its first axis")),
+            },
+            Transform::Transpose => match shape {
+                [a, b] => Ok(vec![*b, *a]),
+                _ => Err(format!("shape {shape:?} is not 2-D, so it cannot be transposed")),
+            },
+            Transform::Squeeze => {
+                let mut out = shape.to_vec();
+                while out.len() > 2 && out.last() == Some(&1) {
+                    out.pop();
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Applies the transform to `bytes` (the tensor of `shape`, `size` bytes an element).
+    fn apply(self, bytes: Vec<u8>, shape: &[u64], size: usize) -> Vec<u8> {
+        match self {
+            Transform::None | Transform::Squeeze => bytes,
+            Transform::Rows { index, parts } => {
+                let part = bytes.len() / parts;
+                bytes[index * part..(index + 1) * part].to_vec()
+            }
+            Transform::Transpose => {
+                let (rows, cols) = (shape[0] as usize, shape[1] as usize);
+                let mut out = vec![0u8; bytes.len()];
+                for r in 0..rows {
+                    for c in 0..cols {
+                        let from = (r * cols + c) * size;
+                        let to = (c * rows + r) * size;
+                        out[to..to + size].copy_from_slice(&bytes[from..from + size]);
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+/// One tensor a module loads: its name in the module (diffusers' key), the file's key it is read
+/// from, and the transform on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Weight {
+    pub name: String,
+    pub key: String,
+    pub transform: Transform,
+}
+
+impl Weight {
+    pub fn new(name: impl Into<String>, key: impl Into<String>, transform: Transform) -> Self {
+        Self { name: name.into(), key: key.into(), transform }
+    }
+}
+
+/// What one module loads from a weights file.
+#[derive(Debug, Clone)]
+pub struct Weights {
+    pub file: Arc<WeightsFile>,
+    pub weights: Vec<Weight>,
+}
+
+/// burn's dtype of a safetensors dtype name.
+fn burn_dtype(dtype: &str) -> Option<DType> {
+    Some(match dtype {
+        "F64" => DType::F64,
+        "F32" => DType::F32,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "I64" => DType::I64,
+        "I32" => DType::I32,
+        _ => return None,
+    })
+}
+
+impl Weights {
+    /// Every tensor of `file` under its own name (a diffusers folder's weights file).
+    pub fn all(file: Arc<WeightsFile>) -> Self {
+        let weights = file.tensors().iter().map(|t| Weight::new(t.name.clone(), t.name.clone(), Transform::None)).collect();
+        Self { file, weights }
+    }
+
+    /// Renames the module-side names with `(regex, replacement)` pairs, in order (for the few
+    /// places where a key layout cannot be mirrored by field names, e.g. transformers ≥ 5's bare
+    /// `CLIPTextModel` without the `text_model.` prefix).
+    pub fn rename(mut self, remap: &[(&str, &str)]) -> Self {
+        for (from, to) in remap {
+            let re = regex_lite::Regex::new(from).expect("valid remap pattern");
+            for w in &mut self.weights {
+                if re.is_match(&w.name) {
+                    w.name = re.replace(&w.name, *to).into_owned();
+                }
+            }
+        }
+        self
+    }
+
+    /// Loads the weights into `module`, casting every float tensor to `dtype`. `ignore` holds
+    /// regexes of names known to be unused (e.g. CLIP's `position_ids` buffer), not reported.
+    /// Tensors are read from the file one at a time, as burn asks for them.
+    pub fn load_into<M: Module>(self, mut module: M, dtype: DType, ignore: &[&str]) -> Result<M, LoadError> {
+        let path = self.file.path().to_path_buf();
+        let mut tensors = Vec::with_capacity(self.weights.len());
+        for w in self.weights {
+            let stored = self.file.get(&w.key).ok_or_else(|| LoadError::Missing { path: path.clone(), names: vec![w.key.clone()] })?;
+            let bad = |message: String| LoadError::Mismatch { path: path.clone(), errors: vec![format!("tensor `{}` (for `{}`): {message}", w.key, w.name)] };
+            let stored_dtype = burn_dtype(&stored.dtype).ok_or_else(|| bad(format!("dtype {} is not one kiln loads", stored.dtype)))?;
+            let size = dtype_size(&stored.dtype).expect("every dtype burn_dtype knows has a size") as usize;
+            let shape = w.transform.shape(&stored.shape).map_err(bad)?;
+            let shape_usize: Vec<usize> = shape.iter().map(|&d| usize::try_from(d)).collect::<Result<_, _>>().map_err(|_| bad(format!("shape {shape:?} does not fit in memory")))?;
+            let (file, key, transform, stored_shape) = (self.file.clone(), w.key.clone(), w.transform, stored.shape.clone());
+            let data_shape = shape_usize.clone();
+            tensors.push(bridge::deferred(w.name, stored_dtype, shape_usize.into(), None, move || {
+                let bytes = file.read(&key).map_err(|e| PackError::ValidationError(e.to_string()))?;
+                let bytes = transform.apply(bytes, &stored_shape, size);
+                Ok(TensorData::from_bytes_vec(bytes, data_shape.clone(), stored_dtype))
+            }));
+        }
+        let adapter: Box<dyn ModuleAdapter> = Box::new(PyTorchToBurnAdapter.chain(FloatCastAdapter::to(dtype)));
+        // Modules that are one of several layer kinds under the same diffusers key (e.g.
+        // Transformer2D's proj_in: Linear or 1×1 Conv2d) are enums; their variant names are not
+        // part of the keys.
+        let result = module.apply(tensors, None, Some(adapter), true);
+        if !result.errors.is_empty() {
+            return Err(LoadError::Mismatch { path, errors: result.errors.iter().map(|e| e.to_string()).collect() });
+        }
+        if !result.missing.is_empty() {
+            let mut names: Vec<String> = result.missing.iter().map(|(p, _)| p.clone()).collect();
+            names.sort();
+            return Err(LoadError::Missing { path, names });
+        }
+        let ignore: Vec<regex_lite::Regex> = ignore.iter().map(|p| regex_lite::Regex::new(p).expect("valid ignore pattern")).collect();
+        let mut unused: Vec<String> = result.unused.into_iter().filter(|k| !ignore.iter().any(|r| r.is_match(k))).collect();
+        if !unused.is_empty() {
+            unused.sort();
+            return Err(LoadError::Unused { path, names: unused });
+        }
+        Ok(module)
+    }
+}

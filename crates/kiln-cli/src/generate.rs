@@ -9,8 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kiln::burn::tensor::{DType, Device};
 use kiln::pipeline::image_processor::{decode_image, image_size, pil_grayscale};
 use kiln::pipeline::png::{check_output, save_png, GenerationParams};
-use kiln::pipeline::single_file::{Architecture, SingleFile};
-use kiln::pipeline::{resolve, resolve_config, resolve_vae, GenerateOptions, HubConfig, PipelineError, PipelineKind, ResolveOptions, StableDiffusion, Task};
+use kiln::pipeline::single_file::SingleFile;
+use kiln::pipeline::{resolve, resolve_vae, GenerateOptions, HubConfig, PipelineError, PipelineKind, ResolveOptions, StableDiffusion, Task};
 use kiln::scheduler::{SamplerChoice, SamplerName, SchedulerConfig, StepOptions};
 
 use crate::device::DeviceArgs;
@@ -169,13 +169,7 @@ fn load_model(a: &GenerateArgs, scheduler: Option<SamplerName>, device: &Device,
         }
         let file = SingleFile::open(path).map_err(|e| e.to_string())?;
         eprintln!("{}: {} checkpoint ({})", path.display(), file.detection.family.name(), file.detection.evidence);
-        let mut arch = match &a.config {
-            Some(spec) => Architecture::from_folder(&resolve_config(spec, &hub).map_err(|e| format!("--config: {e}"))?).map_err(|e| format!("--config: {e}"))?,
-            None => Architecture::for_file(&file).map_err(|e| e.to_string())?,
-        };
-        if let Some(p) = &a.prediction_type {
-            arch = arch.with_prediction_type(p);
-        }
+        let arch = crate::convert::architecture(&file, a.config.as_deref(), a.prediction_type.as_deref())?;
         let config = SchedulerConfig::from_json_str(&arch.scheduler.text, &arch.scheduler.label.display().to_string()).map_err(|e| e.to_string())?;
         check_sampler(a, scheduler, &config)?;
         let vae = a.vae.as_deref().map(|v| resolve_vae(v, false, &hub)).transpose().map_err(|e| format!("--vae: {e}"))?;

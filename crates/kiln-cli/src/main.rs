@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod convert;
 mod device;
 mod generate;
 mod info;
@@ -48,8 +49,12 @@ enum Command {
     /// Print the timesteps and sigmas a sampler uses for a model's scheduler config.
     Schedule(schedule::ScheduleArgs),
     /// Describe a PNG (its generation parameters), a model folder or Hub id in the cache
-    /// (pipeline, components, dtypes, parameter counts), a component folder or a safetensors file.
+    /// (pipeline, components, dtypes, parameter counts), a component folder, a safetensors file
+    /// or a PyTorch checkpoint (a single-file checkpoint's family and components).
     Info(info::InfoArgs),
+    /// Write a single-file checkpoint (.safetensors/.ckpt, LDM layout) as a diffusers folder
+    /// that diffusers' from_pretrained and kiln load.
+    Convert(convert::ConvertArgs),
     /// Time the text encoder, one UNet CFG step, the VAE decode and an end-to-end run on a
     /// device, for a config preset (random weights) or a model folder.
     Bench(bench::BenchArgs),
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::generate(args),
         Command::Schedule(args) => schedule::schedule(args),
         Command::Info(args) => info::info(args),
+        Command::Convert(args) => convert::convert(args),
         Command::Bench(args) => bench::bench(args),
     };
     match result {

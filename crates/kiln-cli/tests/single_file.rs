@@ -74,3 +74,29 @@ fn single_file_flags_need_a_single_file() {
     assert_usage_error(&with(&base, &["--model", ckpt.to_str().unwrap(), "--prediction-type", "sample"]), &["sample", "epsilon", "v_prediction"]);
     assert!(!out.exists());
 }
+
+#[test]
+fn convert_writes_a_folder_kiln_generates_from_and_never_replaces_one() {
+    let ckpt = root().join("assets/fixtures/single_file/sd1.ckpt");
+    let config = root().join("assets/fixtures/models/sd1");
+    let tmp = TempDir::new("convert");
+    let out = tmp.0.join("sd1");
+    let o = kiln(&["convert", ckpt.to_str().unwrap(), out.to_str().unwrap(), "--config", config.to_str().unwrap(), "--fp16-variant"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("unet/diffusion_pytorch_model.fp16.safetensors").is_file() && out.join("model_index.json").is_file());
+    // a second run does not touch the folder
+    let before = std::fs::metadata(out.join("model_index.json")).unwrap().modified().unwrap();
+    assert_usage_error(&["convert", ckpt.to_str().unwrap(), out.to_str().unwrap(), "--config", config.to_str().unwrap()], &["already exists", "never replaces"]);
+    assert_eq!(std::fs::metadata(out.join("model_index.json")).unwrap().modified().unwrap(), before);
+    // the folder draws what diffusers drew from the checkpoint
+    let png = tmp.0.join("x.png");
+    let g = kiln(&[
+        "generate", "--model", out.to_str().unwrap(), "--fp16-variant", "--prompt", "a red circle on a blue background",
+        "--steps", "5", "--seed", "0", "--width", "64", "--height", "48", "--output", png.to_str().unwrap(),
+    ]);
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    let want = pixels(&root().join("assets/fixtures/single_file/sd1-ckpt.png"));
+    let worst = pixels(&png).iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
+    assert!(worst <= 1, "{worst} levels");
+    assert_usage_error(&["convert", ckpt.to_str().unwrap(), tmp.0.join("y").to_str().unwrap(), "--fp16-variant", "--dtype", "f32"], &["--fp16-variant", "--dtype f32"]);
+}

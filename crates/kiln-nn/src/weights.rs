@@ -210,7 +210,25 @@ fn burn_dtype(dtype: &str) -> Option<DType> {
     })
 }
 
+/// The bytes of the file's tensor `key` with `transform` applied.
+fn read_transformed(file: &WeightsFile, key: &str, transform: Transform) -> Result<Vec<u8>, LoadError> {
+    let stored = file.get(key).ok_or_else(|| LoadError::Missing { path: file.path().into(), names: vec![key.to_string()] })?;
+    let size = dtype_size(&stored.dtype).ok_or_else(|| LoadError::Mismatch { path: file.path().into(), errors: vec![format!("tensor `{key}`: dtype {} is not one kiln reads", stored.dtype)] })?;
+    transform
+        .shape(&stored.shape)
+        .map_err(|m| LoadError::Mismatch { path: file.path().into(), errors: vec![format!("tensor `{key}`: {m}")] })?;
+    Ok(transform.apply(file.read(key)?, &stored.shape, size as usize))
+}
+
 impl Weights {
+    /// `w` as the module receives it: its bytes (read and transformed), its dtype (safetensors'
+    /// name) and shape.
+    pub fn read(&self, w: &Weight) -> Result<(Vec<u8>, String, Vec<u64>), LoadError> {
+        let stored = self.file.get(&w.key).ok_or_else(|| LoadError::Missing { path: self.file.path().into(), names: vec![w.key.clone()] })?;
+        let shape = w.transform.shape(&stored.shape).map_err(|m| LoadError::Mismatch { path: self.file.path().into(), errors: vec![format!("tensor `{}`: {m}", w.key)] })?;
+        Ok((read_transformed(&self.file, &w.key, w.transform)?, stored.dtype.clone(), shape))
+    }
+
     /// Every tensor of `file` under its own name (a diffusers folder's weights file).
     pub fn all(file: Arc<WeightsFile>) -> Self {
         let weights = file.tensors().iter().map(|t| Weight::new(t.name.clone(), t.name.clone(), Transform::None)).collect();
@@ -242,14 +260,12 @@ impl Weights {
             let stored = self.file.get(&w.key).ok_or_else(|| LoadError::Missing { path: path.clone(), names: vec![w.key.clone()] })?;
             let bad = |message: String| LoadError::Mismatch { path: path.clone(), errors: vec![format!("tensor `{}` (for `{}`): {message}", w.key, w.name)] };
             let stored_dtype = burn_dtype(&stored.dtype).ok_or_else(|| bad(format!("dtype {} is not one kiln loads", stored.dtype)))?;
-            let size = dtype_size(&stored.dtype).expect("every dtype burn_dtype knows has a size") as usize;
             let shape = w.transform.shape(&stored.shape).map_err(bad)?;
             let shape_usize: Vec<usize> = shape.iter().map(|&d| usize::try_from(d)).collect::<Result<_, _>>().map_err(|_| bad(format!("shape {shape:?} does not fit in memory")))?;
-            let (file, key, transform, stored_shape) = (self.file.clone(), w.key.clone(), w.transform, stored.shape.clone());
+            let (file, key, transform) = (self.file.clone(), w.key.clone(), w.transform);
             let data_shape = shape_usize.clone();
             tensors.push(bridge::deferred(w.name, stored_dtype, shape_usize.into(), None, move || {
-                let bytes = file.read(&key).map_err(|e| PackError::ValidationError(e.to_string()))?;
-                let bytes = transform.apply(bytes, &stored_shape, size);
+                let bytes = read_transformed(&file, &key, transform).map_err(|e| PackError::ValidationError(e.to_string()))?;
                 Ok(TensorData::from_bytes_vec(bytes, data_shape.clone(), stored_dtype))
             }));
         }

@@ -271,3 +271,69 @@ fn files_that_are_not_checkpoints_say_what_they_look_like() {
     let err = StableDiffusion::load_single_file(&tiny, &Architecture::published(Family::Sd1, &half).unwrap(), None, &Device::flex(), DType::F32).err().unwrap().to_string();
     assert!(err.contains(&half.display().to_string()), "{err}");
 }
+
+/// The tensors of a diffusers component file: name (transformers' `text_model.` prefix as the
+/// single file has it) → (dtype, shape, bytes), without the `position_ids` buffer.
+fn tensors_of(path: &Path) -> BTreeMap<String, (String, Vec<u64>, Vec<u8>)> {
+    let file = WeightsFile::open(path).unwrap();
+    file.tensors()
+        .iter()
+        .filter(|t| !t.name.ends_with("position_ids"))
+        .map(|t| {
+            let name = if path.to_string_lossy().contains("text_encoder") && !t.name.starts_with("text_model.") && !t.name.starts_with("text_projection") {
+                format!("text_model.{}", t.name)
+            } else {
+                t.name.clone()
+            };
+            (name, (t.dtype.clone(), t.shape.clone(), file.read(&t.name).unwrap()))
+        })
+        .collect()
+}
+
+#[test]
+fn convert_writes_the_folder_diffusers_wrote() {
+    use kiln_pipeline::single_file::convert::{convert, ConvertOptions};
+    let tmp = TempDir::new("single-file-convert");
+    for family in ["sd1", "sd2", "sdxl", "inpaint"] {
+        let path = build_tiny(family, &tmp.0);
+        let folder = root().join("assets/fixtures/models").join(family);
+        let out = tmp.0.join(format!("{family}-diffusers"));
+        let file = SingleFile::open(&path).unwrap();
+        let arch = Architecture::from_folder(&folder).unwrap();
+        let written = convert(&file, &arch, &out, ConvertOptions::default(), &|| true).unwrap();
+        let components: &[&str] = if family == "sdxl" { &["unet", "vae", "text_encoder", "text_encoder_2"] } else { &["unet", "vae", "text_encoder"] };
+        for c in components {
+            let name = if c.starts_with("text_encoder") { "model.safetensors" } else { "diffusion_pytorch_model.safetensors" };
+            let (got, want) = (tensors_of(&out.join(c).join(name)), tensors_of(&folder.join(c).join(name)));
+            assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{family} {c}: tensor names");
+            for (k, v) in &want {
+                assert!(got[k] == *v, "{family} {c}: `{k}` differs from the folder's");
+            }
+            for f in ["config.json"] {
+                let (a, b) = (json(&out.join(c).join(f)), json(&folder.join(c).join(f)));
+                assert_eq!(a, b, "{family} {c}/{f}");
+            }
+        }
+        assert!(written.iter().any(|p| p.ends_with("tokenizer/vocab.json")) && written.iter().any(|p| p.ends_with("model_index.json")));
+        // kiln loads the folder as a folder (model_index.json, tokenizers, scheduler)
+        let index = kiln_pipeline::model::ModelFolder::open(&out, &Default::default()).unwrap();
+        assert_eq!(index.kind, arch.kind, "{family}");
+        // never over an existing folder
+        let again = convert(&file, &arch, &out, ConvertOptions::default(), &|| true).unwrap_err().to_string();
+        assert!(again.contains("already exists"), "{again}");
+    }
+    // f16 → f32 with the fp16 naming off, and a stop request: no folder, no temporary folder left
+    let path = tmp.0.join("sd1.safetensors");
+    let file = SingleFile::open(&path).unwrap();
+    let arch = Architecture::from_folder(&root().join("assets/fixtures/models/sd1")).unwrap();
+    let out = tmp.0.join("sd1-f32");
+    convert(&file, &arch, &out, ConvertOptions { dtype: Some(DType::F32), fp16_variant: false }, &|| true).unwrap();
+    let unet = tensors_of(&out.join("unet/diffusion_pytorch_model.safetensors"));
+    assert!(unet.values().all(|(d, ..)| d == "F32"));
+    let out = tmp.0.join("sd1-stopped");
+    let err = convert(&file, &arch, &out, ConvertOptions { dtype: None, fp16_variant: true }, &|| false).unwrap_err();
+    assert!(matches!(err, kiln_pipeline::SingleFileError::Cancelled), "{err}");
+    assert!(!out.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&tmp.0).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains("kiln-convert")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

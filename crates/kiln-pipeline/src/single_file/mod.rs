@@ -9,13 +9,15 @@
 //!   the file one at a time while the model loads, never the whole file;
 //! * [`arch`]: the architecture the weights go into: a family's published configs and tokenizers,
 //!   compiled in (`configs/`), or a diffusers folder (`--config`, diffusers' `config=`);
-//! * [`load`]: [`crate::StableDiffusion::load_single_file`].
+//! * [`load`]: [`crate::StableDiffusion::load_single_file`];
+//! * [`convert`]: the file written as a diffusers folder (`kiln convert`).
 //!
 //! EMA weights (`model_ema.*`), the DDPM schedule buffers and anything else outside the
 //! components' prefixes are left in the file (diffusers loads the non-EMA weights too).
 
 pub mod arch;
 pub mod clip;
+pub mod convert;
 pub mod detect;
 pub mod load;
 pub mod unet;
@@ -43,6 +45,8 @@ pub enum SingleFileError {
     Unsupported { path: PathBuf, message: String },
     #[error("{path} is half a checkpoint: it has no {what}{hint}")]
     Incomplete { path: PathBuf, what: String, hint: &'static str },
+    #[error("conversion cancelled")]
+    Cancelled,
 }
 
 /// A text encoder found in the file: the diffusers component, its prefix and how it is stored.

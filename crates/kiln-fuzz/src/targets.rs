@@ -23,6 +23,7 @@ fn accepted(ok: bool) -> Outcome {
 pub const TARGETS: &[Target] = &[
     Target { name: "safetensors_header", run: safetensors_header },
     Target { name: "torch_checkpoint", run: torch_checkpoint },
+    Target { name: "single_file_keys", run: single_file_keys },
     Target { name: "png_text", run: png_text },
     Target { name: "infotext", run: infotext },
     Target { name: "model_index", run: model_index },
@@ -54,6 +55,42 @@ fn torch_checkpoint(input: &[u8], s: &Scratch) -> Outcome {
         }
         Err(_) => Outcome::Refused,
     }
+}
+
+/// A single-file checkpoint's keys and shapes (one `name d0 d1 …` a line, what a safetensors
+/// header or a checkpoint's pickle gives): the family detection, then every key through the
+/// UNet, VAE and text-encoder maps and their transforms' shapes, as `SingleFile` runs them.
+fn single_file_keys(input: &[u8], _: &Scratch) -> Outcome {
+    use kiln_pipeline::single_file::{clip, detect, unet, vae, ClipLayout, ClipShape};
+    let text = String::from_utf8_lossy(input);
+    let mut keys: Vec<(String, Vec<u64>)> = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.split(' ');
+        let name = parts.next().unwrap_or_default().to_string();
+        keys.push((name, parts.filter_map(|d| d.parse().ok()).collect()));
+    }
+    let map: std::collections::HashMap<&str, &[u64]> = keys.iter().map(|(k, s)| (k.as_str(), s.as_slice())).collect();
+    let ok = detect::detect(&map).is_ok();
+    for (key, shape) in &keys {
+        for lpb in [1, 2, 3] {
+            let _ = key.strip_prefix(unet::PREFIX).and_then(|k| unet::diffusers_key(k, lpb));
+        }
+        if let Some((_, t)) = vae::PREFIXES.iter().find_map(|p| key.strip_prefix(p)).and_then(|k| vae::diffusers_key(k, 4)) {
+            let _ = t.shape(shape);
+        }
+        for (prefix, layout, _) in clip::PREFIXES {
+            let Some(k) = key.strip_prefix(prefix) else { continue };
+            for shape_of in [ClipShape { layers: 12, projection: false }, ClipShape { layers: 32, projection: true }] {
+                if let Some(clip::Mapped::To(targets)) = clip::diffusers_keys(k, layout, shape_of) {
+                    for (_, t) in targets {
+                        let _ = t.shape(shape);
+                    }
+                }
+            }
+            let _ = layout == ClipLayout::OpenClip;
+        }
+    }
+    accepted(ok)
 }
 
 /// A PNG's text chunks (`kiln info x.png`), then A1111's parameters in each.

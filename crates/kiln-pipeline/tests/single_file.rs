@@ -337,3 +337,48 @@ fn convert_writes_the_folder_diffusers_wrote() {
     let leftovers: Vec<_> = std::fs::read_dir(&tmp.0).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains("kiln-convert")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// Full-size files with random weights (scripts/fixtures/single_file_full.py writes them to the
+/// folder `KILN_FULL_SINGLE_FILES`; 2 GB each, not committed): loaded with the published configs
+/// as `StableDiffusion::load(file)` loads any file, one 64×64 picture in 2 steps against
+/// diffusers' `from_single_file` picture. Run by hand (minutes, several GB of memory):
+/// `KILN_FULL_SINGLE_FILES=/tmp/kiln-full cargo test -p kiln-pipeline --test single_file -- --ignored`.
+#[test]
+#[ignore = "needs the full-size files scripts/fixtures/single_file_full.py writes (2 GB each)"]
+fn full_size_files_draw_what_diffusers_draws() {
+    let dir = PathBuf::from(std::env::var("KILN_FULL_SINGLE_FILES").expect("KILN_FULL_SINGLE_FILES: the folder single_file_full.py wrote"));
+    let device = Device::flex();
+    let mut report = Vec::new();
+    for name in ["sd15", "sd21", "sd15-inpaint", "sdxl"] {
+        let path = dir.join(format!("{name}.safetensors"));
+        if !path.exists() && name == "sdxl" {
+            continue; // written with --sdxl only
+        }
+        let start = std::time::Instant::now();
+        let pipe = StableDiffusion::load(&path, &kiln_pipeline::LoadOptions::new(&device)).unwrap();
+        let loaded = start.elapsed();
+        let mut o = kiln_pipeline::GenerateOptions {
+            prompt: "a lighthouse at dusk".into(),
+            num_inference_steps: 2,
+            guidance_scale: 7.5,
+            width: Some(64),
+            height: Some(64),
+            seed: 0,
+            ..Default::default()
+        };
+        let inputs = root().join("assets/fixtures/pipelines/inputs");
+        let (image, mask) = (image::open(inputs.join("init-64x48.png")).unwrap().to_rgb8(), kiln_pipeline::image_processor::pil_grayscale(&image::open(inputs.join("mask-64x48.png")).unwrap()));
+        let task = if name.ends_with("inpaint") {
+            o.height = Some(48);
+            kiln_pipeline::Task::Inpaint { image: &image, mask: &mask, strength: 1.0 }
+        } else {
+            kiln_pipeline::Task::Txt2Img
+        };
+        let got = pipe.generate(&o, task, &mut |_, _| true).unwrap().remove(0);
+        let (_, _, want) = read_png(&fixtures().join(format!("full_{name}.png")));
+        let worst = max_levels(got.as_raw(), &want);
+        report.push(format!("{name}: {worst} levels from diffusers' picture (loaded in {loaded:.1?}, {} total)", format!("{:.1?}", start.elapsed())));
+        println!("{}", report.last().unwrap());
+        assert!(worst <= 2, "{name}: {worst} levels");
+    }
+}

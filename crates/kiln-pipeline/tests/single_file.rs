@@ -266,6 +266,11 @@ fn files_that_are_not_checkpoints_say_what_they_look_like() {
     let arch = Architecture::from_folder(&root().join("assets/fixtures/models/sd1")).unwrap();
     let err = StableDiffusion::load_single_file(&file, &arch, None, &Device::flex(), DType::F32).err().unwrap();
     assert!(matches!(err, PipelineError::SingleFile(_)) && err.to_string().contains("half a checkpoint: it has no VAE"), "{err}");
+    // with a VAE folder (`--vae`) it loads, and draws the whole file's picture (the same VAE)
+    let vae = root().join("assets/fixtures/models/sd1/vae");
+    let pipe = StableDiffusion::load_single_file(&file, &arch, Some(&vae), &Device::flex(), DType::F32).unwrap();
+    let (_, _, want) = read_png(&fixtures().join("sd1.png"));
+    assert!(max_levels(draw(&pipe, "sd1").as_raw(), &want) <= 1);
     // and the published SD 1.5 architecture on the tiny file: the tensors that do not fit, named
     let tiny = SingleFile::open(&half).unwrap();
     let err = StableDiffusion::load_single_file(&tiny, &Architecture::published(Family::Sd1, &half).unwrap(), None, &Device::flex(), DType::F32).err().unwrap().to_string();

@@ -22,6 +22,8 @@ pub enum PipelineError {
     #[error("{0}")]
     SingleFile(#[from] SingleFileError),
     #[error("{0}")]
+    Lora(crate::lora::LoraError),
+    #[error("{0}")]
     Load(#[from] LoadError),
     #[error("{0}")]
     TextEncoder(#[from] TextEncoderError),

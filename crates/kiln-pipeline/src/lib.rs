@@ -21,6 +21,7 @@
 
 pub mod error;
 pub mod image_processor;
+pub mod lora;
 pub mod model;
 pub mod options;
 pub mod png;

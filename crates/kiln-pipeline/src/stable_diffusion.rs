@@ -71,6 +71,8 @@ pub struct StableDiffusion {
     /// SDXL `force_zeros_for_empty_prompt` (model_index.json).
     pub force_zeros_for_empty_prompt: bool,
     pub device: Device,
+    /// The LoRAs merged into the weights ([`StableDiffusion::load_lora`]).
+    pub loras: crate::lora::apply::LoraState,
 }
 
 impl StableDiffusion {
@@ -122,6 +124,7 @@ impl StableDiffusion {
             scheduler_config,
             force_zeros_for_empty_prompt: folder.force_zeros_for_empty_prompt,
             device: device.clone(),
+            loras: Default::default(),
         })
     }
 

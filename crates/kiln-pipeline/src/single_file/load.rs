@@ -87,6 +87,7 @@ impl StableDiffusion {
             scheduler_config,
             force_zeros_for_empty_prompt: arch.force_zeros_for_empty_prompt,
             device: device.clone(),
+            loras: Default::default(),
         })
     }
 }

@@ -82,9 +82,103 @@ pub fn diffusers_key(key: &str, layers_per_block: usize) -> Option<String> {
     None
 }
 
+/// The LDM key of the diffusers UNet key (or module path) `key`: the inverse of
+/// [`diffusers_key`] (diffusers' `scripts/convert_diffusers_to_original_stable_diffusion.py`;
+/// kohya's SDXL LoRAs name the UNet's modules this way). `upsampler_after_attention(block)`: whether
+/// up block `block` has attentions (its upsampler is then the layer's third part, `.2.conv`).
+pub fn ldm_key(key: &str, layers_per_block: usize, upsampler_after_attention: &dyn Fn(usize) -> bool) -> Option<String> {
+    let run = layers_per_block + 1;
+    const FIXED: [(&str, &str); 7] = [
+        ("time_embedding.linear_1", "time_embed.0"),
+        ("time_embedding.linear_2", "time_embed.2"),
+        ("conv_in", "input_blocks.0.0"),
+        ("conv_norm_out", "out.0"),
+        ("conv_out", "out.2"),
+        ("add_embedding.linear_1", "label_emb.0.0"),
+        ("add_embedding.linear_2", "label_emb.0.2"),
+    ];
+    // `name` or `name.<tail>`
+    let strip = |key: &str, name: &str| -> Option<String> {
+        let rest = key.strip_prefix(name)?;
+        if rest.is_empty() { Some(String::new()) } else { rest.strip_prefix('.').map(|t| format!(".{t}")) }
+    };
+    for (diffusers, ldm) in FIXED {
+        if let Some(tail) = strip(key, diffusers) {
+            return Some(format!("{ldm}{tail}"));
+        }
+    }
+    // a resnet's part: `.norm1.weight` → `.in_layers.0.weight`
+    let resnet = |block: String, rest: &str| -> Option<String> {
+        let Some(tail) = rest.strip_prefix('.') else { return rest.is_empty().then_some(block) };
+        let (module, after) = match tail.split_once('.') {
+            Some((m, a)) => (m, format!(".{a}")),
+            None => (tail, String::new()),
+        };
+        let ldm = RESNET.iter().find(|(_, d)| d.trim_end_matches('.') == module)?.0.trim_end_matches('.');
+        Some(format!("{block}.{ldm}{after}"))
+    };
+    let (blocks, rest) = key.split_once('.')?;
+    match blocks {
+        "down_blocks" | "up_blocks" => {
+            let (b, rest) = split_index(rest)?;
+            let (kind, rest) = rest.split_once('.')?;
+            let (j, rest) = match rest.split_once('.') {
+                Some((j, r)) => (j.parse::<usize>().ok()?, format!(".{r}")),
+                None => (rest.parse::<usize>().ok()?, String::new()),
+            };
+            let down = blocks == "down_blocks";
+            match (down, kind) {
+                (true, "resnets") => resnet(format!("input_blocks.{}.0", 1 + b * run + j), &rest),
+                (true, "attentions") => Some(format!("input_blocks.{}.1{rest}", 1 + b * run + j)),
+                (true, "downsamplers") if j == 0 => Some(format!("input_blocks.{}.0{}", 1 + b * run + layers_per_block, rest.replacen(".conv", ".op", 1))),
+                (false, "resnets") => resnet(format!("output_blocks.{}.0", b * run + j), &rest),
+                (false, "attentions") => Some(format!("output_blocks.{}.1{rest}", b * run + j)),
+                (false, "upsamplers") if j == 0 => {
+                    let part = if upsampler_after_attention(b) { 2 } else { 1 };
+                    Some(format!("output_blocks.{}.{part}{rest}", b * run + layers_per_block))
+                }
+                _ => None,
+            }
+        }
+        "mid_block" => {
+            let (kind, rest) = rest.split_once('.')?;
+            let (j, rest) = match rest.split_once('.') {
+                Some((j, r)) => (j.parse::<usize>().ok()?, format!(".{r}")),
+                None => (rest.parse::<usize>().ok()?, String::new()),
+            };
+            match (kind, j) {
+                ("resnets", 0) => resnet("middle_block.0".into(), &rest),
+                ("attentions", 0) => Some(format!("middle_block.1{rest}")),
+                ("resnets", 1) => resnet("middle_block.2".into(), &rest),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::diffusers_key;
+    use super::{diffusers_key, ldm_key};
+
+    /// Module paths (no `.weight`) too, as kohya names them.
+    #[test]
+    fn ldm_key_inverts_diffusers_key() {
+        let attn = |b: usize| b < 3;
+        for (diffusers, ldm) in [
+            ("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q", "input_blocks.4.1.transformer_blocks.0.attn1.to_q"),
+            ("down_blocks.0.resnets.1.conv1", "input_blocks.2.0.in_layers.2"),
+            ("down_blocks.0.downsamplers.0.conv", "input_blocks.3.0.op"),
+            ("mid_block.resnets.1.time_emb_proj", "middle_block.2.emb_layers.1"),
+            ("up_blocks.0.upsamplers.0.conv", "output_blocks.2.2.conv"),
+            ("up_blocks.3.resnets.2.conv_shortcut", "output_blocks.11.0.skip_connection"),
+            ("conv_in", "input_blocks.0.0"),
+        ] {
+            assert_eq!(ldm_key(diffusers, 2, &attn).as_deref(), Some(ldm), "{diffusers}");
+            let weight = format!("{diffusers}.weight");
+            assert_eq!(diffusers_key(&ldm_key(&weight, 2, &attn).unwrap(), 2).as_deref(), Some(weight.as_str()));
+        }
+    }
 
     /// Keys of SD 1.5 (2 layers a level) as diffusers' converter maps them.
     #[test]

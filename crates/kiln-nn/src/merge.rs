@@ -1,0 +1,182 @@
+//! Low-rank updates merged into a loaded module's weights, by parameter name (LoRA), and the
+//! exact originals kept to take them out again.
+//!
+//! A [`Delta`] is `scale · up @ down` in PyTorch's layout (`[out, in·kh·kw]`): a linear layer's
+//! weight (burn stores `[in, out]`: the delta is transposed) or a convolution's
+//! (`[out, in, kh, kw]`: reshaped). [`merge_deltas`] adds every delta named for a parameter, in
+//! the parameter's dtype, on its device, and returns the parameters it changed as they were;
+//! [`restore`] puts those back bit for bit. Only the changed parameters are copied.
+
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::Tensor;
+
+/// One low-rank update of a weight: `scale · up @ down`.
+///
+/// # Shapes
+/// - up: `[out, rank]`
+/// - down: `[rank, in · kh · kw]`
+#[derive(Debug, Clone)]
+pub struct Delta {
+    pub up: Tensor<2>,
+    pub down: Tensor<2>,
+    pub scale: f64,
+}
+
+impl Delta {
+    /// The update as one `[out, in·kh·kw]` matrix, f32.
+    fn matrix(&self) -> Tensor<2> {
+        self.up.clone().matmul(self.down.clone()).mul_scalar(self.scale)
+    }
+}
+
+/// The parameters a merge changed, as they were before it (flattened), by name.
+#[derive(Debug, Default, Clone)]
+pub struct Originals {
+    params: HashMap<String, (Tensor<1>, Vec<usize>)>,
+}
+
+impl Originals {
+    pub fn is_empty(&self) -> bool {
+        self.params.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.params.len()
+    }
+}
+
+/// Tracks the path of the parameter being visited, as burn-store names it with enum variants
+/// skipped (`down_blocks.0.attentions.0.proj_in.weight`).
+#[derive(Default)]
+struct Path {
+    names: Vec<String>,
+    containers: Vec<String>,
+}
+
+impl Path {
+    fn enter(&mut self, name: &str, container: &str) {
+        self.containers.push(container.to_string());
+        if !container.starts_with("Enum:") {
+            self.names.push(name.to_string());
+        }
+    }
+
+    fn exit(&mut self, container: &str) {
+        self.containers.pop();
+        if !container.starts_with("Enum:") {
+            self.names.pop();
+        }
+    }
+
+    fn current(&self) -> String {
+        self.names.join(".")
+    }
+
+    /// Whether the parameter belongs to a burn `Linear` (whose weight is stored transposed): the
+    /// innermost struct or enum, as burn-store's adapters tell (`ModuleContext::module_type`).
+    fn in_linear(&self) -> bool {
+        self.containers.iter().rev().find(|c| c.starts_with("Struct:") || c.starts_with("Enum:")).is_some_and(|c| c == "Struct:Linear")
+    }
+}
+
+struct Merger<'a> {
+    path: Path,
+    deltas: &'a HashMap<String, Vec<Delta>>,
+    originals: Originals,
+    /// Names whose delta did not fit the parameter: `(name, why)`.
+    errors: Vec<(String, String)>,
+}
+
+impl ModuleMapper for Merger<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+    }
+
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        self.path.exit(container_type);
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let name = self.path.current();
+        let Some(deltas) = self.deltas.get(&name) else { return param };
+        let linear = self.path.in_linear();
+        let mut error = None;
+        let mut original = None;
+        let param = param.map(|t| {
+            let dims = t.dims();
+            // the weight in PyTorch's layout: [out, in] for a linear layer, [out, in, kh, kw]
+            let torch_dims: Vec<usize> = if linear && D == 2 { vec![dims[1], dims[0]] } else { dims.to_vec() };
+            let rows = torch_dims[0];
+            let cols: usize = torch_dims[1..].iter().product();
+            let mut sum: Option<Tensor<2>> = None;
+            for d in deltas {
+                let m = d.matrix();
+                if m.dims() != [rows, cols] {
+                    error = Some(format!("an update of shape {:?} for a weight of shape {torch_dims:?}", m.dims()));
+                    return t;
+                }
+                sum = Some(match sum {
+                    Some(s) => s + m,
+                    None => m,
+                });
+            }
+            let Some(sum) = sum else { return t };
+            let delta: Tensor<D> = if linear && D == 2 { sum.transpose().reshape(dims) } else { sum.reshape(dims) };
+            original = Some((t.clone().reshape([dims.iter().product::<usize>()]), dims.to_vec()));
+            let (dtype, device) = (t.dtype(), t.device());
+            t + delta.to_device(&device).cast(dtype)
+        });
+        if let Some(e) = error {
+            self.errors.push((name.clone(), e));
+        }
+        if let Some(o) = original {
+            self.originals.params.insert(name, o);
+        }
+        param
+    }
+}
+
+/// Adds every delta in `deltas` (by parameter name) to `module`'s weights. Returns the module,
+/// the changed parameters as they were, and the names whose deltas did not fit (those parameters
+/// are left unchanged).
+pub fn merge_deltas<M: Module>(module: M, deltas: &HashMap<String, Vec<Delta>>) -> (M, Originals, Vec<(String, String)>) {
+    let mut merger = Merger { path: Path::default(), deltas, originals: Originals::default(), errors: Vec::new() };
+    let module = module.map(&mut merger);
+    (module, merger.originals, merger.errors)
+}
+
+struct Restorer {
+    path: Path,
+    originals: Originals,
+}
+
+impl ModuleMapper for Restorer {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+    }
+
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        self.path.exit(container_type);
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        match self.originals.params.remove(&self.path.current()) {
+            Some((flat, dims)) => param.map(|_| flat.reshape::<D, _>(<[usize; D]>::try_from(dims).expect("the rank it had"))),
+            None => param,
+        }
+    }
+}
+
+/// Puts back the parameters `originals` holds (what [`merge_deltas`] returned), bit for bit.
+pub fn restore<M: Module>(module: M, originals: Originals) -> M {
+    module.map(&mut Restorer { path: Path::default(), originals })
+}
+
+/// The names of `module`'s parameters and their shapes, as PyTorch names and lays them out
+/// (a linear layer's weight `[out, in]`, a norm's `weight`/`bias`); reads no data.
+pub fn param_names<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
+    use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot};
+    module.collect(None, Some(Box::new(BurnToPyTorchAdapter)), true).into_iter().map(|t| (t.name.clone(), t.shape.to_vec())).collect()
+}

@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kiln::burn::tensor::{DType, Device};
 use kiln::pipeline::image_processor::{decode_image, image_size, pil_grayscale};
 use kiln::pipeline::png::{check_output, save_png, GenerationParams};
+use kiln::pipeline::lora::LoraFile;
 use kiln::pipeline::single_file::SingleFile;
 use kiln::pipeline::{resolve, resolve_vae, GenerateOptions, HubConfig, PipelineError, PipelineKind, ResolveOptions, StableDiffusion, Task};
 use kiln::scheduler::{SamplerChoice, SamplerName, SchedulerConfig, StepOptions};
@@ -105,6 +106,11 @@ pub struct GenerateArgs {
     /// SDXL micro-conditioning: crop coordinates TOP,LEFT (default 0,0).
     #[arg(long, value_name = "TOP,LEFT")]
     crops_coords_top_left: Option<String>,
+    /// A LoRA to merge into the UNet and text encoders, with its scale (default 1.0); repeatable.
+    /// kohya/A1111 (`lora_unet_…`, LoCon) and diffusers/PEFT (`lora_A`/`lora_B`) files, SD 1.x/2.x
+    /// and SDXL. Applied whole or refused naming the keys that match nothing.
+    #[arg(long, value_name = "PATH[:SCALE]")]
+    lora: Vec<String>,
     /// A VAE folder or Hub id to use instead of the model's (also a single file's).
     #[arg(long, value_name = "DIR")]
     vae: Option<String>,
@@ -155,6 +161,18 @@ fn check_sampler(a: &GenerateArgs, scheduler: Option<SamplerName>, config: &Sche
     choice.resolve(config).map_err(|e| crate::schedule::choice_error(&e))?;
     choice.build(config, a.steps, &StepOptions { eta: a.eta, ..StepOptions::default() }).map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// `PATH[:SCALE]` → the path and the scale (1.0 when there is none; a path may hold `:`).
+fn parse_lora(spec: &str) -> Result<(PathBuf, f64), String> {
+    let (path, scale) = match spec.rsplit_once(':') {
+        Some((path, scale)) if !path.is_empty() && scale.parse::<f64>().is_ok() => (path, scale.parse::<f64>().unwrap_or(1.0)),
+        _ => (spec, 1.0),
+    };
+    if !scale.is_finite() {
+        return Err(format!("--lora {spec}: the scale must be a finite number"));
+    }
+    Ok((PathBuf::from(path), scale))
 }
 
 /// Loads `--model`: a single-file checkpoint (with `--config`, `--prediction-type`, `--vae`) or
@@ -223,7 +241,19 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
     }
     let init_image = a.init_image.as_deref().map(|p| decode_image(p, "init image").map(|i| i.to_rgb8())).transpose().map_err(|e| e.to_string())?;
     let mask = a.mask.as_deref().map(|p| decode_image(p, "mask").map(|m| pil_grayscale(&m))).transpose().map_err(|e| e.to_string())?;
+    // the LoRAs are read (and refused) before the model loads
+    let loras = a.lora.iter().map(|spec| parse_lora(spec)).collect::<Result<Vec<_>, _>>()?;
+    for (path, _) in &loras {
+        LoraFile::open(path).map_err(|e| format!("--lora: {e}"))?;
+    }
     let (mut pipe, model_name) = load_model(&a, scheduler, &device, dtype)?;
+    let mut lora_hashes = Vec::new();
+    for (path, scale) in &loras {
+        let report = pipe.load_lora(path, *scale).map_err(|e| format!("--lora: {e}"))?;
+        eprintln!("{report}");
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        lora_hashes.push(format!("{name}: {}", report.hash));
+    }
     if vae_dtype != DType::F32 {
         pipe.set_vae_dtype(vae_dtype);
     }
@@ -280,6 +310,10 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
     let mut extra = Vec::new();
     if a.karras {
         extra.push(("Schedule type".to_string(), "Karras".to_string()));
+    }
+    if !lora_hashes.is_empty() {
+        // A1111's extensions-builtin/Lora: "name: shorthash, …"
+        extra.push(("Lora hashes".to_string(), lora_hashes.join(", ")));
     }
     if !matches!(task, Task::Txt2Img) {
         extra.push(("Denoising strength".to_string(), a.strength.unwrap_or(if mask.is_some() { 1.0 } else { img2img_default }).to_string()));

@@ -247,6 +247,8 @@ fn cases(dir: &Path) -> Vec<Case> {
     let sd1 = fixture_model("sd1");
     let sdxl = fixture_model("sdxl");
     let out = d("out.png");
+    let sdxl_lora = root().join("assets/fixtures/loras/sdxl-kohya.safetensors").to_string_lossy().into_owned();
+    let unet_weights = root().join("assets/fixtures/models/sd1/unet/diffusion_pytorch_model.safetensors").to_string_lossy().into_owned();
     let tiny_ckpt = root().join("assets/fixtures/single_file/sd1.ckpt").to_string_lossy().into_owned();
     // a LoRA (kohya's key names), which is not a model
     let lora = d("lora.safetensors");
@@ -438,6 +440,11 @@ fn cases(dir: &Path) -> Vec<Case> {
         g("`--model` a single file whose layout is not a published model's, no `--config`", &["--model", &tiny_ckpt], &["sd1.ckpt", "not a published model's", "--config"]),
         g("`--model FILE --config` a folder that does not exist", &["--model", &tiny_ckpt, "--config", "/nonexistent/config"], &["--config", "/nonexistent/config", "does not exist"]),
         g("`--prediction-type` with a diffusers folder", &["--prediction-type", "epsilon"], &["--prediction-type", "single-file checkpoint"]),
+        // ---- generate: LoRAs
+        g("`--lora` an SDXL LoRA on an SD 1.x model", &["--lora", &sdxl_lora], &["sdxl-kohya.safetensors", "SDXL LoRA on an SD 1.x/2.x model"]),
+        g("`--lora` a file that is not a LoRA (a UNet's weights)", &["--lora", &unet_weights], &["is not a LoRA kiln reads"]),
+        g("`--lora PATH:nan`", &["--lora", &format!("{sdxl_lora}:nan")], &["--lora", "finite"]),
+        g("`--lora` that does not exist", &["--lora", &d("no-such-lora.safetensors")], &["no-such-lora.safetensors"]),
         // ---- generate: interrupted
         Case { args: gen_args(&["--steps", "400", "--width", "64", "--height", "64"]), ..case("Ctrl-C during a run", &[], End::Exit(130), &["interrupted"]) }
             .drive(Drive::SignalDuringRun(2))

@@ -106,7 +106,7 @@ impl StableDiffusion {
                     target.entry(name).or_default().append(&mut list);
                 }
             }
-            reports.push(LoraReport { path: file.path.clone(), scale: *scale, format: file.format, modules: file.modules(), applied });
+            reports.push(LoraReport { path: file.path.clone(), scale: *scale, format: file.format, modules: file.modules(), applied, hash: file.hash.clone() });
         }
         let mut errors = Vec::new();
         if let Some(d) = all.get("unet") {

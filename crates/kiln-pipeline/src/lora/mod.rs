@@ -16,6 +16,7 @@
 //! full `diff` deltas) is an error naming the keys.
 
 pub mod apply;
+pub mod hash;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -72,6 +73,8 @@ pub struct LoraFile {
     pub format: LoraFormat,
     file: Arc<WeightsFile>,
     modules: Vec<StoredModule>,
+    /// A1111's short hash ([`hash::lora_short_hash`]).
+    pub hash: String,
 }
 
 /// What a LoRA did: the modules it updated of those it holds.
@@ -84,6 +87,8 @@ pub struct LoraReport {
     pub modules: usize,
     /// Weights it updates, by component.
     pub applied: BTreeMap<String, usize>,
+    /// A1111's short hash of the file (`Lora hashes`).
+    pub hash: String,
 }
 
 impl std::fmt::Display for LoraReport {
@@ -148,7 +153,8 @@ impl LoraFile {
             let first = names.first().map(|n| format!(" (e.g. `{n}`)")).unwrap_or_default();
             return Err(bad(format!("no `.lora_down.weight` / `.lora_A.weight` keys{first}")));
         };
-        Ok(Self { path: path.into(), format, file, modules })
+        let hash = hash::lora_short_hash(path).map_err(|source| LoadError::Io { path: path.into(), source })?;
+        Ok(Self { path: path.into(), format, file, modules, hash })
     }
 
     /// The number of modules the file updates.

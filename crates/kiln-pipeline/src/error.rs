@@ -24,6 +24,8 @@ pub enum PipelineError {
     #[error("{0}")]
     Lora(crate::lora::LoraError),
     #[error("{0}")]
+    Embedding(crate::embeddings::EmbeddingError),
+    #[error("{0}")]
     Load(#[from] LoadError),
     #[error("{0}")]
     TextEncoder(#[from] TextEncoderError),

@@ -19,6 +19,7 @@
 //! * [`png`]: PNG output (atomic, no accidental overwrite) with A1111-style generation
 //!   parameters, and reading them back.
 
+pub mod embeddings;
 pub mod error;
 pub mod image_processor;
 pub mod lora;

@@ -214,6 +214,24 @@ impl ClipTextModel {
         Ok(weights.rename(&remap).load_into(model, dtype, &ignore)?)
     }
 
+    /// Appends `rows` to the token embedding table (textual inversion: the new tokens' vectors,
+    /// ids `vocab_size()..`), as transformers' `resize_token_embeddings` + assignment does.
+    ///
+    /// # Shapes
+    /// - rows: `[n, hidden_size]`
+    pub fn add_token_embeddings(&mut self, rows: Tensor<2>) -> Result<(), TextEncoderError> {
+        let table = &mut self.text_model.embeddings.token_embedding.weight;
+        let [_, d] = table.dims();
+        let [_, width] = rows.dims();
+        if width != d {
+            return Err(TextEncoderError::Input(format!("an embedding of width {width} for a text encoder of width {d}")));
+        }
+        let old = table.val();
+        let rows = rows.to_device(&old.device()).cast(old.dtype());
+        *table = burn::module::Param::from_tensor(Tensor::cat(vec![old, rows], 0));
+        Ok(())
+    }
+
     /// The dtype of the weights (what [`ClipTextModel::load`] cast them to).
     pub fn dtype(&self) -> DType {
         self.text_model.final_layer_norm.gamma.val().dtype()

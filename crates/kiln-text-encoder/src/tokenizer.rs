@@ -69,6 +69,8 @@ pub struct ClipTokenizer {
     pad_id: u32,
     bos_id: u32,
     eos_id: u32,
+    /// Tokens added for textual-inversion embeddings ([`ClipTokenizer::add_tokens`]), in order.
+    added: Vec<String>,
 }
 
 impl std::fmt::Debug for ClipTokenizer {
@@ -471,11 +473,66 @@ impl ClipTokenizer {
             pad_type_id: 0,
             pad_token: pad_token.clone(),
         }));
-        Ok(Self { tokenizer, untruncated, max_length, pad_token, pad_id, bos_id, eos_id })
+        Ok(Self { tokenizer, untruncated, max_length, pad_token, pad_id, bos_id, eos_id, added: Vec::new() })
     }
 
     /// Tokenizes a prompt: bos, tokens, eos, padded (or truncated) to [`ClipTokenizer::max_length`].
+    /// Adds `tokens` as transformers' `tokenizer.add_tokens(tokens)` does (`AddedToken`s that are
+    /// not special, matched on the normalized text) and returns their ids, in order; a token
+    /// already known is refused.
+    pub fn add_tokens(&mut self, tokens: &[String]) -> Result<Vec<u32>, TokenizerError> {
+        let taken: Vec<&String> = tokens.iter().filter(|t| self.tokenizer.token_to_id(t).is_some()).collect();
+        if let Some(t) = taken.first() {
+            return Err(TokenizerError::Encode { prompt: t.to_string(), message: format!("the token {t:?} is already in the vocabulary; name the embedding's token differently") });
+        }
+        let added: Vec<AddedToken> = tokens.iter().map(|t| AddedToken::from(t.clone(), false)).collect();
+        let format = |e: tokenizers::Error| TokenizerError::Encode { prompt: tokens.join(" "), message: format!("cannot add the tokens: {e}") };
+        self.tokenizer.add_tokens(added.clone()).map_err(format)?;
+        self.untruncated.add_tokens(added).map_err(format)?;
+        self.added.extend(tokens.iter().cloned());
+        tokens
+            .iter()
+            .map(|t| self.tokenizer.token_to_id(t).ok_or_else(|| TokenizerError::Encode { prompt: t.clone(), message: "was not added".into() }))
+            .collect()
+    }
+
+    /// The tokens [`ClipTokenizer::add_tokens`] added.
+    pub fn added_tokens(&self) -> &[String] {
+        &self.added
+    }
+
+    /// diffusers' `TextualInversionLoaderMixin._maybe_convert_prompt`: for each token of the
+    /// tokenized prompt that is an added token's name, when a multi-vector embedding added
+    /// `token_1`, … too, the prompt's text `token` becomes `token token_1 … token_{n-1}` (a plain
+    /// replace). As in diffusers, the token is compared as the tokenizer returns it, normalized
+    /// (lowercased): an embedding named with capitals matches in prompts but expands to its first
+    /// vector only.
+    pub fn maybe_convert_prompt(&self, prompt: &str) -> Result<String, TokenizerError> {
+        if self.added.is_empty() {
+            return Ok(prompt.to_string());
+        }
+        let err = |e: tokenizers::Error| TokenizerError::Encode { prompt: prompt.to_string(), message: e.to_string() };
+        let encoding = self.untruncated.encode(prompt, false).map_err(err)?;
+        let mut out = prompt.to_string();
+        let mut seen = std::collections::HashSet::new();
+        for token in encoding.get_tokens() {
+            if !seen.insert(token.clone()) || !self.added.contains(token) {
+                continue;
+            }
+            let mut replacement = token.clone();
+            let mut i = 1;
+            while self.added.iter().any(|t| *t == format!("{token}_{i}")) {
+                replacement.push_str(&format!(" {token}_{i}"));
+                i += 1;
+            }
+            out = out.replace(token.as_str(), &replacement);
+        }
+        Ok(out)
+    }
+
     pub fn encode(&self, prompt: &str) -> Result<TokenizedPrompt, TokenizerError> {
+        let converted = self.maybe_convert_prompt(prompt)?;
+        let prompt = converted.as_str();
         let err = |e: tokenizers::Error| TokenizerError::Encode { prompt: prompt.to_string(), message: e.to_string() };
         let encoding = self.tokenizer.encode(prompt, true).map_err(err)?;
         let full = self.untruncated.encode(prompt, true).map_err(err)?.get_ids().to_vec();

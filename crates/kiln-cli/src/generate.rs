@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kiln::burn::tensor::{DType, Device};
 use kiln::pipeline::image_processor::{decode_image, image_size, pil_grayscale};
 use kiln::pipeline::png::{check_output, save_png, GenerationParams};
+use kiln::pipeline::embeddings::EmbeddingFile;
 use kiln::pipeline::lora::LoraFile;
 use kiln::pipeline::single_file::SingleFile;
 use kiln::pipeline::{resolve, resolve_vae, GenerateOptions, HubConfig, PipelineError, PipelineKind, ResolveOptions, StableDiffusion, Task};
@@ -111,6 +112,15 @@ pub struct GenerateArgs {
     /// and SDXL. Applied whole or refused naming the keys that match nothing.
     #[arg(long, value_name = "PATH[:SCALE]")]
     lora: Vec<String>,
+    /// A textual-inversion embedding under TOKEN (default: the token the file names, else its
+    /// file stem); repeatable. A1111 `.pt`/`.safetensors`, diffusers `learned_embeds`, SDXL
+    /// `clip_l`/`clip_g` files.
+    #[arg(long, value_name = "PATH[:TOKEN]")]
+    embedding: Vec<String>,
+    /// A folder of embeddings, each usable by its file stem as A1111 does: those whose stem a
+    /// prompt holds are loaded.
+    #[arg(long, value_name = "DIR")]
+    embeddings_dir: Option<PathBuf>,
     /// A VAE folder or Hub id to use instead of the model's (also a single file's).
     #[arg(long, value_name = "DIR")]
     vae: Option<String>,
@@ -173,6 +183,28 @@ fn parse_lora(spec: &str) -> Result<(PathBuf, f64), String> {
         return Err(format!("--lora {spec}: the scale must be a finite number"));
     }
     Ok((PathBuf::from(path), scale))
+}
+
+/// `PATH[:TOKEN]` → the path and the token (an existing path is taken whole: a path may hold `:`).
+fn parse_embedding(spec: &str) -> (PathBuf, Option<String>) {
+    match spec.rsplit_once(':') {
+        Some((path, token)) if !Path::new(spec).exists() && !path.is_empty() && !token.is_empty() => (PathBuf::from(path), Some(token.to_string())),
+        _ => (PathBuf::from(spec), None),
+    }
+}
+
+/// The embeddings of `dir` a prompt names: files (`.pt`, `.safetensors`, `.bin`) whose stem one of
+/// `texts` holds (compared lowercased, as the tokenizer matches them), by name.
+fn embeddings_in(dir: &Path, texts: &[&str]) -> Result<Vec<PathBuf>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("--embeddings-dir {}: {e}", dir.display()))?;
+    let texts: Vec<String> = texts.iter().map(|t| t.to_lowercase()).collect();
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "pt" || e == "safetensors" || e == "bin"))
+        .filter(|p| p.file_stem().is_some_and(|s| !s.is_empty() && texts.iter().any(|t| t.contains(&s.to_string_lossy().to_lowercase()))))
+        .collect();
+    found.sort();
+    Ok(found)
 }
 
 /// Loads `--model`: a single-file checkpoint (with `--config`, `--prediction-type`, `--vae`) or
@@ -246,7 +278,23 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
     for (path, _) in &loras {
         LoraFile::open(path).map_err(|e| format!("--lora: {e}"))?;
     }
+    // so are the embeddings: --embedding, and those of --embeddings-dir a prompt names
+    let texts: Vec<&str> = [Some(&a.prompt), a.negative_prompt.as_ref(), a.prompt_2.as_ref(), a.negative_prompt_2.as_ref()].into_iter().flatten().map(String::as_str).collect();
+    let mut embeddings: Vec<(PathBuf, Option<String>)> = a.embedding.iter().map(|s| parse_embedding(s)).collect();
+    if let Some(dir) = &a.embeddings_dir {
+        embeddings.extend(embeddings_in(dir, &texts)?.into_iter().map(|p| (p, None)));
+    }
+    for (path, token) in &embeddings {
+        EmbeddingFile::open(path, token.as_deref()).map_err(|e| format!("--embedding: {e}"))?;
+    }
     let (mut pipe, model_name) = load_model(&a, scheduler, &device, dtype)?;
+    let mut ti_hashes = Vec::new();
+    for (path, token) in &embeddings {
+        let tokens = pipe.load_textual_inversion(path, token.as_deref()).map_err(|e| format!("--embedding: {e}"))?;
+        eprintln!("{}: embedding {}", path.display(), tokens.join(" "));
+        let hash = kiln::pipeline::lora::hash::short_hash(path, false).map_err(|e| format!("--embedding {}: {e}", path.display()))?;
+        ti_hashes.push(format!("{}: {hash}", tokens[0]));
+    }
     let mut lora_hashes = Vec::new();
     for (path, scale) in &loras {
         let report = pipe.load_lora(path, *scale).map_err(|e| format!("--lora: {e}"))?;
@@ -310,6 +358,10 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
     let mut extra = Vec::new();
     if a.karras {
         extra.push(("Schedule type".to_string(), "Karras".to_string()));
+    }
+    if !ti_hashes.is_empty() {
+        // A1111's textual inversion: "name: shorthash, …"
+        extra.push(("TI hashes".to_string(), ti_hashes.join(", ")));
     }
     if !lora_hashes.is_empty() {
         // A1111's extensions-builtin/Lora: "name: shorthash, …"

@@ -445,6 +445,10 @@ fn cases(dir: &Path) -> Vec<Case> {
         g("`--lora` a file that is not a LoRA (a UNet's weights)", &["--lora", &unet_weights], &["is not a LoRA kiln reads"]),
         g("`--lora PATH:nan`", &["--lora", &format!("{sdxl_lora}:nan")], &["--lora", "finite"]),
         g("`--lora` that does not exist", &["--lora", &d("no-such-lora.safetensors")], &["no-such-lora.safetensors"]),
+        // ---- generate: embeddings
+        g("`--embedding` a LoRA (not an embedding)", &["--embedding", &sdxl_lora], &["sdxl-kohya.safetensors", "is not a textual-inversion embedding"]),
+        g("`--embedding` under a token the vocabulary has (`:cat`)", &["--embedding", &format!("{}:cat", root().join("assets/fixtures/embeddings/learned_embeds.safetensors").display())], &["\"cat\"", "already in the vocabulary"]),
+        g("`--embeddings-dir` that does not exist", &["--embeddings-dir", &d("no-such-dir")], &["--embeddings-dir", "no-such-dir"]),
         // ---- generate: interrupted
         Case { args: gen_args(&["--steps", "400", "--width", "64", "--height", "64"]), ..case("Ctrl-C during a run", &[], End::Exit(130), &["interrupted"]) }
             .drive(Drive::SignalDuringRun(2))

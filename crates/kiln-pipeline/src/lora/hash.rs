@@ -87,9 +87,15 @@ impl Sha256 {
 
 /// A1111's short hash of the LoRA file at `path` (12 hex digits).
 pub fn lora_short_hash(path: &Path) -> std::io::Result<String> {
+    short_hash(path, true)
+}
+
+/// A1111's short hash of the file at `path`: the SHA-256 of its bytes (`addnet`: a safetensors
+/// file's data section only), 12 hex digits. Embeddings (`TI hashes`) hash the whole file.
+pub fn short_hash(path: &Path, addnet: bool) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut start = 0u64;
-    if path.extension().is_some_and(|e| e == "safetensors") {
+    if addnet && path.extension().is_some_and(|e| e == "safetensors") {
         let mut n = [0u8; 8];
         file.read_exact(&mut n)?;
         start = u64::from_le_bytes(n).saturating_add(8);

@@ -1,4 +1,4 @@
-//! `kiln generate --lora PATH[:SCALE]`: two LoRAs on the tiny SD1 model draw diffusers'
+//! `kiln generate --lora PATH[:SCALE]` and `--embedding`/`--embeddings-dir`: two LoRAs on the tiny SD1 model draw diffusers'
 //! `load_lora_weights` + `set_adapters` picture (scripts/fixtures/loras.py), the PNG records
 //! `Lora hashes` as A1111 does, and a LoRA that does not fit the model exits 2 before anything is
 //! written.
@@ -56,4 +56,44 @@ fn a_lora_that_does_not_fit_exits_2_before_writing() {
     let args = with(&format!("{}:nan", loras.join("sd1-kohya.safetensors").display()));
     assert_usage_error(&args.iter().map(String::as_str).collect::<Vec<_>>(), &["--lora", "finite"]);
     assert!(!out.exists());
+}
+
+/// `--embedding` and `--embeddings-dir` (scripts/fixtures/embeddings.py): the three SD1
+/// embeddings, one named by its token in the prompt and found in the folder, draw diffusers'
+/// picture; the PNG records `TI hashes`.
+#[test]
+fn embeddings_from_flags_and_a_folder_draw_diffusers_picture() {
+    let fixtures = root().join("assets/fixtures/embeddings");
+    let model = root().join("assets/fixtures/models/sd1");
+    let tmp = TempDir::new("embeddings");
+    // a folder with the A1111 files (and one the prompt does not name, which is not loaded)
+    let dir = tmp.0.join("embeddings");
+    std::fs::create_dir(&dir).unwrap();
+    for f in ["KilnCat.pt", "kilndog.safetensors"] {
+        std::fs::copy(fixtures.join(f), dir.join(f)).unwrap();
+    }
+    std::fs::write(dir.join("unused.safetensors"), b"not even a safetensors file").unwrap();
+    let out = tmp.0.join("ti.png");
+    let o = kiln(&[
+        "generate", "--model", model.to_str().unwrap(), "--prompt", "a photo of KilnCat with kilndog and <kiln-fox>",
+        "--negative-prompt", "kilndog", "--steps", "5", "--seed", "0", "--width", "64", "--height", "48",
+        "--embeddings-dir", dir.to_str().unwrap(), "--embedding", fixtures.join("learned_embeds.safetensors").to_str().unwrap(),
+        "--output", out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("embedding kilndog kilndog_1 kilndog_2"), "{stderr}");
+    let want = pixels(&fixtures.join("sd1-embeddings.png"));
+    let worst = pixels(&out).iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
+    assert!(worst <= 2, "{worst} levels from diffusers' picture");
+    let info = String::from_utf8_lossy(&kiln(&["info", out.to_str().unwrap()]).stdout).into_owned();
+    assert!(info.contains("TI hashes: \"<kiln-fox>: ") && info.contains("KilnCat: ") && info.contains("kilndog: "), "{info}");
+    // an embedding of another width exits 2 before writing
+    let out2 = tmp.0.join("x.png");
+    let lora = root().join("assets/fixtures/loras/sd1-peft.safetensors");
+    assert_usage_error(
+        &["generate", "--model", model.to_str().unwrap(), "--prompt", "p", "--steps", "2", "--embedding", lora.to_str().unwrap(), "--output", out2.to_str().unwrap()],
+        &["--embedding", "sd1-peft.safetensors", "is not a textual-inversion embedding"],
+    );
+    assert!(!out2.exists());
 }

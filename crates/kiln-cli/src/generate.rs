@@ -12,7 +12,7 @@ use kiln::pipeline::png::{check_output, save_png, GenerationParams};
 use kiln::pipeline::embeddings::EmbeddingFile;
 use kiln::pipeline::lora::LoraFile;
 use kiln::pipeline::single_file::SingleFile;
-use kiln::pipeline::{resolve, resolve_vae, GenerateOptions, HubConfig, PipelineError, PipelineKind, ResolveOptions, StableDiffusion, Task};
+use kiln::pipeline::{resolve, resolve_vae, GenerateOptions, HubConfig, PipelineError, PipelineKind, PromptSyntax, ResolveOptions, StableDiffusion, Task};
 use kiln::scheduler::{SamplerChoice, SamplerName, SchedulerConfig, StepOptions};
 
 use crate::device::DeviceArgs;
@@ -112,6 +112,14 @@ pub struct GenerateArgs {
     /// and SDXL. Applied whole or refused naming the keys that match nothing.
     #[arg(long, value_name = "PATH[:SCALE]")]
     lora: Vec<String>,
+    /// How prompts are read: `diffusers` (the text as it is, cut at 77 tokens) or `a1111`
+    /// (AUTOMATIC1111's: `(text)`, `[text]`, `(text:1.3)`, `\(` escapes, `BREAK`, prompts of any
+    /// length in 75-token chunks, `<lora:NAME:W>` from --lora-dir).
+    #[arg(long, value_name = "SYNTAX", value_parser = ["diffusers", "a1111"], default_value = "diffusers")]
+    prompt_syntax: String,
+    /// Where `<lora:NAME:W>` in an `a1111` prompt finds NAME (.safetensors, .pt, .ckpt).
+    #[arg(long, value_name = "DIR")]
+    lora_dir: Option<PathBuf>,
     /// A textual-inversion embedding under TOKEN (default: the token the file names, else its
     /// file stem); repeatable. A1111 `.pt`/`.safetensors`, diffusers `learned_embeds`, SDXL
     /// `clip_l`/`clip_g` files.
@@ -273,8 +281,24 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
     }
     let init_image = a.init_image.as_deref().map(|p| decode_image(p, "init image").map(|i| i.to_rgb8())).transpose().map_err(|e| e.to_string())?;
     let mask = a.mask.as_deref().map(|p| decode_image(p, "mask").map(|m| pil_grayscale(&m))).transpose().map_err(|e| e.to_string())?;
-    // the LoRAs are read (and refused) before the model loads
-    let loras = a.lora.iter().map(|spec| parse_lora(spec)).collect::<Result<Vec<_>, _>>()?;
+    // the LoRAs are read (and refused) before the model loads; under the a1111 syntax the
+    // prompt's <lora:NAME:W> too (taken out of the prompt, as A1111 does)
+    let a1111 = a.prompt_syntax == "a1111";
+    let mut loras = a.lora.iter().map(|spec| parse_lora(spec)).collect::<Result<Vec<_>, _>>()?;
+    let mut prompt = a.prompt.clone();
+    if a1111 {
+        let (text, found) = kiln::pipeline::prompt::extract_extra_networks(&a.prompt).map_err(|e| e.to_string())?;
+        prompt = text;
+        for (kind, name, weight) in found {
+            if kind != "lora" {
+                return Err(format!("<{kind}:{name}>: kiln applies LoRAs (<lora:NAME:W>), not {kind} networks").into());
+            }
+            let dir = a.lora_dir.as_ref().ok_or_else(|| format!("<lora:{name}>: name the folder it is in with --lora-dir"))?;
+            let path = ["safetensors", "pt", "ckpt"].iter().map(|e| dir.join(format!("{name}.{e}"))).find(|p| p.is_file());
+            let path = path.ok_or_else(|| format!("<lora:{name}>: no {name}.safetensors, .pt or .ckpt in {}", dir.display()))?;
+            loras.push((path, weight));
+        }
+    }
     for (path, _) in &loras {
         LoraFile::open(path).map_err(|e| format!("--lora: {e}"))?;
     }
@@ -306,7 +330,7 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
         pipe.set_vae_dtype(vae_dtype);
     }
     let options = GenerateOptions {
-        prompt: a.prompt.clone(),
+        prompt,
         prompt_2: a.prompt_2.clone(),
         negative_prompt: a.negative_prompt.clone(),
         negative_prompt_2: a.negative_prompt_2.clone(),
@@ -324,6 +348,7 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
         original_size,
         crops_coords_top_left: crops.unwrap_or((0, 0)),
         target_size,
+        prompt_syntax: if a1111 { PromptSyntax::A1111 } else { PromptSyntax::Diffusers },
     };
     let img2img_default = if pipe.kind == PipelineKind::StableDiffusionXL { 0.3 } else { 0.8 };
     let task = match (&init_image, &mask) {

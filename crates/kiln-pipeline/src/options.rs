@@ -40,6 +40,20 @@ pub struct GenerateOptions {
     pub crops_coords_top_left: (usize, usize),
     /// SDXL `target_size` `(height, width)`; `None` = the output size.
     pub target_size: Option<(usize, usize)>,
+    /// How prompts are read: diffusers' (plain text, cut at 77 tokens) or A1111's (weights,
+    /// `BREAK`, any length in 75-token chunks; [`crate::prompt`]).
+    pub prompt_syntax: PromptSyntax,
+}
+
+/// How a prompt's text is read ([`GenerateOptions::prompt_syntax`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PromptSyntax {
+    /// diffusers': the text as it is, truncated at the tokenizer's 77 tokens.
+    #[default]
+    Diffusers,
+    /// AUTOMATIC1111's: `(text)`, `[text]`, `(text:1.3)`, `\(` escapes, `BREAK`, prompts of any
+    /// length in chunks of 75 tokens.
+    A1111,
 }
 
 impl Default for GenerateOptions {
@@ -63,6 +77,7 @@ impl Default for GenerateOptions {
             original_size: None,
             crops_coords_top_left: (0, 0),
             target_size: None,
+            prompt_syntax: PromptSyntax::Diffusers,
         }
     }
 }

@@ -367,6 +367,9 @@ impl StableDiffusion {
     /// on (one batched UNet call for both), each repeated for `num_images_per_prompt`; for SDXL
     /// also the pooled embeddings and `time_ids` (`_get_add_time_ids`).
     pub fn encode_prompt(&self, o: &GenerateOptions, do_cfg: bool, height: usize, width: usize) -> Result<PromptEmbeds, PipelineError> {
+        if o.prompt_syntax == crate::options::PromptSyntax::A1111 {
+            return crate::prompt::encode_prompt_a1111(self, o, do_cfg, height, width);
+        }
         let n = o.num_images_per_prompt;
         let rep3 = |t: Tensor<3>| t.repeat_dim(0, n);
         let rep2 = |t: Tensor<2>| t.repeat_dim(0, n);
@@ -405,7 +408,7 @@ impl StableDiffusion {
 
     /// `_get_add_time_ids`: `original_size + crops_coords_top_left + target_size`, checked against
     /// the UNet's `add_embedding` input width.
-    fn add_time_ids(&self, o: &GenerateOptions, height: usize, width: usize, projection_dim: usize) -> Result<Vec<f64>, PipelineError> {
+    pub(crate) fn add_time_ids(&self, o: &GenerateOptions, height: usize, width: usize, projection_dim: usize) -> Result<Vec<f64>, PipelineError> {
         let (oh, ow) = o.original_size.unwrap_or((height, width));
         let (ct, cl) = o.crops_coords_top_left;
         let (th, tw) = o.target_size.unwrap_or((height, width));

@@ -496,6 +496,18 @@ impl ClipTokenizer {
             .collect()
     }
 
+    /// The ids of `text` without special tokens, truncation or padding (transformers'
+    /// `tokenizer(text, truncation=False, add_special_tokens=False)`).
+    pub fn ids(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let err = |e: tokenizers::Error| TokenizerError::Encode { prompt: text.to_string(), message: e.to_string() };
+        Ok(self.untruncated.encode(text, false).map_err(err)?.get_ids().to_vec())
+    }
+
+    /// The id of `token` in the vocabulary (e.g. `",</w>"`).
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
     /// The tokens [`ClipTokenizer::add_tokens`] added.
     pub fn added_tokens(&self) -> &[String] {
         &self.added

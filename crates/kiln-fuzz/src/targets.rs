@@ -26,6 +26,7 @@ pub const TARGETS: &[Target] = &[
     Target { name: "single_file_keys", run: single_file_keys },
     Target { name: "png_text", run: png_text },
     Target { name: "infotext", run: infotext },
+    Target { name: "a1111_prompt", run: a1111_prompt },
     Target { name: "model_index", run: model_index },
     Target { name: "unet_config", run: unet_config },
     Target { name: "vae_config", run: vae_config },
@@ -107,6 +108,15 @@ fn png_text(input: &[u8], s: &Scratch) -> Outcome {
         }
     }
     accepted(ok)
+}
+
+/// An A1111 prompt (`--prompt-syntax a1111`): its `<lora:…>` tags taken out, then the attention
+/// parser.
+fn a1111_prompt(input: &[u8], _: &Scratch) -> Outcome {
+    let text = String::from_utf8_lossy(input);
+    let tags = kiln_pipeline::prompt::extract_extra_networks(&text);
+    let parsed = kiln_pipeline::prompt::parser::parse_prompt_attention(tags.as_ref().map_or(&*text, |(t, _)| t.as_str()));
+    accepted(tags.is_ok() && parsed.is_ok())
 }
 
 /// The A1111 `parameters` text (infotext) parser alone.

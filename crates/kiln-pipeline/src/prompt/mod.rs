@@ -30,6 +30,8 @@ use crate::StableDiffusion;
 pub const CHUNK: usize = 75;
 /// `opts.comma_padding_backtrack`: how far back a comma may be to move the rest to a new chunk.
 pub const COMMA_BACKTRACK: usize = 20;
+/// Chunks a prompt may take (4800 tokens; each is one text-encoder run).
+pub const MAX_CHUNKS: usize = 64;
 
 /// One chunk: 77 token ids and their weights.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +87,9 @@ pub fn tokenize_line(line: &str, tokenizer: &ClipTokenizer) -> Result<Vec<Chunk>
     }
     if !chunk.tokens.is_empty() || chunks.is_empty() {
         next_chunk(&mut chunk, &mut chunks, &mut last_comma);
+    }
+    if chunks.len() > MAX_CHUNKS {
+        return Err(bad(format!("a prompt of at most {MAX_CHUNKS} chunks of 75 tokens; this one takes {}", chunks.len())));
     }
     Ok(chunks)
 }

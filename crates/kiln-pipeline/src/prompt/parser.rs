@@ -106,14 +106,28 @@ fn split_break(text: &str) -> Vec<&str> {
     parts
 }
 
+/// Weight multiplications a prompt may take: each bracket multiplies every piece after its start,
+/// so a prompt of N unclosed brackets around N pieces takes N²/2 (A1111's parser hangs on
+/// `(a(a(a…`; real prompts take a few thousand).
+pub const MAX_MULTIPLICATIONS: usize = 1 << 24;
+
 /// `parse_prompt_attention(text)`: the text's pieces with their weights (`BREAK` with
 /// [`BREAK`]), runs of equal weight merged. A weight that is not a number (`(a:1.2.3)`) is an
-/// error, as Python's `float()` raises.
+/// error, as Python's `float()` raises; so is nesting that would take more than
+/// [`MAX_MULTIPLICATIONS`].
 pub fn parse_prompt_attention(text: &str) -> Result<Vec<(String, f64)>, String> {
     let mut res: Vec<(String, f64)> = Vec::new();
     let mut round: Vec<usize> = Vec::new();
     let mut square: Vec<usize> = Vec::new();
-    let multiply = |res: &mut Vec<(String, f64)>, start: usize, m: f64| res[start..].iter_mut().for_each(|r| r.1 *= m);
+    let mut work = 0usize;
+    let mut multiply = |res: &mut Vec<(String, f64)>, start: usize, m: f64| -> Result<(), String> {
+        work = work.saturating_add(res.len() - start);
+        if work > MAX_MULTIPLICATIONS {
+            return Err(format!("its brackets nest too deeply for its length ({} pieces); at most {MAX_MULTIPLICATIONS} weight multiplications", res.len()));
+        }
+        res[start..].iter_mut().for_each(|r| r.1 *= m);
+        Ok(())
+    };
     for piece in pieces(text) {
         match piece {
             Piece::Escaped(t) => res.push((t.to_string(), 1.0)),
@@ -122,15 +136,15 @@ pub fn parse_prompt_attention(text: &str) -> Result<Vec<(String, f64)>, String> 
             Piece::Weight(_, w) if !round.is_empty() => {
                 let w: f64 = w.parse().map_err(|_| format!("({w}): the weight {w:?} is not a number"))?;
                 let start = round.pop().expect("not empty");
-                multiply(&mut res, start, w);
+                multiply(&mut res, start, w)?;
             }
             Piece::Close if !round.is_empty() => {
                 let start = round.pop().expect("not empty");
-                multiply(&mut res, start, 1.1);
+                multiply(&mut res, start, 1.1)?;
             }
             Piece::CloseSquare if !square.is_empty() => {
                 let start = square.pop().expect("not empty");
-                multiply(&mut res, start, 1.0 / 1.1);
+                multiply(&mut res, start, 1.0 / 1.1)?;
             }
             other => {
                 // a `:w)`, `)` or `]` with nothing open is text: the regex's whole match
@@ -151,24 +165,23 @@ pub fn parse_prompt_attention(text: &str) -> Result<Vec<(String, f64)>, String> 
         }
     }
     for start in round {
-        multiply(&mut res, start, 1.1);
+        multiply(&mut res, start, 1.1)?;
     }
     for start in square {
-        multiply(&mut res, start, 1.0 / 1.1);
+        multiply(&mut res, start, 1.0 / 1.1)?;
     }
     if res.is_empty() {
         res.push((String::new(), 1.0));
     }
-    let mut i = 0;
-    while i + 1 < res.len() {
-        if res[i].1 == res[i + 1].1 {
-            let next = res.remove(i + 1);
-            res[i].0.push_str(&next.0);
-        } else {
-            i += 1;
+    // merge runs of identical weights (in one pass: A1111's `pop` loop is quadratic)
+    let mut merged: Vec<(String, f64)> = Vec::with_capacity(res.len());
+    for (t, w) in res {
+        match merged.last_mut() {
+            Some(last) if last.1 == w => last.0.push_str(&t),
+            _ => merged.push((t, w)),
         }
     }
-    Ok(res)
+    Ok(merged)
 }
 
 #[cfg(test)]
@@ -195,5 +208,22 @@ mod tests {
         assert_eq!(parse("a cat BREAK a dog"), p(&[("a cat", 1.0), ("BREAK", -1.0), ("a dog", 1.0)]));
         assert_eq!(parse("aBREAKb"), p(&[("aBREAKb", 1.0)]));
         assert_eq!(parse(""), p(&[("", 1.0)]));
+    }
+
+    /// 500000 unmatched `)` are 500000 pieces of weight 1, merged in one pass.
+    #[test]
+    fn long_runs_merge_in_linear_time() {
+        let text = "a)".repeat(500_000);
+        assert_eq!(parse_prompt_attention(&text).unwrap(), vec![(text.clone(), 1.0)]);
+    }
+
+    /// `(a(a(a…` unclosed 300000 times would take 4.5·10^10 multiplications: refused at once.
+    #[test]
+    fn deep_unclosed_nesting_is_refused() {
+        let evil = "(a".repeat(300_000);
+        let err = parse_prompt_attention(&evil).unwrap_err();
+        assert!(err.contains("nest too deeply"), "{err}");
+        let closed = format!("{}{}", "(a".repeat(1000), ")".repeat(1000));
+        assert!(parse_prompt_attention(&closed).is_ok());
     }
 }

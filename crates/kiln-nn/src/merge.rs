@@ -1,7 +1,8 @@
 //! Low-rank updates merged into a loaded module's weights, by parameter name (LoRA), and the
 //! exact originals kept to take them out again.
 //!
-//! A [`Delta`] is `scale · up @ down` in PyTorch's layout (`[out, in·kh·kw]`): a linear layer's
+//! A [`Delta`] is `scale ·` an [`Update`] (`up @ down`, LoHa's Hadamard product, LoKr's Kronecker
+//! product, a full delta) in PyTorch's layout (`[out, in·kh·kw]`): a linear layer's
 //! weight (burn stores `[in, out]`: the delta is transposed) or a convolution's
 //! (`[out, in, kh, kw]`: reshaped). [`merge_deltas`] adds every delta named for a parameter, in
 //! the parameter's dtype, on its device, and returns the parameters it changed as they were;
@@ -12,22 +13,42 @@ use std::collections::HashMap;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::Tensor;
 
-/// One low-rank update of a weight: `scale · up @ down`.
-///
-/// # Shapes
-/// - up: `[out, rank]`
-/// - down: `[rank, in · kh · kw]`
+/// How an update of a weight is stored, each as matrices in PyTorch's layout flattened to 2-D
+/// (`[rows, in · kh · kw]`).
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// LoRA: `up @ down` (`up` `[out, rank]`, `down` `[rank, in·kh·kw]`).
+    LowRank { up: Tensor<2>, down: Tensor<2> },
+    /// LyCORIS LoHa: `(w1a @ w1b) ⊙ (w2a @ w2b)` (A1111's `network_hada.py`).
+    Hadamard { w1a: Tensor<2>, w1b: Tensor<2>, w2a: Tensor<2>, w2b: Tensor<2> },
+    /// LyCORIS LoKr: `kron(w1, w2)` (A1111's `network_lokr.py`; a convolution's `w2`
+    /// `[c, d, kh, kw]` flattened to `[c, d·kh·kw]` gives the same elements).
+    Kronecker { w1: Tensor<2>, w2: Tensor<2> },
+    /// A full delta (`diff`, `diff_b`).
+    Full(Tensor<2>),
+}
+
+/// One update of a weight, times `scale`.
 #[derive(Debug, Clone)]
 pub struct Delta {
-    pub up: Tensor<2>,
-    pub down: Tensor<2>,
+    pub update: Update,
     pub scale: f64,
 }
 
 impl Delta {
     /// The update as one `[out, in·kh·kw]` matrix, f32.
     fn matrix(&self) -> Tensor<2> {
-        self.up.clone().matmul(self.down.clone()).mul_scalar(self.scale)
+        let m = match &self.update {
+            Update::LowRank { up, down } => up.clone().matmul(down.clone()),
+            Update::Hadamard { w1a, w1b, w2a, w2b } => w1a.clone().matmul(w1b.clone()) * w2a.clone().matmul(w2b.clone()),
+            Update::Kronecker { w1, w2 } => {
+                let ([a, b], [c, d]) = (w1.dims(), w2.dims());
+                let k = w1.clone().reshape([a, 1, b, 1]) * w2.clone().reshape([1, c, 1, d]);
+                k.reshape([a * c, b * d])
+            }
+            Update::Full(diff) => diff.clone(),
+        };
+        m.mul_scalar(self.scale)
     }
 }
 

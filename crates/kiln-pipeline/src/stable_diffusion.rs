@@ -72,7 +72,7 @@ pub struct StableDiffusion {
     pub force_zeros_for_empty_prompt: bool,
     pub device: Device,
     /// The LoRAs merged into the weights ([`StableDiffusion::load_lora`]).
-    pub loras: crate::lora::apply::LoraState,
+    pub loras: crate::lora::LoraState,
 }
 
 impl StableDiffusion {
@@ -368,7 +368,7 @@ impl StableDiffusion {
     /// also the pooled embeddings and `time_ids` (`_get_add_time_ids`).
     pub fn encode_prompt(&self, o: &GenerateOptions, do_cfg: bool, height: usize, width: usize) -> Result<PromptEmbeds, PipelineError> {
         if o.prompt_syntax == crate::options::PromptSyntax::A1111 {
-            return crate::prompt::encode_prompt_a1111(self, o, do_cfg, height, width);
+            return self.encode_prompt_a1111(o, do_cfg, height, width);
         }
         let n = o.num_images_per_prompt;
         let rep3 = |t: Tensor<3>| t.repeat_dim(0, n);

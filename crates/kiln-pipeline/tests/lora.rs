@@ -1,7 +1,8 @@
 //! LoRAs against diffusers 0.42.1 (scripts/fixtures/loras.py): on the tiny SD1 and SDXL
 //! families a kohya-format LoRA (LoCon convolutions, alpha ≠ rank; SDXL's UNet by its LDM names)
 //! at 0.7 and a PEFT-format one at −0.4 draw diffusers' `load_lora_weights` + `set_adapters`
-//! picture; unloading restores every weight bit for bit; a LoRA that does not fit the model is
+//! picture; unloading restores every weight bit for bit; LyCORIS LoHa/LoKr layers and full deltas
+//! merge A1111's formulas (scripts/fixtures/lycoris.py); a LoRA that does not fit the model is
 //! refused whole, naming the keys, and leaves the model as it was.
 
 use std::collections::BTreeMap;
@@ -110,14 +111,55 @@ fn a_lora_that_does_not_fit_is_refused_whole() {
     let with_one = weights(&pipe);
     assert!(pipe.load_lora(&renamed, 1.0).is_err());
     assert!(weights(&pipe) == with_one && pipe.loras().len() == 1);
-    // LyCORIS layers, not a LoRA at all, a bad scale
-    let loha = tmp.0.join("loha.safetensors");
-    write_safetensors(&loha, &[("lora_unet_mid_block_attentions_0_proj_in.hada_w1_a".into(), "F32", vec![4, 4], Some(vec![0; 64]))]);
-    let err = pipe.load_lora(&loha, 1.0).unwrap_err().to_string();
-    assert!(err.contains("LyCORIS") && err.contains("hada_w1_a"), "{err}");
+    // Tucker layers (not applied yet), half a LoHa, not a LoRA at all, a bad scale
+    let tucker = tmp.0.join("tucker.safetensors");
+    write_safetensors(&tucker, &[("lora_unet_mid_block_attentions_0_proj_in.lora_mid.weight".into(), "F32", vec![4, 4], Some(vec![0; 64]))]);
+    let err = pipe.load_lora(&tucker, 1.0).unwrap_err().to_string();
+    assert!(err.contains("Tucker") && err.contains("lora_mid"), "{err}");
+    let half = tmp.0.join("half-loha.safetensors");
+    write_safetensors(&half, &[("lora_unet_mid_block_attentions_0_proj_in.hada_w1_a".into(), "F32", vec![4, 4], Some(vec![0; 64]))]);
+    let err = pipe.load_lora(&half, 1.0).unwrap_err().to_string();
+    assert!(err.contains("has no `lora_unet_mid_block_attentions_0_proj_in.hada_w1_b`"), "{err}");
     let unet = root().join("assets/fixtures/models/sd1/unet/diffusion_pytorch_model.safetensors");
     let err = pipe.load_lora(&unet, 1.0).unwrap_err().to_string();
     assert!(err.contains("is not a LoRA kiln reads"), "{err}");
     assert!(pipe.load_lora(&kohya, f64::NAN).is_err());
     assert!(weights(&pipe) == with_one);
+}
+
+/// A module's parameter in PyTorch's layout, f32.
+fn param(pipe: &StableDiffusion, name: &str) -> Vec<f32> {
+    use burn::store::BurnToPyTorchAdapter;
+    let (component, rest) = name.split_once('.').unwrap();
+    let tensors = match component {
+        "unet" => pipe.unet.collect(None, Some(Box::new(BurnToPyTorchAdapter)), true),
+        _ => pipe.text_encoder.collect(None, Some(Box::new(BurnToPyTorchAdapter)), true),
+    };
+    let t = tensors.into_iter().find(|t| t.name == rest).unwrap_or_else(|| panic!("{name}"));
+    t.to_bytes().unwrap().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+/// LyCORIS LoHa and LoKr layers and full deltas (scripts/fixtures/lycoris.py: A1111's
+/// `network_hada.py`, `network_lokr.py`, `network_full.py` formulas) merge into the weights they
+/// compute, within 1e-5 of the largest value; unloading restores the model.
+#[test]
+fn lycoris_layers_merge_the_published_formulas() {
+    let dir = root().join("assets/fixtures/lycoris");
+    let mut pipe = load("sd1");
+    let base = weights(&pipe);
+    for kind in ["loha", "lokr", "full"] {
+        let report = pipe.load_lora(&dir.join(format!("{kind}.safetensors")), 0.8).unwrap();
+        assert_eq!(report.applied.values().sum::<usize>(), if kind == "full" { 7 } else { 4 }, "{kind}: {report}");
+        let expected = kiln_nn::WeightsFile::open(&dir.join(format!("expected-{kind}.safetensors"))).unwrap();
+        for t in expected.tensors() {
+            let want: Vec<f32> = expected.read(&t.name).unwrap().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let got = param(&pipe, &t.name);
+            let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
+            println!("{kind} {}: {diff:e}", t.name);
+            assert!(diff <= 1e-5, "{kind} {}: {diff:e}", t.name);
+        }
+        pipe.unload_loras();
+        assert!(weights(&pipe) == base, "{kind}: unload");
+    }
 }

@@ -5,19 +5,12 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use kiln_nn::{merge_deltas, param_names, restore, Delta, Originals};
+use kiln_nn::{merge_deltas, param_names, restore, Delta};
 use kiln_unet::PerBlock;
 
 use super::{LoraError, LoraFile, LoraReport};
 use crate::error::PipelineError;
 use crate::StableDiffusion;
-
-/// The LoRAs a pipeline holds, and its weights as they were before them.
-#[derive(Debug, Default)]
-pub struct LoraState {
-    loaded: Vec<(LoraFile, f64)>,
-    originals: HashMap<&'static str, Originals>,
-}
 
 impl StableDiffusion {
     /// Loads the LoRA at `path` at `scale` (diffusers' adapter weight; A1111's `<lora:name:scale>`)

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use kiln_nn::{Delta, LoadError, WeightsFile};
+use kiln_nn::{Delta, LoadError, Originals, Update, WeightsFile};
 use thiserror::Error;
 
 /// Why a LoRA cannot be applied. Every variant names the file.
@@ -47,15 +47,43 @@ fn list(keys: &[String]) -> String {
     s
 }
 
-/// One module's update as stored: the keys of its down and up matrices, and its alpha.
+/// The LoRAs a pipeline holds, and its weights as they were before them.
+#[derive(Debug, Default)]
+pub struct LoraState {
+    pub(crate) loaded: Vec<(LoraFile, f64)>,
+    pub(crate) originals: HashMap<&'static str, Originals>,
+}
+
+/// How one module's update is stored: the keys of its tensors.
+#[derive(Debug, Clone)]
+enum StoredKind {
+    /// `lora_down`/`lora_up` (kohya), `lora_A`/`lora_B` or `lora.down`/`lora.up` (PEFT).
+    LowRank { down: String, up: String },
+    /// LyCORIS LoHa: `hada_w1_a`, `hada_w1_b`, `hada_w2_a`, `hada_w2_b`.
+    Hada { w1a: String, w1b: String, w2a: String, w2b: String },
+    /// LyCORIS LoKr: `lokr_w1` or `lokr_w1_a`/`_b`, `lokr_w2` or `lokr_w2_a`/`_b`.
+    Lokr { w1: Factor, w2: Factor },
+    /// A full delta: `diff` (and `diff_b` for the bias).
+    Full { diff: String, diff_b: Option<String> },
+}
+
+/// A LoKr factor: one matrix, or the product of two.
+#[derive(Debug, Clone)]
+enum Factor {
+    Whole(String),
+    Product(String, String),
+}
+
+/// One module's update as stored, and its alpha.
 #[derive(Debug, Clone)]
 struct StoredModule {
     component: &'static str,
     /// The module's name in the file, without the component prefix (kohya: `down_blocks_0_…`;
     /// PEFT: `down_blocks.0.…`).
     name: String,
-    down: String,
-    up: String,
+    /// The key the module is reported by.
+    key: String,
+    kind: StoredKind,
     alpha: Option<String>,
 }
 
@@ -101,8 +129,9 @@ impl std::fmt::Display for LoraReport {
 
 const KOHYA_PREFIXES: [(&str, &str); 4] = [("lora_unet_", "unet"), ("lora_te1_", "text_encoder"), ("lora_te2_", "text_encoder_2"), ("lora_te_", "text_encoder")];
 const PEFT_PREFIXES: [(&str, &str); 3] = [("unet.", "unet"), ("text_encoder_2.", "text_encoder_2"), ("text_encoder.", "text_encoder")];
-/// Layer kinds of LyCORIS and full deltas, not applied yet.
-const UNSUPPORTED: [&str; 8] = ["hada_w1", "hada_w2", "hada_t1", "lokr_w1", "lokr_w2", "lora_mid", ".diff", ".diff_b"];
+/// LyCORIS layer kinds not applied yet: Tucker decompositions (`lora_mid`, `hada_t1/t2`,
+/// `lokr_t1/t2`), and the kinds A1111 has besides (IA³, GLoRA, OFT, BOFT, norms).
+const UNSUPPORTED: [&str; 10] = [".lora_mid.", ".hada_t1", ".hada_t2", ".lokr_t1", ".lokr_t2", ".on_input", ".a1.weight", ".oft_blocks", ".oft_diag", ".w_norm"];
 
 impl LoraFile {
     /// Reads `path`'s keys (safetensors, or a PyTorch checkpoint without running its pickle).
@@ -113,45 +142,64 @@ impl LoraFile {
         let unsupported: Vec<String> = names.iter().filter(|n| UNSUPPORTED.iter().any(|u| n.contains(u))).map(|n| n.to_string()).collect();
         if !unsupported.is_empty() {
             return Err(bad(format!(
-                "it holds LyCORIS (LoHa, LoKr, Tucker) or full-delta layers, which kiln does not apply yet: {}",
+                "it holds layers kiln does not apply yet (Tucker-decomposed LoCon/LoHa/LoKr, IA³, GLoRA, OFT, norms): {}",
                 list(&unsupported)
             )));
         }
         let mut modules = Vec::new();
         let mut format = None;
+        let has = |k: &str| file.get(k).is_some();
         for name in &names {
-            let (stem, kind) = if let Some(stem) = name.strip_suffix(".lora_down.weight") {
-                (stem, LoraFormat::Kohya)
-            } else if let Some(stem) = name.strip_suffix(".lora_A.weight").or_else(|| name.strip_suffix(".lora.down.weight")) {
-                (stem, LoraFormat::Peft)
+            // a module is found by one key of its kind; its other keys must be there
+            let (stem, fmt, kind) = if let Some(stem) = name.strip_suffix(".lora_down.weight") {
+                (stem, LoraFormat::Kohya, StoredKind::LowRank { down: name.to_string(), up: format!("{stem}.lora_up.weight") })
+            } else if let Some(stem) = name.strip_suffix(".lora_A.weight") {
+                (stem, LoraFormat::Peft, StoredKind::LowRank { down: name.to_string(), up: format!("{stem}.lora_B.weight") })
+            } else if let Some(stem) = name.strip_suffix(".lora.down.weight") {
+                (stem, LoraFormat::Peft, StoredKind::LowRank { down: name.to_string(), up: format!("{stem}.lora.up.weight") })
+            } else if let Some(stem) = name.strip_suffix(".hada_w1_a") {
+                let k = |s: &str| format!("{stem}.{s}");
+                (stem, LoraFormat::Kohya, StoredKind::Hada { w1a: k("hada_w1_a"), w1b: k("hada_w1_b"), w2a: k("hada_w2_a"), w2b: k("hada_w2_b") })
+            } else if let Some(stem) = name.strip_suffix(".lokr_w1").or_else(|| name.strip_suffix(".lokr_w1_a")) {
+                let k = |s: &str| format!("{stem}.{s}");
+                let factor = |w: &str| if has(&k(w)) { Factor::Whole(k(w)) } else { Factor::Product(k(&format!("{w}_a")), k(&format!("{w}_b"))) };
+                (stem, LoraFormat::Kohya, StoredKind::Lokr { w1: factor("lokr_w1"), w2: factor("lokr_w2") })
+            } else if let Some(stem) = name.strip_suffix(".diff") {
+                let b = format!("{stem}.diff_b");
+                (stem, LoraFormat::Kohya, StoredKind::Full { diff: name.to_string(), diff_b: has(&b).then_some(b) })
             } else {
                 continue;
             };
-            let prefixes: &[(&str, &str)] = if kind == LoraFormat::Kohya { &KOHYA_PREFIXES } else { &PEFT_PREFIXES };
+            let needed: Vec<&String> = match &kind {
+                StoredKind::LowRank { up, .. } => vec![up],
+                StoredKind::Hada { w1b, w2a, w2b, .. } => vec![w1b, w2a, w2b],
+                StoredKind::Lokr { w1, w2 } => [w1, w2]
+                    .into_iter()
+                    .flat_map(|f| match f {
+                        Factor::Whole(k) => vec![k],
+                        Factor::Product(a, b) => vec![a, b],
+                    })
+                    .collect(),
+                StoredKind::Full { .. } => vec![],
+            };
+            if let Some(missing) = needed.into_iter().find(|k| !has(k)) {
+                return Err(bad(format!("`{name}` has no `{missing}`")));
+            }
+            let prefixes: &[(&str, &str)] = if fmt == LoraFormat::Kohya { &KOHYA_PREFIXES } else { &PEFT_PREFIXES };
             let Some((component, module)) = prefixes.iter().find_map(|(p, c)| stem.strip_prefix(p).map(|m| (*c, m))) else {
                 return Err(bad(format!("`{name}`: a LoRA module outside the UNet and text encoders ({})", prefixes.iter().map(|p| p.0).collect::<Vec<_>>().join(", "))));
             };
-            let up = if kind == LoraFormat::Kohya {
-                format!("{stem}.lora_up.weight")
-            } else if name.ends_with(".lora_A.weight") {
-                format!("{stem}.lora_B.weight")
-            } else {
-                format!("{stem}.lora.up.weight")
-            };
-            if file.get(&up).is_none() {
-                return Err(bad(format!("`{name}` has no `{up}`")));
-            }
             let alpha = format!("{stem}.alpha");
-            let alpha = file.get(&alpha).map(|_| alpha);
-            if format.is_some_and(|f| f != kind) {
+            let alpha = has(&alpha).then_some(alpha);
+            if format.is_some_and(|f| f != fmt) {
                 return Err(bad("it mixes kohya and PEFT key names".into()));
             }
-            format = Some(kind);
-            modules.push(StoredModule { component, name: module.to_string(), down: name.to_string(), up, alpha });
+            format = Some(fmt);
+            modules.push(StoredModule { component, name: module.to_string(), key: stem.to_string(), kind, alpha });
         }
         let Some(format) = format else {
             let first = names.first().map(|n| format!(" (e.g. `{n}`)")).unwrap_or_default();
-            return Err(bad(format!("no `.lora_down.weight` / `.lora_A.weight` keys{first}")));
+            return Err(bad(format!("no `.lora_down.weight`, `.lora_A.weight`, `.hada_w1_a`, `.lokr_w1` or `.diff` keys{first}")));
         };
         let hash = hash::lora_short_hash(path).map_err(|source| LoadError::Io { path: path.into(), source })?;
         Ok(Self { path: path.into(), format, file, modules, hash })
@@ -160,6 +208,24 @@ impl LoraFile {
     /// The number of modules the file updates.
     pub fn modules(&self) -> usize {
         self.modules.len()
+    }
+
+    /// A one-element tensor of the file (an `alpha`) as a number.
+    fn scalar(&self, key: &str) -> Result<f64, LoraError> {
+        let stored = self.file.get(key).expect("listed keys exist");
+        let bad = |message: String| LoraError::Format { path: self.path.clone(), message: format!("`{key}`: {message}") };
+        let dtype = match stored.dtype.as_str() {
+            "F32" => DType::F32,
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            "F64" => DType::F64,
+            d => return Err(bad(format!("{d}; an alpha is a float"))),
+        };
+        if stored.shape.iter().product::<u64>() != 1 {
+            return Err(bad(format!("shape {:?}; an alpha is one number", stored.shape)));
+        }
+        let v = TensorData::from_bytes_vec(self.file.read(key)?, vec![1], dtype).convert_dtype(DType::F64).try_to_vec::<f64>().map_err(|e| bad(format!("{e:?}")))?;
+        Some(v[0]).filter(|a| a.is_finite()).ok_or_else(|| bad(format!("{}: not a finite number", v[0])))
     }
 
     /// One tensor of the file as f32 on `device`, reshaped to 2-D (`[rows, rest]`).
@@ -219,25 +285,56 @@ impl LoraFile {
         let mut unmatched = Vec::new();
         for m in &self.modules {
             let Some(target) = tables.get(m.component).and_then(|t| t.get(&m.name)) else {
-                unmatched.push(m.down.trim_end_matches(".weight").trim_end_matches(".lora_down").to_string());
+                unmatched.push(m.key.clone());
                 continue;
             };
-            let down = self.matrix(&m.down, device)?;
-            let up = self.matrix(&m.up, device)?;
-            let rank = down.dims()[0];
             let alpha = match &m.alpha {
-                Some(key) => {
-                    let a = self.file.read(key)?;
-                    let d = self.file.get(key).expect("listed").dtype.clone();
-                    let v = TensorData::from_bytes_vec(a, vec![1], match d.as_str() { "F16" => DType::F16, "BF16" => DType::BF16, "F64" => DType::F64, _ => DType::F32 })
-                        .convert_dtype(DType::F32)
-                        .try_to_vec::<f32>()
-                        .map_err(|e| LoraError::Format { path: self.path.clone(), message: format!("`{key}`: {e:?}") })?;
-                    v[0] as f64
-                }
-                None => rank as f64,
+                Some(key) => Some(self.scalar(key)?),
+                None => None,
             };
-            out.entry(m.component).or_default().entry(format!("{target}.weight")).or_default().push(Delta { up, down, scale: scale * alpha / rank as f64 });
+            let targets = out.entry(m.component).or_default();
+            // A1111's `calc_scale`: alpha / rank where the file has both, else 1
+            let scaled = |rank: Option<usize>| scale * match (alpha, rank) {
+                (Some(a), Some(r)) if r > 0 => a / r as f64,
+                _ => 1.0,
+            };
+            match &m.kind {
+                StoredKind::LowRank { down, up } => {
+                    let (down, up) = (self.matrix(down, device)?, self.matrix(up, device)?);
+                    let rank = down.dims()[0];
+                    // kohya and PEFT without an alpha: alpha = rank
+                    let s = scale * alpha.unwrap_or(rank as f64) / rank as f64;
+                    targets.entry(format!("{target}.weight")).or_default().push(Delta { update: Update::LowRank { up, down }, scale: s });
+                }
+                StoredKind::Hada { w1a, w1b, w2a, w2b } => {
+                    let w1b = self.matrix(w1b, device)?;
+                    let rank = w1b.dims()[0];
+                    let update = Update::Hadamard { w1a: self.matrix(w1a, device)?, w1b, w2a: self.matrix(w2a, device)?, w2b: self.matrix(w2b, device)? };
+                    targets.entry(format!("{target}.weight")).or_default().push(Delta { update, scale: scaled(Some(rank)) });
+                }
+                StoredKind::Lokr { w1, w2 } => {
+                    // the rank is the factored matrices' (w1's first, as A1111 reads it)
+                    let mut rank = None;
+                    let mut factor = |f: &Factor| -> Result<Tensor<2>, LoraError> {
+                        Ok(match f {
+                            Factor::Whole(k) => self.matrix(k, device)?,
+                            Factor::Product(a, b) => {
+                                let b = self.matrix(b, device)?;
+                                rank = rank.or(Some(b.dims()[0]));
+                                self.matrix(a, device)?.matmul(b)
+                            }
+                        })
+                    };
+                    let (w1, w2) = (factor(w1)?, factor(w2)?);
+                    targets.entry(format!("{target}.weight")).or_default().push(Delta { update: Update::Kronecker { w1, w2 }, scale: scaled(rank) });
+                }
+                StoredKind::Full { diff, diff_b } => {
+                    targets.entry(format!("{target}.weight")).or_default().push(Delta { update: Update::Full(self.matrix(diff, device)?), scale: scaled(None) });
+                    if let Some(b) = diff_b {
+                        targets.entry(format!("{target}.bias")).or_default().push(Delta { update: Update::Full(self.matrix(b, device)?), scale: scaled(None) });
+                    }
+                }
+            }
         }
         if !unmatched.is_empty() {
             let family = if self.modules.iter().any(|m| m.component == "text_encoder_2") && !params.contains_key("text_encoder_2") {

@@ -26,7 +26,7 @@ pub mod weights;
 pub use attention::{Attention, AttentionConfig};
 pub use embeddings::{timestep_embedding, TimestepEmbedding, TimestepEmbeddingConfig};
 pub use error::LoadError;
-pub use merge::{merge_deltas, param_names, restore, Delta, Originals, Update};
+pub use merge::{merge_deltas, param_names, restore, Delta, Factor, Originals, Update};
 pub use load::{load_safetensors, pickle_file_name, read_config, read_text_file, weights_file_name, weights_path, LoadOptions, CONFIG_LIMIT};
 pub use safetensors::{dtype_size, read_safetensors_header, SafetensorsHeader, TensorEntry};
 pub use resnet::{ResnetBlock2D, ResnetBlock2DConfig};

@@ -13,19 +13,53 @@ use std::collections::HashMap;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::Tensor;
 
-/// How an update of a weight is stored, each as matrices in PyTorch's layout flattened to 2-D
-/// (`[rows, in · kh · kw]`).
+/// One matrix of an update, as stored: whole, a product, or a CP (Tucker) decomposition, in
+/// PyTorch's layout flattened to 2-D (`[rows, in · kh · kw]`).
+#[derive(Debug, Clone)]
+pub enum Factor {
+    Dense(Tensor<2>),
+    /// `a @ b`.
+    Product(Tensor<2>, Tensor<2>),
+    /// `left @ core[:, :, k] @ right` for every kernel position k, laid out `[out, in·K]` (A1111's
+    /// `lyco_helpers.rebuild_cp_decomposition` with `left = up`, `right = down`, and
+    /// `make_weight_cp` with `left = waᵀ`, `right = wb`).
+    ///
+    /// # Shapes
+    /// - left `[out, I]`, core `[I, J, K]`, right `[J, in]`
+    Cp { left: Tensor<2>, core: Tensor<3>, right: Tensor<2> },
+}
+
+impl Factor {
+    /// The matrix, f32.
+    pub fn eval(&self) -> Tensor<2> {
+        match self {
+            Factor::Dense(m) => m.clone(),
+            Factor::Product(a, b) => a.clone().matmul(b.clone()),
+            Factor::Cp { left, core, right } => {
+                let [i, j, k] = core.dims();
+                let [out, _] = left.dims();
+                let [_, inn] = right.dims();
+                // [K, I, J] @ [K, J, in] → [K, I, in]; [K, out, I] @ that → [K, out, in]
+                let cores = core.clone().permute([2, 0, 1]);
+                let right = right.clone().unsqueeze_dim::<3>(0).expand([k, j, inn]);
+                let left = left.clone().unsqueeze_dim::<3>(0).expand([k, out, i]);
+                let m = left.matmul(cores.matmul(right));
+                m.permute([1, 2, 0]).reshape([out, inn * k])
+            }
+        }
+    }
+}
+
+/// How a weight is updated (A1111's `extensions-builtin/Lora` network modules).
 #[derive(Debug, Clone)]
 pub enum Update {
-    /// LoRA: `up @ down` (`up` `[out, rank]`, `down` `[rank, in·kh·kw]`).
-    LowRank { up: Tensor<2>, down: Tensor<2> },
-    /// LyCORIS LoHa: `(w1a @ w1b) ⊙ (w2a @ w2b)` (A1111's `network_hada.py`).
-    Hadamard { w1a: Tensor<2>, w1b: Tensor<2>, w2a: Tensor<2>, w2b: Tensor<2> },
-    /// LyCORIS LoKr: `kron(w1, w2)` (A1111's `network_lokr.py`; a convolution's `w2`
-    /// `[c, d, kh, kw]` flattened to `[c, d·kh·kw]` gives the same elements).
-    Kronecker { w1: Tensor<2>, w2: Tensor<2> },
-    /// A full delta (`diff`, `diff_b`).
-    Full(Tensor<2>),
+    /// LoRA (`up @ down`, with `lora_mid` a CP decomposition) and full deltas (`diff`).
+    One(Factor),
+    /// LyCORIS LoHa: `w1 ⊙ w2` (`network_hada.py`).
+    Hadamard(Factor, Factor),
+    /// LyCORIS LoKr: `kron(w1, w2)` (`network_lokr.py`; a convolution's `w2` `[c, d, kh, kw]`
+    /// flattened to `[c, d·kh·kw]` gives the same elements).
+    Kronecker(Factor, Factor),
 }
 
 /// One update of a weight, times `scale`.
@@ -39,14 +73,14 @@ impl Delta {
     /// The update as one `[out, in·kh·kw]` matrix, f32.
     fn matrix(&self) -> Tensor<2> {
         let m = match &self.update {
-            Update::LowRank { up, down } => up.clone().matmul(down.clone()),
-            Update::Hadamard { w1a, w1b, w2a, w2b } => w1a.clone().matmul(w1b.clone()) * w2a.clone().matmul(w2b.clone()),
-            Update::Kronecker { w1, w2 } => {
+            Update::One(f) => f.eval(),
+            Update::Hadamard(a, b) => a.eval() * b.eval(),
+            Update::Kronecker(a, b) => {
+                let (w1, w2) = (a.eval(), b.eval());
                 let ([a, b], [c, d]) = (w1.dims(), w2.dims());
-                let k = w1.clone().reshape([a, 1, b, 1]) * w2.clone().reshape([1, c, 1, d]);
+                let k = w1.reshape([a, 1, b, 1]) * w2.reshape([1, c, 1, d]);
                 k.reshape([a * c, b * d])
             }
-            Update::Full(diff) => diff.clone(),
         };
         m.mul_scalar(self.scale)
     }

@@ -111,11 +111,11 @@ fn a_lora_that_does_not_fit_is_refused_whole() {
     let with_one = weights(&pipe);
     assert!(pipe.load_lora(&renamed, 1.0).is_err());
     assert!(weights(&pipe) == with_one && pipe.loras().len() == 1);
-    // Tucker layers (not applied yet), half a LoHa, not a LoRA at all, a bad scale
-    let tucker = tmp.0.join("tucker.safetensors");
-    write_safetensors(&tucker, &[("lora_unet_mid_block_attentions_0_proj_in.lora_mid.weight".into(), "F32", vec![4, 4], Some(vec![0; 64]))]);
-    let err = pipe.load_lora(&tucker, 1.0).unwrap_err().to_string();
-    assert!(err.contains("Tucker") && err.contains("lora_mid"), "{err}");
+    // IA³ layers (not applied yet), half a LoHa, not a LoRA at all, a bad scale
+    let ia3 = tmp.0.join("ia3.safetensors");
+    write_safetensors(&ia3, &[("lora_unet_mid_block_attentions_0_proj_in.on_input".into(), "F32", vec![4], Some(vec![0; 16]))]);
+    let err = pipe.load_lora(&ia3, 1.0).unwrap_err().to_string();
+    assert!(err.contains("IA³") && err.contains("on_input"), "{err}");
     let half = tmp.0.join("half-loha.safetensors");
     write_safetensors(&half, &[("lora_unet_mid_block_attentions_0_proj_in.hada_w1_a".into(), "F32", vec![4, 4], Some(vec![0; 64]))]);
     let err = pipe.load_lora(&half, 1.0).unwrap_err().to_string();
@@ -139,21 +139,25 @@ fn param(pipe: &StableDiffusion, name: &str) -> Vec<f32> {
     t.to_bytes().unwrap().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
-/// LyCORIS LoHa and LoKr layers and full deltas (scripts/fixtures/lycoris.py: A1111's
-/// `network_hada.py`, `network_lokr.py`, `network_full.py` formulas) merge into the weights they
+/// LyCORIS LoHa and LoKr layers, full deltas and Tucker cores (LoCon's `lora_mid`, LoHa's
+/// `hada_t1/t2`, LoKr's `lokr_t2`) (scripts/fixtures/lycoris.py: A1111's `network_hada.py`,
+/// `network_lokr.py`, `network_full.py`, `lyco_helpers.py` formulas) merge into the weights they
 /// compute, within 1e-5 of the largest value; unloading restores the model.
 #[test]
 fn lycoris_layers_merge_the_published_formulas() {
     let dir = root().join("assets/fixtures/lycoris");
     let mut pipe = load("sd1");
     let base = weights(&pipe);
-    for kind in ["loha", "lokr", "full"] {
+    let before = |name: &str| param(&load("sd1"), name);
+    for (kind, weights_updated) in [("loha", 4), ("lokr", 4), ("full", 7), ("tucker", 3)] {
         let report = pipe.load_lora(&dir.join(format!("{kind}.safetensors")), 0.8).unwrap();
-        assert_eq!(report.applied.values().sum::<usize>(), if kind == "full" { 7 } else { 4 }, "{kind}: {report}");
+        assert_eq!(report.applied.values().sum::<usize>(), weights_updated, "{kind}: {report}");
         let expected = kiln_nn::WeightsFile::open(&dir.join(format!("expected-{kind}.safetensors"))).unwrap();
         for t in expected.tensors() {
             let want: Vec<f32> = expected.read(&t.name).unwrap().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
             let got = param(&pipe, &t.name);
+            let moved = got.iter().zip(before(&t.name)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(moved > 1e-3, "{kind} {}: the weight moved only {moved:e}", t.name);
             let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
             let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
             println!("{kind} {}: {diff:e}", t.name);

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use kiln_nn::{Delta, LoadError, Originals, Update, WeightsFile};
+use kiln_nn::{Delta, Factor as NnFactor, LoadError, Originals, Update, WeightsFile};
 use thiserror::Error;
 
 /// Why a LoRA cannot be applied. Every variant names the file.
@@ -57,12 +57,15 @@ pub struct LoraState {
 /// How one module's update is stored: the keys of its tensors.
 #[derive(Debug, Clone)]
 enum StoredKind {
-    /// `lora_down`/`lora_up` (kohya), `lora_A`/`lora_B` or `lora.down`/`lora.up` (PEFT).
-    LowRank { down: String, up: String },
-    /// LyCORIS LoHa: `hada_w1_a`, `hada_w1_b`, `hada_w2_a`, `hada_w2_b`.
-    Hada { w1a: String, w1b: String, w2a: String, w2b: String },
-    /// LyCORIS LoKr: `lokr_w1` or `lokr_w1_a`/`_b`, `lokr_w2` or `lokr_w2_a`/`_b`.
-    Lokr { w1: Factor, w2: Factor },
+    /// `lora_down`/`lora_up` (kohya), `lora_A`/`lora_B` or `lora.down`/`lora.up` (PEFT); LoCon's
+    /// Tucker core `lora_mid`.
+    LowRank { down: String, up: String, mid: Option<String> },
+    /// LyCORIS LoHa: `hada_w1_a`, `hada_w1_b`, `hada_w2_a`, `hada_w2_b`, Tucker cores `hada_t1`,
+    /// `hada_t2`.
+    Hada { w1a: String, w1b: String, t1: Option<String>, w2a: String, w2b: String, t2: Option<String> },
+    /// LyCORIS LoKr: `lokr_w1` or `lokr_w1_a`/`_b`, `lokr_w2` or `lokr_w2_a`/`_b` (Tucker core
+    /// `lokr_t2`).
+    Lokr { w1: Factor, w2: Factor, t2: Option<String> },
     /// A full delta: `diff` (and `diff_b` for the bias).
     Full { diff: String, diff_b: Option<String> },
 }
@@ -129,9 +132,9 @@ impl std::fmt::Display for LoraReport {
 
 const KOHYA_PREFIXES: [(&str, &str); 4] = [("lora_unet_", "unet"), ("lora_te1_", "text_encoder"), ("lora_te2_", "text_encoder_2"), ("lora_te_", "text_encoder")];
 const PEFT_PREFIXES: [(&str, &str); 3] = [("unet.", "unet"), ("text_encoder_2.", "text_encoder_2"), ("text_encoder.", "text_encoder")];
-/// LyCORIS layer kinds not applied yet: Tucker decompositions (`lora_mid`, `hada_t1/t2`,
-/// `lokr_t1/t2`), and the kinds A1111 has besides (IA³, GLoRA, OFT, BOFT, norms).
-const UNSUPPORTED: [&str; 10] = [".lora_mid.", ".hada_t1", ".hada_t2", ".lokr_t1", ".lokr_t2", ".on_input", ".a1.weight", ".oft_blocks", ".oft_diag", ".w_norm"];
+/// Layer kinds not applied yet: LoKr's `lokr_t1` (A1111 has none either), and the kinds A1111
+/// has besides (IA³, GLoRA, OFT, norms).
+const UNSUPPORTED: [&str; 6] = [".lokr_t1", ".on_input", ".a1.weight", ".oft_blocks", ".oft_diag", ".w_norm"];
 
 impl LoraFile {
     /// Reads `path`'s keys (safetensors, or a PyTorch checkpoint without running its pickle).
@@ -142,7 +145,7 @@ impl LoraFile {
         let unsupported: Vec<String> = names.iter().filter(|n| UNSUPPORTED.iter().any(|u| n.contains(u))).map(|n| n.to_string()).collect();
         if !unsupported.is_empty() {
             return Err(bad(format!(
-                "it holds layers kiln does not apply yet (Tucker-decomposed LoCon/LoHa/LoKr, IA³, GLoRA, OFT, norms): {}",
+                "it holds layers kiln does not apply yet (IA³, GLoRA, OFT, norms, LoKr's lokr_t1): {}",
                 list(&unsupported)
             )));
         }
@@ -151,19 +154,22 @@ impl LoraFile {
         let has = |k: &str| file.get(k).is_some();
         for name in &names {
             // a module is found by one key of its kind; its other keys must be there
+            let optional = |k: String| has(&k).then_some(k);
             let (stem, fmt, kind) = if let Some(stem) = name.strip_suffix(".lora_down.weight") {
-                (stem, LoraFormat::Kohya, StoredKind::LowRank { down: name.to_string(), up: format!("{stem}.lora_up.weight") })
+                let mid = optional(format!("{stem}.lora_mid.weight"));
+                (stem, LoraFormat::Kohya, StoredKind::LowRank { down: name.to_string(), up: format!("{stem}.lora_up.weight"), mid })
             } else if let Some(stem) = name.strip_suffix(".lora_A.weight") {
-                (stem, LoraFormat::Peft, StoredKind::LowRank { down: name.to_string(), up: format!("{stem}.lora_B.weight") })
+                (stem, LoraFormat::Peft, StoredKind::LowRank { down: name.to_string(), up: format!("{stem}.lora_B.weight"), mid: None })
             } else if let Some(stem) = name.strip_suffix(".lora.down.weight") {
-                (stem, LoraFormat::Peft, StoredKind::LowRank { down: name.to_string(), up: format!("{stem}.lora.up.weight") })
+                (stem, LoraFormat::Peft, StoredKind::LowRank { down: name.to_string(), up: format!("{stem}.lora.up.weight"), mid: None })
             } else if let Some(stem) = name.strip_suffix(".hada_w1_a") {
                 let k = |s: &str| format!("{stem}.{s}");
-                (stem, LoraFormat::Kohya, StoredKind::Hada { w1a: k("hada_w1_a"), w1b: k("hada_w1_b"), w2a: k("hada_w2_a"), w2b: k("hada_w2_b") })
+                let kind = StoredKind::Hada { w1a: k("hada_w1_a"), w1b: k("hada_w1_b"), t1: optional(k("hada_t1")), w2a: k("hada_w2_a"), w2b: k("hada_w2_b"), t2: optional(k("hada_t2")) };
+                (stem, LoraFormat::Kohya, kind)
             } else if let Some(stem) = name.strip_suffix(".lokr_w1").or_else(|| name.strip_suffix(".lokr_w1_a")) {
                 let k = |s: &str| format!("{stem}.{s}");
                 let factor = |w: &str| if has(&k(w)) { Factor::Whole(k(w)) } else { Factor::Product(k(&format!("{w}_a")), k(&format!("{w}_b"))) };
-                (stem, LoraFormat::Kohya, StoredKind::Lokr { w1: factor("lokr_w1"), w2: factor("lokr_w2") })
+                (stem, LoraFormat::Kohya, StoredKind::Lokr { w1: factor("lokr_w1"), w2: factor("lokr_w2"), t2: optional(k("lokr_t2")) })
             } else if let Some(stem) = name.strip_suffix(".diff") {
                 let b = format!("{stem}.diff_b");
                 (stem, LoraFormat::Kohya, StoredKind::Full { diff: name.to_string(), diff_b: has(&b).then_some(b) })
@@ -173,7 +179,7 @@ impl LoraFile {
             let needed: Vec<&String> = match &kind {
                 StoredKind::LowRank { up, .. } => vec![up],
                 StoredKind::Hada { w1b, w2a, w2b, .. } => vec![w1b, w2a, w2b],
-                StoredKind::Lokr { w1, w2 } => [w1, w2]
+                StoredKind::Lokr { w1, w2, .. } => [w1, w2]
                     .into_iter()
                     .flat_map(|f| match f {
                         Factor::Whole(k) => vec![k],
@@ -226,6 +232,16 @@ impl LoraFile {
         }
         let v = TensorData::from_bytes_vec(self.file.read(key)?, vec![1], dtype).convert_dtype(DType::F64).try_to_vec::<f64>().map_err(|e| bad(format!("{e:?}")))?;
         Some(v[0]).filter(|a| a.is_finite()).ok_or_else(|| bad(format!("{}: not a finite number", v[0])))
+    }
+
+    /// A Tucker core `[a, b, kh, kw]` of the file as f32 `[a, b, kh·kw]`.
+    fn core(&self, key: &str, device: &Device) -> Result<Tensor<3>, LoraError> {
+        let shape = self.file.get(key).expect("listed keys exist").shape.clone();
+        let [a, b, rest @ ..] = shape.as_slice() else {
+            return Err(LoraError::Format { path: self.path.clone(), message: format!("`{key}` has shape {shape:?}; a Tucker core is [rank, rank, kh, kw]") });
+        };
+        let k: u64 = rest.iter().product();
+        Ok(self.matrix(key, device)?.reshape([*a as usize, *b as usize, k as usize]))
     }
 
     /// One tensor of the file as f32 on `device`, reshaped to 2-D (`[rows, rest]`).
@@ -299,39 +315,56 @@ impl LoraFile {
                 _ => 1.0,
             };
             match &m.kind {
-                StoredKind::LowRank { down, up } => {
+                StoredKind::LowRank { down, up, mid } => {
                     let (down, up) = (self.matrix(down, device)?, self.matrix(up, device)?);
                     let rank = down.dims()[0];
                     // kohya and PEFT without an alpha: alpha = rank
                     let s = scale * alpha.unwrap_or(rank as f64) / rank as f64;
-                    targets.entry(format!("{target}.weight")).or_default().push(Delta { update: Update::LowRank { up, down }, scale: s });
+                    let factor = match mid {
+                        Some(mid) => NnFactor::Cp { left: up, core: self.core(mid, device)?, right: down },
+                        None => NnFactor::Product(up, down),
+                    };
+                    targets.entry(format!("{target}.weight")).or_default().push(Delta { update: Update::One(factor), scale: s });
                 }
-                StoredKind::Hada { w1a, w1b, w2a, w2b } => {
-                    let w1b = self.matrix(w1b, device)?;
-                    let rank = w1b.dims()[0];
-                    let update = Update::Hadamard { w1a: self.matrix(w1a, device)?, w1b, w2a: self.matrix(w2a, device)?, w2b: self.matrix(w2b, device)? };
-                    targets.entry(format!("{target}.weight")).or_default().push(Delta { update, scale: scaled(Some(rank)) });
+                StoredKind::Hada { w1a, w1b, t1, w2a, w2b, t2 } => {
+                    // with a Tucker core, LyCORIS stores w_a transposed ([rank, out])
+                    let hada = |wa: &String, wb: &String, t: &Option<String>| -> Result<(NnFactor, usize), LoraError> {
+                        let (wa, wb) = (self.matrix(wa, device)?, self.matrix(wb, device)?);
+                        let rank = wb.dims()[0];
+                        Ok(match t {
+                            Some(t) => (NnFactor::Cp { left: wa.transpose(), core: self.core(t, device)?, right: wb }, rank),
+                            None => (NnFactor::Product(wa, wb), rank),
+                        })
+                    };
+                    let (f1, rank) = hada(w1a, w1b, t1)?;
+                    let (f2, _) = hada(w2a, w2b, t2)?;
+                    targets.entry(format!("{target}.weight")).or_default().push(Delta { update: Update::Hadamard(f1, f2), scale: scaled(Some(rank)) });
                 }
-                StoredKind::Lokr { w1, w2 } => {
+                StoredKind::Lokr { w1, w2, t2 } => {
                     // the rank is the factored matrices' (w1's first, as A1111 reads it)
                     let mut rank = None;
-                    let mut factor = |f: &Factor| -> Result<Tensor<2>, LoraError> {
-                        Ok(match f {
-                            Factor::Whole(k) => self.matrix(k, device)?,
-                            Factor::Product(a, b) => {
+                    let mut factor = |f: &Factor, t: Option<&String>| -> Result<NnFactor, LoraError> {
+                        Ok(match (f, t) {
+                            (Factor::Whole(k), _) => NnFactor::Dense(self.matrix(k, device)?),
+                            (Factor::Product(a, b), None) => {
                                 let b = self.matrix(b, device)?;
                                 rank = rank.or(Some(b.dims()[0]));
-                                self.matrix(a, device)?.matmul(b)
+                                NnFactor::Product(self.matrix(a, device)?, b)
+                            }
+                            (Factor::Product(a, b), Some(t)) => {
+                                let b = self.matrix(b, device)?;
+                                rank = rank.or(Some(b.dims()[0]));
+                                NnFactor::Cp { left: self.matrix(a, device)?.transpose(), core: self.core(t, device)?, right: b }
                             }
                         })
                     };
-                    let (w1, w2) = (factor(w1)?, factor(w2)?);
-                    targets.entry(format!("{target}.weight")).or_default().push(Delta { update: Update::Kronecker { w1, w2 }, scale: scaled(rank) });
+                    let (w1, w2) = (factor(w1, None)?, factor(w2, t2.as_ref())?);
+                    targets.entry(format!("{target}.weight")).or_default().push(Delta { update: Update::Kronecker(w1, w2), scale: scaled(rank) });
                 }
                 StoredKind::Full { diff, diff_b } => {
-                    targets.entry(format!("{target}.weight")).or_default().push(Delta { update: Update::Full(self.matrix(diff, device)?), scale: scaled(None) });
+                    targets.entry(format!("{target}.weight")).or_default().push(Delta { update: Update::One(NnFactor::Dense(self.matrix(diff, device)?)), scale: scaled(None) });
                     if let Some(b) = diff_b {
-                        targets.entry(format!("{target}.bias")).or_default().push(Delta { update: Update::Full(self.matrix(b, device)?), scale: scaled(None) });
+                        targets.entry(format!("{target}.bias")).or_default().push(Delta { update: Update::One(NnFactor::Dense(self.matrix(b, device)?)), scale: scaled(None) });
                     }
                 }
             }

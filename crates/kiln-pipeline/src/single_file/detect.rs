@@ -140,10 +140,10 @@ pub fn describe(keys: &HashMap<&str, &[u64]>) -> String {
         return "a file with no tensors".into();
     }
     if any(&|k| k.contains("lora_down") || k.contains("lora_up") || k.contains(".lora_A.") || k.contains(".lora_B.") || k.starts_with("lora_")) {
-        return format!("a LoRA ({n} tensors such as `{}`), not a model; kiln does not apply LoRAs yet", first(keys, |k| k.contains("lora")));
+        return format!("a LoRA ({n} tensors such as `{}`), not a model: apply it to one with --lora", first(keys, |k| k.contains("lora")));
     }
     if any(&|k| k == "emb_params" || k.starts_with("string_to_param") || k == "clip_l" || k == "clip_g") {
-        return "a textual-inversion embedding, not a model; kiln does not load embeddings yet".into();
+        return "a textual-inversion embedding, not a model: add it to one with --embedding".into();
     }
     if any(&|k| k.starts_with("control_model.") || k.starts_with("controlnet_cond_embedding.")) {
         return "a ControlNet, which kiln does not run".into();

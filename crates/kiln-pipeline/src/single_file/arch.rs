@@ -63,9 +63,10 @@ impl Architecture {
     /// The published architecture of `family` (`path`: the checkpoint, for errors).
     ///
     /// SD 1.x and SDXL base take their Hub repos' configs; SD 2.x takes SD 2.1's (768,
-    /// v-prediction), as diffusers does for any `v2` file without a `global_step` of 875000 (SD
-    /// 2.x base, ε: pass `--prediction-type epsilon`); the inpainting families take their base
-    /// family's with the UNet's 9 input channels (SD 2 inpainting: 512, ε, as
+    /// v-prediction), as diffusers' `from_single_file` does (its scheduler comes from the SD 2.1
+    /// repo; only its legacy `prediction_type=` path reads a `.ckpt`'s `global_step`; SD 2.x base,
+    /// ε: pass `--prediction-type epsilon`); the inpainting families take their base family's with
+    /// the UNet's 9 input channels (SD 2 inpainting: 512, ε, as
     /// `stabilityai/stable-diffusion-2-inpainting`).
     pub fn published(family: Family, path: &Path) -> Result<Self, SingleFileError> {
         let unsupported = |what: &str| SingleFileError::Unsupported {

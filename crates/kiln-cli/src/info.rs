@@ -13,6 +13,8 @@ use thiserror::Error;
 
 use kiln_pipeline::model::{cached_snapshot, HubConfig, HubId, ModelError, ModelFolder, PipelineKind, ResolveOptions};
 use kiln_pipeline::png::{self, GenerationParams, PngError};
+use kiln_pipeline::embeddings::EmbeddingFile;
+use kiln_pipeline::lora::LoraFile;
 use kiln_pipeline::single_file::{SingleFile, SingleFileError};
 
 /// Why `kiln info` could not describe its argument.
@@ -119,6 +121,31 @@ pub struct WeightsSummary {
     /// What a file that is not a whole model looks like (a LoRA, an embedding, a VAE alone, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub looks_like: Option<String>,
+    /// A LoRA: its format and modules by component and kind (`--lora`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSummary>,
+    /// A textual-inversion embedding: its token and each text encoder's vectors (`--embedding`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<EmbeddingSummary>,
+}
+
+/// A LoRA file, as `--lora` reads it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoraSummary {
+    /// `Kohya` or `Peft`.
+    pub format: String,
+    /// (component, layer kind, modules).
+    pub modules: Vec<(String, String, usize)>,
+    /// A1111's short hash (`Lora hashes`).
+    pub hash: String,
+}
+
+/// An embedding file, as `--embedding` reads it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbeddingSummary {
+    pub token: String,
+    /// (text encoder, vectors, width).
+    pub vectors: Vec<(String, usize, usize)>,
 }
 
 /// A single-file checkpoint's family (kiln_pipeline::single_file).
@@ -210,7 +237,21 @@ fn with_family(mut summary: WeightsSummary) -> WeightsSummary {
                 unused_keys: file.other_keys.clone(),
             })
         }
-        Err(SingleFileError::NotACheckpoint { looks_like, .. }) => summary.looks_like = Some(looks_like),
+        Err(SingleFileError::NotACheckpoint { looks_like, .. }) => {
+            summary.looks_like = Some(looks_like);
+            if let Ok(lora) = LoraFile::open(&summary.path) {
+                summary.lora = Some(LoraSummary {
+                    format: format!("{:?}", lora.format),
+                    modules: lora.summary().into_iter().map(|((c, k), n)| (c, k.to_string(), n)).collect(),
+                    hash: lora.hash.clone(),
+                });
+            } else if let Ok(e) = EmbeddingFile::open(&summary.path, None) {
+                summary.embedding = Some(EmbeddingSummary {
+                    token: e.token.clone(),
+                    vectors: e.vectors.iter().map(|(c, d)| (c.to_string(), d.shape()[0], d.shape()[1])).collect(),
+                });
+            }
+        }
         Err(_) => {}
     }
     summary
@@ -412,7 +453,7 @@ impl WeightsSummary {
     /// The summary of a weights file's `tensors` (name, dtype, elements): their count, and the
     /// parameters in all and per dtype; `Err` names the tensor where the count passes 2^64.
     fn count<'a>(path: &Path, file_bytes: u64, metadata: BTreeMap<String, String>, tensors: impl ExactSizeIterator<Item = (&'a str, &'a str, u64)>) -> Result<Self, String> {
-        let mut summary = WeightsSummary { path: path.into(), file_bytes, tensors: tensors.len(), parameters: 0, dtypes: BTreeMap::new(), metadata, checkpoint: None, looks_like: None };
+        let mut summary = WeightsSummary { path: path.into(), file_bytes, tensors: tensors.len(), parameters: 0, dtypes: BTreeMap::new(), metadata, checkpoint: None, looks_like: None, lora: None, embedding: None };
         for (name, dtype, numel) in tensors {
             let overflow = || format!("tensor `{name}`: the file's parameter count passes 2^64");
             summary.parameters = summary.parameters.checked_add(numel).ok_or_else(overflow)?;
@@ -521,6 +562,14 @@ impl fmt::Display for Info {
                 }
                 if let Some(l) = &w.looks_like {
                     writeln!(f, "not a whole model: {l}")?;
+                }
+                if let Some(l) = &w.lora {
+                    let parts = l.modules.iter().map(|(c, k, n)| format!("{c} {n} {k}")).collect::<Vec<_>>().join(", ");
+                    writeln!(f, "LoRA ({} keys): {parts}; A1111 short hash {}", l.format, l.hash)?;
+                }
+                if let Some(e) = &w.embedding {
+                    let parts = e.vectors.iter().map(|(c, n, d)| format!("{c}: {n} vector(s) of width {d}")).collect::<Vec<_>>().join(", ");
+                    writeln!(f, "embedding `{}`: {parts}", e.token)?;
                 }
                 Ok(())
             }

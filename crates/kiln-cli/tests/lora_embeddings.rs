@@ -97,3 +97,17 @@ fn embeddings_from_flags_and_a_folder_draw_diffusers_picture() {
     );
     assert!(!out2.exists());
 }
+
+/// `kiln info` on a LoRA and an embedding: what `--lora` / `--embedding` will read.
+#[test]
+fn info_describes_loras_and_embeddings() {
+    let text = |path: PathBuf| String::from_utf8_lossy(&kiln(&["info", path.to_str().unwrap()]).stdout).into_owned();
+    let hashes: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("assets/fixtures/loras/hashes.json")).unwrap()).unwrap();
+    let lora = text(root().join("assets/fixtures/loras/sdxl-kohya.safetensors"));
+    let want = format!("LoRA (Kohya keys): text_encoder 30 LoRA, text_encoder_2 30 LoRA, unet 156 LoRA; A1111 short hash {}", hashes["sdxl-kohya.safetensors"].as_str().unwrap());
+    assert!(lora.contains(&want) && lora.contains("apply it to one with --lora"), "{lora}");
+    let tucker = text(root().join("assets/fixtures/lycoris/tucker.safetensors"));
+    assert!(tucker.contains("unet 1 LoCon (Tucker), unet 1 LoHa, unet 1 LoKr"), "{tucker}");
+    let emb = text(root().join("assets/fixtures/embeddings/kilnxl.safetensors"));
+    assert!(emb.contains("embedding `kilnxl`: text_encoder: 2 vector(s) of width 32, text_encoder_2: 2 vector(s) of width 32"), "{emb}");
+}

@@ -216,6 +216,23 @@ impl LoraFile {
         self.modules.len()
     }
 
+    /// The modules by component (`unet`, `text_encoder`, `text_encoder_2`) and layer kind
+    /// (`LoRA`, `LoCon (Tucker)`, `LoHa`, `LoKr`, `full`).
+    pub fn summary(&self) -> BTreeMap<(String, &'static str), usize> {
+        let mut out = BTreeMap::new();
+        for m in &self.modules {
+            let kind = match &m.kind {
+                StoredKind::LowRank { mid: None, .. } => "LoRA",
+                StoredKind::LowRank { mid: Some(_), .. } => "LoCon (Tucker)",
+                StoredKind::Hada { .. } => "LoHa",
+                StoredKind::Lokr { .. } => "LoKr",
+                StoredKind::Full { .. } => "full",
+            };
+            *out.entry((m.component.to_string(), kind)).or_default() += 1;
+        }
+        out
+    }
+
     /// A one-element tensor of the file (an `alpha`) as a number.
     fn scalar(&self, key: &str) -> Result<f64, LoraError> {
         let stored = self.file.get(key).expect("listed keys exist");

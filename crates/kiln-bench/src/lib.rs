@@ -82,6 +82,9 @@ pub struct BenchReport {
     pub height: usize,
     pub batch: usize,
     pub steps: usize,
+    /// Building the model and loading its weights (a preset: random weights at the real sizes),
+    /// seconds: what a run spends before its first text-encoder call.
+    pub load_seconds: f64,
     /// Encoding the prompt and the negative prompt (both encoders for SDXL).
     pub text_encode: Timing,
     /// One UNet call on the CFG batch (2 × batch) at the latent size.
@@ -347,7 +350,10 @@ impl BenchOptions {
 
 fn run_bench_here(o: &BenchOptions, device: &Device, device_name: &str) -> Result<BenchReport, PipelineError> {
     o.check()?;
+    let loading = Instant::now();
     let c = load_components(o, device)?;
+    sync(device)?;
+    let load_seconds = loading.elapsed().as_secs_f64();
     let mut memory = PeakMemory::new(device);
     let mut generator = TorchGenerator::new(o.seed);
     let f = c.vae.downsample_factor();
@@ -438,6 +444,7 @@ fn run_bench_here(o: &BenchOptions, device: &Device, device_name: &str) -> Resul
         height: o.height,
         batch: o.batch,
         steps: o.steps,
+        load_seconds,
         text_encode,
         unet_step,
         vae_decode,

@@ -60,6 +60,7 @@ fn print_text(r: &BenchReport) {
     let adapter = r.adapter.as_deref().map(|a| format!(" on {a}")).unwrap_or_default();
     println!("device: {}{adapter}   UNet {} ({} parameters), VAE {}", r.device, r.dtype, r.unet_parameters, r.vae_dtype);
     println!("size: {}x{}, batch {} (UNet batch {}), {} steps", r.width, r.height, r.batch, 2 * r.batch, r.steps);
+    println!("load               {:.2} s  (building the model and reading its weights)", r.load_seconds);
     println!("{}", line("text encode", &r.text_encode));
     println!("{}", line("UNet CFG step", &r.unet_step));
     println!("{}", line("VAE decode", &r.vae_decode));

@@ -30,6 +30,8 @@ fn bench_reports_every_component() {
     }
     // 3 denoising steps cost more than one UNet step
     assert!(r["end_to_end"]["mean_s"].as_f64().unwrap() > r["unet_step"]["mean_s"].as_f64().unwrap());
+    // loading is timed too (it took more than nothing)
+    assert!(r["load_seconds"].as_f64().unwrap() > 0.0, "{r}");
     assert!(r["peak_memory_bytes"].as_u64().unwrap() > 1 << 20);
     let steady = r["steady_peak_memory_bytes"].as_u64().unwrap();
     assert!(steady > 1 << 20 && steady <= r["peak_memory_bytes"].as_u64().unwrap());

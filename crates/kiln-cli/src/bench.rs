@@ -13,8 +13,8 @@ pub struct BenchArgs {
     /// A published config with random weights: sd15, sd21, sdxl (crates/kiln-pipeline/configs/).
     #[arg(long, value_name = "NAME")]
     preset: Option<String>,
-    /// A diffusers model folder (its own weights).
-    #[arg(long, value_name = "DIR")]
+    /// A diffusers model folder or a single-file checkpoint of a published family (its own weights).
+    #[arg(long, value_name = "DIR|FILE")]
     model: Option<PathBuf>,
     #[command(flatten)]
     device: DeviceArgs,

@@ -24,7 +24,7 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use image::{GrayImage, RgbImage};
 use kiln_nn::LoadOptions;
 use kiln_scheduler::{img2img_begin_index, SamplerChoice, Scheduler, SchedulerConfig, StepOptions};
-use kiln_text_encoder::{ClipTextModel, ClipTokenizer};
+use kiln_text_encoder::{ClipTextModel, ClipTextOutput, ClipTokenizer};
 use kiln_unet::{PerBlock, TextTimeCond, UNet2DConditionModel};
 use kiln_vae::AutoencoderKL;
 
@@ -315,18 +315,7 @@ impl StableDiffusion {
     /// - returns `[1, 77, hidden]`
     fn encode_text_sd(&self, text: &str, clip_skip: Option<usize>) -> Result<Tensor<3>, PipelineError> {
         let out = self.run_text_encoder(&self.tokenizer, &self.text_encoder, text)?;
-        match clip_skip {
-            None => Ok(out.last_hidden_state),
-            Some(skip) => {
-                // check_inputs bounds clip_skip by the layer count
-                let at = out.hidden_states.len().checked_sub(skip.saturating_add(1)).ok_or_else(|| PipelineError::Input {
-                    what: "clip skip",
-                    value: skip.to_string(),
-                    allowed: format!("less than {} for this text encoder", out.hidden_states.len()),
-                })?;
-                Ok(self.text_encoder.final_layer_norm(out.hidden_states[at].clone()))
-            }
-        }
+        conditioning(&self.text_encoder, out, false, clip_skip)
     }
 
     /// SDXL: both encoders' `hidden_states[-(clip_skip + 2)]` (no final layer norm) concatenated
@@ -339,23 +328,16 @@ impl StableDiffusion {
         let (Some(tok2), Some(te2)) = (&self.tokenizer_2, &self.text_encoder_2) else {
             return Err(PipelineError::MissingComponent { path: PathBuf::new(), component: "text_encoder_2".into() });
         };
-        let back = clip_skip.unwrap_or(0).saturating_add(2);
         let mut parts = Vec::with_capacity(2);
         let mut pooled = None;
         for (tok, te, text) in [(&self.tokenizer, &self.text_encoder, text), (tok2, te2, text_2)] {
             let out = self.run_text_encoder(tok, te, text)?;
-            // check_inputs bounds clip_skip by the layer count
-            let at = out.hidden_states.len().checked_sub(back).ok_or_else(|| PipelineError::Input {
-                what: "clip skip",
-                value: clip_skip.unwrap_or(0).to_string(),
-                allowed: format!("less than {} for this text encoder", out.hidden_states.len().saturating_sub(1)),
-            })?;
-            parts.push(out.hidden_states[at].clone());
             // diffusers keeps `prompt_embeds[0]` when it is 2-D: the projection of the encoder
             // with projection (the second)
             if out.text_embeds.is_some() {
-                pooled = out.text_embeds;
+                pooled = out.text_embeds.clone();
             }
+            parts.push(conditioning(te, out, true, clip_skip)?);
         }
         let pooled = pooled.ok_or_else(|| {
             PipelineError::Unsupported("SDXL needs text_encoder_2 to be a CLIPTextModelWithProjection (no text_projection found)".into())
@@ -722,6 +704,29 @@ fn available_memory() -> Option<f64> {
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024.0)
+}
+
+/// The hidden state of a text encoder's output that conditions the UNet (diffusers'
+/// `encode_prompt`s): SD 1.x / 2.x the last one, or with `clip_skip` the one that many layers
+/// earlier through the final layer norm; SDXL (`xl`) `hidden_states[-(clip_skip + 2)]`, without it.
+/// `check_inputs` bounds `clip_skip` by the layer count; past it is an error.
+///
+/// # Shapes
+/// - returns `[batch, seq, hidden]`
+pub(crate) fn conditioning(encoder: &ClipTextModel, out: ClipTextOutput, xl: bool, clip_skip: Option<usize>) -> Result<Tensor<3>, PipelineError> {
+    let hidden = out.hidden_states.len();
+    let (back, limit) = match (xl, clip_skip) {
+        (false, None) => return Ok(out.last_hidden_state),
+        (false, Some(skip)) => (skip.saturating_add(1), hidden),
+        (true, skip) => (skip.unwrap_or(0).saturating_add(2), hidden.saturating_sub(1)),
+    };
+    let at = hidden.checked_sub(back).ok_or_else(|| PipelineError::Input {
+        what: "clip skip",
+        value: clip_skip.unwrap_or(0).to_string(),
+        allowed: format!("less than {limit} for this text encoder"),
+    })?;
+    let state = out.hidden_states[at].clone();
+    Ok(if xl { state } else { encoder.final_layer_norm(state) })
 }
 
 /// `rescale_noise_cfg` (diffusers, after arXiv 2305.08891 §3.4): rescale the guided prediction to

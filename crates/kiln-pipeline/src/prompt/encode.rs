@@ -9,24 +9,15 @@ use super::{tokenize_line, Chunk};
 use crate::error::PipelineError;
 use crate::model::PipelineKind;
 use crate::options::GenerateOptions;
-use crate::stable_diffusion::PromptEmbeds;
+use crate::stable_diffusion::{conditioning, PromptEmbeds};
 use crate::StableDiffusion;
 
-/// Which hidden state a chunk's conditioning is.
-#[derive(Debug, Clone, Copy)]
-enum Layer {
-    /// SD 1.x / 2.x: the last hidden state, or `clip_skip` layers earlier through the final norm.
-    Sd { clip_skip: Option<usize> },
-    /// SDXL: `hidden_states[-(clip_skip + 2)]`, no final norm.
-    Xl { clip_skip: Option<usize> },
-}
-
-/// `process_tokens`: one chunk through the encoder, weighted, its mean restored; and the pooled
-/// (projected) output where the encoder has one.
+/// `process_tokens`: one chunk through the encoder (the hidden state of [`conditioning`]),
+/// weighted, its mean restored; and the pooled (projected) output where the encoder has one.
 ///
 /// # Shapes
 /// - returns `([1, 77, width], [1, projection_dim])`
-fn process_tokens(sd: &StableDiffusion, tokenizer: &ClipTokenizer, encoder: &ClipTextModel, chunk: &Chunk, layer: Layer) -> Result<(Tensor<3>, Option<Tensor<2>>), PipelineError> {
+fn process_tokens(sd: &StableDiffusion, tokenizer: &ClipTokenizer, encoder: &ClipTextModel, chunk: &Chunk, clip_skip: Option<usize>) -> Result<(Tensor<3>, Option<Tensor<2>>), PipelineError> {
     let mut tokens = chunk.tokens.clone();
     // SD 2's tokenizer pads with another token than its end token
     let (id_end, id_pad) = (tokenizer.eos_token_id(), tokenizer.pad_token_id());
@@ -36,20 +27,8 @@ fn process_tokens(sd: &StableDiffusion, tokenizer: &ClipTokenizer, encoder: &Cli
         }
     }
     let out = crate::in_worker(&sd.device, || encoder.encode(&[tokens], &sd.device))?;
-    let hidden = out.hidden_states.len();
-    let skip_error = |skip: usize| PipelineError::Input { what: "clip skip", value: skip.to_string(), allowed: format!("less than {} for this text encoder", hidden) };
-    let z = match layer {
-        Layer::Sd { clip_skip: None } => out.last_hidden_state,
-        Layer::Sd { clip_skip: Some(skip) } => {
-            let at = hidden.checked_sub(skip.saturating_add(1)).ok_or_else(|| skip_error(skip))?;
-            encoder.final_layer_norm(out.hidden_states[at].clone())
-        }
-        Layer::Xl { clip_skip } => {
-            let skip = clip_skip.unwrap_or(0);
-            let at = hidden.checked_sub(skip.saturating_add(2)).ok_or_else(|| skip_error(skip))?;
-            out.hidden_states[at].clone()
-        }
-    };
+    let pooled = out.text_embeds.clone();
+    let z = conditioning(encoder, out, sd.kind == PipelineKind::StableDiffusionXL, clip_skip)?;
     // EmphasisOriginal: z · multipliers, then the original mean restored
     let device = z.device();
     let weights: Vec<f32> = chunk.multipliers.iter().map(|&w| w as f32).collect();
@@ -58,7 +37,7 @@ fn process_tokens(sd: &StableDiffusion, tokenizer: &ClipTokenizer, encoder: &Cli
     let weighted = z * weights;
     let new_mean = weighted.clone().mean();
     let z = weighted * (original_mean / new_mean).reshape([1, 1, 1]);
-    Ok((z, out.text_embeds))
+    Ok((z, pooled))
 }
 
 /// A1111's conditioning of `line`: every encoder's chunks concatenated on the sequence, the
@@ -72,7 +51,6 @@ pub fn cond(sd: &StableDiffusion, line: &str, line_2: &str, clip_skip: Option<us
     if let (true, Some(t), Some(e)) = (xl, &sd.tokenizer_2, &sd.text_encoder_2) {
         encoders.push((t, e, line_2));
     }
-    let layer = if xl { Layer::Xl { clip_skip } } else { Layer::Sd { clip_skip } };
     let mut parts = Vec::new();
     let mut pooled = None;
     let mut count = None;
@@ -88,7 +66,7 @@ pub fn cond(sd: &StableDiffusion, line: &str, line_2: &str, clip_skip: Option<us
         count = Some(chunks.len());
         let mut zs = Vec::with_capacity(chunks.len());
         for (i, chunk) in chunks.iter().enumerate() {
-            let (z, p) = process_tokens(sd, tokenizer, encoder, chunk, layer)?;
+            let (z, p) = process_tokens(sd, tokenizer, encoder, chunk, clip_skip)?;
             zs.push(z);
             if i == 0 && p.is_some() {
                 pooled = p;

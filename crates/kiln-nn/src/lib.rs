@@ -32,7 +32,7 @@ pub use safetensors::{dtype_size, read_safetensors_header, SafetensorsHeader, Te
 pub use resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 pub use sampling::{Downsample2D, Downsample2DConfig, Upsample2D, Upsample2DConfig};
 pub use torch_checkpoint::{is_zip, read_torch_checkpoint, TorchCheckpoint, TorchTensor};
-pub use weights::{StoredTensor, Transform, Weight, Weights, WeightsFile};
+pub use weights::{burn_dtype, StoredTensor, Transform, Weight, Weights, WeightsFile};
 pub use transformer::{
     BasicTransformerBlock, BasicTransformerBlockConfig, FeedForward, FeedForwardConfig, Geglu, Projection,
     Transformer2DModel, Transformer2DModelConfig,

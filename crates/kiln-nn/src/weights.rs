@@ -197,8 +197,8 @@ pub struct Weights {
     pub weights: Vec<Weight>,
 }
 
-/// burn's dtype of a safetensors dtype name.
-fn burn_dtype(dtype: &str) -> Option<DType> {
+/// burn's dtype of a safetensors dtype name (the float and integer dtypes weights files hold).
+pub fn burn_dtype(dtype: &str) -> Option<DType> {
     Some(match dtype {
         "F64" => DType::F64,
         "F32" => DType::F32,

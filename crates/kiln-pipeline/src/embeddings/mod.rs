@@ -13,7 +13,7 @@ pub mod load;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, TensorData};
-use kiln_nn::{LoadError, WeightsFile};
+use kiln_nn::{burn_dtype, LoadError, WeightsFile};
 use thiserror::Error;
 
 /// Why an embedding cannot be loaded. Every variant names the file.
@@ -44,12 +44,9 @@ impl EmbeddingFile {
         let bad = |message: String| EmbeddingError::Format { path: path.into(), message };
         let read = |name: &str| -> Result<TensorData, EmbeddingError> {
             let t = file.get(name).expect("listed");
-            let dtype = match t.dtype.as_str() {
-                "F32" => DType::F32,
-                "F16" => DType::F16,
-                "BF16" => DType::BF16,
-                d => return Err(bad(format!("`{name}` is {d}; embeddings are f32, f16 or bf16"))),
-            };
+            let dtype = burn_dtype(&t.dtype)
+                .filter(|d| matches!(d, DType::F32 | DType::F16 | DType::BF16))
+                .ok_or_else(|| bad(format!("`{name}` is {}; embeddings are f32, f16 or bf16", t.dtype)))?;
             let dims: Vec<usize> = match t.shape.as_slice() {
                 [d] => vec![1, *d as usize],
                 [n, d] => vec![*n as usize, *d as usize],

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, TensorData};
-use kiln_nn::{LoadError, Weights};
+use kiln_nn::{burn_dtype, LoadError, Weights};
 use serde_json::{json, Value};
 
 use super::arch::{ConfigText, TokenizerSource};
@@ -41,13 +41,7 @@ fn safetensors_dtype(dtype: DType) -> &'static str {
 /// Writes `weights` as the safetensors file `path`, renamed to their diffusers names (minus
 /// `skip`ped ones), each float tensor cast to `dtype`; one tensor in memory at a time.
 fn write_weights(path: &Path, weights: &Weights, dtype: Option<DType>, skip: &dyn Fn(&str) -> bool, keep_going: &dyn Fn() -> bool) -> Result<(), SingleFileError> {
-    let file_dtype = |d: &str| match d {
-        "F16" => Some(DType::F16),
-        "BF16" => Some(DType::BF16),
-        "F32" => Some(DType::F32),
-        "F64" => Some(DType::F64),
-        _ => None,
-    };
+    let file_dtype = |d: &str| burn_dtype(d).filter(DType::is_float);
     let mut plan = Vec::new();
     for w in weights.weights.iter().filter(|w| !skip(&w.name)) {
         let stored = weights.file.get(&w.key).ok_or_else(|| LoadError::Missing { path: weights.file.path().into(), names: vec![w.key.clone()] })?;

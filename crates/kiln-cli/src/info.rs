@@ -14,6 +14,7 @@ use thiserror::Error;
 use kiln_pipeline::model::{cached_snapshot, HubConfig, HubId, ModelError, ModelFolder, PipelineKind, ResolveOptions};
 use kiln_pipeline::png::{self, GenerationParams, PngError};
 use kiln_pipeline::embeddings::EmbeddingFile;
+use kiln_pipeline::lora::hash::lora_short_hash;
 use kiln_pipeline::lora::LoraFile;
 use kiln_pipeline::single_file::{SingleFile, SingleFileError};
 
@@ -239,11 +240,11 @@ fn with_family(mut summary: WeightsSummary) -> WeightsSummary {
         }
         Err(SingleFileError::NotACheckpoint { looks_like, .. }) => {
             summary.looks_like = Some(looks_like);
-            if let Ok(lora) = LoraFile::open(&summary.path) {
+            if let (Ok(lora), Ok(hash)) = (LoraFile::open(&summary.path), lora_short_hash(&summary.path)) {
                 summary.lora = Some(LoraSummary {
                     format: format!("{:?}", lora.format),
                     modules: lora.summary().into_iter().map(|((c, k), n)| (c, k.to_string(), n)).collect(),
-                    hash: lora.hash.clone(),
+                    hash,
                 });
             } else if let Ok(e) = EmbeddingFile::open(&summary.path, None) {
                 summary.embedding = Some(EmbeddingSummary {

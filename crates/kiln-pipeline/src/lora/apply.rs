@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use kiln_nn::{merge_deltas, param_names, restore, Delta};
+use kiln_nn::{merge_deltas, param_names, restore, Delta, LoadError};
 use kiln_unet::PerBlock;
 
-use super::{LoraError, LoraFile, LoraReport};
+use super::{hash, LoadedLora, LoraError, LoraFile, LoraReport, Updates};
 use crate::error::PipelineError;
 use crate::StableDiffusion;
 
@@ -21,7 +21,9 @@ impl StableDiffusion {
             return Err(PipelineError::Input { what: "a LoRA's scale", value: scale.to_string(), allowed: "a finite number".into() });
         }
         let file = LoraFile::open(path).map_err(PipelineError::Lora)?;
-        self.loras.loaded.push((file, scale));
+        let updates = self.match_lora(&file).map_err(PipelineError::Lora)?;
+        let hash = hash::lora_short_hash(path).map_err(|source| PipelineError::Lora(LoadError::Io { path: path.into(), source }.into()))?;
+        self.loras.loaded.push(LoadedLora { path: file.path.clone(), format: file.format, modules: file.modules(), hash, scale, updates });
         match self.merge_loras() {
             Ok(reports) => Ok(reports.last().cloned().expect("one per LoRA")),
             Err(e) => {
@@ -30,6 +32,25 @@ impl StableDiffusion {
                 Err(e)
             }
         }
+    }
+
+    /// `file`'s updates matched to this model's UNet and text encoders.
+    fn match_lora(&self, file: &LoraFile) -> Result<Updates, LoraError> {
+        let mut params: HashMap<&str, Vec<String>> = HashMap::new();
+        params.insert("unet", param_names(&self.unet).into_iter().map(|(n, _)| n).collect());
+        params.insert("text_encoder", param_names(&self.text_encoder).into_iter().map(|(n, _)| n).collect());
+        if let Some(te) = &self.text_encoder_2 {
+            params.insert("text_encoder_2", param_names(te).into_iter().map(|(n, _)| n).collect());
+        }
+        // SDXL kohya LoRAs name the UNet's modules as the original (LDM) model does
+        let config = self.unet.config();
+        let lpb = match &config.layers_per_block {
+            PerBlock::One(n) => Some(*n),
+            PerBlock::List(l) => l.first().copied().filter(|n| l.iter().all(|m| m == n)),
+        };
+        let up_attention: Vec<bool> = config.up_block_types.iter().map(|t| t.contains("CrossAttn")).collect();
+        let ldm_name = |name: &str| lpb.and_then(|lpb| crate::single_file::unet::ldm_key(name, lpb, &|b| up_attention.get(b).copied().unwrap_or(false)));
+        file.updates(&params, &ldm_name, &self.device)
     }
 
     /// Sets each loaded LoRA's scale (in the order they were loaded) and merges again.
@@ -41,8 +62,8 @@ impl StableDiffusion {
                 allowed: format!("{} finite numbers, one per loaded LoRA", self.loras.loaded.len()),
             });
         }
-        for ((_, s), new) in self.loras.loaded.iter_mut().zip(scales) {
-            *s = *new;
+        for (lora, new) in self.loras.loaded.iter_mut().zip(scales) {
+            lora.scale = *new;
         }
         self.merge_loras()
     }
@@ -55,7 +76,7 @@ impl StableDiffusion {
 
     /// The loaded LoRAs, in order.
     pub fn loras(&self) -> Vec<(&Path, f64)> {
-        self.loras.loaded.iter().map(|(f, s)| (f.path.as_path(), *s)).collect()
+        self.loras.loaded.iter().map(|l| (l.path.as_path(), l.scale)).collect()
     }
 
     fn restore_weights(&mut self) {
@@ -71,36 +92,14 @@ impl StableDiffusion {
         }
     }
 
-    /// Restores the weights, then merges every loaded LoRA at its scale.
+    /// Restores the weights, then merges every loaded LoRA at its scale (no file is read).
     fn merge_loras(&mut self) -> Result<Vec<LoraReport>, PipelineError> {
         self.restore_weights();
-        let mut params: HashMap<&str, Vec<String>> = HashMap::new();
-        params.insert("unet", param_names(&self.unet).into_iter().map(|(n, _)| n).collect());
-        params.insert("text_encoder", param_names(&self.text_encoder).into_iter().map(|(n, _)| n).collect());
-        if let Some(te) = &self.text_encoder_2 {
-            params.insert("text_encoder_2", param_names(te).into_iter().map(|(n, _)| n).collect());
-        }
-        // SDXL kohya LoRAs name the UNet's modules as the original (LDM) model does
-        let config = self.unet.config();
-        let lpb = match &config.layers_per_block {
-            PerBlock::One(n) => Some(*n),
-            PerBlock::List(l) => l.first().copied().filter(|n| l.iter().all(|m| m == n)),
-        };
-        let up_attention: Vec<bool> = config.up_block_types.iter().map(|t| t.contains("CrossAttn")).collect();
-        let ldm_name = |name: &str| lpb.and_then(|lpb| crate::single_file::unet::ldm_key(name, lpb, &|b| up_attention.get(b).copied().unwrap_or(false)));
         let mut all: HashMap<&'static str, HashMap<String, Vec<Delta>>> = HashMap::new();
-        let mut reports = Vec::new();
-        for (file, scale) in &self.loras.loaded {
-            let deltas = file.deltas(*scale, &params, &ldm_name, &self.device).map_err(PipelineError::Lora)?;
-            let applied = deltas.iter().map(|(c, d)| (c.to_string(), d.len())).collect();
-            for (component, d) in deltas {
-                let target = all.entry(component).or_default();
-                for (name, mut list) in d {
-                    target.entry(name).or_default().append(&mut list);
-                }
-            }
-            reports.push(LoraReport { path: file.path.clone(), scale: *scale, format: file.format, modules: file.modules(), applied, hash: file.hash.clone() });
+        for lora in &self.loras.loaded {
+            lora.updates.add_to(lora.scale, &mut all);
         }
+        let reports = self.loras.loaded.iter().map(LoadedLora::report).collect();
         let mut errors = Vec::new();
         if let Some(d) = all.get("unet") {
             let (m, o, e) = merge_deltas(self.unet.clone(), d);
@@ -119,7 +118,7 @@ impl StableDiffusion {
         }
         if !errors.is_empty() {
             self.restore_weights();
-            let path = self.loras.loaded.last().map(|(f, _)| f.path.clone()).unwrap_or_default();
+            let path = self.loras.loaded.last().map(|l| l.path.clone()).unwrap_or_default();
             return Err(PipelineError::Lora(LoraError::Shape { path, errors: errors.into_iter().map(|(n, e)| format!("`{n}`: {e}")).collect() }));
         }
         Ok(reports)

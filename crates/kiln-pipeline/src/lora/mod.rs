@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use kiln_nn::{Delta, Factor as NnFactor, LoadError, Originals, Update, WeightsFile};
+use kiln_nn::{burn_dtype, Delta, Factor as NnFactor, LoadError, Originals, Update, WeightsFile};
 use thiserror::Error;
 
 /// Why a LoRA cannot be applied. Every variant names the file.
@@ -47,11 +47,66 @@ fn list(keys: &[String]) -> String {
     s
 }
 
-/// The LoRAs a pipeline holds, and its weights as they were before them.
+/// The LoRAs a pipeline holds (each read once, its updates kept on the device, so that a new
+/// scale or another LoRA merges again without reading the files), and its weights as they were
+/// before them.
 #[derive(Debug, Default)]
 pub struct LoraState {
-    pub(crate) loaded: Vec<(LoraFile, f64)>,
+    pub(crate) loaded: Vec<LoadedLora>,
     pub(crate) originals: HashMap<&'static str, Originals>,
+}
+
+/// One loaded LoRA: what it is, its scale, and its updates matched to the model.
+#[derive(Debug)]
+pub(crate) struct LoadedLora {
+    pub(crate) path: PathBuf,
+    pub(crate) format: LoraFormat,
+    pub(crate) modules: usize,
+    pub(crate) hash: String,
+    pub(crate) scale: f64,
+    pub(crate) updates: Updates,
+}
+
+impl LoadedLora {
+    /// What it does at its scale.
+    pub(crate) fn report(&self) -> LoraReport {
+        let applied = self.updates.0.iter().map(|(c, d)| (c.to_string(), d.len())).collect();
+        LoraReport { path: self.path.clone(), scale: self.scale, format: self.format, modules: self.modules, applied, hash: self.hash.clone() }
+    }
+}
+
+/// How a module's update scales with its LoRA's scale: kohya's `scale · alpha / rank` (alpha
+/// defaulting to the rank), or A1111's `calc_scale` ratio.
+#[derive(Debug, Clone, Copy)]
+enum Scaling {
+    AlphaOverRank { alpha: f64, rank: f64 },
+    Times(f64),
+}
+
+impl Scaling {
+    fn at(self, scale: f64) -> f64 {
+        match self {
+            Scaling::AlphaOverRank { alpha, rank } => scale * alpha / rank,
+            Scaling::Times(ratio) => scale * ratio,
+        }
+    }
+}
+
+/// A LoRA's updates matched to a model: for each component, each parameter's updates with how
+/// they scale.
+#[derive(Debug, Default)]
+pub(crate) struct Updates(HashMap<&'static str, HashMap<String, Vec<(Update, Scaling)>>>);
+
+impl Updates {
+    /// The deltas at `scale`, added to `all` (by component and parameter, in order).
+    pub(crate) fn add_to(&self, scale: f64, all: &mut HashMap<&'static str, HashMap<String, Vec<Delta>>>) {
+        for (component, params) in &self.0 {
+            let target = all.entry(component).or_default();
+            for (name, updates) in params {
+                target.entry(name.clone()).or_default().extend(updates.iter().map(|(u, s)| Delta { update: u.clone(), scale: s.at(scale) }));
+            }
+        }
+    }
 }
 
 /// How one module's update is stored: the keys of its tensors.
@@ -104,8 +159,6 @@ pub struct LoraFile {
     pub format: LoraFormat,
     file: Arc<WeightsFile>,
     modules: Vec<StoredModule>,
-    /// A1111's short hash ([`hash::lora_short_hash`]).
-    pub hash: String,
 }
 
 /// What a LoRA did: the modules it updated of those it holds.
@@ -207,8 +260,7 @@ impl LoraFile {
             let first = names.first().map(|n| format!(" (e.g. `{n}`)")).unwrap_or_default();
             return Err(bad(format!("no `.lora_down.weight`, `.lora_A.weight`, `.hada_w1_a`, `.lokr_w1` or `.diff` keys{first}")));
         };
-        let hash = hash::lora_short_hash(path).map_err(|source| LoadError::Io { path: path.into(), source })?;
-        Ok(Self { path: path.into(), format, file, modules, hash })
+        Ok(Self { path: path.into(), format, file, modules })
     }
 
     /// The number of modules the file updates.
@@ -237,13 +289,7 @@ impl LoraFile {
     fn scalar(&self, key: &str) -> Result<f64, LoraError> {
         let stored = self.file.get(key).expect("listed keys exist");
         let bad = |message: String| LoraError::Format { path: self.path.clone(), message: format!("`{key}`: {message}") };
-        let dtype = match stored.dtype.as_str() {
-            "F32" => DType::F32,
-            "F16" => DType::F16,
-            "BF16" => DType::BF16,
-            "F64" => DType::F64,
-            d => return Err(bad(format!("{d}; an alpha is a float"))),
-        };
+        let dtype = burn_dtype(&stored.dtype).filter(DType::is_float).ok_or_else(|| bad(format!("{}; an alpha is a float", stored.dtype)))?;
         if stored.shape.iter().product::<u64>() != 1 {
             return Err(bad(format!("shape {:?}; an alpha is one number", stored.shape)));
         }
@@ -264,12 +310,9 @@ impl LoraFile {
     /// One tensor of the file as f32 on `device`, reshaped to 2-D (`[rows, rest]`).
     fn matrix(&self, key: &str, device: &Device) -> Result<Tensor<2>, LoraError> {
         let stored = self.file.get(key).expect("listed keys exist");
-        let dtype = match stored.dtype.as_str() {
-            "F32" => DType::F32,
-            "F16" => DType::F16,
-            "BF16" => DType::BF16,
-            d => return Err(LoraError::Format { path: self.path.clone(), message: format!("`{key}` is {d}; LoRA tensors are f32, f16 or bf16") }),
-        };
+        let dtype = burn_dtype(&stored.dtype)
+            .filter(|d| matches!(d, DType::F32 | DType::F16 | DType::BF16))
+            .ok_or_else(|| LoraError::Format { path: self.path.clone(), message: format!("`{key}` is {}; LoRA tensors are f32, f16 or bf16", stored.dtype) })?;
         let dims: Vec<usize> = stored.shape.iter().map(|&d| d as usize).collect();
         if dims.is_empty() || dims.len() > 4 {
             return Err(LoraError::Format { path: self.path.clone(), message: format!("`{key}` has shape {dims:?}") });
@@ -280,16 +323,10 @@ impl LoraFile {
         Ok(Tensor::<2>::from_data(data, device))
     }
 
-    /// The file's updates matched to the model: for each component, its parameters' deltas at
-    /// `scale`. `params`: each component's parameter names (PyTorch's, `…weight`). Every module
-    /// must match.
-    pub fn deltas(
-        &self,
-        scale: f64,
-        params: &HashMap<&str, Vec<String>>,
-        ldm_name: &dyn Fn(&str) -> Option<String>,
-        device: &Device,
-    ) -> Result<HashMap<&'static str, HashMap<String, Vec<Delta>>>, LoraError> {
+    /// The file's updates matched to the model (read from the file once): for each component,
+    /// its parameters' updates. `params`: each component's parameter names (PyTorch's,
+    /// `…weight`). Every module must match.
+    pub(crate) fn updates(&self, params: &HashMap<&str, Vec<String>>, ldm_name: &dyn Fn(&str) -> Option<String>, device: &Device) -> Result<Updates, LoraError> {
         // each component's modules by the names this format gives them
         let mut tables: HashMap<&str, HashMap<String, String>> = HashMap::new();
         for (component, names) in params {
@@ -314,7 +351,7 @@ impl LoraFile {
                 }
             }
         }
-        let mut out: HashMap<&'static str, HashMap<String, Vec<Delta>>> = HashMap::new();
+        let mut out: HashMap<&'static str, HashMap<String, Vec<(Update, Scaling)>>> = HashMap::new();
         let mut unmatched = Vec::new();
         for m in &self.modules {
             let Some(target) = tables.get(m.component).and_then(|t| t.get(&m.name)) else {
@@ -327,21 +364,23 @@ impl LoraFile {
             };
             let targets = out.entry(m.component).or_default();
             // A1111's `calc_scale`: alpha / rank where the file has both, else 1
-            let scaled = |rank: Option<usize>| scale * match (alpha, rank) {
-                (Some(a), Some(r)) if r > 0 => a / r as f64,
-                _ => 1.0,
+            let scaled = |rank: Option<usize>| {
+                Scaling::Times(match (alpha, rank) {
+                    (Some(a), Some(r)) if r > 0 => a / r as f64,
+                    _ => 1.0,
+                })
             };
             match &m.kind {
                 StoredKind::LowRank { down, up, mid } => {
                     let (down, up) = (self.matrix(down, device)?, self.matrix(up, device)?);
                     let rank = down.dims()[0];
                     // kohya and PEFT without an alpha: alpha = rank
-                    let s = scale * alpha.unwrap_or(rank as f64) / rank as f64;
+                    let s = Scaling::AlphaOverRank { alpha: alpha.unwrap_or(rank as f64), rank: rank as f64 };
                     let factor = match mid {
                         Some(mid) => NnFactor::Cp { left: up, core: self.core(mid, device)?, right: down },
                         None => NnFactor::Product(up, down),
                     };
-                    targets.entry(format!("{target}.weight")).or_default().push(Delta { update: Update::One(factor), scale: s });
+                    targets.entry(format!("{target}.weight")).or_default().push((Update::One(factor), s));
                 }
                 StoredKind::Hada { w1a, w1b, t1, w2a, w2b, t2 } => {
                     // with a Tucker core, LyCORIS stores w_a transposed ([rank, out])
@@ -355,7 +394,7 @@ impl LoraFile {
                     };
                     let (f1, rank) = hada(w1a, w1b, t1)?;
                     let (f2, _) = hada(w2a, w2b, t2)?;
-                    targets.entry(format!("{target}.weight")).or_default().push(Delta { update: Update::Hadamard(f1, f2), scale: scaled(Some(rank)) });
+                    targets.entry(format!("{target}.weight")).or_default().push((Update::Hadamard(f1, f2), scaled(Some(rank))));
                 }
                 StoredKind::Lokr { w1, w2, t2 } => {
                     // the rank is the factored matrices' (w1's first, as A1111 reads it)
@@ -376,12 +415,12 @@ impl LoraFile {
                         })
                     };
                     let (w1, w2) = (factor(w1, None)?, factor(w2, t2.as_ref())?);
-                    targets.entry(format!("{target}.weight")).or_default().push(Delta { update: Update::Kronecker(w1, w2), scale: scaled(rank) });
+                    targets.entry(format!("{target}.weight")).or_default().push((Update::Kronecker(w1, w2), scaled(rank)));
                 }
                 StoredKind::Full { diff, diff_b } => {
-                    targets.entry(format!("{target}.weight")).or_default().push(Delta { update: Update::One(NnFactor::Dense(self.matrix(diff, device)?)), scale: scaled(None) });
+                    targets.entry(format!("{target}.weight")).or_default().push((Update::One(NnFactor::Dense(self.matrix(diff, device)?)), scaled(None)));
                     if let Some(b) = diff_b {
-                        targets.entry(format!("{target}.bias")).or_default().push(Delta { update: Update::One(NnFactor::Dense(self.matrix(b, device)?)), scale: scaled(None) });
+                        targets.entry(format!("{target}.bias")).or_default().push((Update::One(NnFactor::Dense(self.matrix(b, device)?)), scaled(None)));
                     }
                 }
             }
@@ -395,6 +434,6 @@ impl LoraFile {
             unmatched.sort();
             return Err(LoraError::Unmatched { path: self.path.clone(), keys: unmatched, total: self.modules.len(), hint: family.into() });
         }
-        Ok(out)
+        Ok(Updates(out))
     }
 }

@@ -210,23 +210,22 @@ pub fn burn_dtype(dtype: &str) -> Option<DType> {
     })
 }
 
-/// The bytes of the file's tensor `key` with `transform` applied.
-fn read_transformed(file: &WeightsFile, key: &str, transform: Transform) -> Result<Vec<u8>, LoadError> {
+/// The file's tensor `key` with `transform` applied: its bytes, dtype (safetensors' name) and
+/// shape.
+fn read_transformed(file: &WeightsFile, key: &str, transform: Transform) -> Result<(Vec<u8>, String, Vec<u64>), LoadError> {
     let stored = file.get(key).ok_or_else(|| LoadError::Missing { path: file.path().into(), names: vec![key.to_string()] })?;
     let size = dtype_size(&stored.dtype).ok_or_else(|| LoadError::Mismatch { path: file.path().into(), errors: vec![format!("tensor `{key}`: dtype {} is not one kiln reads", stored.dtype)] })?;
-    transform
+    let shape = transform
         .shape(&stored.shape)
         .map_err(|m| LoadError::Mismatch { path: file.path().into(), errors: vec![format!("tensor `{key}`: {m}")] })?;
-    Ok(transform.apply(file.read(key)?, &stored.shape, size as usize))
+    Ok((transform.apply(file.read(key)?, &stored.shape, size as usize), stored.dtype.clone(), shape))
 }
 
 impl Weights {
     /// `w` as the module receives it: its bytes (read and transformed), its dtype (safetensors'
     /// name) and shape.
     pub fn read(&self, w: &Weight) -> Result<(Vec<u8>, String, Vec<u64>), LoadError> {
-        let stored = self.file.get(&w.key).ok_or_else(|| LoadError::Missing { path: self.file.path().into(), names: vec![w.key.clone()] })?;
-        let shape = w.transform.shape(&stored.shape).map_err(|m| LoadError::Mismatch { path: self.file.path().into(), errors: vec![format!("tensor `{}`: {m}", w.key)] })?;
-        Ok((read_transformed(&self.file, &w.key, w.transform)?, stored.dtype.clone(), shape))
+        read_transformed(&self.file, &w.key, w.transform)
     }
 
     /// Every tensor of `file` under its own name (a diffusers folder's weights file).
@@ -265,7 +264,7 @@ impl Weights {
             let (file, key, transform) = (self.file.clone(), w.key.clone(), w.transform);
             let data_shape = shape_usize.clone();
             tensors.push(bridge::deferred(w.name, stored_dtype, shape_usize.into(), None, move || {
-                let bytes = read_transformed(&file, &key, transform).map_err(|e| PackError::ValidationError(e.to_string()))?;
+                let (bytes, ..) = read_transformed(&file, &key, transform).map_err(|e| PackError::ValidationError(e.to_string()))?;
                 Ok(TensorData::from_bytes_vec(bytes, data_shape.clone(), stored_dtype))
             }));
         }

@@ -42,6 +42,18 @@ pub(crate) fn open_regular_file(path: &Path) -> Result<(std::fs::File, u64), Loa
     Ok((std::fs::File::open(path).map_err(io)?, meta.len()))
 }
 
+/// A safetensors file's first bytes for `header` (tensor name → `{dtype, shape, data_offsets}`,
+/// and `__metadata__`): the 8-byte little-endian length, then the JSON, padded with spaces so the
+/// data section starts 8-byte aligned (as the safetensors library writes it).
+pub fn header_bytes(header: &serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
+    let mut json = serde_json::to_vec(header).expect("a JSON object serializes");
+    json.resize(json.len().div_ceil(8) * 8, b' ');
+    let mut out = Vec::with_capacity(8 + json.len());
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out
+}
+
 /// Bytes per element of the safetensors dtypes kiln knows.
 pub fn dtype_size(dtype: &str) -> Option<u64> {
     Some(match dtype {

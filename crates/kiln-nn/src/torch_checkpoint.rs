@@ -23,7 +23,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::LoadError;
-use crate::safetensors::{dtype_size, open_regular_file};
+use crate::safetensors::{dtype_size, header_bytes, open_regular_file};
 
 /// One tensor of a checkpoint: a strided view of one storage.
 #[derive(Debug, Clone, PartialEq)]
@@ -150,12 +150,7 @@ impl TorchCheckpoint {
             self.read_tensor(&file, t, &mut data)?;
             header.insert(t.name.clone(), serde_json::json!({ "dtype": t.dtype, "shape": t.shape, "data_offsets": [start, data.len()] }));
         }
-        let mut header = serde_json::to_vec(&header).expect("a JSON object serializes");
-        // safetensors aligns the data section to 8 bytes with spaces
-        header.resize(header.len().div_ceil(8) * 8, b' ');
-        let mut out = Vec::with_capacity(8 + header.len() + data.len());
-        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
-        out.extend_from_slice(&header);
+        let mut out = header_bytes(&header);
         out.extend_from_slice(&data);
         Ok(out)
     }

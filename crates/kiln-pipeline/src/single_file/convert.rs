@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, TensorData};
-use kiln_nn::{burn_dtype, LoadError, Weights};
+use kiln_nn::{burn_dtype, header_bytes, LoadError, Weights};
 use serde_json::{json, Value};
 
 use super::arch::{ConfigText, TokenizerSource};
@@ -62,11 +62,8 @@ fn write_weights(path: &Path, weights: &Weights, dtype: Option<DType>, skip: &dy
         header.insert(w.name.clone(), json!({"dtype": out_dtype, "shape": shape, "data_offsets": [offset, offset + bytes]}));
         offset += bytes;
     }
-    let mut header = serde_json::to_vec(&header).expect("JSON serializes");
-    header.resize(header.len().div_ceil(8) * 8, b' ');
     let mut out = std::io::BufWriter::new(fs::File::create_new(path).map_err(io(path))?);
-    out.write_all(&(header.len() as u64).to_le_bytes()).map_err(io(path))?;
-    out.write_all(&header).map_err(io(path))?;
+    out.write_all(&header_bytes(&header)).map_err(io(path))?;
     for (w, shape, out_dtype) in &plan {
         if !keep_going() {
             return Err(SingleFileError::Cancelled);

@@ -308,13 +308,15 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
     if let Some(dir) = &a.embeddings_dir {
         embeddings.extend(embeddings_in(dir, &texts)?.into_iter().map(|p| (p, None)));
     }
-    for (path, token) in &embeddings {
-        EmbeddingFile::open(path, token.as_deref()).map_err(|e| format!("--embedding: {e}"))?;
-    }
+    let embeddings = embeddings
+        .iter()
+        .map(|(path, token)| EmbeddingFile::open(path, token.as_deref()).map_err(|e| format!("--embedding: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
     let (mut pipe, model_name) = load_model(&a, scheduler, &device, dtype)?;
     let mut ti_hashes = Vec::new();
-    for (path, token) in &embeddings {
-        let tokens = pipe.load_textual_inversion(path, token.as_deref()).map_err(|e| format!("--embedding: {e}"))?;
+    for embedding in &embeddings {
+        let path = &embedding.path;
+        let tokens = pipe.add_embedding(embedding).map_err(|e| format!("--embedding: {e}"))?;
         eprintln!("{}: embedding {}", path.display(), tokens.join(" "));
         let hash = kiln::pipeline::lora::hash::short_hash(path, false).map_err(|e| format!("--embedding {}: {e}", path.display()))?;
         ti_hashes.push(format!("{}: {hash}", tokens[0]));

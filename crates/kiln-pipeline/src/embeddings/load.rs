@@ -1,4 +1,4 @@
-//! [`StableDiffusion::load_textual_inversion`]: an embedding's vectors added to the tokenizers
+//! [`StableDiffusion::load_textual_inversion`] / [`StableDiffusion::add_embedding`]: an embedding's vectors added to the tokenizers
 //! and text encoders.
 
 use std::path::Path;
@@ -17,6 +17,12 @@ impl StableDiffusion {
     /// encoder is an error naming both widths. Returns the tokens added.
     pub fn load_textual_inversion(&mut self, path: &Path, token: Option<&str>) -> Result<Vec<String>, PipelineError> {
         let file = EmbeddingFile::open(path, token).map_err(PipelineError::Embedding)?;
+        self.add_embedding(&file)
+    }
+
+    /// [`StableDiffusion::load_textual_inversion`] of an embedding file already read.
+    pub fn add_embedding(&mut self, file: &EmbeddingFile) -> Result<Vec<String>, PipelineError> {
+        let path = file.path.as_path();
         let mismatch = |message: String| PipelineError::Embedding(EmbeddingError::Mismatch { path: path.into(), message });
         let width = |c: &str| match c {
             "text_encoder_2" => self.text_encoder_2.as_ref().map(|t| t.text_model.embeddings.token_embedding.weight.dims()[1]),

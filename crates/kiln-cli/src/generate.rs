@@ -8,11 +8,12 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln::burn::tensor::{DType, Device};
 use kiln::pipeline::image_processor::{decode_image, image_size, pil_grayscale};
-use kiln::pipeline::png::{check_output, save_png, GenerationParams};
+use kiln::pipeline::infotext::{default_strength, generation_params, RunRecord};
+use kiln::pipeline::png::{check_output, save_png};
 use kiln::pipeline::embeddings::EmbeddingFile;
 use kiln::pipeline::lora::LoraFile;
 use kiln::pipeline::single_file::SingleFile;
-use kiln::pipeline::{resolve, resolve_vae, GenerateOptions, HubConfig, PipelineError, PipelineKind, PromptSyntax, ResolveOptions, StableDiffusion, Task};
+use kiln::pipeline::{resolve, resolve_vae, GenerateOptions, HubConfig, PipelineError, PromptSyntax, ResolveOptions, StableDiffusion, Task};
 use kiln::scheduler::{SamplerChoice, SamplerName, SchedulerConfig, StepOptions};
 
 use crate::device::DeviceArgs;
@@ -352,12 +353,11 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
         target_size,
         prompt_syntax: if a1111 { PromptSyntax::A1111 } else { PromptSyntax::Diffusers },
     };
-    let img2img_default = if pipe.kind == PipelineKind::StableDiffusionXL { 0.3 } else { 0.8 };
     let task = match (&init_image, &mask) {
         (None, _) => Task::Txt2Img,
-        // diffusers' defaults: 0.8 (SD img2img), 0.3 (SDXL img2img)
-        (Some(image), None) => Task::Img2Img { image, strength: a.strength.unwrap_or(img2img_default) },
-        (Some(image), Some(mask)) => Task::Inpaint { image, mask, strength: a.strength.unwrap_or(1.0) },
+        // diffusers' defaults: 0.8 (SD img2img), 0.3 (SDXL img2img), 1.0 (inpainting)
+        (Some(image), None) => Task::Img2Img { image, strength: a.strength.unwrap_or(default_strength(&pipe, false)) },
+        (Some(image), Some(mask)) => Task::Inpaint { image, mask, strength: a.strength.unwrap_or(default_strength(&pipe, true)) },
     };
     let bar = ProgressBar::new(a.steps as u64);
     bar.set_style(
@@ -381,43 +381,11 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
         other => other.map_err(|e| e.to_string())?,
     };
     bar.finish();
-    let sampler = scheduler.map(|s| s.to_string()).unwrap_or_else(|| pipe.scheduler_config.class_name.clone().unwrap_or_default());
-    let mut extra = Vec::new();
-    if a.karras {
-        extra.push(("Schedule type".to_string(), "Karras".to_string()));
-    }
-    if !ti_hashes.is_empty() {
-        // A1111's textual inversion: "name: shorthash, …"
-        extra.push(("TI hashes".to_string(), ti_hashes.join(", ")));
-    }
-    if !lora_hashes.is_empty() {
-        // A1111's extensions-builtin/Lora: "name: shorthash, …"
-        extra.push(("Lora hashes".to_string(), lora_hashes.join(", ")));
-    }
-    if !matches!(task, Task::Txt2Img) {
-        extra.push(("Denoising strength".to_string(), a.strength.unwrap_or(if mask.is_some() { 1.0 } else { img2img_default }).to_string()));
-    }
-    for (i, (image, path)) in images.iter().zip(&paths).enumerate() {
-        let params = GenerationParams {
-            prompt: a.prompt.clone(),
-            negative_prompt: a.negative_prompt.clone().unwrap_or_default(),
-            steps: a.steps as u32,
-            sampler: sampler.clone(),
-            cfg_scale: a.guidance_scale as f32,
-            seed: a.seed,
-            width: image.width(),
-            height: image.height(),
-            model: Some(model_name.clone()),
-            extra: if a.num_images > 1 {
-                let mut e = extra.clone();
-                e.push(("Batch pos".to_string(), i.to_string()));
-                e
-            } else {
-                extra.clone()
-            },
-        };
+    let record = RunRecord { prompt: a.prompt.clone(), model: model_name, ti_hashes, lora_hashes };
+    let params = generation_params(&pipe, &options, &task, &record, &images);
+    for ((image, path), params) in images.iter().zip(&paths).zip(&params) {
         // a signal during the save: the temporary file is removed, the output never appears
-        interrupt::graceful(|| if interrupt::requested() { Err(CliError::Interrupted) } else { save_png(path, image, Some(&params), a.overwrite).map_err(|e| CliError::from(e.to_string())) })?;
+        interrupt::graceful(|| if interrupt::requested() { Err(CliError::Interrupted) } else { save_png(path, image, Some(params), a.overwrite).map_err(|e| CliError::from(e.to_string())) })?;
         if interrupt::requested() {
             // written just before the signal came: the run as a whole was interrupted
             eprintln!("wrote {} (then interrupted)", path.display());

@@ -141,6 +141,31 @@ pub fn decode_image(path: &Path, what: &str) -> Result<image::DynamicImage, Pipe
     reader.decode().map_err(|e| PipelineError::Image(format!("{what} {} is not a readable PNG or JPEG image: {e}", path.display())))
 }
 
+/// [`image_size`] for an image in memory (an upload): its size from the header, nothing decoded.
+pub fn image_size_of(bytes: &[u8], what: &str) -> Result<(usize, usize), PipelineError> {
+    let (w, h) = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| PipelineError::Image(format!("cannot read {what}: {e}")))?
+        .into_dimensions()
+        .map_err(|e| PipelineError::Image(format!("{what} is not a readable PNG or JPEG image: {e}")))?;
+    if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
+        return Err(PipelineError::Image(format!("{what} is {w}x{h}; kiln takes images of at most {MAX_IMAGE_SIDE} pixels a side")));
+    }
+    Ok((w as usize, h as usize))
+}
+
+/// [`decode_image`] for an image in memory, within the same limits.
+pub fn decode_image_bytes(bytes: &[u8], what: &str) -> Result<image::DynamicImage, PipelineError> {
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| PipelineError::Image(format!("cannot read {what}: {e}")))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    reader.limits(limits);
+    reader.decode().map_err(|e| PipelineError::Image(format!("{what} is not a readable PNG or JPEG image: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

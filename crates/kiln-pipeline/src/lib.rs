@@ -22,6 +22,7 @@
 pub mod embeddings;
 pub mod error;
 pub mod image_processor;
+pub mod infotext;
 pub mod lora;
 pub mod model;
 pub mod options;

@@ -100,7 +100,8 @@ impl Task<'_> {
         }
     }
 
-    pub(crate) fn strength(&self) -> f64 {
+    /// The run's strength (1 for txt2img).
+    pub fn strength(&self) -> f64 {
         match self {
             Task::Txt2Img => 1.0,
             Task::Img2Img { strength, .. } | Task::Inpaint { strength, .. } => *strength,

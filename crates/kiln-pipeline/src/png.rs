@@ -429,24 +429,37 @@ pub fn save_png_with_text(path: &Path, image: &RgbImage, texts: &[(&str, &str)],
     let tmp = TempFile::create(&dir)?;
     {
         let mut out = BufWriter::new(&tmp.file);
-        let mut encoder = png::Encoder::new(&mut out, image.width(), image.height());
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let encode_err = |source| PngError::Encode { path: path.into(), source };
-        for (key, text) in texts {
-            if text.chars().all(|c| (c as u32) < 256) {
-                encoder.add_text_chunk(key.to_string(), text.to_string()).map_err(encode_err)?;
-            } else {
-                encoder.add_itxt_chunk(key.to_string(), text.to_string()).map_err(encode_err)?;
-            }
-        }
-        let mut writer = encoder.write_header().map_err(encode_err)?;
-        writer.write_image_data(image.as_raw()).map_err(encode_err)?;
-        writer.finish().map_err(encode_err)?;
+        write_png(&mut out, image, texts).map_err(|source| PngError::Encode { path: path.into(), source })?;
         out.flush().map_err(|source| PngError::Write { path: tmp.path.clone(), source })?;
     }
     tmp.file.sync_all().map_err(|source| PngError::Write { path: tmp.path.clone(), source })?;
     tmp.publish(path, overwrite)
+}
+
+/// The bytes [`save_png_with_text`] writes for `image` and `texts`: what `kiln serve` sends, the
+/// same bytes `kiln generate` writes to a file.
+pub fn encode_png(image: &RgbImage, texts: &[(&str, &str)]) -> Result<Vec<u8>, png::EncodingError> {
+    let mut out = Vec::new();
+    write_png(&mut out, image, texts)?;
+    Ok(out)
+}
+
+/// An 8-bit RGB PNG with the text chunks before the image data (`tEXt` when a text is Latin-1,
+/// else uncompressed `iTXt`, as PIL does).
+fn write_png(out: &mut impl Write, image: &RgbImage, texts: &[(&str, &str)]) -> Result<(), png::EncodingError> {
+    let mut encoder = png::Encoder::new(out, image.width(), image.height());
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    for (key, text) in texts {
+        if text.chars().all(|c| (c as u32) < 256) {
+            encoder.add_text_chunk(key.to_string(), text.to_string())?;
+        } else {
+            encoder.add_itxt_chunk(key.to_string(), text.to_string())?;
+        }
+    }
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(image.as_raw())?;
+    writer.finish()
 }
 
 /// A temporary file next to the destination, removed on drop unless published.

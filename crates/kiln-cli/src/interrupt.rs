@@ -43,3 +43,14 @@ pub fn graceful<R>(f: impl FnOnce() -> R) -> R {
     GRACEFUL.store(false, Ordering::SeqCst);
     r
 }
+
+/// Gives SIGINT and SIGTERM back to their default actions and ignores SIGPIPE, for a command that
+/// handles them itself (`kiln serve` drains on them; a client gone mid-reply must not end it).
+pub fn hand_over() {
+    // SAFETY: restoring default dispositions and ignoring SIGPIPE install no handler code.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}

@@ -14,6 +14,7 @@ mod generate;
 mod info;
 mod interrupt;
 mod schedule;
+mod serve;
 
 /// How a command failed: a message (exit status 2) or an interrupt (130).
 #[derive(Debug)]
@@ -58,18 +59,25 @@ enum Command {
     /// Time the text encoder, one UNet CFG step, the VAE decode and an end-to-end run on a
     /// device, for a config preset (random weights) or a model folder.
     Bench(bench::BenchArgs),
+    /// Serve models over HTTP: OpenAI's Images API, AUTOMATIC1111's API, asynchronous jobs,
+    /// health, readiness and Prometheus metrics, behind a bounded queue.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
     interrupt::install();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    // kiln serve logs through tracing (kiln_server::init_logging)
+    if !matches!(cli.command, Command::Serve(_)) {
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    }
     let result = match cli.command {
         Command::Generate(args) => generate::generate(args),
         Command::Schedule(args) => schedule::schedule(args),
         Command::Info(args) => info::info(args),
         Command::Convert(args) => convert::convert(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Serve(args) => serve::serve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

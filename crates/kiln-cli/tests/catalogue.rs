@@ -260,6 +260,8 @@ fn cases(dir: &Path) -> Vec<Case> {
         std::fs::write(&lora, bytes).unwrap();
     }
     let init = root().join("assets/fixtures/pipelines/inputs/init-64x48.png").to_string_lossy().into_owned();
+    // a --lora-dir that is a file
+    let out_of_place_lora_dir = unet_weights.clone();
     let mask = root().join("assets/fixtures/pipelines/inputs/mask-64x48.png").to_string_lossy().into_owned();
     let gen_args = |extra: &[&str]| -> Vec<String> {
         let mut args: Vec<String> = vec!["generate".into()];
@@ -493,6 +495,12 @@ fn cases(dir: &Path) -> Vec<Case> {
         case("`kiln bench --preset sd99`", &["bench", "--preset", "sd99"], End::Exit(2), &["--preset", "sd99"]).limited(),
         case("`kiln bench --unet-check` with a 3-D sample", &["bench", "--unet-check", &malformed_check], End::Exit(2), &["sample", "4-D"]),
         case("`kiln bench --unet-check` with an empty timestep", &["bench", "--unet-check", &empty_t_check], End::Exit(2), &["timestep", "empty"]),
+        case("`kiln serve` without --model", &["serve"], End::Exit(2), &["--model"]),
+        case("`kiln serve --model` a folder that does not exist", &["serve", "--model", "/nonexistent/model", "--port", "0"], End::Exit(2), &["--model", "/nonexistent/model"]),
+        case("`kiln serve --queue-size 0`", &["serve", "--model", &sd1, "--port", "0", "--queue-size", "0"], End::Exit(2), &["--queue-size", "at least 1"]),
+        case("`kiln serve` with two models of one name", &["serve", "--model", &format!("a={sd1}"), "--model", &format!("a={sdxl}"), "--port", "0"], End::Exit(2), &["two models", "\"a\""]),
+        case("`kiln serve --host` an address that does not exist", &["serve", "--model", &sd1, "--host", "203.0.113.7", "--port", "0"], End::Exit(2), &["cannot listen", "203.0.113.7"]),
+        case("`kiln serve --lora-dir` a file", &["serve", "--model", &sd1, "--port", "0", "--lora-dir", &out_of_place_lora_dir], End::Exit(2), &["--lora-dir", "not a folder"]),
     ]
 }
 

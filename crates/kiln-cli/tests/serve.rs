@@ -192,7 +192,8 @@ fn assert_shape(what: &str, value: &Value, model: &Value) {
 #[test]
 fn a1111_routes_have_a1111s_shapes_and_kiln_generates_pictures() {
     let sd1 = format!("sd1={}", sd1_model());
-    let server = Server::start(&["--model", &sd1]);
+    let loras = repo_root().join("assets/fixtures/loras");
+    let server = Server::start(&["--model", &sd1, "--lora-dir", loras.to_str().unwrap()]);
     let dir = TempDir::new("serve-a1111");
     let fx = fixture();
     server.wait_ready();
@@ -249,6 +250,36 @@ fn a1111_routes_have_a1111s_shapes_and_kiln_generates_pictures() {
         let expected = generate(&dir, "demo.png", &["--prompt", "a red circle on a blue background", "--seed", "3", "--steps", "5",
             "--guidance-scale", "7", "--width", "64", "--height", "64", "--scheduler", "ddim"]);
         assert_eq!(unb64(v["images"][0].as_str().unwrap()), expected, "the demo model through txt2img");
+
+        // LoRAs: <lora:NAME:W> in an A1111 prompt, `loras` in an OpenAI body; merged for the request,
+        // the pictures of kiln generate with the same LoRA (its hash in the parameters text too)
+        let (status, v) = post("/sdapi/v1/txt2img", json!({"prompt": "a red circle <lora:sd1-kohya:0.7>", "seed": 2, "steps": 4,
+            "width": 64, "height": 48, "sampler_name": "Euler", "override_settings": {"sd_model_checkpoint": "sd1"}})).await;
+        assert_eq!(status, 200, "{v}");
+        let served = unb64(v["images"][0].as_str().unwrap());
+        let expected = generate_with(&sd1_model(), &dir, "lora-a1111.png", &["--prompt", "a red circle <lora:sd1-kohya:0.7>", "--prompt-syntax", "a1111",
+            "--lora-dir", loras.to_str().unwrap(), "--seed", "2", "--steps", "4", "--guidance-scale", "7", "--width", "64", "--height", "48", "--scheduler", "euler"]);
+        assert_eq!(served, expected, "an A1111 prompt's <lora:…>");
+        assert!(infotext(&served).contains("Lora hashes: sd1-kohya: "), "{}", infotext(&served));
+        let lora_file = format!("{}:-0.4", loras.join("sd1-peft.safetensors").display());
+        let r: Value = http.post(server.url("/v1/images/generations")).json(&json!({"model": "sd1", "prompt": "a red circle", "size": "64x48",
+            "steps": 4, "seed": 2, "response_format": "b64_json", "loras": [{"name": "sd1-peft", "scale": -0.4}]})).send().await.unwrap().json().await.unwrap();
+        let served = unb64(r["data"][0]["b64_json"].as_str().unwrap());
+        let expected = generate_with(&sd1_model(), &dir, "lora-openai.png", &["--prompt", "a red circle", "--lora", &lora_file, "--seed", "2", "--steps", "4",
+            "--width", "64", "--height", "48"]);
+        assert_eq!(served, expected, "an OpenAI body's loras");
+        // and without LoRAs again: the model's own weights, restored
+        let r: Value = http.post(server.url("/v1/images/generations")).json(&json!({"model": "sd1", "prompt": "a red circle", "size": "64x48",
+            "steps": 4, "seed": 2, "response_format": "b64_json"})).send().await.unwrap().json().await.unwrap();
+        let expected = generate_with(&sd1_model(), &dir, "no-lora.png", &["--prompt", "a red circle", "--seed", "2", "--steps", "4", "--width", "64", "--height", "48"]);
+        assert_eq!(unb64(r["data"][0]["b64_json"].as_str().unwrap()), expected, "LoRAs unloaded");
+        // a LoRA name that is a path, or is not there
+        for (name, needle) in [("../sd1-kohya", "without a folder"), ("nope", "no nope.safetensors")] {
+            let r = http.post(server.url("/v1/images/generations")).json(&json!({"model": "sd1", "prompt": "a", "loras": [{"name": name}]})).send().await.unwrap();
+            assert_eq!(r.status(), 400);
+            let v: Value = r.json().await.unwrap();
+            assert!(v["error"]["message"].as_str().unwrap().contains(needle), "{v}");
+        }
 
         // unknown or unsupported fields: accepted, named in info's warnings
         let (status, v) = post("/sdapi/v1/txt2img", json!({"prompt": "a circle", "steps": 2, "width": 64, "height": 64, "seed": 1,

@@ -16,7 +16,7 @@ use base64::Engine as _;
 use futures_util::stream::Stream;
 use serde_json::{json, Value};
 
-use crate::api::request::{check_count, kiln_fields, parse_size, read_body, to_request, Fields, Params};
+use crate::api::request::{body_params, read_body, to_request, Fields};
 use crate::api::respond::OpenAiError;
 use crate::state::AppState;
 use crate::error::ApiError;
@@ -51,17 +51,7 @@ fn find(state: &AppState, id: &str) -> Result<Arc<Job>, ApiError> {
 pub async fn create(State(state): State<Arc<AppState>>, body: axum::body::Body) -> Result<Response, OpenAiError> {
     let body = read_body(body, state.config.max_body_bytes).await?;
     let f = Fields::parse(&body)?;
-    let prompt = f.str("prompt")?.ok_or_else(|| ApiError::invalid("prompt", "prompt is required"))?;
-    let model = state.pick_model(f.str("model")?)?;
-    let mut p = Params::new(model, prompt.to_string());
-    if let Some(n) = f.i64("n")? {
-        p.n = check_count("n", n, state.config.max_images, "--max-images")?;
-    }
-    match f.str("size")? {
-        None | Some("auto") => {}
-        Some(size) => p.size = Some(parse_size("size", size, state.config.max_size)?),
-    }
-    kiln_fields(&f, &mut p)?;
+    let p = body_params(&state, &f)?;
     let job = state.submit(to_request(&state, p)?)?;
     let position = match job.status() {
         JobStatus::Queued { position } => position,

@@ -16,7 +16,7 @@ use axum::Json;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::api::request::{check_count, kiln_fields, parse_size, read_body, read_init, to_request, Fields, Params};
+use crate::api::request::{body_params, read_body, read_init, to_request, Fields, Params};
 use crate::api::respond::OpenAiError;
 use crate::state::AppState;
 use crate::work::GenOutput;
@@ -38,27 +38,9 @@ fn response_format(v: Option<&str>) -> Result<ResponseFormat, ApiError> {
     }
 }
 
-/// OpenAI's fields shared by generations and edits (everything but the images).
+/// The fields of generations and edits (everything but the images), and how to answer.
 fn openai_params(state: &AppState, f: &Fields) -> Result<(Params, ResponseFormat), ApiError> {
-    let prompt = f.str("prompt")?.ok_or_else(|| ApiError::invalid("prompt", "prompt is required"))?;
-    let model = state.pick_model(f.str("model")?)?;
-    let mut p = Params::new(model, prompt.to_string());
-    if let Some(n) = f.i64("n")? {
-        p.n = check_count("n", n, state.config.max_images, "--max-images")?;
-    }
-    match f.str("size")? {
-        None | Some("auto") => {}
-        Some(size) => p.size = Some(parse_size("size", size, state.config.max_size)?),
-    }
-    if let Some(format) = f.str("output_format")? {
-        if format != "png" {
-            return Err(ApiError::invalid("output_format", format!("kiln writes PNG: output_format must be \"png\", got {format:?}")));
-        }
-    }
-    if let Some(user) = f.str("user")? {
-        tracing::info!(user, "request from user");
-    }
-    kiln_fields(f, &mut p)?;
+    let p = body_params(state, f)?;
     let format = response_format(f.str("response_format")?)?;
     Ok((p, format))
 }

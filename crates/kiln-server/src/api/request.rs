@@ -372,3 +372,29 @@ pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<axum::bod
     }
     Ok(out.into())
 }
+
+/// The body of `/v1/images/generations` (and `/v1/jobs`) as [`Params`]: OpenAI's `model`,
+/// `prompt`, `n`, `size` (`"auto"` = the model's), `output_format` (`png` only), `user` (logged),
+/// and [`kiln_fields`].
+pub fn body_params(state: &AppState, f: &Fields) -> Result<Params, ApiError> {
+    let prompt = f.str("prompt")?.ok_or_else(|| ApiError::invalid("prompt", "prompt is required"))?;
+    let model = state.pick_model(f.str("model")?)?;
+    let mut p = Params::new(model, prompt.to_string());
+    if let Some(n) = f.i64("n")? {
+        p.n = check_count("n", n, state.config.max_images, "--max-images")?;
+    }
+    match f.str("size")? {
+        None | Some("auto") => {}
+        Some(size) => p.size = Some(parse_size("size", size, state.config.max_size)?),
+    }
+    if let Some(format) = f.str("output_format")? {
+        if format != "png" {
+            return Err(ApiError::invalid("output_format", format!("kiln writes PNG: output_format must be \"png\", got {format:?}")));
+        }
+    }
+    if let Some(user) = f.str("user")? {
+        tracing::info!(user, "request from user");
+    }
+    kiln_fields(f, &mut p)?;
+    Ok(p)
+}

@@ -24,10 +24,22 @@ export -f one; export base body
 echo "kiln serve, demo model 64x64, $steps steps, $requests requests per level; $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 # one request first: the steady state, not the first use
 one >/dev/null
+# the reference, measured in the same run: the same picture from `kiln generate`, a process per
+# image (loading the model each time, as a script calling the CLI would)
+tmp=$(mktemp -d)
+start=$(date +%s.%N)
+for i in $(seq 8); do
+    "$kiln" generate --model assets/kiln-shapes --prompt "a red circle on a blue background" --width 64 --height 64 \
+        --steps "$steps" --output "$tmp/$i.png" 2>/dev/null
+done
+end=$(date +%s.%N)
+rm -rf "$tmp"
+cli=$(awk -v s="$start" -v e="$end" 'BEGIN { print (e - s) / 8 }')
+awk -v t="$cli" 'BEGIN { printf "kiln generate: %.3f s per image (a process each)\n", t }'
 for clients in 1 4 16; do
     start=$(date +%s.%N)
     codes=$(seq "$requests" | xargs -P "$clients" -I{} bash -c one | sort | uniq -c | xargs)
     end=$(date +%s.%N)
-    awk -v c="$clients" -v n="$requests" -v s="$start" -v e="$end" -v codes="$codes" \
-        'BEGIN { printf "%2d clients: %.2f images/s (%.3f s per image; statuses: %s)\n", c, n / (e - s), (e - s) / n, codes }'
+    awk -v c="$clients" -v n="$requests" -v s="$start" -v e="$end" -v codes="$codes" -v cli="$cli" \
+        'BEGIN { printf "%2d clients: %.2f images/s (%.3f s per image, %.2fx kiln generate (a process per image); statuses: %s)\n", c, n / (e - s), (e - s) / n, cli * n / (e - s), codes }'
 done

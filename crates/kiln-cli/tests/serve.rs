@@ -616,6 +616,11 @@ fn two_hundred_requests_from_sixteen_clients_are_each_answered() {
                             rss_after_20.store(rss(), std::sync::atomic::Ordering::SeqCst);
                         }
                         outcomes.push((status, retry_after, v));
+                        if status == 429 {
+                            // a client backs off before its next request (Retry-After's whole
+                            // seconds would only make the test slow)
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                     }
                     outcomes
                 })
@@ -636,7 +641,7 @@ fn two_hundred_requests_from_sixteen_clients_are_each_answered() {
                 assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
             }
         }
-        assert!(ok > 0 && !busy.is_empty(), "16 clients on a queue of {QUEUE}: some served ({ok}), some told to retry ({})", busy.len());
+        assert!(ok >= REQUESTS / 10 && !busy.is_empty(), "16 clients on a queue of {QUEUE}: a share served ({ok}), some told to retry ({})", busy.len());
         let max_depth = depths.iter().cloned().fold(0.0, f64::max);
         assert!(max_depth <= QUEUE as f64, "queue depth reached {max_depth} > --queue-size {QUEUE}");
         let (first, last) = (rss_after_20.load(std::sync::atomic::Ordering::SeqCst), server.rss_kib());

@@ -260,7 +260,7 @@ fn a1111_routes_have_a1111s_shapes_and_kiln_generates_pictures() {
         let expected = generate_with(&sd1_model(), &dir, "lora-a1111.png", &["--prompt", "a red circle <lora:sd1-kohya:0.7>", "--prompt-syntax", "a1111",
             "--lora-dir", loras.to_str().unwrap(), "--seed", "2", "--steps", "4", "--guidance-scale", "7", "--width", "64", "--height", "48", "--scheduler", "euler"]);
         assert_eq!(served, expected, "an A1111 prompt's <lora:…>");
-        assert!(infotext(&served).contains("Lora hashes: sd1-kohya: "), "{}", infotext(&served));
+        assert!(infotext(&served).contains("Lora hashes: \"sd1-kohya: "), "{}", infotext(&served));
         let lora_file = format!("{}:-0.4", loras.join("sd1-peft.safetensors").display());
         let r: Value = http.post(server.url("/v1/images/generations")).json(&json!({"model": "sd1", "prompt": "a red circle", "size": "64x48",
             "steps": 4, "seed": 2, "response_format": "b64_json", "loras": [{"name": "sd1-peft", "scale": -0.4}]})).send().await.unwrap().json().await.unwrap();

@@ -25,10 +25,11 @@ use crate::error::ApiError;
 use crate::jobs::{lock, JobStatus};
 use crate::samplers::{resolve, A1111_SAMPLERS, A1111_SCHEDULERS};
 
-/// The request fields of `StableDiffusionProcessing` (+ `Txt2Img`) as the API exposes them, with
-/// A1111's defaults (`modules/processing.py` dataclass fields minus `API_NOT_ALLOWED`, plus the
-/// `additional_fields` of `modules/api/models.py`).
-pub const TXT2IMG_FIELDS: &[(&str, &str)] = &[
+/// The request fields txt2img and img2img share, with A1111's defaults: `StableDiffusionProcessing`'s
+/// dataclass fields minus `API_NOT_ALLOWED` (`modules/processing.py`; `denoising_strength` as both
+/// subclasses override it) and the `additional_fields` both API models add
+/// (`modules/api/models.py`).
+const COMMON_FIELDS: &[(&str, &str)] = &[
     ("prompt", "\"\""), ("negative_prompt", "\"\""), ("styles", "null"), ("seed", "-1"), ("subseed", "-1"),
     ("subseed_strength", "0"), ("seed_resize_from_h", "-1"), ("seed_resize_from_w", "-1"), ("sampler_name", "null"),
     ("scheduler", "null"), ("batch_size", "1"), ("n_iter", "1"), ("steps", "50"), ("cfg_scale", "7.0"), ("width", "512"),
@@ -36,31 +37,31 @@ pub const TXT2IMG_FIELDS: &[(&str, &str)] = &[
     ("do_not_save_grid", "false"), ("eta", "null"), ("denoising_strength", "0.75"), ("s_min_uncond", "null"),
     ("s_churn", "null"), ("s_tmax", "null"), ("s_tmin", "null"), ("s_noise", "null"), ("override_settings", "null"),
     ("override_settings_restore_afterwards", "true"), ("refiner_checkpoint", "null"), ("refiner_switch_at", "null"),
-    ("disable_extra_networks", "false"), ("comments", "null"), ("enable_hr", "false"), ("firstphase_width", "0"),
-    ("firstphase_height", "0"), ("hr_scale", "2.0"), ("hr_upscaler", "null"), ("hr_second_pass_steps", "0"),
-    ("hr_resize_x", "0"), ("hr_resize_y", "0"), ("hr_checkpoint_name", "null"), ("hr_sampler_name", "null"),
-    ("hr_prompt", "\"\""), ("hr_negative_prompt", "\"\""), ("sampler_index", "\"Euler\""), ("script_name", "null"),
+    ("disable_extra_networks", "false"), ("comments", "null"), ("sampler_index", "\"Euler\""), ("script_name", "null"),
     ("script_args", "[]"), ("send_images", "true"), ("save_images", "false"), ("alwayson_scripts", "{}"),
     ("force_task_id", "null"), ("infotext", "null"),
 ];
 
-/// `StableDiffusionProcessingImg2Img`'s API fields with their defaults.
-pub const IMG2IMG_FIELDS: &[(&str, &str)] = &[
-    ("prompt", "\"\""), ("negative_prompt", "\"\""), ("styles", "null"), ("seed", "-1"), ("subseed", "-1"),
-    ("subseed_strength", "0"), ("seed_resize_from_h", "-1"), ("seed_resize_from_w", "-1"), ("sampler_name", "null"),
-    ("scheduler", "null"), ("batch_size", "1"), ("n_iter", "1"), ("steps", "50"), ("cfg_scale", "7.0"), ("width", "512"),
-    ("height", "512"), ("restore_faces", "null"), ("tiling", "null"), ("do_not_save_samples", "false"),
-    ("do_not_save_grid", "false"), ("eta", "null"), ("denoising_strength", "0.75"), ("s_min_uncond", "null"),
-    ("s_churn", "null"), ("s_tmax", "null"), ("s_tmin", "null"), ("s_noise", "null"), ("override_settings", "null"),
-    ("override_settings_restore_afterwards", "true"), ("refiner_checkpoint", "null"), ("refiner_switch_at", "null"),
-    ("disable_extra_networks", "false"), ("comments", "null"), ("init_images", "null"), ("resize_mode", "0"),
-    ("image_cfg_scale", "null"), ("mask", "null"), ("mask_blur_x", "4"), ("mask_blur_y", "4"), ("mask_blur", "null"),
-    ("inpainting_fill", "0"), ("inpaint_full_res", "true"), ("inpaint_full_res_padding", "0"),
-    ("inpainting_mask_invert", "0"), ("initial_noise_multiplier", "null"), ("latent_mask", "null"),
-    ("sampler_index", "\"Euler\""), ("include_init_images", "false"), ("script_name", "null"), ("script_args", "[]"),
-    ("send_images", "true"), ("save_images", "false"), ("alwayson_scripts", "{}"), ("force_task_id", "null"),
-    ("infotext", "null"),
+/// `StableDiffusionProcessingTxt2Img`'s own fields (the hires fix).
+const TXT2IMG_FIELDS: &[(&str, &str)] = &[
+    ("enable_hr", "false"), ("firstphase_width", "0"), ("firstphase_height", "0"), ("hr_scale", "2.0"),
+    ("hr_upscaler", "null"), ("hr_second_pass_steps", "0"), ("hr_resize_x", "0"), ("hr_resize_y", "0"),
+    ("hr_checkpoint_name", "null"), ("hr_sampler_name", "null"), ("hr_prompt", "\"\""), ("hr_negative_prompt", "\"\""),
 ];
+
+/// `StableDiffusionProcessingImg2Img`'s own fields, and the API's `include_init_images`.
+const IMG2IMG_FIELDS: &[(&str, &str)] = &[
+    ("init_images", "null"), ("resize_mode", "0"), ("image_cfg_scale", "null"), ("mask", "null"), ("mask_blur_x", "4"),
+    ("mask_blur_y", "4"), ("mask_blur", "null"), ("inpainting_fill", "0"), ("inpaint_full_res", "true"),
+    ("inpaint_full_res_padding", "0"), ("inpainting_mask_invert", "0"), ("initial_noise_multiplier", "null"),
+    ("latent_mask", "null"), ("include_init_images", "false"),
+];
+
+/// The API fields of txt2img or img2img with their defaults.
+pub fn request_fields(img2img: bool) -> Vec<(&'static str, &'static str)> {
+    let own = if img2img { IMG2IMG_FIELDS } else { TXT2IMG_FIELDS };
+    COMMON_FIELDS.iter().chain(own).copied().collect()
+}
 
 /// The fields kiln reads; the others are accepted and, when not at their default, warned about.
 const USED: &[&str] = &[
@@ -71,7 +72,7 @@ const USED: &[&str] = &[
 ];
 
 /// The request merged over the defaults (what A1111 echoes as `parameters`), and the warnings.
-fn merge(fields: &[(&str, &str)], body: &Map<String, Value>) -> (Map<String, Value>, Vec<String>) {
+fn merge(fields: &[(&'static str, &'static str)], body: &Map<String, Value>) -> (Map<String, Value>, Vec<String>) {
     let mut merged = Map::new();
     let mut warnings = Vec::new();
     for (key, default) in fields {
@@ -217,7 +218,7 @@ fn chrono_like_timestamp() -> String {
 async fn generate(state: &Arc<AppState>, body: axum::body::Body, img2img: bool) -> Result<Response, A1111Error> {
     let body = read_body(body, state.config.max_body_bytes).await?;
     let f = Fields::parse(&body)?;
-    let (merged, mut warnings) = merge(if img2img { IMG2IMG_FIELDS } else { TXT2IMG_FIELDS }, f.map());
+    let (merged, mut warnings) = merge(&request_fields(img2img), f.map());
     let (mut p, _) = a1111_params(state, &f)?;
     if !p.model.a1111_chunks {
         warnings.push(format!("{}'s text encoder takes fewer than 77 tokens: the prompt was read as plain text, not with A1111's syntax", p.model.name));

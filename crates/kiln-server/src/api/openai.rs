@@ -5,7 +5,7 @@
 //! OpenAI's fields: `model`, `prompt`, `n`, `size` (`"WxH"`, or `"auto"` = the model's size),
 //! `response_format` (`url`, the default, or `b64_json`), `output_format` (`png` only), `user`
 //! (logged); `quality`, `style`, `background`, `moderation` are accepted and have no effect.
-//! kiln's own, in the same body: see [`kiln_fields`].
+//! kiln's own, in the same body: see [`kiln_fields`](crate::api::request::kiln_fields).
 
 use std::sync::Arc;
 

@@ -346,7 +346,7 @@ pub fn kiln_fields(f: &Fields, p: &mut Params) -> Result<(), ApiError> {
 /// How much of an oversized body is still read (and thrown away) after the limit is passed, so
 /// that the client, still sending, gets the 400 instead of a reset connection (nginx's "lingering
 /// close"); past this the connection is closed on it.
-const DRAIN_BYTES: usize = 256 << 20;
+pub const DRAIN_BYTES: usize = 256 << 20;
 
 /// Reads a request body of at most `limit` bytes (`--max-body-mb`). A larger body is refused
 /// naming the limit, once the rest of it has been drained (up to [`DRAIN_BYTES`] or 10 s).

@@ -264,7 +264,11 @@ impl Queue {
     }
 }
 
-/// Every job by id: the live ones, and the finished ones for `retention` and up to `keep`.
+/// The most bytes of PNGs the finished jobs may hold together (the oldest go first).
+pub const KEPT_BYTES: usize = 256 << 20;
+
+/// Every job by id: the live ones, and the finished ones for `retention`, up to `keep` of them
+/// and [`KEPT_BYTES`] of pictures.
 pub struct JobStore {
     jobs: Mutex<HashMap<String, Arc<Job>>>,
     retention: Duration,
@@ -300,15 +304,95 @@ impl JobStore {
         self.len() == 0
     }
 
-    /// Drops finished jobs older than `retention`, then the oldest finished beyond `keep`.
+    /// Drops finished jobs older than `retention`, then the oldest finished beyond `keep` or
+    /// [`KEPT_BYTES`].
     fn prune(jobs: &mut HashMap<String, Arc<Job>>, retention: Duration, keep: usize) {
         jobs.retain(|_, j| j.finished_at().is_none_or(|t| t.elapsed() < retention));
-        let mut finished: Vec<(Instant, String)> = jobs.values().filter_map(|j| j.finished_at().map(|t| (t, j.id.clone()))).collect();
-        if finished.len() > keep {
-            finished.sort();
-            for (_, id) in &finished[..finished.len() - keep] {
+        let size = |j: &Job| match j.result() {
+            Some(Ok(out)) => out.images.iter().map(|i| i.png.len()).sum(),
+            _ => 0,
+        };
+        let mut finished: Vec<(Instant, String, usize)> = jobs.values().filter_map(|j| j.finished_at().map(|t| (t, j.id.clone(), size(j)))).collect();
+        // newest first: keep while within both bounds
+        finished.sort_by(|a, b| b.0.cmp(&a.0));
+        let mut bytes = 0usize;
+        for (i, (_, id, size)) in finished.iter().enumerate() {
+            bytes = bytes.saturating_add(*size);
+            if i >= keep || bytes > KEPT_BYTES {
                 jobs.remove(id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::work::{GenImage, GenOutput};
+
+    fn job(id: &str) -> Arc<Job> {
+        let request = GenRequest {
+            model: "m".into(),
+            options: kiln_pipeline::GenerateOptions::default(),
+            shown_prompt: String::new(),
+            init_image: None,
+            mask: None,
+            strength: 1.0,
+            loras: Vec::new(),
+            seed_per_image: false,
+        };
+        Job::new(id.into(), request)
+    }
+
+    fn output(bytes: usize) -> Arc<GenOutput> {
+        Arc::new(GenOutput { images: vec![GenImage { png: vec![0; bytes], infotext: String::new() }], model: "m".into(), seconds: 0.0 })
+    }
+
+    #[test]
+    fn the_queue_holds_its_capacity_in_order_and_closes() {
+        let queue = Queue::new(2);
+        let (a, b, c) = (job("a"), job("b"), job("c"));
+        assert_eq!(queue.push(a.clone()), Ok(0));
+        assert_eq!(queue.push(b.clone()), Ok(1));
+        assert_eq!(queue.push(c.clone()), Err(PushError::Full { capacity: 2 }));
+        assert_eq!(b.status(), JobStatus::Queued { position: 1 });
+        // a cancelled waiting job leaves; the others move up
+        assert!(queue.remove("a"));
+        assert_eq!(b.status(), JobStatus::Queued { position: 0 });
+        assert_eq!(queue.push(c.clone()), Ok(1));
+        // a job cancelled before it runs is finished by pop, not returned
+        b.cancel();
+        assert_eq!(queue.pop().map(|j| j.id.clone()), Some("c".into()));
+        assert_eq!(b.status(), JobStatus::Cancelled);
+        queue.close();
+        assert_eq!(queue.push(job("d")), Err(PushError::Closed));
+        assert!(queue.pop().is_none(), "closed and empty");
+    }
+
+    #[test]
+    fn finished_jobs_are_kept_within_count_and_bytes() {
+        let store = JobStore::new(Duration::from_secs(600), 3);
+        for i in 0..5 {
+            let j = job(&format!("j{i}"));
+            store.insert(j.clone());
+            j.finish(Ok(output(10)));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // the insert of a sixth prunes the oldest finished beyond 3
+        store.insert(job("live"));
+        assert!(store.get("j0").is_none() && store.get("j1").is_none());
+        assert!(store.get("j4").is_some() && store.get("live").is_some());
+        // a finished job larger than the byte bound is not kept past the next prune
+        let big = job("big");
+        store.insert(big.clone());
+        big.finish(Ok(output(KEPT_BYTES + 1)));
+        assert!(store.get("big").is_none());
+        // nor kept past its retention
+        let short = JobStore::new(Duration::from_millis(1), 10);
+        let j = job("old");
+        short.insert(j.clone());
+        j.finish(Ok(output(1)));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(short.get("old").is_none());
     }
 }

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 
 use crate::config::ServeConfig;
 use crate::error::ApiError;
-use crate::jobs::{lock, Job, JobStore, PushError, Queue};
+use crate::jobs::{lock, Job, JobStore, PushError, Queue, KEPT_BYTES};
 use crate::metrics::Metrics;
 use crate::work::{GenOutput, GenRequest};
 
@@ -132,13 +132,14 @@ impl AppState {
         result
     }
 
-    /// Keeps `png` for `--url-ttl` under a new unguessable name; the URL path to it.
+    /// Keeps `png` for `--url-ttl` under a new unguessable name; the URL path to it. At most
+    /// `max_files` pictures and [`KEPT_BYTES`] are kept: the oldest go first.
     pub fn store_file(&self, png: Vec<u8>) -> String {
         let mut files = lock(&self.files);
         let ttl = self.config.url_ttl;
         files.retain(|_, (made, _)| made.elapsed() < ttl);
-        // bounded: the oldest go first
-        while files.len() >= self.config.max_files {
+        let total = |files: &HashMap<String, (Instant, Arc<Vec<u8>>)>| files.values().map(|(_, p)| p.len()).sum::<usize>();
+        while !files.is_empty() && (files.len() >= self.config.max_files || total(&files).saturating_add(png.len()) > KEPT_BYTES) {
             let Some(oldest) = files.iter().min_by_key(|(_, (t, _))| *t).map(|(k, _)| k.clone()) else { break };
             files.remove(&oldest);
         }

@@ -35,6 +35,7 @@ pub const TARGETS: &[Target] = &[
     Target { name: "tokenizer", run: tokenizer },
     Target { name: "hub_id", run: hub_id },
     Target { name: "image", run: image },
+    Target { name: "serve_request", run: serve_request },
 ];
 
 /// `kiln_nn::read_safetensors_header`, which every weights file passes before it loads.
@@ -256,4 +257,27 @@ fn image(input: &[u8], s: &Scratch) -> Outcome {
         Ok(_) => Outcome::Accepted,
         Err(_) => Outcome::Refused,
     }
+}
+
+/// `kiln serve`'s request bodies, read and checked as the routes read them, up to the job they
+/// would queue: the first byte picks the route (`/v1/images/generations` and `/v1/jobs`,
+/// `/sdapi/v1/txt2img`, `/sdapi/v1/img2img` with its base64 images), the rest is the body. One
+/// served SD 1.x-like model; `--max-size 512` bounds what an image may decode to.
+fn serve_request(input: &[u8], _: &Scratch) -> Outcome {
+    use kiln_server::api::a1111::parse_request;
+    use kiln_server::api::request::{body_params, to_request, Fields};
+    use kiln_server::state::{AppState, ServedModel};
+    static STATE: std::sync::OnceLock<AppState> = std::sync::OnceLock::new();
+    let state = STATE.get_or_init(|| {
+        let config = kiln_server::ServeConfig { max_size: 512, ..kiln_server::ServeConfig::default() };
+        let model = ServedModel { name: "m".into(), source: "m".into(), sdxl: false, default_size: (64, 64), a1111_chunks: true };
+        AppState::with_models(config, vec![model])
+    });
+    let Some((route, body)) = input.split_first() else { return Outcome::Refused };
+    let ok = match route % 3 {
+        0 => Fields::parse(body).and_then(|f| body_params(state, &f)).and_then(|p| to_request(state, p)).is_ok(),
+        1 => parse_request(state, body, false).is_ok(),
+        _ => parse_request(state, body, true).is_ok(),
+    };
+    accepted(ok)
 }

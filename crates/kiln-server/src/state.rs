@@ -66,6 +66,20 @@ impl AppState {
         }
     }
 
+    /// A state whose models are already loaded (`models`), ready: for reading requests without a
+    /// worker (the fuzzer, tests).
+    pub fn with_models(config: ServeConfig, models: Vec<ServedModel>) -> Self {
+        let queue = Arc::new(Queue::new(config.queue_size));
+        let metrics = Arc::new(Metrics::new(config.queue_size));
+        let state = AppState::new(config, queue, metrics);
+        if let Some(first) = models.first() {
+            *lock(&state.current_model) = first.name.clone();
+        }
+        *lock(&state.models) = models;
+        state.ready.store(true, Ordering::SeqCst);
+        state
+    }
+
     pub fn models(&self) -> Vec<ServedModel> {
         lock(&self.models).clone()
     }

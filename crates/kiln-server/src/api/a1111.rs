@@ -21,6 +21,7 @@ use serde_json::{json, Map, Value};
 use crate::api::request::{check_count, check_range, decode_base64, read_body, read_init, to_request, Fields, Params};
 use crate::api::respond::A1111Error;
 use crate::state::{AppState, ServedModel};
+use crate::work::{GenOutput, GenRequest};
 use crate::error::ApiError;
 use crate::jobs::{lock, JobStatus};
 use crate::samplers::{resolve, A1111_SAMPLERS, A1111_SCHEDULERS};
@@ -157,7 +158,7 @@ fn a1111_params(state: &AppState, f: &Fields) -> Result<(Params, i64), ApiError>
 
 /// `info`: `Processed.js()`'s fields, with `infotexts` the PNGs' parameters text, and kiln's
 /// `warnings`.
-fn info(p: &Params, fields: &Map<String, Value>, out: &crate::work::GenOutput, seed: u64, warnings: &[String], strength: Option<f64>) -> String {
+fn info(p: &Params, fields: &Map<String, Value>, out: &GenOutput, seed: u64, warnings: &[String], strength: Option<f64>) -> String {
     let n = out.images.len();
     let seeds: Vec<u64> = (0..n as u64).map(|i| seed.wrapping_add(i)).collect();
     let sampler = fields.get("sampler_name").filter(|v| !v.is_null()).or(fields.get("sampler_index")).cloned().unwrap_or(Value::Null);
@@ -215,20 +216,30 @@ fn chrono_like_timestamp() -> String {
     format!("{y:04}{m:02}{d:02}{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-async fn generate(state: &Arc<AppState>, body: axum::body::Body, img2img: bool) -> Result<Response, A1111Error> {
-    let body = read_body(body, state.config.max_body_bytes).await?;
-    let f = Fields::parse(&body)?;
+/// An A1111 request, read and checked: the job's request, and what its answer echoes.
+pub struct A1111Request {
+    pub request: GenRequest,
+    pub params: Params,
+    /// The request over A1111's defaults (`parameters`).
+    pub merged: Map<String, Value>,
+    pub warnings: Vec<String>,
+    pub strength: Option<f64>,
+    pub send_images: bool,
+}
+
+/// Reads a txt2img (or img2img) body as the route does, up to the job it would queue.
+pub fn parse_request(state: &AppState, body: &[u8], img2img: bool) -> Result<A1111Request, ApiError> {
+    let f = Fields::parse(body)?;
     let (merged, mut warnings) = merge(&request_fields(img2img), f.map());
     let (mut p, _) = a1111_params(state, &f)?;
     if !p.model.a1111_chunks {
         warnings.push(format!("{}'s text encoder takes fewer than 77 tokens: the prompt was read as plain text, not with A1111's syntax", p.model.name));
     }
-    let seed = p.seed;
     let mut strength = None;
     if img2img {
         let images = match f.get("init_images") {
             Some(Value::Array(images)) if !images.is_empty() => images,
-            _ => return Err(ApiError::invalid("init_images", "init_images must be a list of one or more base64 images").into()),
+            _ => return Err(ApiError::invalid("init_images", "init_images must be a list of one or more base64 images")),
         };
         if images.len() > 1 {
             warnings.push(format!("init_images holds {} images; kiln uses the first", images.len()));
@@ -249,9 +260,15 @@ async fn generate(state: &Arc<AppState>, body: axum::body::Body, img2img: bool) 
         strength = Some(s);
     }
     let send_images = f.bool("send_images")?.unwrap_or(true);
-    let params = p.clone();
-    let mut request = to_request(state, p)?;
+    let mut request = to_request(state, p.clone())?;
     request.seed_per_image = true;
+    Ok(A1111Request { request, params: p, merged, warnings, strength, send_images })
+}
+
+async fn generate(state: &Arc<AppState>, body: axum::body::Body, img2img: bool) -> Result<Response, A1111Error> {
+    let body = read_body(body, state.config.max_body_bytes).await?;
+    let A1111Request { request, params, merged, mut warnings, strength, send_images } = parse_request(state, &body, img2img)?;
+    let seed = params.seed;
     for w in &warnings {
         tracing::warn!(warning = %w, "A1111 request field");
     }
@@ -261,7 +278,7 @@ async fn generate(state: &Arc<AppState>, body: axum::body::Body, img2img: bool) 
         // /sdapi/v1/interrupt: A1111 answers the interrupted request normally
         Err(e) if e.is_cancelled() => {
             warnings.push("interrupted: no image was finished".into());
-            let empty = crate::work::GenOutput { images: Vec::new(), model: params.model.name.clone(), seconds: 0.0 };
+            let empty = GenOutput { images: Vec::new(), model: params.model.name.clone(), seconds: 0.0 };
             let info = info(&params, &merged, &empty, seed, &warnings, strength);
             return Ok(Json(json!({"images": [], "parameters": merged, "info": info})).into_response());
         }

@@ -180,13 +180,14 @@ fn haproxy_in_front_of_three_replicas_survives_sigterm_and_sigkill() {
     // what the killed replica held fails visibly: 502 from haproxy, or the connection closed
     // without an answer (0 here)
     assert!(statuses.iter().all(|s| [200, 502, 0].contains(s)), "{statuses:?}");
-    // Bounded by what was sent to the killed replica: the ≤ maxconn requests it held at the kill,
-    // and those haproxy sent it in the instant before it saw the replica fail (the connections
-    // freed by the first failures, accepted by the dying process's backlog): 2 × maxconn.
-    assert!(failed <= 2 * QUEUE, "{failed} requests failed; at most 2 × {QUEUE} (haproxy's maxconn) were on the killed replica");
-    // and every failure is the killed replica's: haproxy counts errors against it, none against kiln3
-    let lost: usize = server_stat(stats, "kiln2", "eresp").parse().unwrap_or(0);
-    assert!(failed == 0 || lost > 0, "{failed} failed but haproxy counts no failed response on kiln2");
+    // The failures are the requests the killed replica had taken and never answered: haproxy's
+    // sessions on it (stot) less its answers (hrsp_2xx) less those haproxy redispatched (wredis).
+    let stat = |column: &str| server_stat(stats, "kiln2", column).parse::<usize>().unwrap_or(0);
+    let held = stat("stot").saturating_sub(stat("hrsp_2xx")).saturating_sub(stat("wredis"));
+    eprintln!("the killed replica held {held} unanswered requests");
+    assert!(failed <= held, "{failed} requests failed; the killed replica held {held}");
+    assert!(held <= 2 * QUEUE + 2, "haproxy sent the killed replica {held} requests it never answered; maxconn is {QUEUE}");
+    // none of the failures is the survivor's
     for column in ["eresp", "hrsp_5xx"] {
         assert_eq!(server_stat(stats, "kiln3", column), "0", "kiln3's {column}");
     }

@@ -295,8 +295,7 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
                 return Err(format!("<{kind}:{name}>: kiln applies LoRAs (<lora:NAME:W>), not {kind} networks").into());
             }
             let dir = a.lora_dir.as_ref().ok_or_else(|| format!("<lora:{name}>: name the folder it is in with --lora-dir"))?;
-            let path = ["safetensors", "pt", "ckpt"].iter().map(|e| dir.join(format!("{name}.{e}"))).find(|p| p.is_file());
-            let path = path.ok_or_else(|| format!("<lora:{name}>: no {name}.safetensors, .pt or .ckpt in {}", dir.display()))?;
+            let path = kiln::pipeline::lora::find_in_dir(dir, &name).ok_or_else(|| format!("<lora:{name}>: no {name}.safetensors, .pt or .ckpt in {}", dir.display()))?;
             loras.push((path, weight));
         }
     }
@@ -356,8 +355,8 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
     let task = match (&init_image, &mask) {
         (None, _) => Task::Txt2Img,
         // diffusers' defaults: 0.8 (SD img2img), 0.3 (SDXL img2img), 1.0 (inpainting)
-        (Some(image), None) => Task::Img2Img { image, strength: a.strength.unwrap_or(default_strength(&pipe, false)) },
-        (Some(image), Some(mask)) => Task::Inpaint { image, mask, strength: a.strength.unwrap_or(default_strength(&pipe, true)) },
+        (Some(image), None) => Task::Img2Img { image, strength: a.strength.unwrap_or(default_strength(pipe.kind, false)) },
+        (Some(image), Some(mask)) => Task::Inpaint { image, mask, strength: a.strength.unwrap_or(default_strength(pipe.kind, true)) },
     };
     let bar = ProgressBar::new(a.steps as u64);
     bar.set_style(

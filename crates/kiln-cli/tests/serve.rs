@@ -594,10 +594,7 @@ fn two_hundred_requests_from_sixteen_clients_are_each_answered() {
             }
         });
         let pid = server.pid();
-        let rss = move || {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0)
-        };
+        let rss = move || common::rss_kib(pid);
         let clients: Vec<_> = (0..CLIENTS)
             .map(|c| {
                 let (http, next, done, url, rss_after_20) = (http.clone(), next.clone(), done.clone(), server.url("/v1/images/generations"), rss_after_20.clone());

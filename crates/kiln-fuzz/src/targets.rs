@@ -270,7 +270,7 @@ fn serve_request(input: &[u8], _: &Scratch) -> Outcome {
     static STATE: std::sync::OnceLock<AppState> = std::sync::OnceLock::new();
     let state = STATE.get_or_init(|| {
         let config = kiln_server::ServeConfig { max_size: 512, ..kiln_server::ServeConfig::default() };
-        let model = ServedModel { name: "m".into(), source: "m".into(), sdxl: false, default_size: (64, 64), a1111_chunks: true };
+        let model = ServedModel { name: "m".into(), source: "m".into(), kind: kiln_pipeline::PipelineKind::StableDiffusion, default_size: (64, 64), a1111_chunks: true };
         AppState::with_models(config, vec![model])
     });
     let Some((route, body)) = input.split_first() else { return Outcome::Refused };

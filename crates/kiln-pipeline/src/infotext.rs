@@ -22,10 +22,10 @@ pub struct RunRecord {
     pub lora_hashes: Vec<String>,
 }
 
-/// diffusers' default `strength` for `task` on `pipe`: 1.0 for inpainting, 0.8 for SD img2img,
-/// 0.3 for SDXL img2img (`StableDiffusionXLImg2ImgPipeline.__call__`'s default).
-pub fn default_strength(pipe: &StableDiffusion, inpaint: bool) -> f64 {
-    match (inpaint, pipe.kind) {
+/// diffusers' default `strength` for a pipeline of `kind`: 1.0 for inpainting, 0.8 for SD
+/// img2img, 0.3 for SDXL img2img (`StableDiffusionXLImg2ImgPipeline.__call__`'s default).
+pub fn default_strength(kind: PipelineKind, inpaint: bool) -> f64 {
+    match (inpaint, kind) {
         (true, _) => 1.0,
         (false, PipelineKind::StableDiffusionXL) => 0.3,
         (false, _) => 0.8,

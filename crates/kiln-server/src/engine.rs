@@ -13,8 +13,7 @@ use std::time::Instant;
 use burn::tensor::{DType, Device};
 use kiln_pipeline::infotext::{generation_params, RunRecord};
 use kiln_pipeline::png::{encode_png, PARAMETERS_KEY};
-use kiln_pipeline::single_file::{Architecture, SingleFile};
-use kiln_pipeline::{resolve, GenerateOptions, HubConfig, PipelineError, PipelineKind, ResolveOptions, StableDiffusion, Task};
+use kiln_pipeline::{resolve, GenerateOptions, HubConfig, LoadOptions, PipelineError, PipelineKind, ResolveOptions, StableDiffusion, Task};
 
 use crate::error::ApiError;
 use crate::jobs::{Job, JobStatus, Latents, Queue};
@@ -72,9 +71,8 @@ struct Loaded {
 fn load(spec: &ModelSpec, device: &Device, dtype: DType, vae_dtype: DType) -> Result<(StableDiffusion, String), PipelineError> {
     let path = Path::new(&spec.source);
     let (mut pipe, name) = if path.is_file() {
-        let file = SingleFile::open(path)?;
-        let arch = Architecture::for_file(&file)?;
-        let pipe = StableDiffusion::load_single_file(&file, &arch, None, device, dtype)?;
+        // a single file with its family's published configs
+        let pipe = StableDiffusion::load(path, &LoadOptions::new(device).with_dtype(dtype))?;
         (pipe, path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| spec.source.clone()))
     } else {
         let folder = resolve(&spec.source, &ResolveOptions::default(), &HubConfig::from_env())?;
@@ -88,9 +86,9 @@ fn load(spec: &ModelSpec, device: &Device, dtype: DType, vae_dtype: DType) -> Re
 
 /// What the worker tells the server while it starts.
 pub enum Startup {
-    /// A model loaded and warmed up, in `seconds`: SDXL or not, its default `(height, width)`,
+    /// A model loaded and warmed up, in `seconds`: its pipeline, its default `(height, width)`,
     /// whether its text encoders take A1111's 77-token chunks.
-    Loaded { name: String, seconds: f64, sdxl: bool, default_size: (usize, usize), a1111_chunks: bool },
+    Loaded { name: String, seconds: f64, kind: PipelineKind, default_size: (usize, usize), a1111_chunks: bool },
     Ready,
     Failed(String),
 }
@@ -116,10 +114,9 @@ pub fn run_worker(
             Ok(model) => {
                 let seconds = start.elapsed().as_secs_f64();
                 metrics.model_load_seconds(&spec.name, seconds);
-                let sdxl = model.pipe.kind == PipelineKind::StableDiffusionXL;
                 let pipe = &model.pipe;
                 let a1111_chunks = pipe.text_encoder.max_position_embeddings() >= 77 && pipe.text_encoder_2.as_ref().is_none_or(|t| t.max_position_embeddings() >= 77);
-                let _ = startup.send(Startup::Loaded { name: spec.name.clone(), seconds, sdxl, default_size: pipe.default_size(), a1111_chunks });
+                let _ = startup.send(Startup::Loaded { name: spec.name.clone(), seconds, kind: pipe.kind, default_size: pipe.default_size(), a1111_chunks });
                 models.insert(spec.name.clone(), model);
             }
             Err(e) => {
@@ -130,7 +127,6 @@ pub fn run_worker(
     }
     let _ = startup.send(Startup::Ready);
     while let Some(job) = queue.pop() {
-        metrics.queue_depth.set(queue.depth() as i64);
         metrics.in_flight.set(1);
         let result = run_job(&mut models, &job, &metrics).map(Arc::new);
         if let Err(e) = &result {

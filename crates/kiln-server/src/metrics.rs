@@ -32,7 +32,7 @@ pub struct ModelLabels {
 
 pub struct Metrics {
     registry: Registry,
-    /// `kiln_queue_depth`: jobs waiting for the worker.
+    /// `kiln_queue_depth`: jobs waiting for the worker (read from the queue at each scrape).
     pub queue_depth: Gauge,
     /// `kiln_in_flight`: jobs on the worker (0 or 1).
     pub in_flight: Gauge,

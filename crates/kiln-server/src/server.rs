@@ -65,9 +65,9 @@ async fn run(config: ServeConfig, device: Device, dtypes: (DType, DType), report
             let mut models = Vec::new();
             while let Ok(message) = rx.recv() {
                 match message {
-                    Startup::Loaded { name, seconds, sdxl, default_size, a1111_chunks } => {
+                    Startup::Loaded { name, seconds, kind, default_size, a1111_chunks } => {
                         let source = state.config.models.iter().find(|m| m.name == name).map(|m| m.source.clone()).unwrap_or_default();
-                        models.push(ServedModel { name: name.clone(), source, sdxl, default_size, a1111_chunks });
+                        models.push(ServedModel { name: name.clone(), source, kind, default_size, a1111_chunks });
                         report(Served::Loaded { name, seconds });
                     }
                     Startup::Ready => {

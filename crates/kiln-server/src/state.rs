@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::http::StatusCode;
+use kiln_pipeline::PipelineKind;
 
 use crate::config::ServeConfig;
 use crate::error::ApiError;
@@ -19,8 +20,8 @@ use crate::work::{GenOutput, GenRequest};
 pub struct ServedModel {
     pub name: String,
     pub source: String,
-    /// SDXL (its previews use SDXL's latent factors; its default strength is 0.3).
-    pub sdxl: bool,
+    /// The pipeline (SDXL's previews use SDXL's latent factors; its default strength is 0.3).
+    pub kind: PipelineKind,
     /// diffusers' default output size `(height, width)`.
     pub default_size: (usize, usize),
     /// Its text encoders take 77 tokens, as A1111's prompt chunks need (every SD model's do; the
@@ -110,10 +111,7 @@ impl AppState {
         let job = Job::new(new_id("job"), request);
         self.jobs.insert(job.clone());
         match self.queue.push(job.clone()) {
-            Ok(_) => {
-                self.metrics.queue_depth.set(self.queue.depth() as i64);
-                Ok(job)
-            }
+            Ok(_) => Ok(job),
             Err(why) => {
                 self.jobs.remove(&job.id);
                 Err(match why {

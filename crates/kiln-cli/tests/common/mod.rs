@@ -60,6 +60,12 @@ pub fn demo_model() -> String {
     repo_root().join("assets/kiln-shapes").to_string_lossy().into_owned()
 }
 
+/// The resident set size of process `pid`, in KiB (`VmRSS` of /proc/PID/status; 0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
+}
+
 /// A `kiln serve` process on a free loopback port, killed on drop.
 pub struct Server {
     pub child: std::process::Child,
@@ -132,10 +138,9 @@ impl Server {
         assert!(ok, "kill -{signal} {}", self.pid());
     }
 
-    /// Its resident set size, in KiB (`VmRSS` of /proc/PID/status).
+    /// Its resident set size, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
+        rss_kib(self.pid())
     }
 }
 

@@ -437,3 +437,9 @@ impl LoraFile {
         Ok(Updates(out))
     }
 }
+
+/// The file of the LoRA `name` in `dir`, as A1111 looks one up for `<lora:NAME:W>`:
+/// `NAME.safetensors`, `NAME.pt` or `NAME.ckpt`, the first that is a file.
+pub fn find_in_dir(dir: &Path, name: &str) -> Option<PathBuf> {
+    ["safetensors", "pt", "ckpt"].iter().map(|e| dir.join(format!("{name}.{e}"))).find(|p| p.is_file())
+}

@@ -138,11 +138,7 @@ pub fn lora_path(state: &AppState, name: &str) -> Result<PathBuf, ApiError> {
     if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
         return Err(ApiError::invalid("loras", format!("LoRA {name:?}: a LoRA is named by its file name in --lora-dir, without a folder")));
     }
-    ["safetensors", "pt", "ckpt"]
-        .iter()
-        .map(|e| dir.join(format!("{name}.{e}")))
-        .find(|p| p.is_file())
-        .ok_or_else(|| ApiError::invalid("loras", format!("LoRA {name:?}: no {name}.safetensors, .pt or .ckpt in --lora-dir")))
+    kiln_pipeline::lora::find_in_dir(dir, name).ok_or_else(|| ApiError::invalid("loras", format!("LoRA {name:?}: no {name}.safetensors, .pt or .ckpt in --lora-dir")))
 }
 
 /// The checked request for the worker.
@@ -184,12 +180,7 @@ pub fn to_request(state: &AppState, p: Params) -> Result<GenRequest, ApiError> {
             loras.push((lora_path(state, &name)?, weight));
         }
     }
-    let inpaint = p.mask.is_some();
-    let strength = p.strength.unwrap_or(match (inpaint, p.model.sdxl) {
-        (true, _) => 1.0,
-        (false, true) => 0.3,
-        (false, false) => 0.8,
-    });
+    let strength = p.strength.unwrap_or(kiln_pipeline::infotext::default_strength(p.model.kind, p.mask.is_some()));
     let (sampler, karras) = match p.sampler {
         Some((s, k)) => (Some(s), k),
         None => (None, false),

@@ -130,10 +130,10 @@ fn a1111_params(state: &AppState, f: &Fields) -> Result<(Params, i64), ApiError>
     p.guidance_scale = check_range("cfg_scale", f.f64("cfg_scale")?.unwrap_or(7.0), 0.0, 100.0)?;
     let batch = check_count("batch_size", f.i64("batch_size")?.unwrap_or(1), state.config.max_images, "--max-images")?;
     let iters = check_count("n_iter", f.i64("n_iter")?.unwrap_or(1), state.config.max_images, "--max-images")?;
-    p.n = batch * iters;
-    if p.n > state.config.max_images {
-        return Err(ApiError::invalid("n_iter", format!("batch_size × n_iter must be at most {} (--max-images), got {}", state.config.max_images, p.n)));
-    }
+    // (each is at most --max-images, itself any usize: the product is checked)
+    p.n = batch.checked_mul(iters).filter(|&n| n <= state.config.max_images).ok_or_else(|| {
+        ApiError::invalid("n_iter", format!("batch_size × n_iter must be at most {} (--max-images), got {batch} × {iters}", state.config.max_images))
+    })?;
     let sampler = f.str("sampler_name")?.filter(|s| !s.is_empty()).or(f.str("sampler_index")?).unwrap_or("Euler");
     p.sampler = Some(resolve(sampler, f.str("scheduler")?).map_err(|m| ApiError::invalid("sampler_name", m))?);
     p.clip_skip = clip_skip;

@@ -13,5 +13,14 @@ use crate::{cpu, gpu, profile};
 /// # Shapes
 /// - x: `[batch, c_in, height, width]` → `[batch, c_out, height_out, width_out]`
 pub fn conv2d_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    profile::scope("conv2d", profile::device_of(&x), || cpu::conv::conv2d(conv, &x).unwrap_or_else(|| gpu::conv::conv2d(conv, x)))
+    profile::scope("conv2d", profile::device_of(&x), || {
+        cpu::conv::conv2d(conv, &x).unwrap_or_else(|| {
+            if conv.weight.val().dtype() != x.dtype() {
+                // a weight kept in its file's half precision on the CPU, where kiln's kernel does
+                // not apply (the stride-2 downsamplers): burn's op on a widened copy
+                return gpu::conv::conv2d(&crate::cast_module(conv.clone(), x.dtype()), x);
+            }
+            gpu::conv::conv2d(conv, x)
+        })
+    })
 }

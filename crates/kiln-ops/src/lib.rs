@@ -2,11 +2,12 @@
 //!
 //! The ops kiln's models spend their time in, each with one entry point that picks the fastest
 //! correct way to run it on the tensor's device:
-//! [`conv2d_forward`], [`group_norm`] / [`group_norm_silu`], [`attention::scaled_dot_product_attention`]
+//! [`conv2d_forward`], [`linear()`], [`group_norm`] / [`group_norm_silu`], [`attention::scaled_dot_product_attention`]
 //! / [`attention::multi_head_attention`] and [`geglu`].
 //!
-//! - On the CPU (burn's flex backend, f32, inference) they run kiln's own kernels where burn's
-//!   ops were slow: [`cpu`] (attention, convolution, GroupNorm + SiLU, GEGLU).
+//! - On the CPU (burn's flex backend, f32 activations, inference) they run kiln's own kernels where
+//!   burn's ops were slow: [`cpu`] (attention, convolution, linear layers, GroupNorm + SiLU,
+//!   GEGLU); linear and convolution weights may stay in the f16/bf16 they were stored in.
 //! - On GPUs (burn's CubeCL backends) they run burn's op or one of kiln's restructurings of it,
 //!   whichever [`gpu::route`] measured faster at that shape (and checked against burn's output);
 //!   [`gpu::store`] keeps the choices between processes.
@@ -55,6 +56,7 @@ pub mod cpu;
 pub mod device;
 mod geometry;
 pub mod gpu;
+pub mod linear;
 pub mod norm;
 pub mod profile;
 pub mod testing;
@@ -62,6 +64,7 @@ pub mod testing;
 pub use activation::geglu;
 pub use attention::{multi_head_attention, scaled_dot_product_attention};
 pub use conv::conv2d_forward;
+pub use linear::linear;
 pub use norm::{group_norm, group_norm_silu};
 /// Re-exported for [`lane_test!`].
 pub use burn;

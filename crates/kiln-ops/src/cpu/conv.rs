@@ -1,6 +1,6 @@
-//! 2-D convolution on the CPU: kiln's own kernel for burn's flex backend (f32, no autodiff,
-//! stride 1, no dilation, one group — every convolution of the SD UNets' and VAE decoders' blocks
-//! except the stride-2 downsamplers).
+//! 2-D convolution on the CPU: kiln's own kernel for burn's flex backend (f32 activations, the
+//! weight f32, f16 or bf16 ([`crate::cpu::weights`]), no autodiff, any stride the same along
+//! both axes, no dilation, one group — every convolution of the SD UNets and VAEs).
 //!
 //! burn-flex 0.22 runs a convolution as im2col + gemm too, but per call it first copies the input
 //! to NHWC and re-lays the weights, both on one core (docs/performance.md#cpu-figures-2026-11-27),
@@ -14,7 +14,7 @@
 //! - a 1×1 convolution without padding uses the input itself as the left-hand side;
 //! - each tile's result goes to the NCHW output with the bias added, from a per-thread buffer.
 //!
-//! Same contract as `torch.nn.functional.conv2d(x, weight, bias, stride=1, padding, dilation=1,
+//! Same contract as `torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation=1,
 //! groups=1)` with explicit (possibly asymmetric) zero padding.
 
 use burn::nn::conv::Conv2d;
@@ -22,6 +22,7 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use crate::cpu::flex::{self, OutPtr};
+use crate::cpu::weights::{product_by_rows, Dst, WeightRows};
 
 /// Upper bound on one tile's im2col buffer: a tile's pixels × `Cin·kh·kw` f32 values.
 const COL_BYTES: usize = 8 << 20;
@@ -29,18 +30,28 @@ const COL_BYTES: usize = 8 << 20;
 /// pixel, with gemm's threads splitting the output channels: each thread then reads only its share
 /// of the weights, which at SD's lowest resolutions cost more to read than to multiply.
 const ONE_TILE: usize = 256;
+/// Up to this many bytes a half-precision weight read by several tiles is widened to f32 once per
+/// call (SD's 320- and 640-channel convolutions, the VAE's); larger ones, a block at a time in each
+/// tile ([`crate::cpu::weights`]).
+const WIDEN_WHOLE_BYTES: usize = 16 << 20;
+
+thread_local! {
+    /// The widened weight of the convolution this thread is running.
+    static WIDE_WEIGHT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// gemm gets its own threads from this many multiply-adds on (burn-flex's threshold).
 const GEMM_THREADS_FROM: usize = 192 * 192 * 192;
 
 /// `conv.forward(x)` by kiln's kernel, or `None` where it does not apply (another device, autodiff,
-/// another dtype, a stride, dilation or group count other than 1, `Same` padding, shapes burn's op
+/// activations other than f32, a weight dtype other than f32/f16/bf16, unequal strides, a dilation or group count other than 1, `Same` padding, shapes burn's op
 /// would refuse): the caller then uses burn's op.
 ///
 /// # Shapes
 /// - x: `[batch, c_in, height, width]`, `conv.weight`: `[c_out, c_in, kh, kw]`
 /// - output: `[batch, c_out, height + top + bottom - kh + 1, width + left + right - kw + 1]`
 pub fn conv2d(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
-    let (top, left, bottom, right) = crate::geometry::stride_1_padding(conv, x)?;
+    let ((top, left, bottom, right), stride) = crate::geometry::padding_and_stride(conv, x)?;
     let weight = conv.weight.val();
     let [batch, c_in, h, w] = x.dims();
     let [c_out, _, kh, kw] = weight.dims();
@@ -49,18 +60,19 @@ pub fn conv2d(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
         return None;
     }
     let x = flex::f32_tensor(x)?;
-    let weight = flex::f32_tensor(&weight)?;
+    let weight = flex::weight_tensor(&weight)?;
     let bias = match &conv.bias {
         Some(b) => Some(flex::f32_tensor(&b.val())?),
         None => None,
     };
-    let g = Geometry { batch, c_in, h, w, c_out, kh, kw, top, left, oh: h + top + bottom - kh + 1, ow: w + left + right - kw + 1 };
-    let out = conv2d_f32(flex::values(&x), flex::values(&weight), bias.as_ref().map(flex::values), &g);
+    let g = Geometry::new([batch, c_in, h, w], [c_out, kh, kw], (top, left, bottom, right), stride);
+    let out = conv2d_f32(flex::values(&x), WeightRows::of(&weight)?, bias.as_ref().map(flex::values), &g);
     Some(flex::tensor(out, [batch, c_out, g.oh, g.ow]))
 }
 
-/// Sizes of one convolution (stride 1): input `[batch, c_in, h, w]`, kernel `kh × kw`, zero
-/// padding `top`/`left` (bottom and right are implied by the output size `oh × ow`).
+/// Sizes of one convolution: input `[batch, c_in, h, w]`, kernel `kh × kw`, zero padding
+/// `top`/`left` (bottom and right are implied by the output size `oh × ow`), `stride` along both
+/// axes.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Geometry {
     pub batch: usize,
@@ -74,9 +86,18 @@ pub(crate) struct Geometry {
     pub left: usize,
     pub oh: usize,
     pub ow: usize,
+    pub stride: usize,
 }
 
 impl Geometry {
+    /// The geometry of input `[batch, c_in, h, w]`, weight `[c_out, _, kh, kw]`, padding
+    /// `(top, left, bottom, right)` and `stride` (the padded input at least the kernel's size).
+    pub(crate) fn new([batch, c_in, h, w]: [usize; 4], [c_out, kh, kw]: [usize; 3], (top, left, bottom, right): (usize, usize, usize, usize), stride: usize) -> Self {
+        let oh = (h + top + bottom - kh) / stride + 1;
+        let ow = (w + left + right - kw) / stride + 1;
+        Self { batch, c_in, h, w, c_out, kh, kw, top, left, oh, ow, stride }
+    }
+
     fn plane(&self) -> usize {
         self.oh * self.ow
     }
@@ -87,17 +108,26 @@ impl Geometry {
 
     /// A 1×1 kernel without padding: the input is already the im2col matrix.
     fn pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.oh == self.h && self.ow == self.w
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.oh == self.h && self.ow == self.w
     }
 }
 
 /// The convolution on row-major slices: x `[batch, c_in, h, w]`, weight `[c_out, c_in, kh, kw]`,
 /// bias `[c_out]` → `[batch, c_out, oh, ow]`.
-pub(crate) fn conv2d_f32(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
-    if g.kh * g.kw > 1 && g.c_out <= TAPS_UP_TO_C_OUT {
-        return conv2d_taps(x, weight, bias, g);
+pub(crate) fn conv2d_f32(x: &[f32], weight: WeightRows<'_>, bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
+    if g.kh * g.kw > 1 && g.c_out <= TAPS_UP_TO_C_OUT && g.stride == 1 {
+        // at most 64 output channels: the whole weight widened once is small
+        return conv2d_taps(x, &weight.to_f32(), bias, g);
     }
     let total = g.batch * g.plane();
+    if total > ONE_TILE && !matches!(weight, WeightRows::F32(_)) && g.c_out * g.k() * 4 <= WIDEN_WHOLE_BYTES {
+        // several tiles each read the whole weight: a half-precision one that is not too large is
+        // widened once for all of them (into this thread's buffer, kept between calls)
+        return WIDE_WEIGHT.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => conv2d_f32(x, WeightRows::F32(weight.widen_all(&mut buf)), bias, g),
+            Err(_) => conv2d_f32(x, WeightRows::F32(weight.widen_all(&mut Vec::new())), bias, g),
+        });
+    }
     let len = g.batch * g.c_out * g.plane();
     let mut out = Vec::with_capacity(len);
     let dst = OutPtr(out.as_mut_ptr());
@@ -251,7 +281,7 @@ fn scratch(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     x: &[f32],
-    weight: &[f32],
+    weight: WeightRows<'_>,
     bias: Option<&[f32]>,
     g: &Geometry,
     out: OutPtr,
@@ -272,18 +302,12 @@ unsafe fn tile(
     };
     let product = scratch(&mut bufs.product, m * g.c_out);
     // product[co·m + t] = Σ_kk lhs[t, kk] · weight[co, kk]: dst column-major m × c_out, rhs the
-    // row-major weight read as k × c_out with unit row stride.
+    // row-major weight read as k × c_out with unit row stride (half-precision weights widened a
+    // block of output channels at a time).
     // SAFETY: lhs holds m × k values at column stride lhs_cs (the input plane or the im2col
     // buffer), weight c_out × k, product m × c_out; product aliases neither.
-    unsafe {
-        gemm::gemm(
-            m, g.c_out, k,
-            product.as_mut_ptr(), m as isize, 1, false,
-            lhs, lhs_cs as isize, 1,
-            weight.as_ptr(), k as isize, 1,
-            0.0, 1.0, false, false, false, par,
-        );
-    }
+    let dst = Dst { ptr: OutPtr(product.as_mut_ptr()), rs: 1, cs: m };
+    unsafe { product_by_rows(m, g.c_out, k, lhs, 1, lhs_cs, weight, dst, false, par) };
     for run in &runs {
         let first = run.oy * g.ow + run.ox;
         for co in 0..g.c_out {
@@ -331,19 +355,26 @@ fn im2col(x: &[f32], g: &Geometry, runs: &[Run], m: usize, col: &mut [f32], para
                 for r in runs {
                     let dst = &mut column[r.t..r.t + r.len];
                     // the input row under this tap, in unpadded coordinates
-                    let iy = (r.oy + ky).wrapping_sub(g.top);
+                    let iy = (r.oy * g.stride + ky).wrapping_sub(g.top);
                     if iy >= g.h {
                         dst.fill(0.0);
                         continue;
                     }
                     let row = &x[((r.image * g.c_in + c) * g.h + iy) * g.w..][..g.w];
-                    // output columns ox with 0 <= ox + kx - left < w read the row; the rest pad
-                    let lo = g.left.saturating_sub(kx).clamp(r.ox, r.ox + r.len);
-                    let hi = (g.left + g.w).saturating_sub(kx).clamp(lo, r.ox + r.len);
+                    // output columns ox with 0 <= ox·stride + kx - left < w read the row; the rest pad
+                    let s = g.stride;
+                    let lo = g.left.saturating_sub(kx).div_ceil(s).clamp(r.ox, r.ox + r.len);
+                    let hi = (g.left + g.w).saturating_sub(kx).div_ceil(s).clamp(lo, r.ox + r.len);
                     let (pad_lo, rest) = dst.split_at_mut(lo - r.ox);
                     let (inside, pad_hi) = rest.split_at_mut(hi - lo);
                     pad_lo.fill(0.0);
-                    inside.copy_from_slice(&row[lo + kx - g.left..hi + kx - g.left]);
+                    if s == 1 {
+                        inside.copy_from_slice(&row[lo + kx - g.left..hi + kx - g.left]);
+                    } else {
+                        for (i, v) in inside.iter_mut().enumerate() {
+                            *v = row[(lo + i) * s + kx - g.left];
+                        }
+                    }
                     pad_hi.fill(0.0);
                 }
             }
@@ -371,7 +402,7 @@ mod tests {
                         for c in 0..g.c_in {
                             for ky in 0..g.kh {
                                 for kx in 0..g.kw {
-                                    let (iy, ix) = ((oy + ky) as isize - g.top as isize, (ox + kx) as isize - g.left as isize);
+                                    let (iy, ix) = ((oy * g.stride + ky) as isize - g.top as isize, (ox * g.stride + kx) as isize - g.left as isize);
                                     if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
                                         continue;
                                     }
@@ -403,30 +434,41 @@ mod tests {
     }
 
     /// kiln's kernel against the definition: every path (one tile over all images, tiles that
-    /// split images and rows, the pointwise shortcut), asymmetric and zero padding, bias or not.
+    /// split images and rows, the pointwise shortcut), asymmetric and zero padding, strides, bias
+    /// or not.
     #[test]
     fn matches_the_definition() {
-        // (batch, c_in, h, w, c_out, kh, kw, top, left, bottom, right, bias)
+        // (batch, c_in, h, w, c_out, kh, kw, top, left, bottom, right, stride, bias)
         let cases = [
-            (2, 3, 5, 4, 4, 3, 3, 1, 1, 1, 1, true),      // one tile, 2 images
-            (1, 2, 6, 7, 3, 3, 3, 0, 0, 0, 0, false),     // no padding
-            (2, 3, 4, 5, 2, 3, 3, 0, 1, 2, 0, true),      // asymmetric padding
-            (2, 5, 23, 19, 6, 3, 3, 1, 1, 1, 1, true),    // 874 pixels: tiles split rows and images
-            (3, 4, 17, 13, 5, 1, 1, 0, 0, 0, 0, true),    // pointwise, tiled
-            (2, 4, 3, 3, 5, 1, 1, 0, 0, 0, 0, false),     // pointwise, one tile over 2 images
-            (1, 2, 9, 31, 3, 1, 3, 0, 1, 0, 1, true),     // 1×3 kernel
-            (2, 8, 40, 40, 8, 3, 3, 1, 1, 1, 1, true),    // 3200 pixels
-            (1, 3, 5, 6, 70, 3, 3, 1, 1, 1, 1, true),     // im2col (c_out > 64), one tile
-            (2, 5, 23, 19, 66, 3, 3, 1, 0, 1, 2, true),   // im2col, tiles, asymmetric padding
-            (1, 3, 200, 20, 5, 3, 3, 1, 1, 1, 1, true),   // per-tap sums over several row blocks
-            (1, 2, 5, 5, 3, 5, 5, 2, 2, 2, 2, false),     // 5×5 kernel
+            (2, 3, 5, 4, 4, 3, 3, 1, 1, 1, 1, 1, true),      // one tile, 2 images
+            (1, 2, 6, 7, 3, 3, 3, 0, 0, 0, 0, 1, false),     // no padding
+            (2, 3, 4, 5, 2, 3, 3, 0, 1, 2, 0, 1, true),      // asymmetric padding
+            (2, 5, 23, 19, 6, 3, 3, 1, 1, 1, 1, 1, true),    // 874 pixels: tiles split rows and images
+            (3, 4, 17, 13, 5, 1, 1, 0, 0, 0, 0, 1, true),    // pointwise, tiled
+            (2, 4, 3, 3, 5, 1, 1, 0, 0, 0, 0, 1, false),     // pointwise, one tile over 2 images
+            (1, 2, 9, 31, 3, 1, 3, 0, 1, 0, 1, 1, true),     // 1×3 kernel
+            (2, 8, 40, 40, 8, 3, 3, 1, 1, 1, 1, 1, true),    // 3200 pixels
+            (1, 3, 5, 6, 70, 3, 3, 1, 1, 1, 1, 1, true),     // im2col (c_out > 64), one tile
+            (2, 5, 23, 19, 66, 3, 3, 1, 0, 1, 2, 1, true),   // im2col, tiles, asymmetric padding
+            (1, 3, 200, 20, 5, 3, 3, 1, 1, 1, 1, 1, true),   // per-tap sums over several row blocks
+            (1, 2, 5, 5, 3, 5, 5, 2, 2, 2, 2, 1, false),     // 5×5 kernel
+            (2, 3, 9, 8, 70, 3, 3, 1, 1, 1, 1, 2, true),      // stride 2 (SD's downsamplers: padding 1)
+            (2, 5, 23, 19, 66, 3, 3, 0, 0, 1, 1, 2, true),    // stride 2, tiles, asymmetric padding
+            (1, 4, 11, 10, 5, 3, 3, 1, 1, 1, 1, 2, false),    // stride 2, few channels (no per-tap sums)
+            (2, 4, 13, 12, 6, 1, 1, 0, 0, 0, 0, 3, true),     // 1×1, stride 3 (not the pointwise shortcut)
         ];
-        for (i, &(batch, c_in, h, w, c_out, kh, kw, top, left, bottom, right, with_bias)) in cases.iter().enumerate() {
-            let g = Geometry { batch, c_in, h, w, c_out, kh, kw, top, left, oh: h + top + bottom - kh + 1, ow: w + left + right - kw + 1 };
+        for (i, &(batch, c_in, h, w, c_out, kh, kw, top, left, bottom, right, stride, with_bias)) in cases.iter().enumerate() {
+            let g = Geometry::new([batch, c_in, h, w], [c_out, kh, kw], (top, left, bottom, right), stride);
             let x = values(batch * c_in * h * w, 3 * i as u32 + 1);
             let weight = values(c_out * c_in * kh * kw, 3 * i as u32 + 2);
             let bias = with_bias.then(|| values(c_out, 3 * i as u32 + 3));
-            let got = conv2d_f32(&x, &weight, bias.as_deref(), &g);
+            let got = conv2d_f32(&x, WeightRows::F32(&weight), bias.as_deref(), &g);
+            let halves: Vec<burn::tensor::f16> = weight.iter().map(|&v| burn::tensor::f16::from_f32(v)).collect();
+            let widened: Vec<f32> = halves.iter().map(|v| v.to_f32()).collect();
+            let got_half = conv2d_f32(&x, WeightRows::F16(&halves), bias.as_deref(), &g);
+            let want_half = naive(&x, &widened, bias.as_deref(), &g);
+            let err = got_half.iter().zip(&want_half).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(err < 1e-5, "case {i} {g:?} f16 weights: max error {err}");
             let want = naive(&x, &weight, bias.as_deref(), &g);
             assert_eq!(got.len(), want.len());
             let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -435,8 +477,8 @@ mod tests {
     }
 
     /// Through burn's module: the kernel against burn-flex's own convolution on a `Conv2d` as
-    /// kiln builds them (3×3 with padding 1, 1×1), and `None` (burn's op) for what it does not
-    /// cover: stride 2, f16, autodiff.
+    /// kiln builds them (3×3 with padding 1, 1×1, stride 2), and `None` (burn's op) for what it
+    /// does not cover: dilation, f16 activations, autodiff.
     /// `nn.Conv2d(c_in, c_out, kernel, stride, padding)`.
     fn conv_layer(c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: usize, device: &burn::tensor::Device) -> Conv2d {
         use burn::nn::conv::Conv2dConfig;
@@ -460,8 +502,32 @@ mod tests {
             let err: f32 = (got - want).abs().max().into_scalar();
             assert!(err < 1e-5, "{c_in}->{c_out} k{kernel}: max error {err}");
         }
+        // the weight kept in f16 (as loading keeps a half-precision file's), the bias f32
+        let conv = conv_layer(5, 70, 3, 1, 1, &device);
+        let mut half = conv.clone();
+        half.weight = half.weight.map(|w| w.cast(DType::F16));
+        let widened = {
+            let mut c = conv.clone();
+            c.weight = half.weight.clone().map(|w| w.cast(DType::F32));
+            c
+        };
+        let x = Tensor::<4>::random([2, 5, 11, 9], Distribution::Normal(0.0, 1.0), &device);
+        let err: f32 = (conv2d(&half, &x).expect("f16 weight") - widened.forward(x)).abs().max().into_scalar();
+        assert!(err < 1e-4, "f16 weight: max error {err}");
+        // stride 2 (the downsamplers), odd and even sizes
+        for size in [8, 9] {
+            let conv = conv_layer(6, 70, 3, 2, 1, &device);
+            let x = Tensor::<4>::random([2, 6, size, size + 3], Distribution::Normal(0.0, 1.0), &device);
+            let got = conv2d(&conv, &x).expect("stride 2");
+            let want = conv.forward(x);
+            assert_eq!(got.dims(), want.dims());
+            let err: f32 = (got - want).abs().max().into_scalar();
+            assert!(err < 1e-5, "stride 2, {size}: max error {err}");
+        }
         let x = Tensor::<4>::zeros([1, 4, 8, 8], &device);
-        assert!(conv2d(&conv_layer(4, 4, 3, 2, 1, &device), &x).is_none(), "stride 2");
+        let mut dilated = conv_layer(4, 4, 3, 1, 1, &device);
+        dilated.dilation = [2, 2];
+        assert!(conv2d(&dilated, &x).is_none(), "dilation 2");
         let conv = conv_layer(4, 4, 3, 1, 1, &device);
         assert!(conv2d(&crate::cast_module(conv.clone(), DType::F16), &x.clone().cast(DType::F16)).is_none(), "f16");
         let autodiff = Device::flex().autodiff();
@@ -472,7 +538,7 @@ mod tests {
     /// The runs of a tile that starts mid-row and crosses into the next image.
     #[test]
     fn runs_follow_rows_and_images() {
-        let g = Geometry { batch: 2, c_in: 1, h: 3, w: 4, c_out: 1, kh: 1, kw: 1, top: 0, left: 0, oh: 3, ow: 4 };
+        let g = Geometry::new([2, 1, 3, 4], [1, 1, 1], (0, 0, 0, 0), 1);
         let r = runs(&g, 6..15);
         let want = [
             Run { t: 0, image: 0, oy: 1, ox: 2, len: 2 },

@@ -1,6 +1,6 @@
 //! Zero-copy access to tensors on burn's CPU backend (flex) for kiln's CPU kernels
-//! ([`crate::cpu::attention`], [`crate::cpu::conv`], [`crate::cpu::norm`],
-//! [`crate::cpu::activation`]): the values of an f32 tensor as a slice, and a `Vec<f32>` handed
+//! ([`crate::cpu::attention`], [`crate::cpu::conv`], [`crate::cpu::linear`], [`crate::cpu::norm`],
+//! [`crate::cpu::activation`]): the values of an f32 tensor (or a weight of any float dtype) as a slice, and a `Vec<f32>` handed
 //! back as a tensor, without the copies `into_data`/`from_data` make.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
@@ -12,6 +12,16 @@ use burn_flex::{Flex, FlexTensor};
 pub(crate) fn f32_tensor<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
     let device = t.device();
     if t.dtype() != DType::F32 || device.is_autodiff() || device != Device::flex() {
+        return None;
+    }
+    Some(t.clone().try_into_primitive::<Flex>().ok()?.to_contiguous())
+}
+
+/// The weight's flex primitive, contiguous, when `t` is an f32, f16 or bf16 tensor on flex without
+/// autodiff: what [`crate::cpu::weights::WeightRows`] reads.
+pub(crate) fn weight_tensor<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
+    let device = t.device();
+    if !matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16) || device.is_autodiff() || device != Device::flex() {
         return None;
     }
     Some(t.clone().try_into_primitive::<Flex>().ok()?.to_contiguous())

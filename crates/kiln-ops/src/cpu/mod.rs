@@ -1,4 +1,5 @@
-//! kiln's CPU kernels for burn's flex backend (f32, inference): each returns `None` where it does
+//! kiln's CPU kernels for burn's flex backend (f32 activations, inference; the linear and
+//! convolution weights f32, f16 or bf16: [`weights`]): each returns `None` where it does
 //! not apply (another device or dtype, autodiff, a geometry it does not cover), and the op's entry
 //! point in the crate root falls back to burn's op.
 
@@ -6,4 +7,6 @@ pub mod activation;
 pub mod attention;
 pub mod conv;
 pub(crate) mod flex;
+pub mod linear;
 pub mod norm;
+pub(crate) mod weights;

@@ -249,6 +249,7 @@ fn load_model(a: &GenerateArgs, scheduler: Option<SamplerName>, device: &Device,
 }
 
 pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
+    let called = Instant::now();
     if a.mask.is_some() && a.init_image.is_none() {
         return Err("--mask needs --init-image (the image to inpaint)".into());
     }
@@ -363,7 +364,8 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}")
             .map_err(|e| e.to_string())?,
     );
-    eprintln!("generating {} image(s), {} steps", a.num_images, a.steps);
+    // start-up: reading the flags and inputs, loading the weights (docs/performance.md)
+    eprintln!("generating {} image(s), {} steps (ready in {:.2} s)", a.num_images, a.steps, called.elapsed().as_secs_f64());
     let start = Instant::now();
     // Ctrl-C / SIGTERM from here on: stop at the next step, write nothing, exit 130
     let images = interrupt::graceful(|| {

@@ -2,7 +2,9 @@
 //! self/cross-attention of Transformer2D blocks and the VAE mid-block's spatial self-attention,
 //! through burn's fused `attention` op (flash kernels on GPUs, tiled on flex).
 
-use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig};
+use burn::nn::{GroupNorm, GroupNormConfig};
+
+use crate::linear::{Linear, LinearConfig};
 use burn::prelude::*;
 use kiln_ops::multi_head_attention;
 

@@ -1,6 +1,6 @@
 //! Timestep embeddings (diffusers `models/embeddings.py`).
 
-use burn::nn::{Linear, LinearConfig};
+use crate::linear::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use burn::tensor::{DType, TensorData};

@@ -7,13 +7,15 @@
 //! ([`Transformer2DModel`], [`BasicTransformerBlock`], [`FeedForward`] with GEGLU), and [`load`] (safetensors through burn-store,
 //! with missing and unused tensors reported by name).
 //!
-//! The layers call their convolutions, GroupNorms, attention and GEGLU through kiln-ops
+//! The layers call their convolutions, linear layers ([`Linear`], PyTorch's weight layout),
+//! GroupNorms, attention and GEGLU through kiln-ops
 //! ([`kiln_ops::conv2d_forward`], [`kiln_ops::group_norm`], ...), which picks the kernel for the
 //! device; nothing here knows about devices.
 
 pub mod attention;
 pub mod embeddings;
 pub mod error;
+pub mod linear;
 pub mod load;
 pub mod merge;
 pub mod resnet;
@@ -26,6 +28,7 @@ pub mod weights;
 pub use attention::{Attention, AttentionConfig};
 pub use embeddings::{timestep_embedding, TimestepEmbedding, TimestepEmbeddingConfig};
 pub use error::LoadError;
+pub use linear::{Linear, LinearConfig};
 pub use merge::{merge_deltas, param_names, restore, Delta, Factor, Originals, Update};
 pub use load::{load_safetensors, pickle_file_name, read_config, read_text_file, weights_file_name, weights_path, LoadOptions, CONFIG_LIMIT};
 pub use safetensors::{dtype_size, header_bytes, read_safetensors_header, SafetensorsHeader, TensorEntry};

@@ -2,16 +2,16 @@
 //! exact originals kept to take them out again.
 //!
 //! A [`Delta`] is `scale ·` an [`Update`] (`up @ down`, LoHa's Hadamard product, LoKr's Kronecker
-//! product, a full delta) in PyTorch's layout (`[out, in·kh·kw]`): a linear layer's
-//! weight (burn stores `[in, out]`: the delta is transposed) or a convolution's
-//! (`[out, in, kh, kw]`: reshaped). [`merge_deltas`] adds every delta named for a parameter, in
-//! the parameter's dtype, on its device, and returns the parameters it changed as they were;
+//! product, a full delta) in PyTorch's layout (`[out, in·kh·kw]`), which kiln's modules keep: a
+//! linear layer's weight as it is, a convolution's (`[out, in, kh, kw]`) reshaped.
+//! [`merge_deltas`] adds every delta named for a parameter, in the dtype the module computes in
+//! (a half-precision weight kept on the CPU becomes f32), on its device, and returns the parameters it changed as they were;
 //! [`restore`] puts those back bit for bit. Only the changed parameters are copied.
 
 use std::collections::HashMap;
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 /// One matrix of an update, as stored: whole, a product, or a CP (Tucker) decomposition, in
 /// PyTorch's layout flattened to 2-D (`[rows, in · kh · kw]`).
@@ -107,19 +107,16 @@ impl Originals {
 #[derive(Default)]
 struct Path {
     names: Vec<String>,
-    containers: Vec<String>,
 }
 
 impl Path {
     fn enter(&mut self, name: &str, container: &str) {
-        self.containers.push(container.to_string());
         if !container.starts_with("Enum:") {
             self.names.push(name.to_string());
         }
     }
 
     fn exit(&mut self, container: &str) {
-        self.containers.pop();
         if !container.starts_with("Enum:") {
             self.names.pop();
         }
@@ -128,17 +125,13 @@ impl Path {
     fn current(&self) -> String {
         self.names.join(".")
     }
-
-    /// Whether the parameter belongs to a burn `Linear` (whose weight is stored transposed): the
-    /// innermost struct or enum, as burn-store's adapters tell (`ModuleContext::module_type`).
-    fn in_linear(&self) -> bool {
-        self.containers.iter().rev().find(|c| c.starts_with("Struct:") || c.starts_with("Enum:")).is_some_and(|c| c == "Struct:Linear")
-    }
 }
 
 struct Merger<'a> {
     path: Path,
     deltas: &'a HashMap<String, Vec<Delta>>,
+    /// The dtype the module computes in (what a merged weight is kept in).
+    compute: DType,
     originals: Originals,
     /// Names whose delta did not fit the parameter: `(name, why)`.
     errors: Vec<(String, String)>,
@@ -156,13 +149,12 @@ impl ModuleMapper for Merger<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let name = self.path.current();
         let Some(deltas) = self.deltas.get(&name) else { return param };
-        let linear = self.path.in_linear();
         let mut error = None;
         let mut original = None;
         let param = param.map(|t| {
             let dims = t.dims();
-            // the weight in PyTorch's layout: [out, in] for a linear layer, [out, in, kh, kw]
-            let torch_dims: Vec<usize> = if linear && D == 2 { vec![dims[1], dims[0]] } else { dims.to_vec() };
+            // PyTorch's layout, which kiln's modules keep: [out, in] for a linear layer, [out, in, kh, kw]
+            let torch_dims: Vec<usize> = dims.to_vec();
             let rows = torch_dims[0];
             let cols: usize = torch_dims[1..].iter().product();
             let mut sum: Option<Tensor<2>> = None;
@@ -178,10 +170,18 @@ impl ModuleMapper for Merger<'_> {
                 });
             }
             let Some(sum) = sum else { return t };
-            let delta: Tensor<D> = if linear && D == 2 { sum.transpose().reshape(dims) } else { sum.reshape(dims) };
+            let delta: Tensor<D> = sum.reshape(dims);
             original = Some((t.clone().reshape([dims.iter().product::<usize>()]), dims.to_vec()));
             let (dtype, device) = (t.dtype(), t.device());
-            t + delta.to_device(&device).cast(dtype)
+            let delta = delta.to_device(&device);
+            if dtype == self.compute {
+                t + delta.cast(dtype)
+            } else {
+                // a weight kept in its file's half precision on the CPU while the model computes
+                // in f32: the merged weight is f32, as diffusers' with torch_dtype=float32 (the
+                // original half-precision one is what `restore` puts back)
+                t.cast(self.compute) + delta.cast(self.compute)
+            }
         });
         if let Some(e) = error {
             self.errors.push((name.clone(), e));
@@ -193,11 +193,11 @@ impl ModuleMapper for Merger<'_> {
     }
 }
 
-/// Adds every delta in `deltas` (by parameter name) to `module`'s weights. Returns the module,
-/// the changed parameters as they were, and the names whose deltas did not fit (those parameters
-/// are left unchanged).
-pub fn merge_deltas<M: Module>(module: M, deltas: &HashMap<String, Vec<Delta>>) -> (M, Originals, Vec<(String, String)>) {
-    let mut merger = Merger { path: Path::default(), deltas, originals: Originals::default(), errors: Vec::new() };
+/// Adds every delta in `deltas` (by parameter name) to `module`'s weights; `compute` is the dtype
+/// the module computes in (a merged weight takes it). Returns the module, the changed parameters
+/// as they were, and the names whose deltas did not fit (those parameters are left unchanged).
+pub fn merge_deltas<M: Module>(module: M, deltas: &HashMap<String, Vec<Delta>>, compute: DType) -> (M, Originals, Vec<(String, String)>) {
+    let mut merger = Merger { path: Path::default(), deltas, compute, originals: Originals::default(), errors: Vec::new() };
     let module = module.map(&mut merger);
     (module, merger.originals, merger.errors)
 }
@@ -232,6 +232,6 @@ pub fn restore<M: Module>(module: M, originals: Originals) -> M {
 /// The names of `module`'s parameters and their shapes, as PyTorch names and lays them out
 /// (a linear layer's weight `[out, in]`, a norm's `weight`/`bias`); reads no data.
 pub fn param_names<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
-    use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot};
-    module.collect(None, Some(Box::new(BurnToPyTorchAdapter)), true).into_iter().map(|t| (t.name.clone(), t.shape.to_vec())).collect()
+    use burn::store::ModuleSnapshot;
+    module.collect(None, Some(Box::new(crate::weights::TorchNames::ToTorch)), true).into_iter().map(|t| (t.name.clone(), t.shape.to_vec())).collect()
 }

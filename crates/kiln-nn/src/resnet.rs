@@ -2,7 +2,9 @@
 //! that SD1.x/2.x/SDXL UNets and the SD VAE use.
 
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig};
+use burn::nn::{GroupNorm, GroupNormConfig};
+
+use crate::linear::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 

@@ -8,7 +8,9 @@
 //! a tuple whose middle element holds no parameters, so checkpoints load without key remapping.
 
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};
+
+use crate::linear::{Linear, LinearConfig};
 use burn::prelude::*;
 
 use kiln_ops::conv2d_forward;

@@ -7,11 +7,13 @@
 //! way ([`Transform`]: the slices of a fused `in_proj`, a transposed projection, a 1×1
 //! convolution read as a linear layer). A diffusers folder's file is loaded as it is
 //! ([`Weights::all`]); a single-file checkpoint is loaded through the plan its key map builds
-//! (kiln-pipeline's `single_file`). Loading goes through burn-store's adapters
-//! (`PyTorchToBurnAdapter` transposes `Linear` weights and renames norm `weight/bias` to
-//! `gamma/beta`; `FloatCastAdapter` casts to the dtype chosen at load), and both tensors the
-//! module expects but the plan lacks and tensors the plan has but the module does not use are
-//! errors listing the names: a silently half-loaded model draws garbage.
+//! (kiln-pipeline's `single_file`). Loading goes through burn-store's applier with kiln's adapter
+//! ([`TorchNames`]: burn's norms call PyTorch's `weight/bias` `gamma/beta`; kiln's [`crate::Linear`]
+//! keeps PyTorch's layout, so nothing is transposed) and [`LoadCast`] (the dtype chosen at load;
+//! on the CPU a half-precision file's linear and convolution weights stay as they are, read
+//! straight into their tensors without a conversion pass), and both tensors the module expects
+//! but the plan lacks and tensors the plan has but the module does not use are errors listing the
+//! names: a silently half-loaded model draws garbage.
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
@@ -19,9 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::module::Module;
-use burn::store::burn_pack::Error as PackError;
-use burn::store::{bridge, FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter};
-use burn::tensor::{DType, TensorData};
+use burn::store::burn_pack::{Error as PackError, Tensor as PackTensor};
+use burn::store::{bridge, FloatCastAdapter, ModuleAdapter, ModuleContext, ModuleSnapshot};
+use burn::tensor::{Bytes, DType, Device, TensorData};
 
 use crate::error::LoadError;
 use crate::safetensors::{dtype_size, read_safetensors_header};
@@ -108,6 +110,46 @@ impl WeightsFile {
             Source::Torch(checkpoint) => checkpoint.tensor_bytes(&checkpoint.tensors[i]),
         }
     }
+
+    /// The safetensors tensor `name` read straight into an allocation aligned for its elements
+    /// (`shape` and `dtype` as stored): no byte vector copied again to align it. `None` for a
+    /// PyTorch checkpoint or a dtype without a fixed element size.
+    fn read_aligned(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Option<TensorData>, LoadError> {
+        let (Source::Safetensors { file, data_start, offsets }, Some(&i)) = (&self.source, self.index.get(name)) else { return Ok(None) };
+        let (begin, end) = offsets[i];
+        let io = |source| LoadError::Io { path: self.path.clone(), source };
+        let len = usize::try_from(end - begin).map_err(|_| LoadError::Format { path: self.path.clone(), message: format!("tensor `{name}` does not fit in memory") })?;
+        /// `len` bytes at `at` as elements of `E`: zero-filled by the allocator (fresh pages, no
+        /// pass over them), then the file's bytes read over them.
+        fn read<E: Copy + Default + bytemuck_free::Pod>(file: &std::fs::File, at: u64, len: usize) -> std::io::Result<Vec<E>> {
+            let mut out = vec![E::default(); len / std::mem::size_of::<E>()];
+            // SAFETY: `E` is a plain integer type: any bytes are a valid value, and the slice
+            // covers exactly the vector's initialised elements.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len() * std::mem::size_of::<E>()) };
+            file.read_exact_at(bytes, at)?;
+            Ok(out)
+        }
+        let at = data_start + begin;
+        let bytes = match dtype.size() {
+            _ if len % dtype.size().max(1) != 0 => return Ok(None),
+            2 => Bytes::from_elems(read::<u16>(file, at, len).map_err(io)?),
+            4 => Bytes::from_elems(read::<u32>(file, at, len).map_err(io)?),
+            8 => Bytes::from_elems(read::<u64>(file, at, len).map_err(io)?),
+            _ => return Ok(None),
+        };
+        TensorData::try_from_bytes(bytes, shape.to_vec(), dtype)
+            .map(Some)
+            .map_err(|e| LoadError::Mismatch { path: self.path.clone(), errors: vec![format!("tensor `{name}`: {e}")] })
+    }
+}
+
+/// The element types [`WeightsFile::read_aligned`] reads into: plain integers, every bit pattern
+/// a valid value.
+mod bytemuck_free {
+    pub trait Pod {}
+    impl Pod for u16 {}
+    impl Pod for u32 {}
+    impl Pod for u64 {}
 }
 
 /// How a file's tensor becomes a module's.
@@ -264,11 +306,23 @@ impl Weights {
             let (file, key, transform) = (self.file.clone(), w.key.clone(), w.transform);
             let data_shape = shape_usize.clone();
             tensors.push(bridge::deferred(w.name, stored_dtype, shape_usize.into(), None, move || {
-                let (bytes, ..) = read_transformed(&file, &key, transform).map_err(|e| PackError::ValidationError(e.to_string()))?;
+                let failed = |e: LoadError| PackError::ValidationError(e.to_string());
+                // as stored (or only reshaped): straight into an aligned tensor
+                if matches!(transform, Transform::None | Transform::Squeeze) {
+                    if let Some(data) = file.read_aligned(&key, &data_shape, stored_dtype).map_err(failed)? {
+                        return Ok(data);
+                    }
+                }
+                let (bytes, ..) = read_transformed(&file, &key, transform).map_err(failed)?;
                 Ok(TensorData::from_bytes_vec(bytes, data_shape.clone(), stored_dtype))
             }));
         }
-        let adapter: Box<dyn ModuleAdapter> = Box::new(PyTorchToBurnAdapter.chain(FloatCastAdapter::to(dtype)));
+        let cpu = {
+            let devices = module.devices();
+            !devices.is_empty() && devices.iter().all(|d| !d.is_autodiff() && *d == Device::flex())
+        };
+        let cast = LoadCast { dtype, keep_half_weights: cpu && dtype == DType::F32 };
+        let adapter: Box<dyn ModuleAdapter> = Box::new(TorchNames::FromTorch.chain(cast));
         // Modules that are one of several layer kinds under the same diffusers key (e.g.
         // Transformer2D's proj_in: Linear or 1×1 Conv2d) are enums; their variant names are not
         // part of the keys.
@@ -288,5 +342,96 @@ impl Weights {
             return Err(LoadError::Unused { path, names: unused });
         }
         Ok(module)
+    }
+}
+
+/// burn-store's adapter between PyTorch's state-dict names and kiln's modules: burn's norms
+/// (`GroupNorm`, `LayerNorm`) call PyTorch's `weight`/`bias` `gamma`/`beta`. The only difference:
+/// kiln's [`crate::Linear`] keeps PyTorch's `[out, in]` layout, so unlike burn's
+/// `PyTorchToBurnAdapter`/`BurnToPyTorchAdapter` nothing is transposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TorchNames {
+    /// Loading a PyTorch file into a module.
+    FromTorch,
+    /// Naming a module's tensors as PyTorch does (saving, listing).
+    ToTorch,
+}
+
+const NORMS: [&str; 4] = ["Struct:GroupNorm", "Struct:LayerNorm", "Struct:BatchNorm", "Struct:RmsNorm"];
+
+fn rename_last(mut tensor: PackTensor, to: &str) -> PackTensor {
+    let keep = tensor.name.rfind('.').map_or(0, |i| i + 1);
+    tensor.name.truncate(keep);
+    tensor.name.push_str(to);
+    tensor
+}
+
+impl TorchNames {
+    /// `(torch, burn)` name pairs of a norm's parameters.
+    const PAIRS: [(&'static str, &'static str); 2] = [("weight", "gamma"), ("bias", "beta")];
+
+    /// The name `param` takes in the other convention (`from_torch`: PyTorch's to burn's).
+    fn other(param: &str, from_torch: bool) -> Option<&'static str> {
+        Self::PAIRS.iter().find_map(|&(torch, burn)| match from_torch {
+            true if param == torch => Some(burn),
+            false if param == burn => Some(torch),
+            _ => None,
+        })
+    }
+}
+
+impl ModuleAdapter for TorchNames {
+    fn adapt(&self, tensor: PackTensor, ctx: ModuleContext<'_>) -> PackTensor {
+        if !ctx.module_type().is_some_and(|t| NORMS.contains(&t)) {
+            return tensor;
+        }
+        let param = tensor.name.rsplit('.').next().unwrap_or("");
+        match Self::other(param, *self == TorchNames::FromTorch) {
+            Some(to) => rename_last(tensor, to),
+            None => tensor,
+        }
+    }
+
+    fn get_alternative_param_name(&self, param_name: &str, container_type: &str) -> Option<String> {
+        if !NORMS.contains(&container_type) {
+            return None;
+        }
+        // the applier looks for the module's name and tries the file's
+        Self::other(param_name, *self == TorchNames::ToTorch).map(str::to_string)
+    }
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(*self)
+    }
+}
+
+/// The modules whose `weight` stays in a half-precision file's dtype on the CPU: kiln's linear
+/// layers and burn's convolutions (kiln-ops' CPU kernels read them as they are, `cpu/weights.rs`)
+/// and embedding tables (the rows looked up are widened, kiln-text-encoder's `ClipTextEmbeddings`).
+const KEPT: [&str; 3] = ["Struct:Linear", "Struct:Conv2d", "Struct:Embedding"];
+
+/// The dtype chosen at load: every float tensor cast to `dtype`, except, when
+/// `keep_half_weights` (f32 on the CPU), the f16/bf16 weights of linear layers, convolutions and
+/// embedding tables ([`KEPT`]), which stay as stored: half the memory and no conversion pass.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadCast {
+    pub dtype: DType,
+    pub keep_half_weights: bool,
+}
+
+impl ModuleAdapter for LoadCast {
+    fn adapt(&self, tensor: PackTensor, ctx: ModuleContext<'_>) -> PackTensor {
+        if !tensor.dtype.is_float() || tensor.dtype == self.dtype {
+            return tensor;
+        }
+        let matrix = ctx.module_type().is_some_and(|t| KEPT.contains(&t)) && tensor.name.rsplit('.').next() == Some("weight");
+        if self.keep_half_weights && matrix && matches!(tensor.dtype, DType::F16 | DType::BF16) {
+            return tensor;
+        }
+        FloatCastAdapter::to(self.dtype).adapt(tensor, ctx)
+    }
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(*self)
     }
 }

@@ -5,9 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{DType, Device};
-use kiln_nn::{Transform, Weight, Weights, WeightsFile};
+use kiln_nn::{burn_dtype, Linear, LinearConfig, Transform, Weight, Weights, WeightsFile};
 
 /// Writes a safetensors file of `(name, dtype, shape, f32 values)`, each value stored in `dtype`.
 fn write(path: &Path, tensors: &[(&str, &str, Vec<u64>, Vec<f32>)]) {
@@ -56,9 +55,10 @@ fn linear(device: &Device) -> Linear {
     LinearConfig::new(2, 3).init(device)
 }
 
-/// The module's weight as torch lays it out (`[out, in]`), and its bias.
+/// The module's weight (`[out, in]`, as torch lays it out, which kiln's `Linear` keeps), and its
+/// bias.
 fn values(l: &Linear) -> (Vec<f32>, Vec<f32>) {
-    let w = l.weight.val().transpose().into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let w = l.weight.val().into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
     let b = l.bias.as_ref().unwrap().val().into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
     (w, b)
 }
@@ -74,6 +74,14 @@ fn every_dtype_and_transform_loads_the_values_it_names() {
         write(&path, &[("weight", dtype, vec![3, 2], W.to_vec()), ("bias", dtype, vec![3], B.to_vec())]);
         let l = Weights::all(WeightsFile::open(&path).unwrap()).load_into(linear(&device), DType::F32, &[]).unwrap();
         assert_eq!(values(&l), (W.to_vec(), B.to_vec()), "{dtype}");
+        // on the CPU a half-precision weight stays as stored (kiln's kernels read it), the bias
+        // is cast; on an autodiff device (training) everything is f32
+        let want = burn_dtype(dtype).unwrap();
+        assert_eq!((l.weight.val().dtype(), l.bias.as_ref().unwrap().val().dtype()), (want, DType::F32), "{dtype}");
+        let autodiff = Device::flex().autodiff();
+        let l = Weights::all(WeightsFile::open(&path).unwrap()).load_into(linear(&autodiff), DType::F32, &[]).unwrap();
+        assert_eq!(l.weight.val().dtype(), DType::F32, "{dtype} on autodiff");
+        assert_eq!(values(&l), (W.to_vec(), B.to_vec()), "{dtype} on autodiff");
     }
     // q, k, v stacked: the middle third
     let path = tmp("fused.safetensors");

@@ -127,16 +127,18 @@ fn a_lora_that_does_not_fit_is_refused_whole() {
     assert!(weights(&pipe) == with_one);
 }
 
-/// A module's parameter in PyTorch's layout, f32.
+/// A module's parameter in PyTorch's layout, as f32.
 fn param(pipe: &StableDiffusion, name: &str) -> Vec<f32> {
-    use burn::store::BurnToPyTorchAdapter;
+    use kiln_nn::weights::TorchNames;
     let (component, rest) = name.split_once('.').unwrap();
     let tensors = match component {
-        "unet" => pipe.unet.collect(None, Some(Box::new(BurnToPyTorchAdapter)), true),
-        _ => pipe.text_encoder.collect(None, Some(Box::new(BurnToPyTorchAdapter)), true),
+        "unet" => pipe.unet.collect(None, Some(Box::new(TorchNames::ToTorch)), true),
+        _ => pipe.text_encoder.collect(None, Some(Box::new(TorchNames::ToTorch)), true),
     };
     let t = tensors.into_iter().find(|t| t.name == rest).unwrap_or_else(|| panic!("{name}"));
-    t.to_bytes().unwrap().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    // f32 whatever it is stored in (a half-precision file's weights stay f16 on the CPU until a
+    // LoRA is merged into them)
+    burn::tensor::TensorData::from_bytes(t.to_bytes().unwrap(), t.shape.clone(), t.dtype).convert::<f32>().try_to_vec::<f32>().unwrap()
 }
 
 /// LyCORIS LoHa and LoKr layers, full deltas and Tucker cores (LoCon's `lora_mid`, LoHa's

@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
+use kiln_nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::{gelu, gelu_approximate, relu, sigmoid};
@@ -23,13 +24,17 @@ pub struct ClipTextEmbeddings {
 }
 
 impl ClipTextEmbeddings {
+    /// In `dtype` (the model's: on the CPU a half-precision file's tables stay f16 and only the
+    /// rows looked up are widened).
+    ///
     /// # Shapes
     /// - input_ids: `[batch, seq]` (seq ≤ max_position_embeddings) → `[batch, seq, hidden]`
-    pub fn forward(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
+    pub fn forward(&self, input_ids: Tensor<2, Int>, dtype: DType) -> Tensor<3> {
         let [_, seq] = input_ids.dims();
-        let tokens = self.token_embedding.forward(input_ids);
+        let cast = |t: Tensor<3>| if t.dtype() == dtype { t } else { t.cast(dtype) };
+        let tokens = cast(self.token_embedding.forward(input_ids));
         // position_ids = arange(seq): the first `seq` rows of the table, broadcast over the batch
-        let positions = self.position_embedding.weight.val().slice(0..seq).unsqueeze::<3>();
+        let positions = cast(self.position_embedding.weight.val().slice(0..seq).unsqueeze::<3>());
         tokens + positions
     }
 }
@@ -220,19 +225,24 @@ impl ClipTextModel {
     /// # Shapes
     /// - rows: `[n, hidden_size]`
     pub fn add_token_embeddings(&mut self, rows: Tensor<2>) -> Result<(), TextEncoderError> {
-        let table = &mut self.text_model.embeddings.token_embedding.weight;
-        let [_, d] = table.dims();
+        let [_, d] = self.text_model.embeddings.token_embedding.weight.dims();
         let [_, width] = rows.dims();
         if width != d {
             return Err(TextEncoderError::Input(format!("an embedding of width {width} for a text encoder of width {d}")));
         }
+        // in the model's dtype: a table kept in f16 on the CPU is widened first, so the new
+        // vectors are not rounded (transformers' float32 model keeps them as they are)
+        let dtype = self.dtype();
+        let table = &mut self.text_model.embeddings.token_embedding.weight;
         let old = table.val();
-        let rows = rows.to_device(&old.device()).cast(old.dtype());
+        let old = if old.dtype() == dtype { old } else { old.cast(dtype) };
+        let rows = rows.to_device(&old.device()).cast(dtype);
         *table = burn::module::Param::from_tensor(Tensor::cat(vec![old, rows], 0));
         Ok(())
     }
 
-    /// The dtype of the weights (what [`ClipTextModel::load`] cast them to).
+    /// The dtype the model computes in (what [`ClipTextModel::load`] cast the weights to; on the
+    /// CPU a half-precision file's matrices and tables stay f16, the norms take this dtype).
     pub fn dtype(&self) -> DType {
         self.text_model.final_layer_norm.gamma.val().dtype()
     }
@@ -269,7 +279,7 @@ impl ClipTextModel {
     ///   `[batch, projection_dim]`
     pub fn forward(&self, input_ids: Tensor<2, Int>) -> ClipTextOutput {
         let tm = &self.text_model;
-        let mut x = tm.embeddings.forward(input_ids.clone());
+        let mut x = tm.embeddings.forward(input_ids.clone(), self.dtype());
         let mut hidden_states = Vec::with_capacity(tm.encoder.layers.len() + 1);
         hidden_states.push(x.clone());
         for layer in &tm.encoder.layers {

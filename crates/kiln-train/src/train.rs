@@ -26,7 +26,8 @@ use std::time::Instant;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams};
-use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use kiln_nn::weights::TorchNames;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use kiln_pipeline::image_processor::image_to_tensor;
 use kiln_scheduler::ddpm::DdpmScheduler;
@@ -255,7 +256,7 @@ pub fn save_safetensors<M: Module>(module: &M, path: &Path) -> Result<(), Error>
     }
     let tmp = path.with_extension("safetensors.tmp");
     let mut store =
-        SafetensorsStore::from_file(&tmp).with_to_adapter(BurnToPyTorchAdapter).skip_enum_variants(true).overwrite(true);
+        SafetensorsStore::from_file(&tmp).with_to_adapter(TorchNames::ToTorch).skip_enum_variants(true).overwrite(true);
     module.save_into(&mut store).map_err(|e| format!("saving {}: {e}", path.display()))?;
     std::fs::rename(&tmp, path)?;
     Ok(())

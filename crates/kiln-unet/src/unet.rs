@@ -139,9 +139,13 @@ impl UNet2DConditionModel {
         &self.config
     }
 
-    /// The dtype of the weights (the dtype `forward` computes in).
+    /// The dtype `forward` computes in: the biases' (on the CPU a half-precision file's linear and
+    /// convolution weights stay f16/bf16 while everything else is f32, kiln-nn's `LoadCast`).
     pub fn dtype(&self) -> DType {
-        self.conv_in.weight.val().dtype()
+        match &self.conv_in.bias {
+            Some(b) => b.val().dtype(),
+            None => self.conv_in.weight.val().dtype(),
+        }
     }
 
     /// Predicts the noise (or v / x0, per the scheduler's `prediction_type`) for `sample` at

@@ -101,9 +101,14 @@ impl AutoencoderKL {
         self.config.downsample_factor()
     }
 
-    /// The dtype of the parameters (inputs are cast to it).
+    /// The dtype the model computes in (inputs are cast to it): the biases' (on the CPU a
+    /// half-precision file's convolution weights stay f16/bf16, kiln-nn's `LoadCast`).
     pub fn dtype(&self) -> DType {
-        self.decoder.conv_in.weight.val().dtype()
+        let conv = &self.decoder.conv_in;
+        match &conv.bias {
+            Some(b) => b.val().dtype(),
+            None => conv.weight.val().dtype(),
+        }
     }
 
     pub fn enable_tiling(&mut self) {

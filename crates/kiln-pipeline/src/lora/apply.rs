@@ -102,17 +102,17 @@ impl StableDiffusion {
         let reports = self.loras.loaded.iter().map(LoadedLora::report).collect();
         let mut errors = Vec::new();
         if let Some(d) = all.get("unet") {
-            let (m, o, e) = merge_deltas(self.unet.clone(), d);
+            let (m, o, e) = merge_deltas(self.unet.clone(), d, self.unet.dtype());
             (self.unet, errors) = (m, [errors, e].concat());
             self.loras.originals.insert("unet", o);
         }
         if let Some(d) = all.get("text_encoder") {
-            let (m, o, e) = merge_deltas(self.text_encoder.clone(), d);
+            let (m, o, e) = merge_deltas(self.text_encoder.clone(), d, self.text_encoder.dtype());
             (self.text_encoder, errors) = (m, [errors, e].concat());
             self.loras.originals.insert("text_encoder", o);
         }
         if let (Some(d), Some(te)) = (all.get("text_encoder_2"), self.text_encoder_2.as_ref()) {
-            let (m, o, e) = merge_deltas(te.clone(), d);
+            let (m, o, e) = merge_deltas(te.clone(), d, te.dtype());
             (self.text_encoder_2, errors) = (Some(m), [errors, e].concat());
             self.loras.originals.insert("text_encoder_2", o);
         }

@@ -59,16 +59,18 @@ impl ResnetBlock2D {
     /// - temb: `[batch, temb_channels]` (ignored when the block has no `time_emb_proj`)
     /// - returns `[batch, out_channels, height, width]`
     pub fn forward(&self, x: Tensor<4>, temb: Option<Tensor<2>>) -> Tensor<4> {
-        let h = conv2d_forward(&self.conv1, group_norm_silu(&self.norm1, x.clone()));
+        // the shortcut first where there is one, so `x` is not held while norm1 runs (which can
+        // then write over it: one activation less at a VAE decode's peak)
+        let (skip, h) = match &self.conv_shortcut {
+            Some(c) => (conv2d_forward(c, x.clone()), group_norm_silu(&self.norm1, x)),
+            None => (x.clone(), group_norm_silu(&self.norm1, x)),
+        };
+        let h = conv2d_forward(&self.conv1, h);
         let h = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(t)) => h + proj.forward(silu(t)).unsqueeze_dims::<4>(&[2, 3]),
             _ => h,
         };
         let h = conv2d_forward(&self.conv2, group_norm_silu(&self.norm2, h));
-        let skip = match &self.conv_shortcut {
-            Some(c) => conv2d_forward(c, x),
-            None => x,
-        };
         let out = skip + h;
         if self.output_scale_factor == 1.0 { out } else { out.div_scalar(self.output_scale_factor) }
     }

@@ -3,8 +3,7 @@
 
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions, PadMode};
+use burn::tensor::ops::PadMode;
 
 use kiln_ops::conv2d_forward;
 
@@ -75,7 +74,6 @@ impl Upsample2D {
     pub fn forward(&self, x: Tensor<4>, output_size: Option<[usize; 2]>) -> Tensor<4> {
         let [_, _, h, w] = x.dims();
         let size = output_size.unwrap_or([2 * h, 2 * w]);
-        let x = interpolate(x, InterpolateOptions::new(InterpolateMode::Nearest).with_output_size(size));
-        conv2d_forward(&self.conv, x)
+        kiln_ops::upsample_nearest_conv2d(&self.conv, x, size)
     }
 }

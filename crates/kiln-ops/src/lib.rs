@@ -63,7 +63,7 @@ pub mod testing;
 
 pub use activation::geglu;
 pub use attention::{multi_head_attention, scaled_dot_product_attention};
-pub use conv::conv2d_forward;
+pub use conv::{conv2d_forward, upsample_nearest_conv2d};
 pub use linear::linear;
 pub use norm::{group_norm, group_norm_silu};
 /// Re-exported for [`lane_test!`].

@@ -29,6 +29,10 @@ pub fn group_norm_silu<const D: usize>(norm: &GroupNorm, x: Tensor<D>) -> Tensor
 /// [`group_norm`], then SiLU when `with_silu`: kiln's CPU kernel, else the GPU routes.
 fn norm_forward<const D: usize>(norm: &GroupNorm, x: Tensor<D>, with_silu: bool) -> Tensor<D> {
     profile::scope("group_norm", profile::device_of(&x), || {
-        cpu::norm::group_norm(norm, &x, with_silu).unwrap_or_else(|| gpu::norm::group_norm(norm, x, with_silu))
+        // in place when nothing else holds `x`, else into a new tensor, else the GPU routes
+        match cpu::norm::group_norm_in_place(norm, x, with_silu) {
+            Ok(y) => y,
+            Err(x) => cpu::norm::group_norm(norm, &x, with_silu).unwrap_or_else(|| gpu::norm::group_norm(norm, x, with_silu)),
+        }
     })
 }

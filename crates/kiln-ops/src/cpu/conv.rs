@@ -22,7 +22,7 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use crate::cpu::flex::{self, OutPtr};
-use crate::cpu::weights::{product_by_rows, Dst, WeightRows};
+use crate::cpu::weights::{product_by_rows, with_widened, Dst, WeightRows, WIDEN_WHOLE_BYTES};
 
 /// Upper bound on one tile's im2col buffer: a tile's pixels × `Cin·kh·kw` f32 values.
 const COL_BYTES: usize = 8 << 20;
@@ -30,16 +30,6 @@ const COL_BYTES: usize = 8 << 20;
 /// pixel, with gemm's threads splitting the output channels: each thread then reads only its share
 /// of the weights, which at SD's lowest resolutions cost more to read than to multiply.
 const ONE_TILE: usize = 256;
-/// Up to this many bytes a half-precision weight read by several tiles is widened to f32 once per
-/// call (SD's 320- and 640-channel convolutions, the VAE's); larger ones, a block at a time in each
-/// tile ([`crate::cpu::weights`]).
-const WIDEN_WHOLE_BYTES: usize = 16 << 20;
-
-thread_local! {
-    /// The widened weight of the convolution this thread is running.
-    static WIDE_WEIGHT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// gemm gets its own threads from this many multiply-adds on (burn-flex's threshold).
 const GEMM_THREADS_FROM: usize = 192 * 192 * 192;
 
@@ -51,12 +41,23 @@ const GEMM_THREADS_FROM: usize = 192 * 192 * 192;
 /// - x: `[batch, c_in, height, width]`, `conv.weight`: `[c_out, c_in, kh, kw]`
 /// - output: `[batch, c_out, height + top + bottom - kh + 1, width + left + right - kw + 1]`
 pub fn conv2d(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
+    conv2d_upsampled(conv, x, 1)
+}
+
+/// `conv.forward(interpolate(x, scale_factor=up, mode="nearest"))` by kiln's kernel, without the
+/// upsampled input ever being made: im2col reads input pixel `(y / up, x / up)` for upsampled
+/// pixel `(y, x)` (diffusers' `Upsample2D`: ×2, then a 3×3 convolution; the upsampled input is
+/// the largest tensor of a VAE decode). `None` where [`conv2d`] would be.
+///
+/// # Shapes
+/// - x: `[batch, c_in, height, width]` → `[batch, c_out, oh, ow]` for the input `up` times larger
+pub fn conv2d_upsampled(conv: &Conv2d, x: &Tensor<4>, up: usize) -> Option<Tensor<4>> {
     let ((top, left, bottom, right), stride) = crate::geometry::padding_and_stride(conv, x)?;
     let weight = conv.weight.val();
     let [batch, c_in, h, w] = x.dims();
     let [c_out, _, kh, kw] = weight.dims();
     let bias_ok = conv.bias.as_ref().is_none_or(|b| b.dims() == [c_out]);
-    if !bias_ok || [batch, c_in, h, w, c_out, kh, kw].contains(&0) {
+    if !bias_ok || [batch, c_in, h, w, c_out, kh, kw, up].contains(&0) {
         return None;
     }
     let x = flex::f32_tensor(x)?;
@@ -65,14 +66,14 @@ pub fn conv2d(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
         Some(b) => Some(flex::f32_tensor(&b.val())?),
         None => None,
     };
-    let g = Geometry::new([batch, c_in, h, w], [c_out, kh, kw], (top, left, bottom, right), stride);
+    let g = Geometry::upsampled([batch, c_in, h, w], [c_out, kh, kw], (top, left, bottom, right), stride, up)?;
     let out = conv2d_f32(flex::values(&x), WeightRows::of(&weight)?, bias.as_ref().map(flex::values), &g);
     Some(flex::tensor(out, [batch, c_out, g.oh, g.ow]))
 }
 
 /// Sizes of one convolution: input `[batch, c_in, h, w]`, kernel `kh × kw`, zero padding
 /// `top`/`left` (bottom and right are implied by the output size `oh × ow`), `stride` along both
-/// axes.
+/// axes, and the input read nearest-upsampled `up` times (1: as it is).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Geometry {
     pub batch: usize,
@@ -87,15 +88,24 @@ pub(crate) struct Geometry {
     pub oh: usize,
     pub ow: usize,
     pub stride: usize,
+    pub up: usize,
 }
 
 impl Geometry {
     /// The geometry of input `[batch, c_in, h, w]`, weight `[c_out, _, kh, kw]`, padding
     /// `(top, left, bottom, right)` and `stride` (the padded input at least the kernel's size).
-    pub(crate) fn new([batch, c_in, h, w]: [usize; 4], [c_out, kh, kw]: [usize; 3], (top, left, bottom, right): (usize, usize, usize, usize), stride: usize) -> Self {
-        let oh = (h + top + bottom - kh) / stride + 1;
-        let ow = (w + left + right - kw) / stride + 1;
-        Self { batch, c_in, h, w, c_out, kh, kw, top, left, oh, ow, stride }
+    #[cfg(test)]
+    pub(crate) fn new(x: [usize; 4], w: [usize; 3], padding: (usize, usize, usize, usize), stride: usize) -> Self {
+        Self::upsampled(x, w, padding, stride, 1).expect("sizes that fit")
+    }
+
+    /// [`Geometry::new`] over the input nearest-upsampled `up` times (`None` when a size
+    /// overflows or the padded, upsampled input is smaller than the kernel).
+    pub(crate) fn upsampled([batch, c_in, h, w]: [usize; 4], [c_out, kh, kw]: [usize; 3], (top, left, bottom, right): (usize, usize, usize, usize), stride: usize, up: usize) -> Option<Self> {
+        let vh = h.checked_mul(up)?.checked_add(top + bottom)?.checked_sub(kh)?;
+        let vw = w.checked_mul(up)?.checked_add(left + right)?.checked_sub(kw)?;
+        let (oh, ow) = (vh / stride + 1, vw / stride + 1);
+        Some(Self { batch, c_in, h, w, c_out, kh, kw, top, left, oh, ow, stride, up })
     }
 
     fn plane(&self) -> usize {
@@ -108,25 +118,22 @@ impl Geometry {
 
     /// A 1×1 kernel without padding: the input is already the im2col matrix.
     fn pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.oh == self.h && self.ow == self.w
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.up == 1 && self.oh == self.h && self.ow == self.w
     }
 }
 
 /// The convolution on row-major slices: x `[batch, c_in, h, w]`, weight `[c_out, c_in, kh, kw]`,
 /// bias `[c_out]` → `[batch, c_out, oh, ow]`.
 pub(crate) fn conv2d_f32(x: &[f32], weight: WeightRows<'_>, bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
-    if g.kh * g.kw > 1 && g.c_out <= TAPS_UP_TO_C_OUT && g.stride == 1 {
+    if g.kh * g.kw > 1 && g.c_out <= TAPS_UP_TO_C_OUT && g.stride == 1 && g.up == 1 {
         // at most 64 output channels: the whole weight widened once is small
         return conv2d_taps(x, &weight.to_f32(), bias, g);
     }
     let total = g.batch * g.plane();
     if total > ONE_TILE && !matches!(weight, WeightRows::F32(_)) && g.c_out * g.k() * 4 <= WIDEN_WHOLE_BYTES {
-        // several tiles each read the whole weight: a half-precision one that is not too large is
-        // widened once for all of them (into this thread's buffer, kept between calls)
-        return WIDE_WEIGHT.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buf) => conv2d_f32(x, WeightRows::F32(weight.widen_all(&mut buf)), bias, g),
-            Err(_) => conv2d_f32(x, WeightRows::F32(weight.widen_all(&mut Vec::new())), bias, g),
-        });
+        // several tiles each read the whole weight: a half-precision one that is not too large
+        // (SD's 320- and 640-channel convolutions, the VAE's) is widened once for all of them
+        return with_widened(weight, |weight| conv2d_f32(x, weight, bias, g));
     }
     let len = g.batch * g.c_out * g.plane();
     let mut out = Vec::with_capacity(len);
@@ -355,24 +362,25 @@ fn im2col(x: &[f32], g: &Geometry, runs: &[Run], m: usize, col: &mut [f32], para
                 for r in runs {
                     let dst = &mut column[r.t..r.t + r.len];
                     // the input row under this tap, in unpadded coordinates
+                    // in the (upsampled) input's coordinates
                     let iy = (r.oy * g.stride + ky).wrapping_sub(g.top);
-                    if iy >= g.h {
+                    if iy >= g.h * g.up {
                         dst.fill(0.0);
                         continue;
                     }
-                    let row = &x[((r.image * g.c_in + c) * g.h + iy) * g.w..][..g.w];
-                    // output columns ox with 0 <= ox·stride + kx - left < w read the row; the rest pad
+                    let row = &x[((r.image * g.c_in + c) * g.h + iy / g.up) * g.w..][..g.w];
+                    // output columns ox with 0 <= ox·stride + kx - left < w·up read the row; the rest pad
                     let s = g.stride;
                     let lo = g.left.saturating_sub(kx).div_ceil(s).clamp(r.ox, r.ox + r.len);
-                    let hi = (g.left + g.w).saturating_sub(kx).div_ceil(s).clamp(lo, r.ox + r.len);
+                    let hi = (g.left + g.w * g.up).saturating_sub(kx).div_ceil(s).clamp(lo, r.ox + r.len);
                     let (pad_lo, rest) = dst.split_at_mut(lo - r.ox);
                     let (inside, pad_hi) = rest.split_at_mut(hi - lo);
                     pad_lo.fill(0.0);
-                    if s == 1 {
+                    if s == 1 && g.up == 1 {
                         inside.copy_from_slice(&row[lo + kx - g.left..hi + kx - g.left]);
                     } else {
                         for (i, v) in inside.iter_mut().enumerate() {
-                            *v = row[(lo + i) * s + kx - g.left];
+                            *v = row[((lo + i) * s + kx - g.left) / g.up];
                         }
                     }
                     pad_hi.fill(0.0);
@@ -533,6 +541,35 @@ mod tests {
         let autodiff = Device::flex().autodiff();
         let tracked = Tensor::<4>::zeros([1, 4, 8, 8], &autodiff).require_grad();
         assert!(conv2d(&conv_layer(4, 4, 3, 1, 1, &autodiff), &tracked).is_none(), "autodiff");
+    }
+
+    /// Reading the input nearest-upsampled ×2 / ×3 is the convolution of the upsampled input
+    /// (made here by repeating pixels, as `interpolate(mode="nearest")` does), every path.
+    #[test]
+    fn upsampled_input_matches_the_definition() {
+        // (batch, c_in, h, w, c_out, kh, kw, padding, stride, up)
+        let cases = [(2, 3, 4, 5, 70, 3, 3, 1, 1, 2), (1, 4, 9, 7, 66, 3, 3, 1, 1, 2), (2, 2, 3, 3, 5, 3, 3, 1, 1, 2), (1, 3, 5, 4, 70, 3, 3, 0, 2, 3), (2, 5, 30, 17, 80, 3, 3, 1, 1, 2)];
+        for (i, &(batch, c_in, h, w, c_out, kh, kw, p, stride, up)) in cases.iter().enumerate() {
+            let x = values(batch * c_in * h * w, 5 * i as u32 + 1);
+            let weight = values(c_out * c_in * kh * kw, 5 * i as u32 + 2);
+            let bias = values(c_out, 5 * i as u32 + 3);
+            let (uh, uw) = (h * up, w * up);
+            let mut big = vec![0f32; batch * c_in * uh * uw];
+            for (plane, src) in big.chunks_mut(uh * uw).zip(x.chunks(h * w)) {
+                for y in 0..uh {
+                    for xx in 0..uw {
+                        plane[y * uw + xx] = src[(y / up) * w + xx / up];
+                    }
+                }
+            }
+            let g = Geometry::upsampled([batch, c_in, h, w], [c_out, kh, kw], (p, p, p, p), stride, up).unwrap();
+            let g_big = Geometry::new([batch, c_in, uh, uw], [c_out, kh, kw], (p, p, p, p), stride);
+            assert_eq!((g.oh, g.ow), (g_big.oh, g_big.ow), "case {i}");
+            let got = conv2d_f32(&x, WeightRows::F32(&weight), Some(&bias), &g);
+            let want = naive(&big, &weight, Some(&bias), &g_big);
+            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(err < 1e-5, "case {i} {g:?}: max error {err}");
+        }
     }
 
     /// The runs of a tile that starts mid-row and crosses into the next image.

@@ -7,17 +7,11 @@
 use burn::tensor::Tensor;
 
 use crate::cpu::flex::{self, OutPtr};
-use crate::cpu::weights::{product_by_rows, Dst, WeightRows};
+use crate::cpu::weights::{product_by_rows, with_widened, Dst, WeightRows, WIDEN_WHOLE_BYTES};
 
 /// From this many rows (tokens) a half-precision weight of up to `WIDEN_WHOLE_BYTES` as f32 is
 /// widened once per call; otherwise a block at a time ([`crate::cpu::weights`]).
 const WIDEN_WHOLE_FROM_ROWS: usize = 512;
-const WIDEN_WHOLE_BYTES: usize = 16 << 20;
-
-thread_local! {
-    /// The widened weight of the linear layer this thread is running.
-    static WIDE_WEIGHT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
 
 /// gemm gets its own threads from this many multiply-adds on (burn-flex's threshold).
 const THREADS_FROM: usize = 192 * 192 * 192;
@@ -68,11 +62,7 @@ pub(crate) fn linear_f32(x: &[f32], weight: WeightRows<'_>, bias: Option<&[f32]>
     if k > 0 && m >= WIDEN_WHOLE_FROM_ROWS && !matches!(weight, WeightRows::F32(_)) && n * k * 4 <= WIDEN_WHOLE_BYTES {
         // many rows against a weight that is not too large: widened once, then one f32 product
         // (gemm's own blocking beats kiln's block-by-block widening there)
-        let widened = |buf: &mut Vec<f32>| product(x, WeightRows::F32(weight.widen_all(buf)), bias, m, n, k, out);
-        return WIDE_WEIGHT.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buf) => widened(&mut buf),
-            Err(_) => widened(&mut Vec::new()),
-        });
+        return with_widened(weight, |weight| product(x, weight, bias, m, n, k, out));
     }
     product(x, weight, bias, m, n, k, out)
 }

@@ -11,7 +11,8 @@
 use std::mem::MaybeUninit;
 
 use burn::nn::GroupNorm;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Device, Tensor};
+use burn_flex::Flex;
 use rayon::prelude::*;
 
 use crate::cpu::attention::exp;
@@ -61,6 +62,58 @@ pub fn group_norm<const D: usize>(norm: &GroupNorm, x: &Tensor<D>, silu: bool) -
     Some(flex::tensor(out, dims))
 }
 
+/// [`group_norm`] written over `x` itself when nothing else holds it (a convolution's output
+/// going into the next block's norm: one activation-sized buffer less at the peak of a VAE
+/// decode); `Err(x)` back, untouched, where it does not apply or `x` is shared.
+///
+/// # Shapes
+/// - x: `[batch, channels, ...]` (at least 3 dims) → the same shape
+pub fn group_norm_in_place<const D: usize>(norm: &GroupNorm, x: Tensor<D>, silu: bool) -> Result<Tensor<D>, Tensor<D>> {
+    let dims = x.dims();
+    let groups = norm.num_groups;
+    let device = x.device();
+    if D < 3 || dims[1] != norm.num_channels || groups == 0 || dims[1] % groups != 0 || dims.contains(&0) {
+        return Err(x);
+    }
+    if x.dtype() != DType::F32 || device.is_autodiff() || device != Device::flex() {
+        return Err(x);
+    }
+    let params = match (&norm.gamma, &norm.beta, norm.affine) {
+        (Some(g), Some(b), true) => match (flex::f32_tensor(&g.val()), flex::f32_tensor(&b.val())) {
+            (Some(g), Some(b)) => Some((g, b)),
+            _ => return Err(x),
+        },
+        (_, _, false) => None,
+        _ => return Err(x),
+    };
+    let Ok(mut input) = x.clone().try_into_primitive::<Flex>() else { return Err(x) };
+    drop(x);
+    let len = dims.iter().product::<usize>();
+    let whole = input.is_contiguous() && input.layout().start_offset() == 0;
+    let channels = dims[1];
+    let spatial = len / (dims[0] * channels);
+    let per_group = channels / groups * spatial;
+    let ones;
+    let (gamma, beta) = match &params {
+        Some((g, b)) => (flex::values(g), flex::values(b)),
+        None => {
+            ones = [vec![1f32; channels], vec![0f32; channels]];
+            (&ones[0][..], &ones[1][..])
+        }
+    };
+    match input.try_storage_mut::<f32>() {
+        Some(values) if whole && values.len() >= len => {
+            values[..len].par_chunks_mut(per_group).enumerate().for_each(|(i, x)| {
+                let first = i % groups * (channels / groups);
+                let affine = Affine { gamma: &gamma[first..], beta: &beta[first..], spatial, eps: norm.epsilon, silu };
+                normalize_in_place(x, &affine);
+            });
+        }
+        _ => return Err(Tensor::from_primitive::<Flex>(input)),
+    }
+    Ok(Tensor::from_primitive::<Flex>(input))
+}
+
 /// One group's channels: their γ and β from the group's first channel on, the values per
 /// channel, ε, and whether SiLU follows.
 struct Affine<'a> {
@@ -74,6 +127,11 @@ struct Affine<'a> {
 simd_dispatch! {
     /// Normalises one group `x` into `out`, with the widest vector instructions the CPU has.
     fn normalize(x: &[f32], out: &mut [MaybeUninit<f32>], a: &Affine) => normalize_portable
+}
+
+simd_dispatch! {
+    /// Normalises one group in place, with the widest vector instructions the CPU has.
+    fn normalize_in_place(x: &mut [f32], a: &Affine) => normalize_in_place_portable
 }
 
 /// Lanes for the sums: independent accumulators let the compiler vectorise them.
@@ -92,15 +150,45 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     chunks.remainder().iter().map(|&v| f(v)).sum::<f64>() + lanes.iter().sum::<f64>()
 }
 
+/// The group's mean and `1/√(var + ε)` (f64).
 #[inline(always)]
-fn normalize_portable(x: &[f32], out: &mut [MaybeUninit<f32>], a: &Affine) {
+fn statistics(x: &[f32], eps: f64) -> (f64, f64) {
     let n = x.len() as f64;
     let mean = lane_sum(x, |v| v as f64) / n;
     let var = lane_sum(x, |v| (v as f64 - mean) * (v as f64 - mean)) / n;
-    let rstd = 1.0 / (var + a.eps).sqrt();
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// Channel `ch`'s `scale` and `shift` (`x · scale + shift`, PyTorch's formulation).
+#[inline(always)]
+fn scale_shift(a: &Affine, ch: usize, mean: f64, rstd: f64) -> (f32, f32) {
+    let scale = (a.gamma[ch] as f64 * rstd) as f32;
+    (scale, (a.beta[ch] as f64 - mean * scale as f64) as f32)
+}
+
+#[inline(always)]
+fn normalize_in_place_portable(x: &mut [f32], a: &Affine) {
+    let (mean, rstd) = statistics(x, a.eps);
+    for (ch, x) in x.chunks_exact_mut(a.spatial).enumerate() {
+        let (scale, shift) = scale_shift(a, ch, mean, rstd);
+        if a.silu {
+            for v in x.iter_mut() {
+                let y = v.mul_add(scale, shift);
+                *v = y / (1.0 + exp(-y));
+            }
+        } else {
+            for v in x.iter_mut() {
+                *v = v.mul_add(scale, shift);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn normalize_portable(x: &[f32], out: &mut [MaybeUninit<f32>], a: &Affine) {
+    let (mean, rstd) = statistics(x, a.eps);
     for (ch, (x, out)) in x.chunks_exact(a.spatial).zip(out.chunks_exact_mut(a.spatial)).enumerate() {
-        let scale = (a.gamma[ch] as f64 * rstd) as f32;
-        let shift = (a.beta[ch] as f64 - mean * scale as f64) as f32;
+        let (scale, shift) = scale_shift(a, ch, mean, rstd);
         if a.silu {
             for (o, &v) in out.iter_mut().zip(x) {
                 let y = v.mul_add(scale, shift);
@@ -149,6 +237,27 @@ mod tests {
             let got = group_norm(&norm, &x3, true).expect("3-D");
             let err: f32 = (got - silu(norm.forward(x3))).abs().max().into_scalar();
             assert!(err < 2e-5, "3-D {dims:?}: max error {err}");
+        }
+    }
+
+    /// In place: the same values as into a new tensor, and a tensor something else holds is
+    /// given back untouched.
+    #[test]
+    fn in_place_matches_and_leaves_shared_tensors_alone() {
+        let device = Device::flex();
+        let mut norm = GroupNormConfig::new(4, 8).with_epsilon(1e-6).init(&device);
+        norm.gamma = norm.gamma.map(|g| g.map(|_| Tensor::random([8], Distribution::Normal(1.0, 0.5), &device)));
+        let x = Tensor::<4>::random([2, 8, 6, 5], Distribution::Normal(0.5, 2.0), &device);
+        for silu in [false, true] {
+            let want = group_norm(&norm, &x, silu).unwrap();
+            let unique = Tensor::<4>::from_data(x.to_data(), &device);
+            let got = group_norm_in_place(&norm, unique, silu).expect("nothing else holds it");
+            let err: f32 = (got - want).abs().max().into_scalar();
+            assert_eq!(err, 0.0, "silu {silu}");
+            let held = x.clone();
+            let back = group_norm_in_place(&norm, held, silu).expect_err("x holds it too");
+            let err: f32 = (back - x.clone()).abs().max().into_scalar();
+            assert_eq!(err, 0.0, "a shared tensor is given back as it was");
         }
     }
 

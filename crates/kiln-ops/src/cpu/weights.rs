@@ -1,10 +1,11 @@
 //! A layer's weight matrix as kiln's CPU kernels read it: f32, or f16/bf16 kept in the file's
-//! dtype and widened to f32 a block of rows at a time, into a buffer that stays in cache while
-//! the product reads it (docs/performance.md#half-precision-weights-on-the-cpu). The product
-//! itself is f32 throughout, as PyTorch's CPU matmul accumulates half-precision inputs in f32.
+//! dtype and widened to f32 — a block at a time into a buffer that stays in cache while the
+//! product reads it ([`product_by_rows`]), or whole ([`WeightRows::widen_all`]) where the caller
+//! has many rows for a small weight (docs/performance.md, "Half-precision weights on the CPU").
+//! The product itself is f32 throughout, as PyTorch's CPU matmul accumulates.
 //!
-//! The blocked product [`product_by_rows`] is shared by the linear layers ([`crate::cpu::linear`])
-//! and the convolutions' im2col tiles ([`crate::cpu::conv`]).
+//! Used by the linear layers ([`crate::cpu::linear`]) and the convolutions' im2col tiles
+//! ([`crate::cpu::conv`]).
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -42,7 +43,7 @@ impl<'a> WeightRows<'a> {
     }
 
     /// The block `rows × cols` of the `[_, k]` matrix as f32, row-major (`cols.len()` values a
-    /// row), widened into `buf` (half precision only: an f32 matrix is read in place).
+    /// row), in `buf` (grown, never shrunk).
     fn widen_block<'b>(&self, rows: Range<usize>, cols: Range<usize>, k: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
         let width = cols.len();
         let len = rows.len() * width;
@@ -164,6 +165,25 @@ simd_dispatch! {
 thread_local! {
     /// The widened rows of the block this thread multiplies.
     static WIDE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The whole widened weight of the layer this thread is running ([`with_widened`]).
+    static WIDE_WEIGHT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Up to this many bytes as f32, a half-precision weight that many rows share is widened whole,
+/// once per call ([`with_widened`]), rather than a block at a time in each tile.
+pub(crate) const WIDEN_WHOLE_BYTES: usize = 16 << 20;
+
+/// Runs `f` on `weight` as f32: as it is, or widened whole into this thread's buffer (kept
+/// between calls, so a layer does not allocate it again; a fresh one if it is in use further up
+/// this thread's stack).
+pub(crate) fn with_widened<R>(weight: WeightRows<'_>, f: impl FnOnce(WeightRows<'_>) -> R) -> R {
+    if let WeightRows::F32(_) = weight {
+        return f(weight);
+    }
+    WIDE_WEIGHT.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => f(WeightRows::F32(weight.widen_all(&mut buf))),
+        Err(_) => f(WeightRows::F32(weight.widen_all(&mut Vec::new()))),
+    })
 }
 
 /// Where a product's `m × n` result goes: column `j` of row `i` at `ptr + i·rs + j·cs`.

@@ -34,7 +34,7 @@ pub struct BenchArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-    /// Also time one UNet CFG step per op (convolutions, GroupNorms, attention; the device is
+    /// Also time one UNet CFG step per op (convolutions, linear layers, GroupNorms, attention; the device is
     /// synced around each, so that step is slower than the plain one).
     #[arg(long)]
     profile: bool,

@@ -376,11 +376,19 @@ fn im2col(x: &[f32], g: &Geometry, runs: &[Run], m: usize, col: &mut [f32], para
                     let (pad_lo, rest) = dst.split_at_mut(lo - r.ox);
                     let (inside, pad_hi) = rest.split_at_mut(hi - lo);
                     pad_lo.fill(0.0);
-                    if s == 1 && g.up == 1 {
-                        inside.copy_from_slice(&row[lo + kx - g.left..hi + kx - g.left]);
-                    } else {
-                        for (i, v) in inside.iter_mut().enumerate() {
-                            *v = row[((lo + i) * s + kx - g.left) / g.up];
+                    let first = lo * s + kx - g.left;
+                    match (s, g.up) {
+                        (1, 1) => inside.copy_from_slice(&row[first..first + inside.len()]),
+                        // Upsample2D's ×2: each input value twice (a shift, not a division)
+                        (1, 2) => {
+                            for (i, v) in inside.iter_mut().enumerate() {
+                                *v = row[(first + i) >> 1];
+                            }
+                        }
+                        _ => {
+                            for (i, v) in inside.iter_mut().enumerate() {
+                                *v = row[(first + i * s) / g.up];
+                            }
                         }
                     }
                     pad_hi.fill(0.0);

@@ -34,7 +34,7 @@ def load(args, device, dtype):
         sched = EulerDiscreteScheduler.from_pretrained(os.path.join(d, "scheduler"))
         name = d
     else:
-        d = os.path.join(ROOT, "assets", "configs", args.preset)
+        d = os.path.join(ROOT, "crates", "kiln-pipeline", "configs", args.preset)
         tes = []
         for n in ["text_encoder", "text_encoder_2"]:
             p = os.path.join(d, n, "config.json")

@@ -32,7 +32,7 @@ def write(d, preset="sd15", size=512, device="cuda", dtype="f16"):
     os.makedirs(d, exist_ok=True)
     torch.manual_seed(0)
     half = {"f16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    config = UNet2DConditionModel.load_config(os.path.join(ROOT, "assets", "configs", preset, "unet"))
+    config = UNet2DConditionModel.load_config(os.path.join(ROOT, "crates", "kiln-pipeline", "configs", preset, "unet"))
     unet = UNet2DConditionModel.from_config(config).to(half)
     unet.save_pretrained(os.path.join(d, "unet"))
     g = torch.Generator("cpu").manual_seed(1)

@@ -436,18 +436,7 @@ mod tests {
         out
     }
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        // a fixed pseudo-random sequence in [-1, 1)
-        let mut s = seed.wrapping_mul(2654435761).max(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::cpu::test_values as values;
 
     /// kiln's kernel against the definition: every path (one tile over all images, tiles that
     /// split images and rows, the pointwise shortcut), asymmetric and zero padding, strides, bias

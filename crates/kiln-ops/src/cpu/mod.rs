@@ -10,3 +10,17 @@ pub(crate) mod flex;
 pub mod linear;
 pub mod norm;
 pub(crate) mod weights;
+
+/// A fixed pseudo-random sequence in [-1, 1) (xorshift), the kernels' test inputs.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2654435761).max(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+        })
+        .collect()
+}

@@ -26,37 +26,14 @@ use crate::cpu::flex;
 /// - x: `[batch, channels, ...]` (at least 3 dims) → the same shape
 pub fn group_norm<const D: usize>(norm: &GroupNorm, x: &Tensor<D>, silu: bool) -> Option<Tensor<D>> {
     let dims = x.dims();
-    let groups = norm.num_groups;
-    if D < 3 || dims[1] != norm.num_channels || groups == 0 || dims[1] % groups != 0 || dims.contains(&0) {
-        return None;
-    }
-    let params = match (&norm.gamma, &norm.beta, norm.affine) {
-        (Some(g), Some(b), true) => Some((flex::f32_tensor(&g.val())?, flex::f32_tensor(&b.val())?)),
-        (_, _, false) => None,
-        _ => return None, // burn's op reports the inconsistent module
-    };
+    let groups = Groups::of(norm, &dims, silu)?;
     let input = flex::f32_tensor(x)?;
     let values = flex::values(&input);
-    let channels = dims[1];
-    let spatial: usize = dims[2..].iter().product();
-    let per_group = channels / groups * spatial;
-    let ones;
-    let (gamma, beta) = match &params {
-        Some((g, b)) => (flex::values(g), flex::values(b)),
-        None => {
-            ones = [vec![1f32; channels], vec![0f32; channels]];
-            (&ones[0][..], &ones[1][..])
-        }
-    };
     let mut out = Vec::with_capacity(values.len());
-    out.spare_capacity_mut().par_chunks_mut(per_group).zip(values.par_chunks(per_group)).enumerate().for_each(
-        |(i, (o, x))| {
-            let first = i % groups * (channels / groups);
-            let affine = Affine { gamma: &gamma[first..], beta: &beta[first..], spatial, eps: norm.epsilon, silu };
-            normalize(x, o, &affine);
-        },
+    out.spare_capacity_mut().par_chunks_mut(groups.len).zip(values.par_chunks(groups.len)).enumerate().for_each(
+        |(i, (o, x))| normalize(x, o, &groups.affine(i)),
     );
-    // SAFETY: the chunks cover the whole capacity (values.len() is a multiple of per_group) and
+    // SAFETY: the chunks cover the whole capacity (values.len() is a multiple of groups.len) and
     // `normalize` writes every element of its chunk.
     unsafe { out.set_len(values.len()) };
     Some(flex::tensor(out, dims))
@@ -70,48 +47,61 @@ pub fn group_norm<const D: usize>(norm: &GroupNorm, x: &Tensor<D>, silu: bool) -
 /// - x: `[batch, channels, ...]` (at least 3 dims) → the same shape
 pub fn group_norm_in_place<const D: usize>(norm: &GroupNorm, x: Tensor<D>, silu: bool) -> Result<Tensor<D>, Tensor<D>> {
     let dims = x.dims();
-    let groups = norm.num_groups;
     let device = x.device();
-    if D < 3 || dims[1] != norm.num_channels || groups == 0 || dims[1] % groups != 0 || dims.contains(&0) {
-        return Err(x);
-    }
+    let Some(groups) = Groups::of(norm, &dims, silu) else { return Err(x) };
     if x.dtype() != DType::F32 || device.is_autodiff() || device != Device::flex() {
         return Err(x);
     }
-    let params = match (&norm.gamma, &norm.beta, norm.affine) {
-        (Some(g), Some(b), true) => match (flex::f32_tensor(&g.val()), flex::f32_tensor(&b.val())) {
-            (Some(g), Some(b)) => Some((g, b)),
-            _ => return Err(x),
-        },
-        (_, _, false) => None,
-        _ => return Err(x),
-    };
     let Ok(mut input) = x.clone().try_into_primitive::<Flex>() else { return Err(x) };
     drop(x);
     let len = dims.iter().product::<usize>();
     let whole = input.is_contiguous() && input.layout().start_offset() == 0;
-    let channels = dims[1];
-    let spatial = len / (dims[0] * channels);
-    let per_group = channels / groups * spatial;
-    let ones;
-    let (gamma, beta) = match &params {
-        Some((g, b)) => (flex::values(g), flex::values(b)),
-        None => {
-            ones = [vec![1f32; channels], vec![0f32; channels]];
-            (&ones[0][..], &ones[1][..])
-        }
-    };
     match input.try_storage_mut::<f32>() {
         Some(values) if whole && values.len() >= len => {
-            values[..len].par_chunks_mut(per_group).enumerate().for_each(|(i, x)| {
-                let first = i % groups * (channels / groups);
-                let affine = Affine { gamma: &gamma[first..], beta: &beta[first..], spatial, eps: norm.epsilon, silu };
-                normalize_in_place(x, &affine);
-            });
+            values[..len].par_chunks_mut(groups.len).enumerate().for_each(|(i, x)| normalize_in_place(x, &groups.affine(i)));
         }
         _ => return Err(Tensor::from_primitive::<Flex>(input)),
     }
     Ok(Tensor::from_primitive::<Flex>(input))
+}
+
+/// A GroupNorm over an input of some shape: its γ and β as f32 (ones and zeros without affine),
+/// and how the input splits into groups.
+struct Groups {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    groups: usize,
+    channels: usize,
+    spatial: usize,
+    /// Values a group (all images' groups one after another).
+    len: usize,
+    eps: f64,
+    silu: bool,
+}
+
+impl Groups {
+    /// `None` where kiln's kernel does not apply (a channel count that does not match `norm`,
+    /// fewer than 3 dims, parameters not f32 on flex).
+    fn of(norm: &GroupNorm, dims: &[usize], silu: bool) -> Option<Self> {
+        let groups = norm.num_groups;
+        if dims.len() < 3 || dims[1] != norm.num_channels || groups == 0 || dims[1] % groups != 0 || dims.contains(&0) {
+            return None;
+        }
+        let channels = dims[1];
+        let (gamma, beta) = match (&norm.gamma, &norm.beta, norm.affine) {
+            (Some(g), Some(b), true) => (flex::values(&flex::f32_tensor(&g.val())?).to_vec(), flex::values(&flex::f32_tensor(&b.val())?).to_vec()),
+            (_, _, false) => (vec![1f32; channels], vec![0f32; channels]),
+            _ => return None, // burn's op reports the inconsistent module
+        };
+        let spatial: usize = dims[2..].iter().product();
+        Some(Self { gamma, beta, groups, channels, spatial, len: channels / groups * spatial, eps: norm.epsilon, silu })
+    }
+
+    /// The `i`-th group's parameters (groups of all images counted in order).
+    fn affine(&self, i: usize) -> Affine<'_> {
+        let first = i % self.groups * (self.channels / self.groups);
+        Affine { gamma: &self.gamma[first..], beta: &self.beta[first..], spatial: self.spatial, eps: self.eps, silu: self.silu }
+    }
 }
 
 /// One group's channels: their γ and β from the group's first channel on, the values per

@@ -1,6 +1,6 @@
 //! PyTorch's `nn.Linear`, its weight in PyTorch's layout `[out_features, in_features]` (burn's own
 //! `Linear` keeps `[in, out]`, which would need a transposing pass over every weight at load), run
-//! through [`kiln_ops::linear`]: on the CPU by kiln's kernel, which reads a weight kept in the
+//! through [`kiln_ops::linear()`]: on the CPU by kiln's kernel, which reads a weight kept in the
 //! file's f16/bf16 as it is.
 
 use burn::config::Config;

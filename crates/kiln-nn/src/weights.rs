@@ -412,7 +412,7 @@ const KEPT: [&str; 3] = ["Struct:Linear", "Struct:Conv2d", "Struct:Embedding"];
 
 /// The dtype chosen at load: every float tensor cast to `dtype`, except, when
 /// `keep_half_weights` (f32 on the CPU), the f16/bf16 weights of linear layers, convolutions and
-/// embedding tables ([`KEPT`]), which stay as stored: half the memory and no conversion pass.
+/// embedding tables (`KEPT`), which stay as stored: half the memory and no conversion pass.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadCast {
     pub dtype: DType,

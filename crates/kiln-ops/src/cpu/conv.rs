@@ -1,5 +1,5 @@
 //! 2-D convolution on the CPU: kiln's own kernel for burn's flex backend (f32 activations, the
-//! weight f32, f16 or bf16 ([`crate::cpu::weights`]), no autodiff, any stride the same along
+//! weight f32, f16 or bf16 (`cpu/weights.rs`), no autodiff, any stride the same along
 //! both axes, no dilation, one group — every convolution of the SD UNets and VAEs).
 //!
 //! burn-flex 0.22 runs a convolution as im2col + gemm too, but per call it first copies the input

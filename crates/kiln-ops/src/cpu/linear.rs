@@ -1,6 +1,6 @@
 //! A linear layer on the CPU: kiln's kernel for burn's flex backend (f32 activations, no autodiff),
 //! the weight in PyTorch's layout `[out, in]` and in the dtype it was loaded in (f32, or f16/bf16
-//! widened a block at a time, [`crate::cpu::weights`]).
+//! widened a block at a time, `cpu/weights.rs`).
 //!
 //! Same contract as `torch.nn.functional.linear(x, weight, bias)`: `y = x · weightᵀ + bias`.
 
@@ -10,7 +10,7 @@ use crate::cpu::flex::{self, OutPtr};
 use crate::cpu::weights::{product_by_rows, with_widened, Dst, WeightRows, WIDEN_WHOLE_BYTES};
 
 /// From this many rows (tokens) a half-precision weight of up to `WIDEN_WHOLE_BYTES` as f32 is
-/// widened once per call; otherwise a block at a time ([`crate::cpu::weights`]).
+/// widened once per call; otherwise a block at a time (`cpu/weights.rs`).
 const WIDEN_WHOLE_FROM_ROWS: usize = 512;
 
 /// gemm gets its own threads from this many multiply-adds on (burn-flex's threshold).

@@ -1,5 +1,5 @@
 //! kiln's CPU kernels for burn's flex backend (f32 activations, inference; the linear and
-//! convolution weights f32, f16 or bf16: [`weights`]): each returns `None` where it does
+//! convolution weights f32, f16 or bf16: `cpu/weights.rs`): each returns `None` where it does
 //! not apply (another device or dtype, autodiff, a geometry it does not cover), and the op's entry
 //! point in the crate root falls back to burn's op.
 

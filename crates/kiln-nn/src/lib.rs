@@ -43,7 +43,7 @@ pub use transformer::{
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
-use burn::tensor::Device;
+use burn::tensor::{DType, Device};
 
 /// A `nn.Conv2d(c_in, c_out, kernel_size=k, stride=s, padding=p)` as PyTorch builds it.
 pub fn conv2d(c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: usize, device: &Device) -> Conv2d {
@@ -51,6 +51,16 @@ pub fn conv2d(c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: 
         .with_stride([stride, stride])
         .with_padding(PaddingConfig2d::Explicit(padding, padding, padding, padding))
         .init(device)
+}
+
+/// The dtype a model computes in, read from one of its convolutions: the bias's (on the CPU a
+/// half-precision file's weights stay f16/bf16 while biases take the compute dtype,
+/// [`weights::LoadCast`]), the weight's where there is no bias.
+pub fn compute_dtype(conv: &Conv2d) -> DType {
+    match &conv.bias {
+        Some(b) => b.val().dtype(),
+        None => conv.weight.val().dtype(),
+    }
 }
 
 /// Re-exported: the models cast their parameters with it.

@@ -101,14 +101,20 @@ impl WeightsFile {
         let &i = self.index.get(name).ok_or_else(missing)?;
         match &self.source {
             Source::Safetensors { file, data_start, offsets } => {
-                let (begin, end) = offsets[i];
-                let len = usize::try_from(end - begin).map_err(|_| LoadError::Format { path: self.path.clone(), message: format!("tensor `{name}` does not fit in memory") })?;
+                let (at, len) = self.span(name, *data_start, offsets[i])?;
                 let mut out = vec![0u8; len];
-                file.read_exact_at(&mut out, data_start + begin).map_err(|source| LoadError::Io { path: self.path.clone(), source })?;
+                file.read_exact_at(&mut out, at).map_err(|source| LoadError::Io { path: self.path.clone(), source })?;
                 Ok(out)
             }
             Source::Torch(checkpoint) => checkpoint.tensor_bytes(&checkpoint.tensors[i]),
         }
+    }
+
+    /// Where safetensors tensor `name` (its `(begin, end)` offsets in the data section) lies in
+    /// the file, and its length in bytes.
+    fn span(&self, name: &str, data_start: u64, (begin, end): (u64, u64)) -> Result<(u64, usize), LoadError> {
+        let len = usize::try_from(end - begin).map_err(|_| LoadError::Format { path: self.path.clone(), message: format!("tensor `{name}` does not fit in memory") })?;
+        Ok((data_start + begin, len))
     }
 
     /// The safetensors tensor `name` read straight into an allocation aligned for its elements
@@ -116,9 +122,8 @@ impl WeightsFile {
     /// PyTorch checkpoint or a dtype without a fixed element size.
     fn read_aligned(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Option<TensorData>, LoadError> {
         let (Source::Safetensors { file, data_start, offsets }, Some(&i)) = (&self.source, self.index.get(name)) else { return Ok(None) };
-        let (begin, end) = offsets[i];
+        let (at, len) = self.span(name, *data_start, offsets[i])?;
         let io = |source| LoadError::Io { path: self.path.clone(), source };
-        let len = usize::try_from(end - begin).map_err(|_| LoadError::Format { path: self.path.clone(), message: format!("tensor `{name}` does not fit in memory") })?;
         /// `len` bytes at `at` as elements of `E`: zero-filled by the allocator (fresh pages, no
         /// pass over them), then the file's bytes read over them.
         fn read<E: Copy + Default + bytemuck_free::Pod>(file: &std::fs::File, at: u64, len: usize) -> std::io::Result<Vec<E>> {
@@ -129,7 +134,6 @@ impl WeightsFile {
             file.read_exact_at(bytes, at)?;
             Ok(out)
         }
-        let at = data_start + begin;
         let bytes = match dtype.size() {
             _ if len % dtype.size().max(1) != 0 => return Ok(None),
             2 => Bytes::from_elems(read::<u16>(file, at, len).map_err(io)?),
@@ -359,6 +363,12 @@ pub enum TorchNames {
 
 const NORMS: [&str; 4] = ["Struct:GroupNorm", "Struct:LayerNorm", "Struct:BatchNorm", "Struct:RmsNorm"];
 
+/// The last segment of the tensor's name (`weight` of `…conv_in.weight`).
+fn param_name(tensor: &PackTensor) -> &str {
+    tensor.name.rsplit('.').next().unwrap_or("")
+}
+
+/// The tensor with the last segment of its name replaced by `to`.
 fn rename_last(mut tensor: PackTensor, to: &str) -> PackTensor {
     let keep = tensor.name.rfind('.').map_or(0, |i| i + 1);
     tensor.name.truncate(keep);
@@ -385,8 +395,7 @@ impl ModuleAdapter for TorchNames {
         if !ctx.module_type().is_some_and(|t| NORMS.contains(&t)) {
             return tensor;
         }
-        let param = tensor.name.rsplit('.').next().unwrap_or("");
-        match Self::other(param, *self == TorchNames::FromTorch) {
+        match Self::other(param_name(&tensor), *self == TorchNames::FromTorch) {
             Some(to) => rename_last(tensor, to),
             None => tensor,
         }
@@ -424,7 +433,7 @@ impl ModuleAdapter for LoadCast {
         if !tensor.dtype.is_float() || tensor.dtype == self.dtype {
             return tensor;
         }
-        let matrix = ctx.module_type().is_some_and(|t| KEPT.contains(&t)) && tensor.name.rsplit('.').next() == Some("weight");
+        let matrix = ctx.module_type().is_some_and(|t| KEPT.contains(&t)) && param_name(&tensor) == "weight";
         if self.keep_half_weights && matrix && matches!(tensor.dtype, DType::F16 | DType::BF16) {
             return tensor;
         }

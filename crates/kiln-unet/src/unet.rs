@@ -139,13 +139,9 @@ impl UNet2DConditionModel {
         &self.config
     }
 
-    /// The dtype `forward` computes in: the biases' (on the CPU a half-precision file's linear and
-    /// convolution weights stay f16/bf16 while everything else is f32, kiln-nn's `LoadCast`).
+    /// The dtype `forward` computes in ([`kiln_nn::compute_dtype`]).
     pub fn dtype(&self) -> DType {
-        match &self.conv_in.bias {
-            Some(b) => b.val().dtype(),
-            None => self.conv_in.weight.val().dtype(),
-        }
+        kiln_nn::compute_dtype(&self.conv_in)
     }
 
     /// Predicts the noise (or v / x0, per the scheduler's `prediction_type`) for `sample` at

@@ -101,14 +101,9 @@ impl AutoencoderKL {
         self.config.downsample_factor()
     }
 
-    /// The dtype the model computes in (inputs are cast to it): the biases' (on the CPU a
-    /// half-precision file's convolution weights stay f16/bf16, kiln-nn's `LoadCast`).
+    /// The dtype the model computes in, inputs are cast to it ([`kiln_nn::compute_dtype`]).
     pub fn dtype(&self) -> DType {
-        let conv = &self.decoder.conv_in;
-        match &conv.bias {
-            Some(b) => b.val().dtype(),
-            None => conv.weight.val().dtype(),
-        }
+        kiln_nn::compute_dtype(&self.decoder.conv_in)
     }
 
     pub fn enable_tiling(&mut self) {

@@ -22,6 +22,7 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use crate::cpu::flex::{self, OutPtr};
+use crate::cpu::with_scratch;
 use crate::cpu::weights::{product_by_rows, with_widened, Dst, WeightRows, WIDEN_WHOLE_BYTES};
 
 /// Upper bound on one tile's im2col buffer: a tile's pixels × `Cin·kh·kw` f32 values.
@@ -127,13 +128,13 @@ impl Geometry {
 pub(crate) fn conv2d_f32(x: &[f32], weight: WeightRows<'_>, bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
     if g.kh * g.kw > 1 && g.c_out <= TAPS_UP_TO_C_OUT && g.stride == 1 && g.up == 1 {
         // at most 64 output channels: the whole weight widened once is small
-        return conv2d_taps(x, &weight.to_f32(), bias, g);
+        return with_widened(weight, |weight| conv2d_taps(x, weight, bias, g));
     }
     let total = g.batch * g.plane();
     if total > ONE_TILE && !matches!(weight, WeightRows::F32(_)) && g.c_out * g.k() * 4 <= WIDEN_WHOLE_BYTES {
         // several tiles each read the whole weight: a half-precision one that is not too large
         // (SD's 320- and 640-channel convolutions, the VAE's) is widened once for all of them
-        return with_widened(weight, |weight| conv2d_f32(x, weight, bias, g));
+        return with_widened(weight, |weight| conv2d_f32(x, WeightRows::F32(weight), bias, g));
     }
     let len = g.batch * g.c_out * g.plane();
     let mut out = Vec::with_capacity(len);
@@ -264,13 +265,9 @@ thread_local! {
     static BUFFERS: std::cell::RefCell<Buffers> = std::cell::RefCell::default();
 }
 
-/// Runs `f` with this thread's scratch buffers (fresh ones if they are in use further up this
-/// thread's stack: a tile's gemm threads may run another convolution's tile while waiting).
+/// Runs `f` with this thread's scratch buffers ([`with_scratch`]).
 fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
-    BUFFERS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut bufs) => f(&mut bufs),
-        Err(_) => f(&mut Buffers::default()),
-    })
+    with_scratch(&BUFFERS, f)
 }
 
 /// The first `len` values of `buf`, grown (never shrunk) to hold them.

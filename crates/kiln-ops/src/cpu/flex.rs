@@ -10,18 +10,24 @@ use burn_flex::{Flex, FlexTensor};
 /// (`None` otherwise: another device, a tracked tensor or another dtype). A tensor that is already
 /// contiguous is shared, not copied.
 pub(crate) fn f32_tensor<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
-    let device = t.device();
-    if t.dtype() != DType::F32 || device.is_autodiff() || device != Device::flex() {
-        return None;
-    }
-    Some(t.clone().try_into_primitive::<Flex>().ok()?.to_contiguous())
+    primitive(t, &[DType::F32])
 }
 
 /// The weight's flex primitive, contiguous, when `t` is an f32, f16 or bf16 tensor on flex without
 /// autodiff: what [`crate::cpu::weights::WeightRows`] reads.
 pub(crate) fn weight_tensor<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
+    primitive(t, &[DType::F32, DType::F16, DType::BF16])
+}
+
+/// Whether kiln's CPU kernels can run on `t`: on flex, without autodiff, one of `dtypes`.
+pub(crate) fn on_flex<const D: usize>(t: &Tensor<D>, dtypes: &[DType]) -> bool {
     let device = t.device();
-    if !matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16) || device.is_autodiff() || device != Device::flex() {
+    dtypes.contains(&t.dtype()) && !device.is_autodiff() && device == Device::flex()
+}
+
+/// `t`'s flex primitive, contiguous (shared, not copied, when it already is), where [`on_flex`].
+fn primitive<const D: usize>(t: &Tensor<D>, dtypes: &[DType]) -> Option<FlexTensor> {
+    if !on_flex(t, dtypes) {
         return None;
     }
     Some(t.clone().try_into_primitive::<Flex>().ok()?.to_contiguous())

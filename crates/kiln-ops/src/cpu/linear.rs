@@ -62,7 +62,7 @@ pub(crate) fn linear_f32(x: &[f32], weight: WeightRows<'_>, bias: Option<&[f32]>
     if k > 0 && m >= WIDEN_WHOLE_FROM_ROWS && !matches!(weight, WeightRows::F32(_)) && n * k * 4 <= WIDEN_WHOLE_BYTES {
         // many rows against a weight that is not too large: widened once, then one f32 product
         // (gemm's own blocking beats kiln's block-by-block widening there)
-        return with_widened(weight, |weight| product(x, weight, bias, m, n, k, out));
+        return with_widened(weight, |weight| product(x, WeightRows::F32(weight), bias, m, n, k, out));
     }
     product(x, weight, bias, m, n, k, out)
 }

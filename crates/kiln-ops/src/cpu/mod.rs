@@ -11,6 +11,19 @@ pub mod linear;
 pub mod norm;
 pub(crate) mod weights;
 
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
+/// Runs `f` with this thread's value of `key`, a kernel's scratch kept between calls so it is
+/// not allocated again (a fresh one if it is in use further up this thread's stack: a task's gemm
+/// threads may run another call's task while they wait).
+pub(crate) fn with_scratch<T: Default, R>(key: &'static LocalKey<RefCell<T>>, f: impl FnOnce(&mut T) -> R) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => f(&mut scratch),
+        Err(_) => f(&mut T::default()),
+    })
+}
+
 /// A fixed pseudo-random sequence in [-1, 1) (xorshift), the kernels' test inputs.
 #[cfg(test)]
 pub(crate) fn test_values(n: usize, seed: u32) -> Vec<f32> {

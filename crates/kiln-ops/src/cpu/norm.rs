@@ -11,7 +11,7 @@
 use std::mem::MaybeUninit;
 
 use burn::nn::GroupNorm;
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{DType, Tensor};
 use burn_flex::Flex;
 use rayon::prelude::*;
 
@@ -47,9 +47,8 @@ pub fn group_norm<const D: usize>(norm: &GroupNorm, x: &Tensor<D>, silu: bool) -
 /// - x: `[batch, channels, ...]` (at least 3 dims) → the same shape
 pub fn group_norm_in_place<const D: usize>(norm: &GroupNorm, x: Tensor<D>, silu: bool) -> Result<Tensor<D>, Tensor<D>> {
     let dims = x.dims();
-    let device = x.device();
     let Some(groups) = Groups::of(norm, &dims, silu) else { return Err(x) };
-    if x.dtype() != DType::F32 || device.is_autodiff() || device != Device::flex() {
+    if !flex::on_flex(&x, &[DType::F32]) {
         return Err(x);
     }
     let Ok(mut input) = x.clone().try_into_primitive::<Flex>() else { return Err(x) };

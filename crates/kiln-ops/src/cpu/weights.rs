@@ -7,7 +7,6 @@
 //! Used by the linear layers ([`crate::cpu::linear`]) and the convolutions' im2col tiles
 //! ([`crate::cpu::conv`]).
 
-use std::borrow::Cow;
 use std::ops::Range;
 
 use burn::tensor::{bf16, f16, DType};
@@ -16,6 +15,7 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::cpu::flex::OutPtr;
+use crate::cpu::with_scratch;
 
 /// Up to this many bytes of widened f32 weights per block (half of one core's L2 cache).
 const WIDE_BYTES: usize = 1 << 20;
@@ -85,22 +85,6 @@ impl<'a> WeightRows<'a> {
         &buf[..len]
     }
 
-    /// Every value as f32 (a copy only for half precision).
-    pub(crate) fn to_f32(&self) -> Cow<'a, [f32]> {
-        match *self {
-            Self::F32(w) => Cow::Borrowed(w),
-            Self::F16(w) => {
-                let mut out = vec![0.0; w.len()];
-                widen_f16(w, &mut out);
-                Cow::Owned(out)
-            }
-            Self::BF16(w) => {
-                let mut out = vec![0.0; w.len()];
-                widen_bf16(w, &mut out);
-                Cow::Owned(out)
-            }
-        }
-    }
 }
 
 /// f16 → f32: 16 values an instruction with AVX-512F's `vcvtph2ps`, 8 with F16C, else `half`'s
@@ -173,17 +157,10 @@ thread_local! {
 /// once per call ([`with_widened`]), rather than a block at a time in each tile.
 pub(crate) const WIDEN_WHOLE_BYTES: usize = 16 << 20;
 
-/// Runs `f` on `weight` as f32: as it is, or widened whole into this thread's buffer (kept
-/// between calls, so a layer does not allocate it again; a fresh one if it is in use further up
-/// this thread's stack).
-pub(crate) fn with_widened<R>(weight: WeightRows<'_>, f: impl FnOnce(WeightRows<'_>) -> R) -> R {
-    if let WeightRows::F32(_) = weight {
-        return f(weight);
-    }
-    WIDE_WEIGHT.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => f(WeightRows::F32(weight.widen_all(&mut buf))),
-        Err(_) => f(WeightRows::F32(weight.widen_all(&mut Vec::new()))),
-    })
+/// Runs `f` on `weight`'s values as f32: as they are, or widened whole into this thread's buffer
+/// ([`with_scratch`]).
+pub(crate) fn with_widened<R>(weight: WeightRows<'_>, f: impl FnOnce(&[f32]) -> R) -> R {
+    with_scratch(&WIDE_WEIGHT, |buf| f(weight.widen_all(buf)))
 }
 
 /// Where a product's `m × n` result goes: column `j` of row `i` at `ptr + i·rs + j·cs`.
@@ -242,13 +219,7 @@ pub(crate) unsafe fn product_by_rows(
     let chunk = (OUT_BYTES / (4 * m.max(1))).max(256).next_multiple_of(16);
     let columns = |part: usize| {
         let share = part * share..((part + 1) * share).min(n);
-        WIDE.with(|cell| {
-            let mut fresh = Vec::new();
-            let mut held = cell.try_borrow_mut();
-            let buf = match held.as_mut() {
-                Ok(buf) => &mut **buf,
-                Err(_) => &mut fresh,
-            };
+        with_scratch(&WIDE, |buf| {
             // equal chunks, so no narrow remainder makes a slow product
             let chunk = share.len().div_ceil(share.len().div_ceil(chunk)).next_multiple_of(16);
             for c0 in share.clone().step_by(chunk) {

@@ -16,7 +16,8 @@ pub struct ScheduleArgs {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Sampler: ddim, ddpm, pndm, lms, euler, euler-a, heun, dpm2, dpm2-a, dpm++2m, dpm++2m-sde,
-    /// dpm++2s, unipc, deis, lcm, tcd. Default: the config's own class.
+    /// dpm++2s, unipc, deis, lcm, tcd; on a flow-matching config (SD 3, FLUX) euler and heun are
+    /// the flow-matching samplers. Default: the config's own class.
     #[arg(long, value_name = "NAME")]
     scheduler: Option<String>,
     /// Number of inference steps.
@@ -25,6 +26,14 @@ pub struct ScheduleArgs {
     /// Use Karras sigmas (use_karras_sigmas = true).
     #[arg(long)]
     karras: bool,
+    /// The dynamic shift μ of a flow-matching config with use_dynamic_shifting (FLUX.1-dev): what
+    /// the pipeline computes from the image size (`calculate_shift`; 1.15 at 1024×1024).
+    #[arg(long, value_name = "MU", allow_negative_numbers = true)]
+    mu: Option<f64>,
+    /// Custom sigmas for the flow-matching Euler sampler, one per step, comma-separated
+    /// (`set_timesteps(sigmas=…)`; FLUX's pipeline passes linspace(1, 1/steps, steps)).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    sigmas: Option<Vec<f64>>,
     /// Print JSON: {"timesteps", "sigmas" (where the sampler has them), "init_noise_sigma", "order"}.
     #[arg(long)]
     json: bool,
@@ -57,7 +66,11 @@ pub fn schedule(args: ScheduleArgs) -> Result<(), crate::CliError> {
     };
     let choice = SamplerChoice { sampler, karras: args.karras };
     let (class, config) = choice.resolve(&config).map_err(|e| choice_error(&e))?;
-    let scheduler = class.build(&config, args.steps, &StepOptions::default()).map_err(|e| e.to_string())?;
+    if (args.mu.is_some() || args.sigmas.is_some()) && !class.is_flow_match() {
+        return Err(format!("--mu and --sigmas are for the flow-matching samplers; {} takes neither", class.class_name()).into());
+    }
+    let options = StepOptions { mu: args.mu, sigmas: args.sigmas.clone(), ..StepOptions::default() };
+    let scheduler = class.build(&config, args.steps, &options).map_err(|e| e.to_string())?;
     let mut out = serde_json::Map::new();
     out.insert("timesteps".into(), Value::Array(scheduler.timesteps().iter().map(|&t| number(t)).collect()));
     if let Some(sigmas) = scheduler.sigmas() {

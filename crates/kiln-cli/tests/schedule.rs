@@ -31,6 +31,16 @@ fn schedule_json_matches_diffusers_on_unseen_configs() {
         if run["karras"].as_bool().unwrap() {
             args.push("--karras");
         }
+        let mu = run.get("mu").map(|m| m.to_string());
+        if let Some(mu) = &mu {
+            args.extend(["--mu", mu]);
+        }
+        let sigmas = run.get("sigmas").map(|s| {
+            s.as_array().unwrap().iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")
+        });
+        if let Some(sigmas) = &sigmas {
+            args.extend(["--sigmas", sigmas]);
+        }
         let out = kiln(&args);
         let label = format!("{args:?}");
         if !out.status.success() {
@@ -78,6 +88,11 @@ fn bad_input_exits_2_with_a_clear_message() {
     assert_usage_error(&["schedule", "--model", sd2, "--steps", "1001", "--json"], &["1001", "1000"]);
     assert_usage_error(&["schedule", "--model", sd2, "--scheduler", "eulr", "--steps", "10"], &["eulr", "euler-a"]);
     assert_usage_error(&["schedule", "--model", "/nonexistent/model", "--steps", "10"], &["/nonexistent/model"]);
+    let flux = assets().join("flux-dev");
+    let flux = flux.to_str().unwrap();
+    assert_usage_error(&["schedule", "--model", flux, "--steps", "10"], &["use_dynamic_shifting", "--mu"]);
+    assert_usage_error(&["schedule", "--model", flux, "--steps", "10", "--scheduler", "ddim"], &["ddim", "euler or heun"]);
+    assert_usage_error(&["schedule", "--model", sd2, "--steps", "10", "--mu", "1.0"], &["--mu", "PNDMScheduler"]);
     assert_usage_error(&["schedule", "--model", sd2, "--scheduler", "ddim", "--karras", "--steps", "10"], &["--karras", "DDIMScheduler"]);
     assert_usage_error(&["schedule", "--steps", "10"], &["--model"]);
 

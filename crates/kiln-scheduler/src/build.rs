@@ -5,8 +5,8 @@ use crate::config::SchedulerConfig;
 use crate::error::Result;
 use crate::scheduler::{Scheduler, StepOptions};
 use crate::{
-    ddim, ddpm, deis, dpmsolver_multistep, dpmsolver_singlestep, euler, euler_ancestral, heun, kdpm2, lcm, lms, pndm,
-    tcd, unipc,
+    ddim, ddpm, deis, dpmsolver_multistep, dpmsolver_singlestep, euler, euler_ancestral, flow_match_euler,
+    flow_match_heun, heun, kdpm2, lcm, lms, pndm, tcd, unipc,
 };
 
 impl SchedulerClass {
@@ -45,6 +45,12 @@ impl SchedulerClass {
             SchedulerClass::KDpm2 => Box::new(kdpm2::KDpm2Scheduler::new(config, num_inference_steps, options)?),
             SchedulerClass::KDpm2Ancestral => {
                 Box::new(kdpm2::KDpm2Scheduler::new_ancestral(config, num_inference_steps, options)?)
+            }
+            SchedulerClass::FlowMatchEuler => {
+                Box::new(flow_match_euler::FlowMatchEulerScheduler::new(config, num_inference_steps, options)?)
+            }
+            SchedulerClass::FlowMatchHeun => {
+                Box::new(flow_match_heun::FlowMatchHeunScheduler::new(config, num_inference_steps, options)?)
             }
         })
     }

@@ -47,6 +47,8 @@ classes! {
     Deis => "DEISMultistepScheduler",
     Lcm => "LCMScheduler",
     Tcd => "TCDScheduler",
+    FlowMatchEuler => "FlowMatchEulerDiscreteScheduler",
+    FlowMatchHeun => "FlowMatchHeunDiscreteScheduler",
 }
 
 impl SchedulerClass {
@@ -56,7 +58,14 @@ impl SchedulerClass {
         matches!(
             self,
             C::Lms | C::Euler | C::Heun | C::KDpm2 | C::KDpm2Ancestral | C::DpmSolverMultistep
-                | C::DpmSolverSinglestep | C::UniPc | C::Deis
+                | C::DpmSolverSinglestep | C::UniPc | C::Deis | C::FlowMatchEuler
         )
+    }
+
+    /// Whether the class is a flow-matching sampler (SD 3/3.5, FLUX.1): σ from 1 to 0, the model
+    /// predicts a velocity, img2img noises with `scale_noise` and starts at
+    /// [`crate::flow_img2img_begin_index`].
+    pub fn is_flow_match(self) -> bool {
+        matches!(self, SchedulerClass::FlowMatchEuler | SchedulerClass::FlowMatchHeun)
     }
 }

@@ -30,6 +30,11 @@ pub enum SchedulerError {
          dpm2-a, dpm++2m, dpm++2m-sde, dpm++2s, unipc, deis"
     )]
     NoKarras { class: &'static str },
+    #[error(
+        "{sampler} samples noise-predicting models; this model's scheduler is {class} (flow matching: \
+         SD 3, FLUX), which samples with euler or heun"
+    )]
+    NotFlowSampler { sampler: String, class: String },
     #[error("step index {index} is out of range: the schedule has {len} timesteps")]
     StepIndex { index: usize, len: usize },
 }

@@ -91,7 +91,7 @@ impl EulerScheduler {
         if timesteps.is_empty() {
             return Err(SchedulerError::Invalid("the schedule has no timesteps".into()));
         }
-        Ok(Self { prediction_type, options: *options, schedule: Schedule { class: SchedulerClass::Euler, timesteps, sigmas, init_noise_sigma } })
+        Ok(Self { prediction_type, options: options.clone(), schedule: Schedule { class: SchedulerClass::Euler, timesteps, sigmas, init_noise_sigma } })
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! The noise schedulers of diffusers, ported formula for formula: DDIM, DDPM, PNDM, LMS, Euler,
 //! Euler ancestral, Heun, KDPM2 (+ ancestral), DPM-Solver++ multistep and singlestep, UniPC, DEIS,
-//! LCM and TCD. Schedules (betas, ᾱ, timesteps, sigmas) are plain f64 vectors computed on the host
+//! LCM and TCD, and the flow-matching samplers of SD 3/3.5 and FLUX.1 (FlowMatchEuler, FlowMatchHeun). Schedules (betas, ᾱ, timesteps, sigmas) are plain f64 vectors computed on the host
 //! exactly as diffusers computes them; tensors appear only in [`Scheduler::step`],
 //! [`Scheduler::scale_model_input`] and [`Scheduler::add_noise`]. No model code, no GPU code.
 //!
@@ -42,10 +42,14 @@ pub mod euler_ancestral;
 pub mod heun;
 pub mod kdpm2;
 pub mod lms;
+mod flow;
+pub mod flow_match_euler;
+pub mod flow_match_heun;
 
 pub use config::SchedulerConfig;
 pub use error::{Result, SchedulerError};
 pub use class::SchedulerClass;
 pub use common::{noise_like, threshold_sample, PredictionType, TimestepSpacing, MAX_SOLVER_ORDER};
 pub use sampler::{SamplerChoice, SamplerName};
+pub use flow::{flow_img2img_begin_index, MAX_FLOW_STEPS};
 pub use scheduler::{img2img_begin_index, NoiseSource, Schedule, Scheduler, StepOptions};

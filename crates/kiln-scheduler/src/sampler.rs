@@ -113,7 +113,19 @@ impl SamplerChoice {
     /// its name implies on top of `config` (else `config`'s own `_class_name`), plus
     /// `use_karras_sigmas` where asked. Errors name the class and the choice.
     pub fn resolve(&self, config: &SchedulerConfig) -> Result<(SchedulerClass, SchedulerConfig)> {
+        let flow_model = config
+            .class_name
+            .as_deref()
+            .and_then(|name| SchedulerClass::from_class_name(name).ok())
+            .is_some_and(SchedulerClass::is_flow_match);
         let (class, config) = match self.sampler {
+            // a flow-matching model (SD 3, FLUX) samples with the flow-matching Euler and Heun
+            Some(SamplerName::Euler) if flow_model => (SchedulerClass::FlowMatchEuler, config.clone()),
+            Some(SamplerName::Heun) if flow_model => (SchedulerClass::FlowMatchHeun, config.clone()),
+            Some(sampler) if flow_model => {
+                let class = config.class_name.clone().unwrap_or_default();
+                return Err(SchedulerError::NotFlowSampler { sampler: sampler.to_string(), class });
+            }
             Some(sampler) => (sampler.class(), sampler.apply(config)),
             None => {
                 let name = config.class_name.clone().ok_or_else(|| {

@@ -15,7 +15,7 @@ pub trait NoiseSource {
 }
 
 /// Step-time knobs that diffusers takes as `step(...)` or pipeline arguments rather than config.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StepOptions {
     /// The pipeline's `eta`, which diffusers passes to every `step` that takes one: DDIM's η
     /// (0 is deterministic DDIM, 1 is DDPM-like) and TCD's γ (0 deterministic, 0.3 the paper's).
@@ -25,11 +25,17 @@ pub struct StepOptions {
     pub s_tmin: f64,
     pub s_tmax: f64,
     pub s_noise: f64,
+    /// `set_timesteps(mu=…)`: the flow samplers' dynamic shift (`use_dynamic_shifting`), which
+    /// the SD3 and FLUX pipelines compute from the image size (`calculate_shift`).
+    pub mu: Option<f64>,
+    /// `set_timesteps(sigmas=…)`: custom sigmas, one per step, for the flow-matching Euler sampler
+    /// (FLUX's pipeline passes `linspace(1, 1/n, n)`); the other samplers do not read it.
+    pub sigmas: Option<Vec<f64>>,
 }
 
 impl Default for StepOptions {
     fn default() -> Self {
-        Self { eta: 0.0, s_churn: 0.0, s_tmin: 0.0, s_tmax: f64::INFINITY, s_noise: 1.0 }
+        Self { eta: 0.0, s_churn: 0.0, s_tmin: 0.0, s_tmax: f64::INFINITY, s_noise: 1.0, mu: None, sigmas: None }
     }
 }
 

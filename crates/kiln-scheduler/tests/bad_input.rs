@@ -55,8 +55,8 @@ fn strength_outside_unit_interval_is_an_error() {
 fn unknown_sampler_names_list_the_known_ones() {
     let err = "dpm++3m".parse::<SamplerName>().unwrap_err().to_string();
     assert!(err.contains("dpm++3m") && err.contains("dpm++2m-sde") && err.contains("euler-a"), "{err}");
-    let err = SchedulerClass::from_class_name("FlowMatchEulerDiscreteScheduler").unwrap_err().to_string();
-    assert!(err.contains("FlowMatchEulerDiscreteScheduler") && err.contains("DDIMScheduler"), "{err}");
+    let err = SchedulerClass::from_class_name("FlowMatchLCMScheduler").unwrap_err().to_string();
+    assert!(err.contains("FlowMatchLCMScheduler") && err.contains("FlowMatchEulerDiscreteScheduler"), "{err}");
     // names are case-insensitive like diffusers users type them
     assert_eq!("Euler-A".parse::<SamplerName>().unwrap(), SamplerName::EulerA);
 }
@@ -109,4 +109,64 @@ fn solver_orders_past_the_limit_are_refused() {
         let config = SchedulerConfig::from_json_str(&format!(r#"{{"solver_order": {MAX_SOLVER_ORDER}}}"#), "test").unwrap();
         assert!(class.build(&config, 12, &StepOptions::default()).is_ok(), "{}", class.class_name());
     }
+}
+
+/// The flow-matching samplers: what the pipeline must pass (mu under dynamic shifting, one custom
+/// sigma per step) and the config numbers that would divide by zero are refused by name; on a
+/// flow model only euler and heun are samplers.
+#[test]
+fn flow_matching_inputs_are_checked() {
+    use kiln_scheduler::{SamplerChoice, MAX_FLOW_STEPS};
+    let euler = SchedulerClass::FlowMatchEuler;
+    let dev = SchedulerConfig::from_json_str(
+        r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0, "use_dynamic_shifting": true}"#,
+        "flux-dev",
+    )
+    .unwrap();
+    let err = euler.build(&dev, 10, &StepOptions::default()).err().expect("mu is required").to_string();
+    assert!(err.contains("mu") && err.contains("use_dynamic_shifting"), "{err}");
+    let nan_mu = StepOptions { mu: Some(f64::NAN), ..StepOptions::default() };
+    assert!(euler.build(&dev, 10, &nan_mu).err().expect("NaN mu").to_string().contains("mu"));
+    let with_mu = StepOptions { mu: Some(1.15), ..StepOptions::default() };
+    assert_eq!(euler.build(&dev, 10, &with_mu).unwrap().timesteps().len(), 10);
+
+    let three = StepOptions { sigmas: Some(vec![1.0, 0.6, 0.3]), ..StepOptions::default() };
+    let err = euler.build(&dev.clone().with("use_dynamic_shifting", false), 4, &three).err().expect("count").to_string();
+    assert!(err.contains("3 custom sigmas for 4 steps"), "{err}");
+    let bad = StepOptions { sigmas: Some(vec![1.0, 0.0]), ..StepOptions::default() };
+    assert!(euler.build(&SchedulerConfig::default(), 2, &bad).err().expect("σ = 0").to_string().contains("(0, 1]"));
+
+    for (key, value) in [("shift", 0.0), ("shift", -3.0), ("shift_terminal", 1.0), ("shift_terminal", 2.5)] {
+        let config = SchedulerConfig::default().with(key, value);
+        let err = euler.build(&config, 10, &StepOptions::default()).err().expect("an error").to_string();
+        assert!(err.contains(key) && err.contains(&value.to_string()), "{key} = {value}: {err}");
+    }
+    let err = SchedulerClass::FlowMatchHeun
+        .build(&SchedulerConfig::default().with("shift", 0.0), 10, &StepOptions::default())
+        .err()
+        .expect("shift 0")
+        .to_string();
+    assert!(err.contains("shift"), "{err}");
+    for class in [euler, SchedulerClass::FlowMatchHeun] {
+        let err = class.build(&SchedulerConfig::default(), MAX_FLOW_STEPS + 1, &StepOptions::default()).err().unwrap();
+        assert!(err.to_string().contains(&MAX_FLOW_STEPS.to_string()), "{err}");
+        assert!(matches!(class.build(&SchedulerConfig::default(), 0, &StepOptions::default()), Err(SchedulerError::ZeroSteps(0))));
+    }
+
+    // on a flow model, euler and heun are the flow samplers; the others are refused by name
+    let sd3 = SchedulerConfig::from_json_str(r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}"#, "sd3")
+        .unwrap();
+    let pick = |name: &str| SamplerChoice { sampler: Some(name.parse().unwrap()), karras: false }.resolve(&sd3);
+    assert_eq!(pick("euler").unwrap().0, SchedulerClass::FlowMatchEuler);
+    assert_eq!(pick("heun").unwrap().0, SchedulerClass::FlowMatchHeun);
+    let err = pick("dpm++2m").unwrap_err().to_string();
+    assert!(err.contains("dpm++2m") && err.contains("FlowMatchEulerDiscreteScheduler") && err.contains("euler or heun"), "{err}");
+    let karras = SamplerChoice { sampler: Some(SamplerName::Heun), karras: true };
+    assert!(matches!(karras.resolve(&sd3), Err(SchedulerError::NoKarras { .. })));
+    let karras = SamplerChoice { sampler: None, karras: true }.resolve(&sd3).unwrap();
+    assert_eq!(karras.1.values["use_karras_sigmas"], true);
+    // an SD model's euler stays EulerDiscreteScheduler
+    let sd = SchedulerConfig::from_json_str(r#"{"_class_name": "PNDMScheduler"}"#, "sd").unwrap();
+    let euler_sd = SamplerChoice { sampler: Some(SamplerName::Euler), karras: false }.resolve(&sd).unwrap();
+    assert_eq!(euler_sd.0, SchedulerClass::Euler);
 }

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use kiln_scheduler::{img2img_begin_index, NoiseSource, SchedulerClass, SchedulerConfig, StepOptions};
+use kiln_scheduler::{flow_img2img_begin_index, img2img_begin_index, NoiseSource, SchedulerClass, SchedulerConfig, StepOptions};
 use serde_json::Value;
 
 /// Relative tolerance on samples. diffusers runs the same f32 formulas in torch; kiln's order of
@@ -91,6 +91,11 @@ fn run_case(case: &Value, device: &Device) -> Result<(), String> {
             *slot = v;
         }
     }
+    // the flow samplers' set_timesteps keywords, as the SD3/FLUX pipelines pass them
+    if let Some(kw) = case.get("set_timesteps").filter(|v| v.is_object()) {
+        options.mu = kw.get("mu").map(num);
+        options.sigmas = kw.get("sigmas").map(f64s);
+    }
     let mut scheduler = class.build(&config, steps, &options).map_err(|e| format!("build: {e}"))?;
 
     // the schedule
@@ -143,7 +148,8 @@ fn run_case(case: &Value, device: &Device) -> Result<(), String> {
     let mut sample = match case["strength"].as_f64() {
         None => x0.mul_scalar(scheduler.init_noise_sigma()),
         Some(strength) => {
-            let b = img2img_begin_index(steps, strength, scheduler.order()).map_err(|e| e.to_string())?;
+            let begin_index = if class.is_flow_match() { flow_img2img_begin_index } else { img2img_begin_index };
+            let b = begin_index(steps, strength, scheduler.order()).map_err(|e| e.to_string())?;
             if b != begin {
                 return Err(format!("img2img begin index {b}, diffusers {begin}"));
             }
@@ -221,4 +227,6 @@ parity! {
     kdpm2_ancestral => "KDPM2AncestralDiscreteScheduler",
     unipc => "UniPCMultistepScheduler",
     deis => "DEISMultistepScheduler",
+    flow_match_euler => "FlowMatchEulerDiscreteScheduler",
+    flow_match_heun => "FlowMatchHeunDiscreteScheduler",
 }

@@ -10,6 +10,9 @@
 //! [`ClipTokenizer`] is transformers' `CLIPTokenizer` on the HF `tokenizers` library, read from a
 //! `tokenizer*/` folder as the Hub ships it.
 //!
+//! [`T5EncoderModel`] and [`T5Tokenizer`] (module [`t5`]) are the T5 v1.1 encoder SD 3 and FLUX.1
+//! condition on, with transformers' tokenizer pipeline.
+//!
 //! ```no_run
 //! use burn::tensor::{DType, Device};
 //! use kiln_text_encoder::{ClipTextModel, ClipTokenizer, LoadOptions};
@@ -28,10 +31,12 @@
 pub mod config;
 pub mod error;
 pub mod model;
+pub mod t5;
 pub mod tokenizer;
 
 pub use config::{Activation, ClipArchitecture, ClipTextConfig, ResolvedClipConfig};
 pub use error::{TextEncoderError, TokenizerError};
 pub use kiln_nn::LoadOptions;
 pub use model::{ClipTextModel, ClipTextOutput};
+pub use t5::{T5EncoderModel, T5Tokenizer};
 pub use tokenizer::{ClipTokenizer, TokenizedPrompt};

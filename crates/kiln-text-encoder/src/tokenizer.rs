@@ -88,13 +88,13 @@ impl std::fmt::Debug for ClipTokenizer {
 /// A special token as transformers holds it before adding it: a plain string, or an
 /// `AddedToken` whose `normalized` flag may be unset (then it follows `special`).
 #[derive(Clone, Debug)]
-enum TokenValue {
+pub(crate) enum TokenValue {
     Str(String),
     Tok { content: String, single_word: bool, lstrip: bool, rstrip: bool, normalized: Option<bool>, special: bool },
 }
 
 impl TokenValue {
-    fn content(&self) -> &str {
+    pub(crate) fn content(&self) -> &str {
         match self {
             Self::Str(s) => s,
             Self::Tok { content, .. } => content,
@@ -113,7 +113,7 @@ impl TokenValue {
 
     /// The `tokenizers::AddedToken` this value becomes (`force_special`: transformers marks every
     /// named special token special before adding it).
-    fn to_added(&self, force_special: bool) -> AddedToken {
+    pub(crate) fn to_added(&self, force_special: bool) -> AddedToken {
         match self {
             // AddedToken(token, special=True): normalized = not special
             Self::Str(s) => AddedToken::from(s.clone(), true),
@@ -129,7 +129,7 @@ impl TokenValue {
     }
 
     /// Parses a string or an `AddedToken` dict (`{"__type": "AddedToken", "content": ...}`).
-    fn parse(value: &Value, default_special: bool) -> Option<Self> {
+    pub(crate) fn parse(value: &Value, default_special: bool) -> Option<Self> {
         match value {
             Value::String(s) => Some(Self::Str(s.clone())),
             Value::Object(m) => {
@@ -159,12 +159,12 @@ fn read_text(path: &Path) -> Result<String, TokenizerError> {
     })
 }
 
-fn read_json(path: &Path) -> Result<Value, TokenizerError> {
+pub(crate) fn read_json(path: &Path) -> Result<Value, TokenizerError> {
     let text = read_text(path)?;
     serde_json::from_str(&text).map_err(|e| TokenizerError::Format { path: path.into(), message: e.to_string() })
 }
 
-fn read_optional_json(path: &Path) -> Result<Option<Value>, TokenizerError> {
+pub(crate) fn read_optional_json(path: &Path) -> Result<Option<Value>, TokenizerError> {
     if path.exists() { read_json(path).map(Some) } else { Ok(None) }
 }
 

@@ -131,3 +131,29 @@ fn f16_run_stays_within_bound() {
 /// 1e-2 × max(1, max|ref|) bounds it with headroom while still catching a wrong-dtype tensor
 /// (which gives garbage, errors of order 1).
 const F16_REL_BOUND: f32 = 1e-2;
+
+/// The 16-channel AutoencoderKL of SD 3 and FLUX.1 (no `quant_conv`/`post_quant_conv`,
+/// `shift_factor`): assets/fixtures/models/flow/vae, written by scripts/fixtures/flow_models.py
+/// with diffusers 0.42.1 (block_out_channels (32, 64), 16 latent channels, SD 3's factors).
+#[test]
+fn sixteen_channel_vae_matches_diffusers() {
+    let device = Device::flex();
+    let r = Reference::open("flow");
+    let mut vae = load("flow", DType::F32);
+    assert!(vae.quant_conv.is_none() && vae.post_quant_conv.is_none());
+    assert_eq!((vae.scaling_factor(), vae.shift_factor()), (1.5305, Some(0.0609)));
+    let posterior = vae.encode(r.tensor("vae.image", &device)).unwrap();
+    assert_eq!(posterior.mean.dims(), [1, 16, 16, 12]);
+    assert_f32_parity("mean", posterior.mean.clone(), r.tensor("vae.mean", &device));
+    assert_f32_parity("logvar", posterior.logvar.clone(), r.tensor("vae.logvar", &device));
+    let sample = posterior.sample(r.tensor("vae.noise", &device)).unwrap();
+    assert_f32_parity("sample", sample, r.tensor("vae.sample", &device));
+    let decoded = vae.decode(r.tensor("vae.latents", &device)).unwrap();
+    assert_f32_parity("decoded", decoded, r.tensor("vae.decoded", &device));
+
+    vae.enable_tiling();
+    let mean = vae.encode(r.tensor("vae.tiled.image", &device)).unwrap().mean;
+    assert_f32_parity("tiled mean", mean, r.tensor("vae.tiled.mean", &device));
+    let decoded = vae.decode(r.tensor("vae.tiled.latents", &device)).unwrap();
+    assert_f32_parity("tiled decoded", decoded, r.tensor("vae.tiled.decoded", &device));
+}

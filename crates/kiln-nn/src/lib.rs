@@ -37,7 +37,7 @@ pub use sampling::{Downsample2D, Downsample2DConfig, Upsample2D, Upsample2DConfi
 pub use torch_checkpoint::{is_zip, read_torch_checkpoint, TorchCheckpoint, TorchTensor};
 pub use weights::{burn_dtype, StoredTensor, Transform, Weight, Weights, WeightsFile};
 pub use transformer::{
-    BasicTransformerBlock, BasicTransformerBlockConfig, FeedForward, FeedForwardConfig, Geglu, Projection,
+    BasicTransformerBlock, BasicTransformerBlockConfig, FeedForward, FeedForwardConfig, Geglu, InferenceDropout, Projection,
     Transformer2DModel, Transformer2DModelConfig,
 };
 

@@ -68,7 +68,7 @@ impl JointAttentionConfig {
 }
 
 /// `[batch, seq, heads · d]` → `[batch, heads, seq, d]`, then the optional per-head norm.
-fn heads(x: Tensor<3>, heads: usize, norm: Option<&RmsNorm>) -> Tensor<4> {
+pub(crate) fn heads(x: Tensor<3>, heads: usize, norm: Option<&RmsNorm>) -> Tensor<4> {
     let [b, s, inner] = x.dims();
     let x = x.reshape([b, s, heads, inner / heads]).swap_dims(1, 2);
     match norm {

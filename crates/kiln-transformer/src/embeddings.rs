@@ -95,25 +95,44 @@ impl PatchEmbed {
 /// `CombinedTimestepTextProjEmbeddings(embedding_dim, pooled_projection_dim)`: the timestep's
 /// 256-channel sinusoidal embedding (`flip_sin_to_cos=True`, shift 0) through `timestep_embedder`,
 /// plus `text_embedder(pooled)` (`PixArtAlphaTextProjection` with SiLU: linear_1 → silu →
-/// linear_2, the same layout as a `TimestepEmbedding`).
+/// linear_2, the same layout as a `TimestepEmbedding`). With `guidance_embedder` it is
+/// `CombinedTimestepGuidanceTextProjEmbeddings` (FLUX.1-dev): the guidance scale embedded like a
+/// timestep is added too.
 #[derive(Module, Debug)]
 pub struct CombinedTimestepTextProjEmbeddings {
     pub timestep_embedder: TimestepEmbedding,
+    pub guidance_embedder: Option<TimestepEmbedding>,
     pub text_embedder: TimestepEmbedding,
 }
 
 impl CombinedTimestepTextProjEmbeddings {
-    pub fn new(embedding_dim: usize, pooled_projection_dim: usize, device: &Device) -> Self {
+    pub fn new(embedding_dim: usize, pooled_projection_dim: usize, guidance: bool, device: &Device) -> Self {
         Self {
             timestep_embedder: TimestepEmbeddingConfig::new(256, embedding_dim).init(device),
+            guidance_embedder: guidance.then(|| TimestepEmbeddingConfig::new(256, embedding_dim).init(device)),
             text_embedder: TimestepEmbeddingConfig::new(pooled_projection_dim, embedding_dim).init(device),
         }
     }
 
+    /// `guidance` is required exactly when the model has a guidance embedder.
+    ///
     /// # Shapes
-    /// - timesteps: `batch` values, pooled: `[batch, pooled_projection_dim]` → `[batch, embedding_dim]`
-    pub fn forward(&self, timesteps: &[f64], pooled: Tensor<2>) -> Tensor<2> {
-        let proj = timestep_embedding(timesteps, 256, true, 0.0, &pooled.device(), pooled.dtype());
-        self.timestep_embedder.forward(proj) + self.text_embedder.forward(pooled)
+    /// - timesteps, guidance: `batch` values, pooled: `[batch, pooled_projection_dim]` → `[batch, embedding_dim]`
+    pub fn forward(&self, timesteps: &[f64], guidance: Option<&[f64]>, pooled: Tensor<2>) -> Result<Tensor<2>, TransformerError> {
+        let sinusoid = |t: &[f64]| timestep_embedding(t, 256, true, 0.0, &pooled.device(), pooled.dtype());
+        let mut emb = self.timestep_embedder.forward(sinusoid(timesteps));
+        match (&self.guidance_embedder, guidance) {
+            (Some(embedder), Some(g)) => emb = emb + embedder.forward(sinusoid(g)),
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(TransformerError::Input("this model embeds the guidance scale (guidance_embeds): give one".into()))
+            }
+            (None, Some(_)) => {
+                return Err(TransformerError::Input(
+                    "this model has no guidance embedding (guidance_embeds = false): it takes no guidance scale".into(),
+                ))
+            }
+        }
+        Ok(emb + self.text_embedder.forward(pooled))
     }
 }

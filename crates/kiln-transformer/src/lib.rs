@@ -1,7 +1,8 @@
 //! # kiln-transformer
 //!
 //! The denoisers of the flow-matching families, as diffusers 0.42.1 implements them: SD 3/3.5's
-//! MMDiT ([`Sd3Transformer2DModel`], `models/transformers/transformer_sd3.py`), configured from
+//! MMDiT ([`Sd3Transformer2DModel`], `models/transformers/transformer_sd3.py`) and FLUX.1's
+//! transformer ([`FluxTransformer2DModel`], `models/transformers/transformer_flux.py`), configured from
 //! `transformer/config.json` and loaded from `diffusion_pytorch_model[.variant].safetensors`.
 //! The layers the families share live beside it: the adaptive norms ([`norm`]), the joint
 //! attention ([`attention`]), the tanh-GELU feed-forward ([`feed_forward`]) and the patch, timestep
@@ -27,9 +28,11 @@ pub mod attention;
 pub mod embeddings;
 pub mod error;
 pub mod feed_forward;
+pub mod flux;
 pub mod norm;
 pub mod sd3;
 
 pub use error::TransformerError;
+pub use flux::{FluxTransformer2DModel, FluxTransformerConfig};
 pub use kiln_nn::LoadOptions;
 pub use sd3::{Sd3Transformer2DModel, Sd3TransformerConfig};

@@ -126,6 +126,27 @@ impl Sd35AdaLayerNormZeroX {
     }
 }
 
+/// `AdaLayerNormZeroSingle(dim)` (FLUX's single-stream blocks): shift, scale and one gate.
+#[derive(Module, Debug)]
+pub struct AdaLayerNormZeroSingle {
+    pub linear: Linear,
+}
+
+impl AdaLayerNormZeroSingle {
+    pub fn new(dim: usize, device: &Device) -> Self {
+        Self { linear: LinearConfig::new(dim, 3 * dim).init(device) }
+    }
+
+    /// # Shapes
+    /// - x: `[batch, seq, dim]`, emb: `[batch, dim]` → `[batch, seq, dim]` and the gate `[batch, dim]`
+    pub fn forward(&self, x: Tensor<3>, emb: Tensor<2>) -> (Tensor<3>, Tensor<2>) {
+        let mut c = chunks(self.linear.forward(silu(emb)), 3).into_iter();
+        let mut next = || c.next().expect("three chunks");
+        let (shift, scale, gate) = (next(), next(), next());
+        (modulate(layer_norm(x, 1e-6), scale, shift), gate)
+    }
+}
+
 /// `AdaLayerNormContinuous(dim, dim, elementwise_affine=False, eps=1e-6)`: `linear(silu(cond))`
 /// gives scale then shift (in that order) for a LayerNorm without affine parameters.
 #[derive(Module, Debug)]

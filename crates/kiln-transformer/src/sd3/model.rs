@@ -37,7 +37,7 @@ impl Sd3Transformer2DModel {
         let p = c.patch_size;
         Self {
             pos_embed: PatchEmbed::new(c.in_channels, dim, p, c.pos_embed_max_size, c.sample_size / p, device),
-            time_text_embed: CombinedTimestepTextProjEmbeddings::new(dim, c.pooled_projection_dim, device),
+            time_text_embed: CombinedTimestepTextProjEmbeddings::new(dim, c.pooled_projection_dim, false, device),
             context_embedder: LinearConfig::new(c.joint_attention_dim, c.caption_projection_dim).init(device),
             transformer_blocks: (0..c.num_layers)
                 .map(|i| {
@@ -102,7 +102,7 @@ impl Sd3Transformer2DModel {
         let latents = if latents.dtype() == dtype { latents } else { latents.cast(dtype) };
         let pooled = if pooled.dtype() == dtype { pooled } else { pooled.cast(dtype) };
         let mut hidden = self.pos_embed.forward(latents)?;
-        let temb = self.time_text_embed.forward(timesteps, pooled);
+        let temb = self.time_text_embed.forward(timesteps, None, pooled)?;
         let mut context = self.context_embedder.forward(cast(context));
         for (i, block) in self.transformer_blocks.iter().enumerate() {
             if skip_layers.contains(&i) {

@@ -25,5 +25,6 @@ pub use kiln_ops as ops;
 pub use kiln_pipeline as pipeline;
 pub use kiln_scheduler as scheduler;
 pub use kiln_text_encoder as text_encoder;
+pub use kiln_transformer as transformer;
 pub use kiln_unet as unet;
 pub use kiln_vae as vae;

@@ -352,6 +352,7 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
         crops_coords_top_left: crops.unwrap_or((0, 0)),
         target_size,
         prompt_syntax: if a1111 { PromptSyntax::A1111 } else { PromptSyntax::Diffusers },
+        flow: Default::default(),
     };
     let task = match (&init_image, &mask) {
         (None, _) => Task::Txt2Img,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use kiln_nn::LoadError;
 use kiln_scheduler::SchedulerError;
 use kiln_text_encoder::{TextEncoderError, TokenizerError};
+use kiln_transformer::TransformerError;
 use kiln_unet::UNetError;
 use kiln_vae::VaeError;
 use thiserror::Error;
@@ -33,6 +34,8 @@ pub enum PipelineError {
     Tokenizer(#[from] TokenizerError),
     #[error("{0}")]
     UNet(#[from] UNetError),
+    #[error("{0}")]
+    Transformer(#[from] TransformerError),
     #[error("{0}")]
     Vae(#[from] VaeError),
     #[error("{0}")]

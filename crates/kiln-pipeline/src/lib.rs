@@ -21,17 +21,21 @@
 
 pub mod embeddings;
 pub mod error;
+pub mod flow;
+pub mod flux;
 pub mod image_processor;
 pub mod infotext;
 pub mod lora;
 pub mod model;
 pub mod options;
+pub mod pipeline;
 pub mod png;
 pub mod presets;
 pub mod prompt;
 pub mod rng;
 pub mod single_file;
 pub mod stable_diffusion;
+pub mod stable_diffusion_3;
 
 /// Runs `f` on one of rayon's worker threads when `device` is the CPU (right here when this
 /// already is one); on other devices simply runs `f`.
@@ -52,6 +56,9 @@ pub use png::{save_png, GenerationParams, PngError};
 pub use rng::{NoiseDtype, NormalKernel, TorchGenerator};
 pub use error::PipelineError;
 pub use kiln_nn::LoadOptions;
-pub use options::{GenerateOptions, PromptSyntax, StepInfo, Task};
+pub use flux::Flux;
+pub use options::{FlowOptions, GenerateOptions, PromptSyntax, SkipLayerGuidance, StepInfo, Task};
+pub use pipeline::Pipeline;
 pub use single_file::{Architecture, Family, SingleFile, SingleFileError};
 pub use stable_diffusion::{InpaintLatents, PromptEmbeds, StableDiffusion};
+pub use stable_diffusion_3::StableDiffusion3;

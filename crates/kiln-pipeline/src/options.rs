@@ -43,6 +43,46 @@ pub struct GenerateOptions {
     /// How prompts are read: diffusers' (plain text, cut at 77 tokens) or A1111's (weights,
     /// `BREAK`, any length in 75-token chunks; [`crate::prompt`]).
     pub prompt_syntax: PromptSyntax,
+    /// The arguments only the flow-matching pipelines (SD 3, FLUX) take.
+    pub flow: FlowOptions,
+}
+
+/// Arguments of `StableDiffusion3Pipeline` and `FluxPipeline` that the SD pipelines do not have.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowOptions {
+    /// SD 3: T5's prompt (`prompt_3`); `None` or empty = `prompt`.
+    pub prompt_3: Option<String>,
+    /// SD 3: `negative_prompt_3`; `None` or empty = `negative_prompt`.
+    pub negative_prompt_3: Option<String>,
+    /// T5's sequence length (`max_sequence_length`), at most 512; `None` = the pipeline's
+    /// default (SD 3: 256, FLUX: 512).
+    pub max_sequence_length: Option<usize>,
+    /// FLUX: `true_cfg_scale`; above 1 with a negative prompt, a second transformer pass on the
+    /// negative prompt and `neg + scale · (pos − neg)`.
+    pub true_cfg_scale: f64,
+    /// SD 3.5: skip-layer guidance (`skip_guidance_layers` …); `None` = off.
+    pub skip_layer_guidance: Option<SkipLayerGuidance>,
+}
+
+impl Default for FlowOptions {
+    fn default() -> Self {
+        Self { prompt_3: None, negative_prompt_3: None, max_sequence_length: None, true_cfg_scale: 1.0, skip_layer_guidance: None }
+    }
+}
+
+/// `StableDiffusion3Pipeline`'s skip-layer guidance: while `start · steps < i < stop · steps`,
+/// an extra transformer pass on the prompt with `layers` skipped, and
+/// `noise += (text − skipped) · scale`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SkipLayerGuidance {
+    /// `skip_guidance_layers`, e.g. `[7, 8, 9]` for SD 3.5 Medium.
+    pub layers: Vec<usize>,
+    /// `skip_layer_guidance_scale` (diffusers' default 2.8).
+    pub scale: f64,
+    /// `skip_layer_guidance_start` (0.01).
+    pub start: f64,
+    /// `skip_layer_guidance_stop` (0.2).
+    pub stop: f64,
 }
 
 /// How a prompt's text is read ([`GenerateOptions::prompt_syntax`]).
@@ -78,6 +118,7 @@ impl Default for GenerateOptions {
             crops_coords_top_left: (0, 0),
             target_size: None,
             prompt_syntax: PromptSyntax::Diffusers,
+            flow: FlowOptions::default(),
         }
     }
 }

@@ -288,24 +288,13 @@ impl StableDiffusion {
         Ok(())
     }
 
-    /// Tokenizes `text` with `tokenizer` and runs `encoder`, warning (with the number of dropped
-    /// tokens) when the prompt exceeds the tokenizer's 77 tokens, as diffusers does.
     fn run_text_encoder(
         &self,
         tokenizer: &ClipTokenizer,
         encoder: &ClipTextModel,
         text: &str,
     ) -> Result<kiln_text_encoder::ClipTextOutput, PipelineError> {
-        let tokens = tokenizer.encode(text)?;
-        if tokens.dropped_tokens > 0 {
-            log::warn!(
-                "The following part of your input was truncated because CLIP can only handle sequences up to {} tokens ({} tokens dropped): {}",
-                tokenizer.max_length(),
-                tokens.dropped_tokens,
-                tokens.dropped_text
-            );
-        }
-        Ok(crate::in_worker(&self.device, || encoder.encode(&[tokens.ids], &self.device))?)
+        run_clip(tokenizer, encoder, text, &self.device)
     }
 
     /// SD 1.x / 2.x: the last hidden state, or with `clip_skip` the hidden state that many layers
@@ -696,6 +685,21 @@ impl StableDiffusion {
     ) -> Result<Vec<RgbImage>, PipelineError> {
         self.generate(o, Task::Inpaint { image, mask, strength }, callback)
     }
+}
+
+/// Tokenizes `text` with `tokenizer` and runs `encoder`, warning (with the number of dropped
+/// tokens) when the prompt exceeds the tokenizer's 77 tokens, as diffusers does.
+pub(crate) fn run_clip(tokenizer: &ClipTokenizer, encoder: &ClipTextModel, text: &str, device: &Device) -> Result<ClipTextOutput, PipelineError> {
+    let tokens = tokenizer.encode(text)?;
+    if tokens.dropped_tokens > 0 {
+        log::warn!(
+            "The following part of your input was truncated because CLIP can only handle sequences up to {} tokens ({} tokens dropped): {}",
+            tokenizer.max_length(),
+            tokens.dropped_tokens,
+            tokens.dropped_text
+        );
+    }
+    Ok(crate::in_worker(device, || encoder.encode(&[tokens.ids], device))?)
 }
 
 /// `MemAvailable` of /proc/meminfo in bytes (Linux); `None` elsewhere.

@@ -18,6 +18,12 @@ pub enum PipelineKind {
     StableDiffusionXL,
     /// SD 1.x / 2.x inpainting: the UNet takes 9 channels (latents, mask, masked-image latents).
     StableDiffusionInpaint,
+    /// SD 3 / 3.5: two CLIP encoders with projection and T5 (optional), the MMDiT transformer,
+    /// the 16-channel VAE, flow matching.
+    StableDiffusion3,
+    /// FLUX.1 (dev, schnell): CLIP's pooled output and T5, FLUX's transformer on packed 2×2
+    /// latents, the 16-channel VAE, flow matching.
+    Flux,
 }
 
 /// `_class_name` values kiln accepts, and the pipeline each one runs as. The img2img classes share
@@ -28,6 +34,10 @@ pub const SUPPORTED_PIPELINES: &[(&str, PipelineKind)] = &[
     ("StableDiffusionInpaintPipeline", PipelineKind::StableDiffusionInpaint),
     ("StableDiffusionXLPipeline", PipelineKind::StableDiffusionXL),
     ("StableDiffusionXLImg2ImgPipeline", PipelineKind::StableDiffusionXL),
+    ("StableDiffusion3Pipeline", PipelineKind::StableDiffusion3),
+    ("StableDiffusion3Img2ImgPipeline", PipelineKind::StableDiffusion3),
+    ("FluxPipeline", PipelineKind::Flux),
+    ("FluxImg2ImgPipeline", PipelineKind::Flux),
 ];
 
 impl PipelineKind {
@@ -45,7 +55,24 @@ impl PipelineKind {
             PipelineKind::StableDiffusionXL => {
                 &["scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae"]
             }
+            PipelineKind::StableDiffusion3 | PipelineKind::Flux => {
+                &["scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "transformer", "vae"]
+            }
         }
+    }
+
+    /// Components the pipeline uses when `model_index.json` lists them and runs without when it
+    /// says `[null, null]` (SD 3's T5: diffusers conditions on zeros in its place).
+    pub fn optional_components(self) -> &'static [&'static str] {
+        match self {
+            PipelineKind::StableDiffusion3 => &["text_encoder_3", "tokenizer_3"],
+            _ => &[],
+        }
+    }
+
+    /// Whether this is a flow-matching family (SD 3, FLUX): a transformer denoiser, not a UNet.
+    pub fn is_flow_matching(self) -> bool {
+        matches!(self, PipelineKind::StableDiffusion3 | PipelineKind::Flux)
     }
 }
 
@@ -55,6 +82,8 @@ impl fmt::Display for PipelineKind {
             PipelineKind::StableDiffusion => "Stable Diffusion",
             PipelineKind::StableDiffusionXL => "Stable Diffusion XL",
             PipelineKind::StableDiffusionInpaint => "Stable Diffusion inpainting",
+            PipelineKind::StableDiffusion3 => "Stable Diffusion 3",
+            PipelineKind::Flux => "FLUX.1",
         })
     }
 }
@@ -108,14 +137,14 @@ impl ModelIndex {
             match v.as_array().map(Vec::as_slice) {
                 Some([Value::String(lib), Value::String(class)]) => entries.push((key.clone(), lib.clone(), class.clone())),
                 Some([Value::Null, Value::Null]) => {}
-                _ if PipelineKind::required_components(kind).contains(&key.as_str()) => {
+                _ if kind.required_components().contains(&key.as_str()) || kind.optional_components().contains(&key.as_str()) => {
                     return Err(bad(format!("`{key}` must be [library, class] or [null, null], not {v}")));
                 }
                 _ => log::debug!("{path}: ignoring `{key}`"),
             }
         }
         for (name, _, class) in &entries {
-            if !kind.required_components().contains(&name.as_str()) {
+            if !kind.required_components().contains(&name.as_str()) && !kind.optional_components().contains(&name.as_str()) {
                 log::debug!("{path}: ignoring component `{name}` ({class}), which kiln does not use");
             }
         }
@@ -125,7 +154,8 @@ impl ModelIndex {
     /// Checks every required component in `files`; `skip_vae` when `--vae` replaces it.
     pub(crate) fn layout(&self, files: &dyn FileSet, prefer_fp16: bool, skip_vae: bool) -> Result<Vec<Planned>, ModelError> {
         let mut out = Vec::new();
-        for &name in self.kind.required_components() {
+        let optional = self.kind.optional_components().iter().filter(|name| self.entries.iter().any(|(n, _, _)| n == *name));
+        for &name in self.kind.required_components().iter().chain(optional) {
             if name == "vae" && skip_vae {
                 continue;
             }

@@ -182,8 +182,9 @@ impl ModelFolder {
             layout.push(vae_layout(&vae_files, "", prefer_fp16)?);
         }
         let mut components = Vec::new();
-        for name in index.kind.required_components() {
-            let planned = layout.iter().find(|c| c.name == *name).expect("layout holds every required component");
+        for name in index.kind.required_components().iter().chain(index.kind.optional_components()) {
+            // the optional components the index lists are in the layout too
+            let Some(planned) = layout.iter().find(|c| c.name == *name) else { continue };
             let base = if *name == "vae" && vae.is_some() { vae.unwrap() } else { root };
             components.push(planned.to_component(base));
         }

@@ -91,6 +91,9 @@ fn model_index(arch: &Architecture, scheduler_class: &str) -> Value {
         PipelineKind::StableDiffusion => "StableDiffusionPipeline",
         PipelineKind::StableDiffusionXL => "StableDiffusionXLPipeline",
         PipelineKind::StableDiffusionInpaint => "StableDiffusionInpaintPipeline",
+        // single files of the flow-matching families are refused at detection
+        PipelineKind::StableDiffusion3 => "StableDiffusion3Pipeline",
+        PipelineKind::Flux => "FluxPipeline",
     };
     let mut index = json!({
         "_class_name": class,

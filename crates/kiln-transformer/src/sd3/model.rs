@@ -26,6 +26,12 @@ pub struct Sd3Transformer2DModel {
     pub proj_out: Linear,
     #[module(skip)]
     pub out_channels: usize,
+    /// `in_channels` (16 for SD 3).
+    #[module(skip)]
+    pub in_channels: usize,
+    /// `sample_size`: the latent size the model was trained at (128 for SD 3 at 1024 px).
+    #[module(skip)]
+    pub sample_size: usize,
 }
 
 impl Sd3Transformer2DModel {
@@ -49,6 +55,8 @@ impl Sd3Transformer2DModel {
             norm_out: AdaLayerNormContinuous::new(dim, dim, 1e-6, device),
             proj_out: LinearConfig::new(dim, p * p * c.out_channels()).init(device),
             out_channels: c.out_channels(),
+            in_channels: c.in_channels,
+            sample_size: c.sample_size,
         }
     }
 

@@ -13,7 +13,7 @@ use kiln::pipeline::png::{check_output, save_png};
 use kiln::pipeline::embeddings::EmbeddingFile;
 use kiln::pipeline::lora::LoraFile;
 use kiln::pipeline::single_file::SingleFile;
-use kiln::pipeline::{resolve, resolve_vae, GenerateOptions, HubConfig, PipelineError, PromptSyntax, ResolveOptions, StableDiffusion, Task};
+use kiln::pipeline::{resolve, resolve_vae, FlowOptions, GenerateOptions, HubConfig, Pipeline, PipelineError, PipelineKind, PromptSyntax, ResolveOptions, SkipLayerGuidance, StableDiffusion, Task};
 use kiln::scheduler::{SamplerChoice, SamplerName, SchedulerConfig, StepOptions};
 
 use crate::device::DeviceArgs;
@@ -21,9 +21,10 @@ use crate::{interrupt, CliError};
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// A diffusers model folder, a Hub id `org/name[@revision]`, or a single-file checkpoint
-    /// (`.safetensors`, `.ckpt`: SD 1.x, 2.x, SDXL base, SD 1.x/2.x inpainting in the original
-    /// LDM layout; the family is detected from its keys).
+    /// A diffusers model folder (SD 1.x/2.x, SDXL, inpainting, SD 3/3.5, FLUX.1), a Hub id
+    /// `org/name[@revision]`, or a single-file checkpoint (`.safetensors`, `.ckpt`: SD 1.x, 2.x,
+    /// SDXL base, SD 1.x/2.x inpainting in the original LDM layout; the family is detected from
+    /// its keys).
     #[arg(long, value_name = "DIR|HUB_ID|FILE")]
     model: String,
     /// Single-file checkpoints: the diffusers folder or Hub id whose configs and tokenizers
@@ -39,17 +40,45 @@ pub struct GenerateArgs {
     prompt: String,
     #[arg(long, value_name = "TEXT")]
     negative_prompt: Option<String>,
-    /// SDXL: the second text encoder's prompt (default: --prompt).
+    /// SDXL and SD 3: the second text encoder's prompt; FLUX: T5's (default: --prompt).
     #[arg(long, value_name = "TEXT")]
     prompt_2: Option<String>,
-    /// SDXL: the second text encoder's negative prompt (default: --negative-prompt).
+    /// SDXL and SD 3: the second text encoder's negative prompt (default: --negative-prompt).
     #[arg(long, value_name = "TEXT")]
     negative_prompt_2: Option<String>,
-    #[arg(long, value_name = "N", default_value_t = 30)]
-    steps: usize,
-    /// Classifier-free guidance scale; 1 or less turns guidance off.
-    #[arg(long, value_name = "F", default_value_t = 7.5)]
-    guidance_scale: f64,
+    /// SD 3: T5's prompt (default: --prompt).
+    #[arg(long, value_name = "TEXT")]
+    prompt_3: Option<String>,
+    /// SD 3: T5's negative prompt (default: --negative-prompt).
+    #[arg(long, value_name = "TEXT")]
+    negative_prompt_3: Option<String>,
+    /// Denoising steps; default 30 (SD family), 28 (SD 3, FLUX, as diffusers).
+    #[arg(long, value_name = "N")]
+    steps: Option<usize>,
+    /// Classifier-free guidance scale, 1 or less turns it off; default 7.5 (SD family), 7.0
+    /// (SD 3). FLUX.1-dev embeds it (guidance distillation, one pass), default 3.5; schnell
+    /// ignores it.
+    #[arg(long, value_name = "F")]
+    guidance_scale: Option<f64>,
+    /// SD 3 and FLUX: T5's sequence length (max_sequence_length), at most 512; default 256 (SD 3),
+    /// 512 (FLUX).
+    #[arg(long, value_name = "N")]
+    max_sequence_length: Option<usize>,
+    /// FLUX: true classifier-free guidance with --negative-prompt when above 1 (a second pass).
+    #[arg(long, value_name = "F", default_value_t = 1.0)]
+    true_cfg_scale: f64,
+    /// SD 3.5: skip-layer guidance, the transformer blocks to skip (comma-separated, e.g. 7,8,9).
+    #[arg(long, value_name = "LAYERS", value_delimiter = ',')]
+    skip_layer_guidance: Option<Vec<usize>>,
+    /// Skip-layer guidance's scale.
+    #[arg(long, value_name = "F", default_value_t = 2.8)]
+    slg_scale: f64,
+    /// Skip-layer guidance starts after this fraction of the steps.
+    #[arg(long, value_name = "F", default_value_t = 0.01)]
+    slg_start: f64,
+    /// Skip-layer guidance stops at this fraction of the steps.
+    #[arg(long, value_name = "F", default_value_t = 0.2)]
+    slg_stop: f64,
     /// guidance_rescale (0 = off).
     #[arg(long, value_name = "F", default_value_t = 0.0)]
     guidance_rescale: f64,
@@ -175,10 +204,15 @@ fn parse_pair(flag: &str, v: &str) -> Result<(usize, usize), String> {
 
 /// Refuses, before the weights load, a sampler the scheduler config cannot give (the same
 /// SamplerChoice the pipeline builds it with, built once so that bad betas or offsets show here).
-fn check_sampler(a: &GenerateArgs, scheduler: Option<SamplerName>, config: &SchedulerConfig) -> Result<(), CliError> {
+/// (A flow-matching model's schedule also needs the run's μ and sigmas: its sampler choice is
+/// checked here, the schedule when the pipeline builds it.)
+fn check_sampler(a: &GenerateArgs, kind: PipelineKind, scheduler: Option<SamplerName>, config: &SchedulerConfig) -> Result<(), CliError> {
     let choice = SamplerChoice { sampler: scheduler, karras: a.karras };
     choice.resolve(config).map_err(|e| crate::schedule::choice_error(&e))?;
-    choice.build(config, a.steps, &StepOptions { eta: a.eta, ..StepOptions::default() }).map_err(|e| e.to_string())?;
+    if !kind.is_flow_matching() {
+        let (steps, _) = defaults(kind, a.steps, None);
+        choice.build(config, steps, &StepOptions { eta: a.eta, ..StepOptions::default() }).map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 
@@ -219,7 +253,18 @@ fn embeddings_in(dir: &Path, texts: &[&str]) -> Result<Vec<PathBuf>, String> {
 /// Loads `--model`: a single-file checkpoint (with `--config`, `--prediction-type`, `--vae`) or
 /// a diffusers folder / Hub id; and the model's name for the PNG parameters (A1111 writes the
 /// checkpoint's file name without its extension).
-fn load_model(a: &GenerateArgs, scheduler: Option<SamplerName>, device: &Device, dtype: DType) -> Result<(StableDiffusion, String), CliError> {
+/// `--steps` and `--guidance-scale`, or the family's defaults: kiln's 30 steps and 7.5 for the SD
+/// family, diffusers' 28 steps and 7.0 (SD 3) or 3.5 (FLUX).
+fn defaults(kind: PipelineKind, steps: Option<usize>, guidance: Option<f64>) -> (usize, f64) {
+    let (s, g) = match kind {
+        PipelineKind::StableDiffusion3 => (28, 7.0),
+        PipelineKind::Flux => (28, 3.5),
+        _ => (30, 7.5),
+    };
+    (steps.unwrap_or(s), guidance.unwrap_or(g))
+}
+
+fn load_model(a: &GenerateArgs, scheduler: Option<SamplerName>, device: &Device, dtype: DType) -> Result<(Pipeline, String), CliError> {
     let hub = HubConfig::from_env();
     let path = Path::new(&a.model);
     if path.is_file() {
@@ -230,11 +275,11 @@ fn load_model(a: &GenerateArgs, scheduler: Option<SamplerName>, device: &Device,
         eprintln!("{}: {} checkpoint ({})", path.display(), file.detection.family.name(), file.detection.evidence);
         let arch = crate::convert::architecture(&file, a.config.as_deref(), a.prediction_type.as_deref())?;
         let config = SchedulerConfig::from_json_str(&arch.scheduler.text, &arch.scheduler.label.display().to_string()).map_err(|e| e.to_string())?;
-        check_sampler(a, scheduler, &config)?;
+        check_sampler(a, PipelineKind::StableDiffusion, scheduler, &config)?;
         let vae = a.vae.as_deref().map(|v| resolve_vae(v, false, &hub)).transpose().map_err(|e| format!("--vae: {e}"))?;
         let pipe = StableDiffusion::load_single_file(&file, &arch, vae.as_deref(), device, dtype).map_err(|e| e.to_string())?;
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| a.model.clone());
-        return Ok((pipe, name));
+        return Ok((Pipeline::StableDiffusion(Box::new(pipe)), name));
     }
     if a.config.is_some() || a.prediction_type.is_some() {
         return Err("--config and --prediction-type describe a single-file checkpoint (--model FILE); a diffusers folder has its own configs".into());
@@ -242,9 +287,12 @@ fn load_model(a: &GenerateArgs, scheduler: Option<SamplerName>, device: &Device,
     let resolve_options = ResolveOptions { prefer_fp16: a.fp16_variant, vae: a.vae.clone() };
     let folder = resolve(&a.model, &resolve_options, &hub).map_err(|e| e.to_string())?;
     if let Some(config) = folder.component("scheduler").and_then(|c| c.config()) {
-        check_sampler(a, scheduler, &SchedulerConfig::from_file(config).map_err(|e| e.to_string())?)?;
+        check_sampler(a, folder.kind, scheduler, &SchedulerConfig::from_file(config).map_err(|e| e.to_string())?)?;
     }
-    let pipe = StableDiffusion::load_folder(&folder, device, dtype).map_err(|e| e.to_string())?;
+    if folder.kind.is_flow_matching() && a.vae.is_some() {
+        return Err(format!("--vae replaces an SD-family model's VAE; {} models keep their own 16-channel VAE", folder.kind).into());
+    }
+    let pipe = Pipeline::load_folder(&folder, device, dtype).map_err(|e| e.to_string())?;
     Ok((pipe, folder.name.clone()))
 }
 
@@ -314,9 +362,39 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
         .map(|(path, token)| EmbeddingFile::open(path, token.as_deref()).map_err(|e| format!("--embedding: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
     let (mut pipe, model_name) = load_model(&a, scheduler, &device, dtype)?;
+    let kind = pipe.kind();
+    if kind.is_flow_matching() {
+        // what the SD 3 and FLUX pipelines do not take yet, refused by flag before any work
+        let sd_only = [
+            (!loras.is_empty(), "--lora (and <lora:…>)"),
+            (!embeddings.is_empty(), "--embedding / --embeddings-dir"),
+            (a1111, "--prompt-syntax a1111"),
+            (a.mask.is_some(), "--mask (inpainting)"),
+        ];
+        if let Some((_, flag)) = sd_only.iter().find(|(set, _)| *set) {
+            return Err(format!("{flag}: not supported with {kind} models yet (text-to-image and img2img are)").into());
+        }
+    } else {
+        let flow_only = [
+            (a.prompt_3.is_some() || a.negative_prompt_3.is_some(), "--prompt-3 / --negative-prompt-3"),
+            (a.max_sequence_length.is_some(), "--max-sequence-length"),
+            (a.true_cfg_scale != 1.0, "--true-cfg-scale"),
+            (a.skip_layer_guidance.is_some(), "--skip-layer-guidance"),
+        ];
+        if let Some((_, flag)) = flow_only.iter().find(|(set, _)| *set) {
+            return Err(format!("{flag}: an SD 3 / FLUX option; this is a {kind} model").into());
+        }
+    }
+    let (steps, guidance_scale) = defaults(kind, a.steps, a.guidance_scale);
     let mut ti_hashes = Vec::new();
+    let sd = match &mut pipe {
+        Pipeline::StableDiffusion(sd) => Some(sd.as_mut()),
+        _ => None,
+    };
+    let mut sd = sd;
     for embedding in &embeddings {
         let path = &embedding.path;
+        let Some(pipe) = sd.as_deref_mut() else { break };
         let tokens = pipe.add_embedding(embedding).map_err(|e| format!("--embedding: {e}"))?;
         eprintln!("{}: embedding {}", path.display(), tokens.join(" "));
         let hash = kiln::pipeline::lora::hash::short_hash(path, false).map_err(|e| format!("--embedding {}: {e}", path.display()))?;
@@ -324,12 +402,14 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
     }
     let mut lora_hashes = Vec::new();
     for (path, scale) in &loras {
+        let Some(pipe) = sd.as_deref_mut() else { break };
         let report = pipe.load_lora(path, *scale).map_err(|e| format!("--lora: {e}"))?;
         eprintln!("{report}");
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         lora_hashes.push(format!("{name}: {}", report.hash));
     }
-    if vae_dtype != DType::F32 {
+    // (the flow families' VAE stays f32)
+    if let (Some(pipe), true) = (sd.as_deref_mut(), vae_dtype != DType::F32) {
         pipe.set_vae_dtype(vae_dtype);
     }
     let options = GenerateOptions {
@@ -337,8 +417,8 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
         prompt_2: a.prompt_2.clone(),
         negative_prompt: a.negative_prompt.clone(),
         negative_prompt_2: a.negative_prompt_2.clone(),
-        num_inference_steps: a.steps,
-        guidance_scale: a.guidance_scale,
+        num_inference_steps: steps,
+        guidance_scale,
         guidance_rescale: a.guidance_rescale,
         width: a.width,
         height: a.height,
@@ -352,21 +432,27 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
         crops_coords_top_left: crops.unwrap_or((0, 0)),
         target_size,
         prompt_syntax: if a1111 { PromptSyntax::A1111 } else { PromptSyntax::Diffusers },
-        flow: Default::default(),
+        flow: FlowOptions {
+            prompt_3: a.prompt_3.clone(),
+            negative_prompt_3: a.negative_prompt_3.clone(),
+            max_sequence_length: a.max_sequence_length,
+            true_cfg_scale: a.true_cfg_scale,
+            skip_layer_guidance: a.skip_layer_guidance.clone().map(|layers| SkipLayerGuidance { layers, scale: a.slg_scale, start: a.slg_start, stop: a.slg_stop }),
+        },
     };
     let task = match (&init_image, &mask) {
         (None, _) => Task::Txt2Img,
         // diffusers' defaults: 0.8 (SD img2img), 0.3 (SDXL img2img), 1.0 (inpainting)
-        (Some(image), None) => Task::Img2Img { image, strength: a.strength.unwrap_or(default_strength(pipe.kind, false)) },
-        (Some(image), Some(mask)) => Task::Inpaint { image, mask, strength: a.strength.unwrap_or(default_strength(pipe.kind, true)) },
+        (Some(image), None) => Task::Img2Img { image, strength: a.strength.unwrap_or(default_strength(kind, false)) },
+        (Some(image), Some(mask)) => Task::Inpaint { image, mask, strength: a.strength.unwrap_or(default_strength(kind, true)) },
     };
-    let bar = ProgressBar::new(a.steps as u64);
+    let bar = ProgressBar::new(steps as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}")
             .map_err(|e| e.to_string())?,
     );
     // start-up: reading the flags and inputs, loading the weights (docs/performance.md)
-    eprintln!("generating {} image(s), {} steps (ready in {:.2} s)", a.num_images, a.steps, called.elapsed().as_secs_f64());
+    eprintln!("generating {} image(s), {} steps (ready in {:.2} s)", a.num_images, steps, called.elapsed().as_secs_f64());
     let start = Instant::now();
     // Ctrl-C / SIGTERM from here on: stop at the next step, write nothing, exit 130
     let images = interrupt::graceful(|| {
@@ -384,7 +470,7 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
     };
     bar.finish();
     let record = RunRecord { prompt: a.prompt.clone(), model: model_name, ti_hashes, lora_hashes };
-    let params = generation_params(&pipe, &options, &task, &record, &images);
+    let params = generation_params(pipe.scheduler_config(), &options, &task, &record, &images);
     for ((image, path), params) in images.iter().zip(&paths).zip(&params) {
         // a signal during the save: the temporary file is removed, the output never appears
         interrupt::graceful(|| if interrupt::requested() { Err(CliError::Interrupted) } else { save_png(path, image, Some(params), a.overwrite).map_err(|e| CliError::from(e.to_string())) })?;

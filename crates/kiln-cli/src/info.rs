@@ -275,10 +275,11 @@ pub fn summarize_model(root: &Path) -> Result<ModelSummary, InfoError> {
     let class_name = map.get("_class_name").and_then(Value::as_str).unwrap_or("?").to_string();
     let kind = PipelineKind::from_class_name(&class_name);
     let required = kind.map(PipelineKind::required_components).unwrap_or(&[]);
+    let optional = kind.map(PipelineKind::optional_components).unwrap_or(&[]);
     let mut components = Vec::new();
     for (name, v) in map {
         if let Some([Value::String(_lib), Value::String(class)]) = v.as_array().map(Vec::as_slice) {
-            let used = required.contains(&name.as_str());
+            let used = required.contains(&name.as_str()) || optional.contains(&name.as_str());
             // a component is a subfolder: `/etc` or `../x` would read outside the model
             let Some(dir) = component_dir(root, name) else {
                 components.push(ComponentSummary::failed(name, class, root, used, "not a subfolder name: a component name is one path component".into()));
@@ -356,8 +357,33 @@ fn summary_keys(class: &str) -> &'static [&'static str] {
             "addition_embed_type",
             "projection_class_embeddings_input_dim",
         ],
+        "SD3Transformer2DModel" => &[
+            "sample_size",
+            "patch_size",
+            "in_channels",
+            "num_layers",
+            "attention_head_dim",
+            "num_attention_heads",
+            "joint_attention_dim",
+            "pooled_projection_dim",
+            "pos_embed_max_size",
+            "dual_attention_layers",
+            "qk_norm",
+        ],
+        "FluxTransformer2DModel" => &[
+            "in_channels",
+            "num_layers",
+            "num_single_layers",
+            "attention_head_dim",
+            "num_attention_heads",
+            "joint_attention_dim",
+            "pooled_projection_dim",
+            "guidance_embeds",
+            "axes_dims_rope",
+        ],
+        "T5EncoderModel" => &["d_model", "num_layers", "num_heads", "d_kv", "d_ff", "feed_forward_proj", "vocab_size"],
         c if c.starts_with("Autoencoder") => {
-            &["sample_size", "in_channels", "latent_channels", "block_out_channels", "layers_per_block", "scaling_factor", "force_upcast"]
+            &["sample_size", "in_channels", "latent_channels", "block_out_channels", "layers_per_block", "scaling_factor", "shift_factor", "force_upcast"]
         }
         c if c.contains("Projection") => &[
             "hidden_size",
@@ -387,6 +413,8 @@ fn summary_keys(class: &str) -> &'static [&'static str] {
             "prediction_type",
             "timestep_spacing",
             "steps_offset",
+            "shift",
+            "use_dynamic_shifting",
         ],
         _ => &[],
     }

@@ -332,7 +332,7 @@ fn cases(dir: &Path) -> Vec<Case> {
     let sample_size = model_copy(dir, "sample-size", "sd1", |m| set_json(&own_component(m, "unet").join("config.json"), "sample_size", "4611686018427387904"));
     let bad_class = model_copy(dir, "flux", "sd1", |m| {
         let p = m.join("model_index.json");
-        set_json(&p, "_class_name", "FluxPipeline");
+        set_json(&p, "_class_name", "FluxKontextPipeline");
     });
     let refiner = model_copy(dir, "refiner", "sdxl", |m| set_json(&m.join("model_index.json"), "requires_aesthetics_score", "true"));
     let outside = model_copy(dir, "outside", "sd1", |m| {
@@ -432,7 +432,7 @@ fn cases(dir: &Path) -> Vec<Case> {
         // ---- generate: models
         g("`--model` that does not exist", &["--model", "/nonexistent/model"], &["/nonexistent/model"]),
         g("`--model org/name@../../../../etc` (a revision climbing out of the cache)", &["--model", "org/name@../../../../etc"], &["`../../../../etc` is not a revision name"]),
-        g("`--model` whose pipeline class kiln does not run", &["--model", &bad_class], &["FluxPipeline", "not supported"]),
+        g("`--model` whose pipeline class kiln does not run", &["--model", &bad_class], &["FluxKontextPipeline", "not supported"]),
         g("`--model` an SDXL refiner (`requires_aesthetics_score`)", &["--model", &refiner, "--width", "64", "--height", "64"], &["requires_aesthetics_score"]),
         g("`--model` whose UNet `sample_size` is 2^62", &["--model", &sample_size], &["sample_size", "at most"]),
         g("`--model` whose scheduler has `beta_end` 2", &["--model", &beta_model], &["beta", "(0, 1)"]),

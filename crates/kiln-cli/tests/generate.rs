@@ -382,3 +382,54 @@ fn generate_and_schedule_refuse_karras_alike() {
     assert_eq!(ge.lines().last(), se.lines().last(), "one message from one place");
     assert!(!out.exists());
 }
+
+/// SD 3 and FLUX.1 through `kiln generate`: the flow-matching fixtures' pictures
+/// (scripts/fixtures/flow_pipelines.py, cases 3, 6, 7 and 9: SD 3 with skip-layer guidance, SD 3
+/// img2img, FLUX.1-schnell, FLUX.1-dev with true CFG and two images), the family's defaults
+/// (SD 3 img2img's strength 0.6), and the SD-only and flow-only flags refused by name.
+#[test]
+fn generate_sd3_and_flux_reproduce_diffusers() {
+    let dir = tmp("flow");
+    let fixtures = root().join("assets/fixtures/flow_pipelines");
+    let models = root().join("assets/fixtures/models");
+    let init = fixtures.join("inputs/init-32x24.png");
+    let model = |name: &str| models.join(name).to_str().unwrap().to_string();
+    let runs: Vec<(&str, Vec<String>)> = vec![
+        ("case03-0.png", ["--model", &model("sd3"), "--prompt", "a cat on a sofa", "--steps", "6", "--guidance-scale", "4.5", "--seed", "5", "--width", "32", "--height", "24", "--max-sequence-length", "24", "--skip-layer-guidance", "1", "--slg-scale", "2.8", "--slg-start", "0.01", "--slg-stop", "0.6"].map(String::from).to_vec()),
+        ("case06-0.png", ["--model", &model("sd3"), "--prompt", "a blue square", "--steps", "5", "--seed", "21", "--init-image", init.to_str().unwrap(), "--max-sequence-length", "32"].map(String::from).to_vec()),
+        ("case07-0.png", ["--model", &model("flux-schnell"), "--prompt", "a red circle on a blue background", "--steps", "4", "--guidance-scale", "0", "--seed", "0", "--width", "32", "--height", "24", "--max-sequence-length", "32"].map(String::from).to_vec()),
+        ("case09-0.png", ["--model", &model("flux-dev"), "--prompt", "two yellow triangles", "--negative-prompt", "blurry", "--true-cfg-scale", "4", "--steps", "3", "--seed", "9", "--width", "24", "--height", "32", "--num-images", "2", "--max-sequence-length", "32"].map(String::from).to_vec()),
+    ];
+    for (file, args) in runs {
+        let out = dir.join(file);
+        let mut full: Vec<&str> = vec!["generate"];
+        full.extend(args.iter().map(String::as_str));
+        full.extend(["--output", out.to_str().unwrap()]);
+        let o = kiln(&full);
+        assert!(o.status.success(), "{file}: {}", String::from_utf8_lossy(&o.stderr));
+        // --num-images 2 writes NAME-1.png and NAME-2.png
+        let written = if args.iter().any(|a| a == "--num-images") { vec![(dir.join("case09-0-1.png"), "case09-0.png"), (dir.join("case09-0-2.png"), "case09-1.png")] } else { vec![(out.clone(), file)] };
+        for (path, want) in written {
+            let (got, want_px) = (pixels(&path), pixels(&fixtures.join(want)));
+            assert_eq!(got.len(), want_px.len(), "{want}: size");
+            let worst = got.iter().zip(&want_px).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
+            assert!(worst <= 2, "{want}: {worst} levels from diffusers");
+        }
+    }
+    let info = kiln(&["info", dir.join("case06-0.png").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("Denoising strength: 0.6") && text.contains("CFG scale: 7"), "{text}");
+
+    let sd3 = model("sd3");
+    let sd1 = model("sd1");
+    let out = dir.join("x.png");
+    let o = out.to_str().unwrap();
+    assert_usage_error(&["generate", "--model", &sd3, "--prompt", "p", "--prompt-syntax", "a1111", "--output", o], &["--prompt-syntax a1111", "Stable Diffusion 3"]);
+    assert_usage_error(&["generate", "--model", &sd3, "--prompt", "p", "--scheduler", "dpm++2m", "--output", o], &["dpm++2m", "euler or heun"]);
+    assert_usage_error(&["generate", "--model", &sd3, "--prompt", "p", "--width", "30", "--height", "24", "--output", o], &["width", "30", "multiple of 4"]);
+    assert_usage_error(&["generate", "--model", &sd3, "--prompt", "p", "--max-sequence-length", "513", "--width", "32", "--height", "24", "--output", o], &["max_sequence_length", "513"]);
+    assert_usage_error(&["generate", "--model", &sd1, "--prompt", "p", "--prompt-3", "q", "--output", o], &["--prompt-3", "SD 3 / FLUX option"]);
+    assert_usage_error(&["generate", "--model", &model("flux-dev"), "--prompt", "p", "--clip-skip", "1", "--width", "32", "--height", "24", "--output", o], &["clip_skip"]);
+    assert!(!out.exists(), "no output for refused runs");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -54,6 +54,20 @@ pub(crate) fn check_common(o: &GenerateOptions, task: &Task, width: usize, heigh
     {
         return Err(PipelineError::Input { what: "max_sequence_length", value: len.to_string(), allowed: format!("1 to {MAX_SEQUENCE_LENGTH}") });
     }
+    // what only the SD family's pipelines take
+    let unsupported = |what: &str| Err(PipelineError::Unsupported(format!("{what} is an option of the SD-family pipelines; SD 3 and FLUX pipelines do not take it")));
+    if o.prompt_syntax != crate::options::PromptSyntax::Diffusers {
+        return unsupported("the a1111 prompt syntax");
+    }
+    if o.guidance_rescale != 0.0 {
+        return unsupported("guidance_rescale");
+    }
+    if o.eta != 0.0 {
+        return unsupported("eta");
+    }
+    if o.original_size.is_some() || o.target_size.is_some() || o.crops_coords_top_left != (0, 0) {
+        return unsupported("SDXL's micro-conditioning (original size, target size, crops)");
+    }
     if !(o.flow.true_cfg_scale >= 0.0 && o.flow.true_cfg_scale.is_finite()) {
         return Err(PipelineError::Input { what: "true_cfg_scale", value: o.flow.true_cfg_scale.to_string(), allowed: "a finite number >= 0".into() });
     }

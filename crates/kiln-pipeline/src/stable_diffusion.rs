@@ -94,6 +94,13 @@ impl StableDiffusion {
 
     /// Loads a resolved model folder (as [`crate::resolve`] returns it, `--vae` included).
     pub fn load_folder(folder: &ModelFolder, device: &Device, unet_dtype: DType) -> Result<Self, PipelineError> {
+        if folder.kind.is_flow_matching() {
+            return Err(PipelineError::Unsupported(format!(
+                "{} is a {} model: load it with kiln_pipeline::Pipeline (or StableDiffusion3 / Flux), which `kiln generate` does",
+                folder.root.display(),
+                folder.kind
+            )));
+        }
         let dir = |name: &str| -> Result<PathBuf, PipelineError> {
             folder.component(name).map(|c| c.dir.clone()).ok_or_else(|| PipelineError::MissingComponent {
                 path: folder.root.clone(),

@@ -200,7 +200,7 @@ fn run_job(models: &mut BTreeMap<String, Loaded>, job: &Job, metrics: &Metrics) 
         });
         let images = images.map_err(|e| ApiError::from_pipeline(&e, &job.id))?;
         let record = RunRecord { prompt: request.shown_prompt.clone(), model: model.record_name.clone(), ti_hashes: Vec::new(), lora_hashes: model.lora_hashes.clone() };
-        let params = generation_params(&model.pipe, options, &task, &record, &images);
+        let params = generation_params(&model.pipe.scheduler_config, options, &task, &record, &images);
         for (image, params) in images.iter().zip(params) {
             let infotext = params.to_infotext();
             let png = encode_png(image, &[(PARAMETERS_KEY, &infotext)]).map_err(|e| ApiError::internal(format!("PNG encoding failed: {e}")))?;

@@ -399,9 +399,9 @@ mod tests {
     #[test]
     fn index_errors() {
         let parse = |s: &str| ModelIndex::parse(&serde_json::from_str(s).unwrap(), "m/model_index.json").err().unwrap().to_string();
-        let e = parse(r#"{"_class_name": "FluxPipeline"}"#);
-        assert!(e.starts_with("m/model_index.json: pipeline class `FluxPipeline` is not supported; kiln runs StableDiffusionPipeline, "), "{e}");
-        assert!(e.contains("StableDiffusionXLPipeline"), "{e}");
+        let e = parse(r#"{"_class_name": "FluxKontextPipeline"}"#);
+        assert!(e.starts_with("m/model_index.json: pipeline class `FluxKontextPipeline` is not supported; kiln runs StableDiffusionPipeline, "), "{e}");
+        assert!(e.contains("StableDiffusionXLPipeline") && e.contains("FluxPipeline"), "{e}");
         assert_eq!(parse("{}"), "m/model_index.json: no `_class_name` (the pipeline class)");
         assert!(parse(r#"{"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": "yes"}"#)
             .contains("`force_zeros_for_empty_prompt` must be true or false"));

@@ -2,10 +2,11 @@
 //!
 //! Stable Diffusion-family image generation in Rust, on burn: the facade over kiln's crates.
 //!
-//! - [`pipeline`]: the SD 1.x/2.x, SDXL and inpainting pipelines (`StableDiffusion::load`, then `txt2img`, `img2img`, `inpaint`) and the
-//!   torch-compatible seed generator;
+//! - [`pipeline`]: the SD 1.x/2.x, SDXL and inpainting pipelines (`StableDiffusion::load`, then `txt2img`, `img2img`, `inpaint`),
+//!   the SD 3/3.5 and FLUX.1 pipelines (`StableDiffusion3`, `Flux`), `Pipeline` (any of them, as
+//!   `model_index.json` says) and the torch-compatible seed generator;
 //! - [`scheduler`]: diffusers' samplers;
-//! - [`unet`], [`vae`], [`text_encoder`], [`nn`]: the models and their layers;
+//! - [`unet`], [`transformer`], [`vae`], [`text_encoder`], [`nn`]: the models and their layers;
 //! - [`ops`]: the ops the layers run (kiln's CPU kernels, the measured GPU routes, device checks).
 //!
 //! ```no_run

@@ -38,3 +38,23 @@ fn published_configs_build_and_run() {
         }
     }
 }
+
+/// SD 3.5's and FLUX.1's `vae/config.json` (16 latent channels, no quant convs, their shift and
+/// scaling factors) build the full-size VAE with diffusers' parameter count and decode on flex.
+#[test]
+fn flow_family_configs_build_and_run() {
+    let device = Device::flex();
+    for (family, scaling, shift) in [("sd35-medium", 1.5305, 0.0609), ("sd35-large", 1.5305, 0.0609), ("flux-schnell", 0.3611, 0.1159), ("flux-dev", 0.3611, 0.1159)] {
+        let path = assets().join("../crates/kiln-pipeline/configs").join(family).join("vae/config.json");
+        let config = AutoencoderKLConfig::from_file(&path).unwrap_or_else(|e| panic!("{family}: {e}"));
+        assert_eq!((config.latent_channels, config.scaling_factor, config.shift_factor), (16, scaling, Some(shift)), "{family}");
+        assert!(!config.use_quant_conv && !config.use_post_quant_conv, "{family}");
+        let vae = config.init(&device).unwrap();
+        // diffusers: AutoencoderKL.from_config(...) (scripts/fixtures/flow_configs.py)
+        assert_eq!(vae.num_params(), 83_819_683, "{family}");
+        if family == "flux-dev" {
+            let image = vae.decode(Tensor::<4>::random([1, 16, 4, 4], Distribution::Normal(0.0, 1.0), &device)).unwrap();
+            assert_eq!(image.dims(), [1, 3, 32, 32]);
+        }
+    }
+}

@@ -293,8 +293,15 @@ pub fn summarize_model(root: &Path) -> Result<ModelSummary, InfoError> {
     let parameters = components
         .iter()
         .filter(|c| c.used)
-        .filter_map(|c| c.weights.iter().find(|w| !is_variant(&w.path)).or(c.weights.first()))
-        .map(|w| w.parameters)
+        .map(|c| {
+            // a sharded checkpoint's shards add up; otherwise one file (not also its fp16 variant)
+            let shards: Vec<_> = c.weights.iter().filter(|w| w.path.to_string_lossy().contains("-of-") && !is_variant(&w.path)).collect();
+            if shards.is_empty() {
+                c.weights.iter().find(|w| !is_variant(&w.path)).or(c.weights.first()).map_or(0, |w| w.parameters)
+            } else {
+                shards.iter().map(|w| w.parameters).fold(0u64, u64::saturating_add)
+            }
+        })
         .fold(0u64, u64::saturating_add);
     // what --model would report, else the first component kiln needs that could not be read
     let problem = check.as_ref().err().map(|e| e.to_string()).or_else(|| {

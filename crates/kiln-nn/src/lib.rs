@@ -30,7 +30,7 @@ pub use embeddings::{timestep_embedding, TimestepEmbedding, TimestepEmbeddingCon
 pub use error::LoadError;
 pub use linear::{Linear, LinearConfig};
 pub use merge::{merge_deltas, param_names, restore, Delta, Factor, Originals, Update};
-pub use load::{load_safetensors, pickle_file_name, read_config, read_text_file, weights_file_name, weights_path, LoadOptions, CONFIG_LIMIT};
+pub use load::{load_safetensors, pickle_file_name, read_config, read_text_file, sharded_index_name, weights_file_name, weights_path, LoadOptions, CONFIG_LIMIT};
 pub use safetensors::{dtype_size, header_bytes, read_safetensors_header, SafetensorsHeader, TensorEntry};
 pub use resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 pub use sampling::{Downsample2D, Downsample2DConfig, Upsample2D, Upsample2DConfig};

@@ -55,17 +55,31 @@ pub fn pickle_file_name(stem: &str, variant: Option<&str>) -> String {
     }
 }
 
+/// The index of a sharded safetensors checkpoint: `{stem}.safetensors.index.json`, with a variant
+/// `{stem}.safetensors.index.{variant}.json` (diffusers' and transformers' `_add_variant`).
+pub fn sharded_index_name(stem: &str, variant: Option<&str>) -> String {
+    match variant {
+        Some(v) => format!("{stem}.safetensors.index.{v}.json"),
+        None => format!("{stem}.safetensors.index.json"),
+    }
+}
+
 /// The weights file of the component folder `dir` (`stem`: `diffusion_pytorch_model` for
 /// diffusers' models, `model` for transformers'): the safetensors file, else the PyTorch pickle
 /// diffusers and transformers fall back to (`diffusion_pytorch_model.bin`, `pytorch_model.bin`,
-/// with the variant: `….fp16.bin`), read without running it ([`load_safetensors`]); or an error
-/// that says which weight files the folder has instead: the variant's file missing, sharded
-/// checkpoints.
+/// with the variant: `….fp16.bin`), read without running it ([`load_safetensors`]), or a sharded
+/// checkpoint's index ([`sharded_index_name`]; [`crate::WeightsFile::open`] reads its shards); or
+/// an error that says which weight files the folder has instead.
 pub fn weights_path(dir: &Path, stem: &str, variant: Option<&str>) -> Result<PathBuf, LoadError> {
     let file = weights_file_name(stem, variant);
     let path = dir.join(&file);
     if path.is_file() {
         return Ok(path);
+    }
+    // a sharded checkpoint: its index (`_add_variant("….safetensors.index.json", variant)`)
+    let index = dir.join(sharded_index_name(stem, variant));
+    if index.is_file() {
+        return Ok(index);
     }
     let pickle = dir.join(pickle_file_name(stem, variant));
     if pickle.is_file() {
@@ -85,9 +99,7 @@ pub fn weights_path(dir: &Path, stem: &str, variant: Option<&str>) -> Result<Pat
         let present = if present.is_empty() { "none".into() } else { present.join(", ") };
         return Err(LoadError::MissingVariant { dir: dir.into(), variant: variant.into(), file, present });
     }
-    let hint = if present.iter().any(|n| n.ends_with(".index.json")) {
-        " (sharded checkpoints are not supported; merge the shards into one file)".to_string()
-    } else if !present.is_empty() {
+    let hint = if !present.is_empty() {
         format!(" (weight files present: {}; pass the variant, e.g. fp16)", present.join(", "))
     } else {
         String::new()

@@ -38,11 +38,22 @@ pub struct StoredTensor {
     pub shape: Vec<u64>,
 }
 
+/// One open safetensors file and where its data section starts.
+struct Shard {
+    path: PathBuf,
+    file: std::fs::File,
+    data_start: u64,
+}
+
 enum Source {
-    /// The open file and where its data section starts; each tensor's `(start, end)` in it.
-    Safetensors { file: std::fs::File, data_start: u64, offsets: Vec<(u64, u64)> },
+    /// The open file, or the shards of a sharded checkpoint; each tensor's shard and
+    /// `(start, end)` in its data section.
+    Safetensors { shards: Vec<Shard>, place: Vec<(usize, (u64, u64))> },
     Torch(TorchCheckpoint),
 }
+
+/// The largest `*.safetensors.index.json` kiln reads (FLUX's transformer's is ~120 KB).
+const INDEX_LIMIT: u64 = 64 << 20;
 
 /// A safetensors file or a PyTorch checkpoint, its tensors listed, their data read on demand.
 pub struct WeightsFile {
@@ -59,9 +70,14 @@ impl std::fmt::Debug for WeightsFile {
 }
 
 impl WeightsFile {
-    /// Opens `path`: a zip archive as a PyTorch checkpoint (`.ckpt`, `.pt`, `.pth`, `.bin`), else
-    /// a safetensors file; its header (or pickle) is read and checked against the file, no data.
+    /// Opens `path`: a zip archive as a PyTorch checkpoint (`.ckpt`, `.pt`, `.pth`, `.bin`), a
+    /// sharded checkpoint's index (`*.safetensors.index.json`, [`WeightsFile::open_sharded`]),
+    /// else a safetensors file; its header (or pickle) is read and checked against the file, no
+    /// data.
     pub fn open(path: &Path) -> Result<Arc<Self>, LoadError> {
+        if path.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".json")) {
+            return Self::open_sharded(path);
+        }
         let (tensors, source): (Vec<StoredTensor>, Source) = if is_zip(path) || path.extension().is_some_and(|e| ["bin", "ckpt", "pt", "pth"].iter().any(|x| e == *x)) {
             let checkpoint = read_torch_checkpoint(path)?;
             let tensors = checkpoint
@@ -73,12 +89,63 @@ impl WeightsFile {
         } else {
             let header = read_safetensors_header(path)?;
             let file = std::fs::File::open(path).map_err(|source| LoadError::Io { path: path.into(), source })?;
-            let offsets = header.tensors.iter().map(|t| t.offsets).collect();
+            let place = header.tensors.iter().map(|t| (0, t.offsets)).collect();
             let tensors = header.tensors.into_iter().map(|t| StoredTensor { name: t.name, dtype: t.dtype, shape: t.shape }).collect();
-            (tensors, Source::Safetensors { file, data_start: header.data_start, offsets })
+            (tensors, Source::Safetensors { shards: vec![Shard { path: path.into(), file, data_start: header.data_start }], place })
         };
         let index = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         Ok(Arc::new(Self { path: path.into(), tensors, index, source }))
+    }
+
+    /// Opens a sharded safetensors checkpoint from its index (`{"weight_map": {tensor: shard
+    /// file}}`, as `save_pretrained(max_shard_size=…)` writes it): every shard named there is
+    /// opened from the index's folder and its header read; a tensor the index places in a shard
+    /// that lacks it, a shard outside the folder, or a tensor in two shards is an error naming it.
+    pub fn open_sharded(index_path: &Path) -> Result<Arc<Self>, LoadError> {
+        let format = |message: String| LoadError::Format { path: index_path.into(), message };
+        let text = crate::load::read_text_file(index_path, INDEX_LIMIT)?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| format(format!("not JSON: {e}")))?;
+        let map = json.get("weight_map").and_then(serde_json::Value::as_object).ok_or_else(|| format("no `weight_map` object".into()))?;
+        let dir = index_path.parent().unwrap_or(Path::new("."));
+        let mut shard_names: Vec<&str> = Vec::new();
+        for (name, file) in map {
+            let file = file.as_str().ok_or_else(|| format(format!("`{name}` maps to {file}, not a file name")))?;
+            // a shard is a file beside the index: no `/`, no `..`
+            let mut parts = Path::new(file).components();
+            if !matches!((parts.next(), parts.next()), (Some(std::path::Component::Normal(_)), None)) {
+                return Err(format(format!("shard {file:?} (of `{name}`) is not a file name in the index's folder")));
+            }
+            if !shard_names.contains(&file) {
+                shard_names.push(file);
+            }
+        }
+        shard_names.sort_unstable();
+        let mut shards = Vec::with_capacity(shard_names.len());
+        let mut tensors = Vec::new();
+        let mut place = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for (s, shard_name) in shard_names.iter().enumerate() {
+            let path = dir.join(shard_name);
+            let header = read_safetensors_header(&path)?;
+            let file = std::fs::File::open(&path).map_err(|source| LoadError::Io { path: path.clone(), source })?;
+            for t in header.tensors {
+                match map.get(&t.name).and_then(serde_json::Value::as_str) {
+                    Some(f) if f == *shard_name => {}
+                    // a tensor the index does not place here: diffusers reads only what the index lists
+                    _ => continue,
+                }
+                if index.insert(t.name.clone(), tensors.len()).is_some() {
+                    return Err(format(format!("tensor `{}` is in two shards", t.name)));
+                }
+                place.push((s, t.offsets));
+                tensors.push(StoredTensor { name: t.name, dtype: t.dtype, shape: t.shape });
+            }
+            shards.push(Shard { path, file, data_start: header.data_start });
+        }
+        if let Some((name, file)) = map.iter().find(|(name, _)| !index.contains_key(name.as_str())) {
+            return Err(format(format!("the index places `{name}` in {file}, which has no such tensor")));
+        }
+        Ok(Arc::new(Self { path: index_path.into(), tensors, index, source: Source::Safetensors { shards, place } }))
     }
 
     pub fn path(&self) -> &Path {
@@ -100,10 +167,12 @@ impl WeightsFile {
         let missing = || LoadError::Missing { path: self.path.clone(), names: vec![name.to_string()] };
         let &i = self.index.get(name).ok_or_else(missing)?;
         match &self.source {
-            Source::Safetensors { file, data_start, offsets } => {
-                let (at, len) = self.span(name, *data_start, offsets[i])?;
+            Source::Safetensors { shards, place } => {
+                let (s, offsets) = place[i];
+                let shard = &shards[s];
+                let (at, len) = self.span(name, shard.data_start, offsets)?;
                 let mut out = vec![0u8; len];
-                file.read_exact_at(&mut out, at).map_err(|source| LoadError::Io { path: self.path.clone(), source })?;
+                shard.file.read_exact_at(&mut out, at).map_err(|source| LoadError::Io { path: shard.path.clone(), source })?;
                 Ok(out)
             }
             Source::Torch(checkpoint) => checkpoint.tensor_bytes(&checkpoint.tensors[i]),
@@ -121,9 +190,11 @@ impl WeightsFile {
     /// (`shape` and `dtype` as stored): no byte vector copied again to align it. `None` for a
     /// PyTorch checkpoint or a dtype without a fixed element size.
     fn read_aligned(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Option<TensorData>, LoadError> {
-        let (Source::Safetensors { file, data_start, offsets }, Some(&i)) = (&self.source, self.index.get(name)) else { return Ok(None) };
-        let (at, len) = self.span(name, *data_start, offsets[i])?;
-        let io = |source| LoadError::Io { path: self.path.clone(), source };
+        let (Source::Safetensors { shards, place }, Some(&i)) = (&self.source, self.index.get(name)) else { return Ok(None) };
+        let (s, offsets) = place[i];
+        let Shard { path, file, data_start } = &shards[s];
+        let (at, len) = self.span(name, *data_start, offsets)?;
+        let io = |source| LoadError::Io { path: path.clone(), source };
         /// `len` bytes at `at` as elements of `E`: zero-filled by the allocator (fresh pages, no
         /// pass over them), then the file's bytes read over them.
         fn read<E: Copy + Default + bytemuck_free::Pod>(file: &std::fs::File, at: u64, len: usize) -> std::io::Result<Vec<E>> {

@@ -144,10 +144,15 @@ fn broken_folders_name_what_is_wrong() {
     let (t, e) = broken("nomerges", &|r| r == "tokenizer/merges.txt", &none);
     assert_eq!(e, format!("{}: `tokenizer` has no tokenizer.json and no merges.txt", t.0.join("tokenizer").display()));
     // (pickle-only components load: tests/pickle_weights.rs)
-    let (_, e) = broken("sharded", &|r| r == "unet/diffusion_pytorch_model.safetensors", &|d| {
-        fs::write(d.join("unet/diffusion_pytorch_model.safetensors.index.json"), b"{}").unwrap()
-    });
-    assert!(e.contains("`unet` has sharded weights"), "{e}");
+    // a sharded checkpoint's index is the component's weights; a broken one fails the load naming
+    // the index (sharded loading itself: tests/sharded.rs)
+    let t = TempDir::new("sharded");
+    mirror(&fixture("sdxl"), &t.0, &|r| r == "unet/diffusion_pytorch_model.safetensors");
+    fs::write(t.0.join("unet/diffusion_pytorch_model.safetensors.index.json"), b"{}").unwrap();
+    let folder = open(&t.0).expect("a sharded index is a component's weights");
+    assert!(folder.component("unet").unwrap().weights().unwrap().path.ends_with("diffusion_pytorch_model.safetensors.index.json"));
+    let e = kiln_pipeline::StableDiffusion::load(&t.0, &kiln_pipeline::LoadOptions::new(&burn::tensor::Device::flex())).err().expect("no weight_map").to_string();
+    assert!(e.contains("weight_map") && e.contains("index.json"), "{e}");
     let (t, e) = broken("noindex", &|r| r == "model_index.json", &none);
     assert_eq!(e, format!("{} is not a diffusers model folder: it has no model_index.json", t.0.display()));
     let edit_index = |f: fn(&mut serde_json::Value)| {

@@ -121,10 +121,11 @@ fn missing_files_are_named() {
     assert!(matches!(err, UNetError::Load(kiln_nn::LoadError::MissingWeights { .. })), "{msg}");
     assert!(msg.contains(WEIGHTS), "{msg}");
 
-    std::fs::write(dir.join("diffusion_pytorch_model.safetensors.index.json"), "{}").unwrap();
+    // a sharded checkpoint's index is read; one whose shards are missing names them
+    std::fs::write(dir.join("diffusion_pytorch_model.safetensors.index.json"), r#"{"weight_map": {"conv_in.weight": "diffusion_pytorch_model-00001-of-00002.safetensors"}}"#).unwrap();
     let msg = load(&dir).unwrap_err().to_string();
     eprintln!("{msg}");
-    assert!(msg.contains("sharded"), "{msg}");
+    assert!(msg.contains("diffusion_pytorch_model-00001-of-00002.safetensors"), "{msg}");
 
     let dir = scratch_dir("no-config");
     let err = load(&dir).unwrap_err();

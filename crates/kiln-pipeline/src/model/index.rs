@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::layout::{pick_weights, require, tokenizer_layout, FileSet, Planned, PlannedFiles};
+use super::layout::{pick_weights, require, shards, tokenizer_layout, FileSet, Planned, PlannedFiles};
 use super::ModelError;
 
 /// The pipelines kiln runs, decided by `model_index.json`'s `_class_name`.
@@ -182,7 +182,8 @@ impl ModelIndex {
                     require(files, &config, name, "config")?;
                     let stem = if library == "transformers" { "model" } else { "diffusion_pytorch_model" };
                     let (weights, variant) = pick_weights(files, name, stem, prefer_fp16)?;
-                    Planned::new(name, library, class, PlannedFiles::Model { config, weights, variant })
+                    let shards = shards(files, name, stem, &weights, variant.as_deref());
+                    Planned::new(name, library, class, PlannedFiles::Model { config, weights, variant, shards })
                 }
             };
             out.push(planned);

@@ -68,6 +68,8 @@ pub(crate) trait FileSet {
     fn show(&self, rel: &str) -> String;
     /// The text of a small JSON file (only needed for the `--vae` class check).
     fn read(&self, rel: &str) -> Option<String>;
+    /// The names of the files directly in folder `dir` (relative, `dir/name`).
+    fn files_in(&self, dir: &str) -> Vec<String>;
 }
 
 pub(crate) struct LocalFiles(pub(crate) PathBuf);
@@ -84,6 +86,13 @@ impl FileSet for LocalFiles {
     }
     fn read(&self, rel: &str) -> Option<String> {
         kiln_nn::read_text_file(&self.0.join(rel), kiln_nn::CONFIG_LIMIT).ok()
+    }
+    fn files_in(&self, dir: &str) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(self.0.join(dir))
+            .map(|entries| entries.filter_map(|e| e.ok()).map(|e| join(dir, &e.file_name().to_string_lossy())).collect())
+            .unwrap_or_default();
+        out.sort();
+        out
     }
 }
 
@@ -104,6 +113,10 @@ impl FileSet for HubListing {
     }
     fn read(&self, _rel: &str) -> Option<String> {
         None
+    }
+    fn files_in(&self, dir: &str) -> Vec<String> {
+        let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        self.files.iter().filter(|f| f.strip_prefix(&prefix).is_some_and(|r| !r.contains('/'))).cloned().collect()
     }
 }
 
@@ -147,14 +160,35 @@ pub(crate) fn pick_weights(files: &dyn FileSet, dir: &str, stem: &str, prefer_fp
     if let Some(picked) = pick(plain.clone(), fp16.clone()) {
         return Ok(picked);
     }
-    let sharded = [format!("{plain}.index.json"), format!("{fp16}.index.json")];
-    if sharded.iter().any(|f| files.has_file(f)) {
-        return Err(ModelError::ShardedWeights { path: files.show(dir), component });
+    // a sharded checkpoint: its index, read by the loader (kiln_nn::WeightsFile::open_sharded)
+    let index = |variant| join(dir, &kiln_nn::sharded_index_name(stem, variant));
+    if let Some(picked) = pick(index(None), index(Some("fp16"))) {
+        return Ok(picked);
     }
     if let Some(picked) = pick(join(dir, &kiln_nn::pickle_file_name(stem, None)), join(dir, &kiln_nn::pickle_file_name(stem, Some("fp16")))) {
         return Ok(picked);
     }
     Err(ModelError::MissingWeights { path: files.show(dir), component, expected: format!("{stem}.safetensors or {stem}.fp16.safetensors") })
+}
+
+/// The shard files of a sharded checkpoint (`weights` its index): `{stem}-NNNNN-of-NNNNN.safetensors`,
+/// with a variant `{stem}.{variant}-NNNNN-of-NNNNN.safetensors`, in `dir`; none for one file.
+pub(crate) fn shards(files: &dyn FileSet, dir: &str, stem: &str, weights: &str, variant: Option<&str>) -> Vec<String> {
+    if !weights.ends_with(".json") {
+        return Vec::new();
+    }
+    let prefix = match variant {
+        Some(v) => format!("{stem}.{v}-"),
+        None => format!("{stem}-"),
+    };
+    files
+        .files_in(dir)
+        .into_iter()
+        .filter(|f| {
+            let name = f.rsplit('/').next().unwrap_or(f);
+            name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".safetensors")).is_some_and(|r| r.contains("-of-"))
+        })
+        .collect()
 }
 
 pub(crate) fn tokenizer_layout(files: &dyn FileSet, name: &str, library: &str, class: &str) -> Result<Planned, ModelError> {
@@ -198,7 +232,8 @@ pub(crate) fn vae_layout(files: &dyn FileSet, dir: &str, prefer_fp16: bool) -> R
         class = "AutoencoderKL".into();
     }
     let (weights, variant) = pick_weights(files, dir, "diffusion_pytorch_model", prefer_fp16)?;
-    let mut planned = Planned::new("vae", "diffusers", &class, PlannedFiles::Model { config, weights, variant });
+    let shards = shards(files, dir, "diffusion_pytorch_model", &weights, variant.as_deref());
+    let mut planned = Planned::new("vae", "diffusers", &class, PlannedFiles::Model { config, weights, variant, shards });
     planned.base = dir.to_string();
     Ok(planned)
 }
@@ -214,7 +249,8 @@ pub(crate) struct Planned {
 }
 
 pub(crate) enum PlannedFiles {
-    Model { config: String, weights: String, variant: Option<String> },
+    /// `shards`: a sharded checkpoint's shard files, `weights` then being its index.
+    Model { config: String, weights: String, variant: Option<String>, shards: Vec<String> },
     Tokenizer { tokenizer_json: Option<String>, vocab: Option<String>, merges: Option<String>, config: Option<String>, extra: Option<String> },
     Scheduler { config: String },
 }
@@ -227,7 +263,7 @@ impl Planned {
     /// Every file, relative (what to download).
     pub(crate) fn all_files(&self) -> Vec<String> {
         match &self.files {
-            PlannedFiles::Model { config, weights, .. } => vec![config.clone(), weights.clone()],
+            PlannedFiles::Model { config, weights, shards, .. } => [config, weights].into_iter().chain(shards).cloned().collect(),
             PlannedFiles::Scheduler { config } => vec![config.clone()],
             PlannedFiles::Tokenizer { tokenizer_json, vocab, merges, config, extra } => {
                 [tokenizer_json, vocab, merges, config, extra].into_iter().flatten().cloned().collect()
@@ -238,7 +274,7 @@ impl Planned {
     pub(crate) fn to_component(&self, root: &Path) -> Component {
         let at = |rel: &String| root.join(rel);
         let files = match &self.files {
-            PlannedFiles::Model { config, weights, variant } => ComponentFiles::Model {
+            PlannedFiles::Model { config, weights, variant, .. } => ComponentFiles::Model {
                 config: at(config),
                 weights: Weights { path: at(weights), variant: variant.clone() },
             },

@@ -67,8 +67,6 @@ pub enum ModelError {
     MissingTokenizer { path: String, component: String, missing: &'static str },
     #[error("{path}: no weights for `{component}` (expected {expected})")]
     MissingWeights { path: String, component: String, expected: String },
-    #[error("{path}: `{component}` has sharded weights, which kiln does not load yet")]
-    ShardedWeights { path: String, component: String },
     #[error("{path}: {message}")]
     BadVae { path: String, message: String },
     #[error("`{spec}`: `{revision}` is not a revision name (a branch, tag or commit: letters, digits and -_./, no `..` or empty parts)")]

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Prints kiln ÷ PyTorch time ratios from two `--json` reports of the same configuration
-(`kiln bench --json` and scripts/bench/torch_reference.py), measured in the same run.
+(`kiln bench --json` and scripts/bench/torch_reference.py, or torch_flow_reference.py for SD 3 and
+FLUX), measured in the same run. `unet_step` is the denoiser's step (a UNet's, SD 3's MMDiT's or
+FLUX's transformer's).
 
     python scripts/bench/compare.py kiln.json torch.json
 """
@@ -21,7 +23,9 @@ def main():
     for k in ("width", "height", "batch", "steps", "dtype"):
         if kiln[k] != ref[k]:
             sys.exit(f"the reports differ in {k}: kiln {kiln[k]!r}, torch {ref[k]!r}")
-    print(f"{kiln['model']}  {kiln['width']}x{kiln['height']}  batch {kiln['batch']} (UNet {2 * kiln['batch']})  {kiln['dtype']}")
+    denoiser = kiln.get("denoiser", "UNet")
+    rows = kiln["batch"] if denoiser.startswith("FLUX") else 2 * kiln["batch"]
+    print(f"{kiln['model']}  {kiln['width']}x{kiln['height']}  batch {kiln['batch']} ({denoiser} {rows})  {kiln['dtype']}")
     print(f"kiln:  {kiln['device']}{' on ' + kiln['adapter'] if kiln.get('adapter') else ''}\ntorch: {ref['device']}")
     print(f"{'component':<14} {'kiln ms':>10} {'torch ms':>10} {'kiln/torch':>10}   first use kiln / torch (ms)")
     for c in ("text_encode", "unet_step", "vae_decode", "end_to_end"):

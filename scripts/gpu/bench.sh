@@ -16,7 +16,9 @@
 #      UNet step by op (`--profile`: convolutions, GroupNorms, attention, the rest), and compare.py
 #      prints each attention shape's kept route in TFLOP/s against PyTorch's SDPA at that shape;
 #   2. scripts/gpu/unet_check.py: kiln's f16 UNet output against PyTorch's on the same weights;
-#   3. SDXL at 1024 like 1 (auto only).
+#   3. SDXL at 1024 like 1 (auto only);
+#   4. SD 3.5 Medium (8 steps) and FLUX.1-schnell (4 steps) at 1024, f16, against
+#      scripts/bench/torch_flow_reference.py (random weights built on the GPU).
 # Everything lands in $OUT (the device tool brings it back).
 set -uo pipefail
 OUT=${OUT:-/tmp/kiln-gpu-out}
@@ -47,14 +49,18 @@ run() {
 }
 kiln_bench() { # preset size name [extra flags]: kiln bench --json into $OUT/kiln-NAME.json
   # the log gets each component's time and each route measurement as they happen (a run that
-  # times out still leaves them)
+  # times out still leaves them); STEPS overrides the 20 steps, the flow presets skip --profile
   local preset=$1 size=$2 name=$3; shift 3
+  local profile=--profile
+  case $preset in sd35*|flux*) profile= ;; esac
   RUST_LOG=warn,kiln_nn=info,kiln_pipeline=info run $KILN bench --preset "$preset" --device vulkan --dtype f16 --vae-dtype f16 --width "$size" --height "$size" \
-    --steps 20 --batch 1 --iters 5 --profile --json "$@" >"$OUT/kiln-$name.json" 2>"$OUT/kiln-$name.log" || { status=1; tail -5 "$OUT/kiln-$name.log"; return 1; }
+    --steps "${STEPS:-20}" --batch 1 --iters 5 $profile --json "$@" >"$OUT/kiln-$name.json" 2>"$OUT/kiln-$name.log" || { status=1; tail -5 "$OUT/kiln-$name.log"; return 1; }
 }
-torch_bench() { # preset size
-  run python3 scripts/bench/torch_reference.py --preset "$1" --device cuda --dtype fp16 --vae-dtype fp16 \
-    --width "$2" --height "$2" --steps 20 --batch 1 --iters 5 >"$OUT/torch-$1.json" 2>"$OUT/torch-$1.log" || { status=1; tail -5 "$OUT/torch-$1.log"; return 1; }
+torch_bench() { # preset size [steps]: the flow presets through torch_flow_reference.py
+  local script=scripts/bench/torch_reference.py
+  case $1 in sd35*|flux*) script=scripts/bench/torch_flow_reference.py ;; esac
+  run python3 $script --preset "$1" --device cuda --dtype fp16 --vae-dtype fp16 \
+    --width "$2" --height "$2" --steps "${3:-20}" --batch 1 --iters 5 >"$OUT/torch-$1.json" 2>"$OUT/torch-$1.log" || { status=1; tail -5 "$OUT/torch-$1.log"; return 1; }
 }
 compare() { # kiln-name torch-preset
   python3 scripts/bench/compare.py "$OUT/kiln-$1.json" "$OUT/torch-$2.json" | tee "$OUT/ratios-$1.txt" || status=1
@@ -70,5 +76,9 @@ run python3 scripts/gpu/unet_check.py write /tmp/unet-check --preset sd15 --size
   python3 scripts/gpu/unet_check.py compare /tmp/unet-check | tee "$OUT/unet-check.json" || status=1
 torch_bench sdxl 1024
 kiln_bench sdxl 1024 sdxl && compare sdxl sdxl
+torch_bench sd35m 1024 8
+STEPS=8 kiln_bench sd35m 1024 sd35m && compare sd35m sd35m
+torch_bench flux-schnell 1024 4
+STEPS=4 kiln_bench flux-schnell 1024 flux-schnell && compare flux-schnell flux-schnell
 echo "done in ${SECONDS}s" | tee -a "$OUT/gpu.txt"
 exit $status

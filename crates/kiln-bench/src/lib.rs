@@ -1,8 +1,8 @@
 //! # kiln-bench
 //!
-//! `kiln bench`: seconds per text encode, UNet CFG step, VAE decode and end-to-end run, on any
-//! device, for a config preset (random weights: speed does not depend on their values) or a model
-//! folder.
+//! `kiln bench`: seconds per text encode, denoiser step (a UNet's CFG step; SD 3's MMDiT on the
+//! CFG batch, FLUX's transformer in one pass), VAE decode and end-to-end run, on any device, for a
+//! config preset (random weights: speed does not depend on their values) or a model folder.
 //!
 //! Every timed call is followed by `device.sync()`, so the time covers the work and not just its
 //! submission. The first call of each component is timed on its own and reported as
@@ -23,6 +23,8 @@ use serde::Serialize;
 use kiln_pipeline::presets;
 use kiln_pipeline::{LoadOptions, PipelineError, StableDiffusion, TorchGenerator};
 
+mod flow;
+
 /// The preset names `--preset` takes.
 pub fn preset_names() -> Vec<&'static str> {
     presets::preset_names()
@@ -31,7 +33,8 @@ pub fn preset_names() -> Vec<&'static str> {
 /// What to benchmark.
 #[derive(Debug, Clone)]
 pub enum BenchModel {
-    /// A config preset (`sd15`, `sd21`, `sdxl`) with random weights.
+    /// A config preset (`sd15`, `sd21`, `sdxl`, `sd35m`, `sd35l`, `flux-schnell`, `flux-dev`) with
+    /// random weights.
     Preset(String),
     /// A diffusers folder, with its weights.
     Folder(PathBuf),
@@ -87,7 +90,8 @@ pub struct BenchReport {
     pub load_seconds: f64,
     /// Encoding the prompt and the negative prompt (both encoders for SDXL).
     pub text_encode: Timing,
-    /// One UNet call on the CFG batch (2 × batch) at the latent size.
+    /// One denoiser call at the latent size: a UNet's or SD 3's on the CFG batch (2 × batch), FLUX's
+    /// on the batch (its guidance is embedded). Named `unet_step` for the reports' readers.
     pub unet_step: Timing,
     /// Decoding `batch` latents to images.
     pub vae_decode: Timing,
@@ -101,7 +105,10 @@ pub struct BenchReport {
     /// outputs at once) and the CPU's peak-RSS mark is reset, so this is what a warmed-up run needs.
     pub steady_peak_memory_bytes: Option<u64>,
     pub peak_memory_source: String,
+    /// The denoiser's parameters.
     pub unet_parameters: usize,
+    /// What the denoiser is: `UNet`, `MMDiT (SD 3)`, `FLUX transformer`.
+    pub denoiser: String,
     /// Each `kiln_ops::gpu::route::GpuOp`'s policy in force, by op name (`attention`, `conv2d`,
     /// `group_norm`): `auto`, `burn` or kiln's alternative (`--gpu-attention`, `--gpu-conv`,
     /// `--gpu-norm`).
@@ -178,7 +185,7 @@ struct Components {
     scheduler: SchedulerConfig,
 }
 
-fn bad_config(what: &str, e: impl std::fmt::Display) -> PipelineError {
+pub(crate) fn bad_config(what: &str, e: impl std::fmt::Display) -> PipelineError {
     PipelineError::Unsupported(format!("{what}: {e}"))
 }
 
@@ -229,13 +236,13 @@ fn load_components(o: &BenchOptions, device: &Device) -> Result<Components, Pipe
     }
 }
 
-fn dtype_name(d: DType) -> String {
+pub(crate) fn dtype_name(d: DType) -> String {
     format!("{d:?}").to_lowercase()
 }
 
 /// Peak memory so far: VmHWM on the CPU, the allocator's reserved bytes on GPUs; over every call
 /// (`peak`) and over the timed calls only (`steady`, see [`PeakMemory::release`]).
-struct PeakMemory {
+pub(crate) struct PeakMemory {
     device: Device,
     peak: Option<u64>,
     steady: Option<u64>,
@@ -277,12 +284,12 @@ impl PeakMemory {
     }
 }
 
-fn sync(device: &Device) -> Result<(), PipelineError> {
+pub(crate) fn sync(device: &Device) -> Result<(), PipelineError> {
     device.sync().map_err(|e| PipelineError::Unsupported(format!("the device failed while running: {e:?}")))
 }
 
 /// Times `f` once (first use), then `iters` more times.
-fn time<T>(
+pub(crate) fn time<T>(
     name: &str,
     iters: usize,
     device: &Device,
@@ -350,6 +357,9 @@ impl BenchOptions {
 
 fn run_bench_here(o: &BenchOptions, device: &Device, device_name: &str) -> Result<BenchReport, PipelineError> {
     o.check()?;
+    if let Some(report) = flow::run(o, device, device_name)? {
+        return Ok(report);
+    }
     let loading = Instant::now();
     let c = load_components(o, device)?;
     sync(device)?;
@@ -434,8 +444,27 @@ fn run_bench_here(o: &BenchOptions, device: &Device, device_name: &str) -> Resul
         Ok(c.vae.decode(x.div_scalar(c.vae.scaling_factor()))?)
     })?;
 
-    Ok(BenchReport {
-        model: c.name,
+    let parameters = burn::module::Module::num_params(&c.unet);
+    Ok(report(o, c.name, device, device_name, load_seconds, [text_encode, unet_step, vae_decode, end_to_end], &memory, parameters, "UNet", unet_profile))
+}
+
+/// The report of a run: its timings (text encode, denoiser step, VAE decode, end to end), peak
+/// memory, the denoiser's parameters and the GPU routes in force.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn report(
+    o: &BenchOptions,
+    model: String,
+    device: &Device,
+    device_name: &str,
+    load_seconds: f64,
+    [text_encode, unet_step, vae_decode, end_to_end]: [Timing; 4],
+    memory: &PeakMemory,
+    parameters: usize,
+    denoiser: &str,
+    unet_profile: Option<UnetProfile>,
+) -> BenchReport {
+    BenchReport {
+        model,
         device: device_name.to_string(),
         adapter: if *device == Device::flex() { None } else { device.identity().map(|i| i.name) },
         dtype: dtype_name(o.dtype),
@@ -452,11 +481,12 @@ fn run_bench_here(o: &BenchOptions, device: &Device, device_name: &str) -> Resul
         peak_memory_bytes: memory.peak,
         steady_peak_memory_bytes: memory.steady,
         peak_memory_source: if *device == Device::flex() { "process peak RSS (VmHWM)".into() } else { "device allocator, bytes reserved".into() },
-        unet_parameters: burn::module::Module::num_params(&c.unet),
+        unet_parameters: parameters,
+        denoiser: denoiser.into(),
         gpu_policies: GpuOp::ALL.iter().map(|&op| (op.name().to_string(), policy(op).name(op).to_string())).collect(),
         routes: route_reports(),
         unet_profile,
-    })
+    }
 }
 
 /// The kiln side of `scripts/gpu/unet_check.py`: loads `dir/unet` in `dtype` on `device`, runs it

@@ -10,10 +10,13 @@ use crate::device::DeviceArgs;
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["preset", "model", "unet_check"])))]
 pub struct BenchArgs {
-    /// A published config with random weights: sd15, sd21, sdxl (crates/kiln-pipeline/configs/).
+    /// A published config with random weights: sd15, sd21, sdxl, sd35m, sd35l, flux-schnell,
+    /// flux-dev (crates/kiln-pipeline/configs/). A preset larger than the memory available says
+    /// how much it needs.
     #[arg(long, value_name = "NAME")]
     preset: Option<String>,
-    /// A diffusers model folder or a single-file checkpoint of a published family (its own weights).
+    /// A diffusers model folder (SD family, SD 3, FLUX) or a single-file checkpoint of a published
+    /// family (its own weights).
     #[arg(long, value_name = "DIR|FILE")]
     model: Option<PathBuf>,
     #[command(flatten)]
@@ -25,7 +28,8 @@ pub struct BenchArgs {
     /// Denoising steps of the end-to-end run.
     #[arg(long, value_name = "N", default_value_t = 20)]
     steps: usize,
-    /// Images per run; the UNet runs on twice as many (classifier-free guidance).
+    /// Images per run; a UNet and SD 3's transformer run on twice as many (classifier-free
+    /// guidance), FLUX's on as many (its guidance is embedded).
     #[arg(long, value_name = "N", default_value_t = 1)]
     batch: usize,
     /// Timed repetitions of each component after the first call.
@@ -58,11 +62,13 @@ fn line(name: &str, t: &Timing) -> String {
 fn print_text(r: &BenchReport) {
     println!("model: {}", r.model);
     let adapter = r.adapter.as_deref().map(|a| format!(" on {a}")).unwrap_or_default();
-    println!("device: {}{adapter}   UNet {} ({} parameters), VAE {}", r.device, r.dtype, r.unet_parameters, r.vae_dtype);
-    println!("size: {}x{}, batch {} (UNet batch {}), {} steps", r.width, r.height, r.batch, 2 * r.batch, r.steps);
+    println!("device: {}{adapter}   {} {} ({} parameters), VAE {}", r.device, r.denoiser, r.dtype, r.unet_parameters, r.vae_dtype);
+    let denoiser_batch = if r.denoiser.starts_with("FLUX") { r.batch } else { 2 * r.batch };
+    println!("size: {}x{}, batch {} ({} batch {denoiser_batch}), {} steps", r.width, r.height, r.batch, r.denoiser, r.steps);
     println!("load               {:.2} s  (building the model and reading its weights)", r.load_seconds);
     println!("{}", line("text encode", &r.text_encode));
-    println!("{}", line("UNet CFG step", &r.unet_step));
+    let step = if r.denoiser == "UNet" { "UNet CFG step".to_string() } else { format!("{} step", r.denoiser.split(' ').next().unwrap_or("denoiser")) };
+    println!("{}", line(&step, &r.unet_step));
     println!("{}", line("VAE decode", &r.vae_decode));
     println!("{}", line("end to end", &r.end_to_end));
     let policies: Vec<String> = r.gpu_policies.iter().map(|(op, p)| format!("{op} {p}")).collect();

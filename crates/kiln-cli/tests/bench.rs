@@ -123,3 +123,32 @@ fn bench_profile_counts_every_op_of_the_unet() {
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(r["unet_profile"].is_null());
 }
+
+/// SD 3 and FLUX.1 folders run through the flow harness: the denoiser's kind and parameters (what
+/// the fixture's safetensors file holds, SD 3's position table included), every timing; a flow
+/// preset larger than the machine's memory says how much it needs before allocating anything.
+#[test]
+fn bench_runs_sd3_and_flux_models_and_sizes_flow_presets() {
+    let models = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())).join("../../assets/fixtures/models");
+    for (name, denoiser, params) in [("sd3", "MMDiT (SD 3)", 139_136), ("flux-dev", "FLUX transformer", 135_296)] {
+        let dir = models.join(name);
+        let out = kiln(&["bench", "--model", dir.to_str().unwrap(), "--width", "32", "--height", "24", "--steps", "2", "--iters", "1", "--json"]);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!((r["denoiser"].as_str(), r["unet_parameters"].as_u64()), (Some(denoiser), Some(params)), "{name}");
+        for c in ["text_encode", "unet_step", "vae_decode", "end_to_end"] {
+            assert!(r[c]["mean_s"].as_f64().unwrap() > 0.0, "{name}: {c}");
+        }
+    }
+    // SD 3.5 Large in f32: 52 GiB of weights; only a machine with less memory refuses
+    let available_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| t.lines().find(|l| l.starts_with("MemAvailable:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map(|kib| kib / (1 << 20) as f64);
+    if available_gib.is_some_and(|g| g < 50.0) {
+        let out = kiln(&["bench", "--preset", "sd35l"]);
+        assert_eq!(out.status.code(), Some(2));
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(e.contains("preset sd35l needs about 52.4 GiB") && e.contains("available") && e.contains("--dtype f16"), "{e}");
+    }
+}

@@ -13,7 +13,7 @@ JSON fields, so scripts/bench/compare.py can divide kiln's times by these.
 import argparse
 import json
 import os
-import time
+import sys
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ import diffusers
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, SD3Transformer2DModel
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline, calculate_shift
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+sys.path.insert(0, os.path.dirname(__file__))
+from timing import Timer  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 PRESETS = {"sd35m": "sd35-medium", "sd35l": "sd35-large", "flux-schnell": "flux-schnell", "flux-dev": "flux-dev"}
@@ -79,37 +82,8 @@ def main():
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
     cuda = device.type == "cuda"
     name, sd3, clips, t5, transformer, vae, sched = load(args, device, dtype)
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-
-    def peak_now():
-        if cuda:
-            return torch.cuda.max_memory_allocated()
-        with open("/proc/self/status") as f:
-            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
-
-    peaks = dict(all=0, steady=0)
-
-    def timed(fn, iters):
-        def once():
-            start = time.perf_counter()
-            with torch.no_grad():
-                out = fn()
-            sync()
-            del out
-            return time.perf_counter() - start
-        first = once()
-        peaks["all"] = max(peaks["all"], peak_now())
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        times = [once() for _ in range(max(iters, 1))]
-        peaks["steady"] = max(peaks["steady"], peak_now())
-        peaks["all"] = max(peaks["all"], peaks["steady"])
-        return dict(mean_s=sum(times) / len(times), min_s=min(times), max_s=max(times), iters=len(times), first_use_s=first)
+    timer = Timer(cuda)
+    timed = timer.timed
 
     b = args.batch
     rows = 2 * b if sd3 else b
@@ -199,7 +173,7 @@ def main():
         model=name, device=device_name, dtype="f16" if args.dtype == "fp16" else "f32",
         vae_dtype="f16" if args.vae_dtype == "fp16" else "f32", width=args.width, height=args.height,
         batch=b, steps=args.steps, text_encode=text_encode, unet_step=unet_step, vae_decode=vae_decode,
-        end_to_end=e2e, attention=[], peak_memory_bytes=peaks["all"], steady_peak_memory_bytes=peaks["steady"],
+        end_to_end=e2e, attention=[], peak_memory_bytes=timer.peak, steady_peak_memory_bytes=timer.steady,
         peak_memory_source=source, unet_parameters=sum(p.numel() for p in transformer.parameters()),
         denoiser="MMDiT (SD 3)" if sd3 else "FLUX transformer", diffusers=diffusers.__version__,
     ), indent=1))

@@ -103,7 +103,12 @@ impl WeightsFile {
     /// that lacks it, a shard outside the folder, or a tensor in two shards is an error naming it.
     pub fn open_sharded(index_path: &Path) -> Result<Arc<Self>, LoadError> {
         let format = |message: String| LoadError::Format { path: index_path.into(), message };
-        let text = crate::load::read_text_file(index_path, INDEX_LIMIT)?;
+        let (mut file, len) = crate::safetensors::open_regular_file(index_path)?;
+        if len > INDEX_LIMIT {
+            return Err(format(format!("{len} bytes; an index is at most {INDEX_LIMIT}")));
+        }
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut file, &mut text).map_err(|source| LoadError::Io { path: index_path.into(), source })?;
         let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| format(format!("not JSON: {e}")))?;
         let map = json.get("weight_map").and_then(serde_json::Value::as_object).ok_or_else(|| format("no `weight_map` object".into()))?;
         let dir = index_path.parent().unwrap_or(Path::new("."));

@@ -9,7 +9,7 @@
 //! custom sigmas `linspace(1, 1/steps, steps)` with μ from the token count
 //! (`calculate_shift`), which FLUX.1-dev's config shifts dynamically and schnell's ignores.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::{DType, Device, Tensor};
 use image::RgbImage;
@@ -19,6 +19,7 @@ use kiln_text_encoder::{ClipTextModel, ClipTokenizer, T5EncoderModel, T5Tokenize
 use kiln_transformer::FluxTransformer2DModel;
 use kiln_vae::AutoencoderKL;
 
+use crate::components;
 use crate::error::PipelineError;
 use crate::flow;
 use crate::model::{ModelFolder, ResolveOptions};
@@ -79,11 +80,8 @@ impl Flux {
 
     /// Loads a resolved model folder.
     pub fn load_folder(folder: &ModelFolder, device: &Device, dtype: DType) -> Result<Self, PipelineError> {
-        let dir = |name: &str| -> Result<PathBuf, PipelineError> {
-            folder.component(name).map(|c| c.dir.clone()).ok_or_else(|| PipelineError::MissingComponent { path: folder.root.clone(), component: name.to_string() })
-        };
-        let variant = |name: &str| folder.component(name).and_then(|c| c.weights()).and_then(|w| w.variant.clone());
-        let options = |name: &str| LoadOptions::new(device).with_variant(variant(name).as_deref());
+        let dir = |name: &str| components::dir(folder, name);
+        let options = |name: &str| components::options(folder, name, device);
         Ok(Self {
             tokenizer: ClipTokenizer::from_dir(dir("tokenizer")?)?,
             text_encoder: ClipTextModel::load(&dir("text_encoder")?, &options("text_encoder"))?,

@@ -20,6 +20,7 @@
 //!   parameters, and reading them back.
 
 pub mod embeddings;
+pub(crate) mod components;
 pub mod error;
 pub mod flow;
 pub mod flux;

@@ -101,24 +101,18 @@ impl StableDiffusion {
                 folder.kind
             )));
         }
-        let dir = |name: &str| -> Result<PathBuf, PipelineError> {
-            folder.component(name).map(|c| c.dir.clone()).ok_or_else(|| PipelineError::MissingComponent {
-                path: folder.root.clone(),
-                component: name.to_string(),
-            })
-        };
-        let variant =
-            |name: &str| folder.component(name).and_then(|c| c.weights()).and_then(|w| w.variant.clone());
+        let dir = |name: &str| crate::components::dir(folder, name);
+        let options = |name: &str| crate::components::options(folder, name, device);
         let tokenizer = ClipTokenizer::from_dir(dir("tokenizer")?)?;
-        let text_encoder = ClipTextModel::load(&dir("text_encoder")?, &LoadOptions::new(device).with_variant(variant("text_encoder").as_deref()))?;
+        let text_encoder = ClipTextModel::load(&dir("text_encoder")?, &options("text_encoder"))?;
         let (tokenizer_2, text_encoder_2) = if folder.kind == PipelineKind::StableDiffusionXL {
-            let te2 = ClipTextModel::load(&dir("text_encoder_2")?, &LoadOptions::new(device).with_variant(variant("text_encoder_2").as_deref()))?;
+            let te2 = ClipTextModel::load(&dir("text_encoder_2")?, &options("text_encoder_2"))?;
             (Some(ClipTokenizer::from_dir(dir("tokenizer_2")?)?), Some(te2))
         } else {
             (None, None)
         };
-        let unet = UNet2DConditionModel::load(&dir("unet")?, &LoadOptions::new(device).with_dtype(unet_dtype).with_variant(variant("unet").as_deref()))?;
-        let vae = AutoencoderKL::load(&dir("vae")?, &LoadOptions::new(device).with_variant(variant("vae").as_deref()))?;
+        let unet = UNet2DConditionModel::load(&dir("unet")?, &options("unet").with_dtype(unet_dtype))?;
+        let vae = AutoencoderKL::load(&dir("vae")?, &options("vae"))?;
         let scheduler_config = SchedulerConfig::from_file(dir("scheduler")?.join("scheduler_config.json"))?;
         Ok(Self {
             kind: folder.kind,

@@ -10,7 +10,7 @@
 //! predicts a velocity, FlowMatchEuler (or Heun) steps σ from 1 to 0; latents are
 //! `(z − shift_factor) · scaling_factor`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::{DType, Device, Tensor};
 use image::RgbImage;
@@ -20,6 +20,7 @@ use kiln_text_encoder::{ClipTextModel, ClipTokenizer, T5EncoderModel, T5Tokenize
 use kiln_transformer::Sd3Transformer2DModel;
 use kiln_vae::AutoencoderKL;
 
+use crate::components;
 use crate::error::PipelineError;
 use crate::flow;
 use crate::model::{ModelFolder, ResolveOptions};
@@ -65,11 +66,8 @@ impl StableDiffusion3 {
 
     /// Loads a resolved model folder.
     pub fn load_folder(folder: &ModelFolder, device: &Device, dtype: DType) -> Result<Self, PipelineError> {
-        let dir = |name: &str| -> Result<PathBuf, PipelineError> {
-            folder.component(name).map(|c| c.dir.clone()).ok_or_else(|| PipelineError::MissingComponent { path: folder.root.clone(), component: name.to_string() })
-        };
-        let variant = |name: &str| folder.component(name).and_then(|c| c.weights()).and_then(|w| w.variant.clone());
-        let options = |name: &str| LoadOptions::new(device).with_variant(variant(name).as_deref());
+        let dir = |name: &str| components::dir(folder, name);
+        let options = |name: &str| components::options(folder, name, device);
         let t5 = match (folder.component("tokenizer_3"), folder.component("text_encoder_3")) {
             (Some(tok), Some(te)) => Some((T5Tokenizer::from_dir(&tok.dir)?, T5EncoderModel::load(&te.dir, &options("text_encoder_3"))?)),
             _ => None,

@@ -30,6 +30,7 @@ pub mod error;
 pub mod feed_forward;
 pub mod flux;
 pub mod norm;
+pub mod rope;
 pub mod sd3;
 
 pub use error::TransformerError;

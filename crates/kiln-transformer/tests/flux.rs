@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use burn::prelude::*;
 use burn::tensor::DType;
-use kiln_transformer::flux::rope::rope_tables;
+use kiln_transformer::rope::rope_tables;
 use kiln_transformer::{FluxTransformer2DModel, FluxTransformerConfig, LoadOptions};
 use safetensors::{Dtype, SafeTensors};
 

@@ -12,7 +12,7 @@ use kiln_nn::{weights_path, Linear, LinearConfig, LoadOptions, Weights, WeightsF
 
 use super::block::{FluxSingleTransformerBlock, FluxTransformerBlock};
 use super::config::FluxTransformerConfig;
-use super::rope::rope_tables;
+use crate::rope::rope_tables;
 use crate::embeddings::CombinedTimestepTextProjEmbeddings;
 use crate::error::TransformerError;
 use crate::norm::AdaLayerNormContinuous;

@@ -37,7 +37,7 @@ pub struct JointTransformerBlock {
 
 impl JointTransformerBlock {
     pub fn new(dim: usize, heads: usize, head_dim: usize, context_pre_only: bool, qk_norm: bool, dual: bool, device: &Device) -> Self {
-        let attention = |joint| JointAttentionConfig { dim, heads, head_dim, qk_norm, joint, context_pre_only }.init(device);
+        let attention = |joint| JointAttentionConfig { dim, heads, head_dim, qk_norm, joint, context_pre_only, pre_only: false }.init(device);
         Self {
             norm1: if dual { ImageNorm::ZeroX(Sd35AdaLayerNormZeroX::new(dim, device)) } else { ImageNorm::Zero(AdaLayerNormZero::new(dim, device)) },
             norm1_context: if context_pre_only {

@@ -4,32 +4,13 @@
 //! tokens with the pipeline's image ids, 7 text tokens, batch 2 at σ = 1 and 0.4375, with the
 //! guidance embedding (dev, guidance 3.5) and without (schnell).
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+mod common;
 
 use burn::prelude::*;
 use burn::tensor::DType;
+use common::{flow, refs, tensor};
 use kiln_transformer::rope::rope_tables;
 use kiln_transformer::{FluxTransformer2DModel, FluxTransformerConfig, LoadOptions};
-use safetensors::{Dtype, SafeTensors};
-
-fn flow() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/fixtures/models/flow")
-}
-
-fn refs() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(flow().join("reference.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .filter(|(_, v)| v.dtype() == Dtype::F32)
-        .map(|(k, v)| (k, (v.shape().to_vec(), v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())))
-        .collect()
-}
-
-fn tensor<const D: usize>(r: &(Vec<usize>, Vec<f32>), device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(r.1.clone(), r.0.clone()), device)
-}
 
 fn ids(r: &(Vec<usize>, Vec<f32>)) -> Vec<[f32; 3]> {
     r.1.chunks(3).map(|c| [c[0], c[1], c[2]]).collect()

@@ -4,36 +4,13 @@
 //! layers 0 and 1), on non-square (4 × 6 patches) and odd (3 × 5 patches) latents, batch 2 at two
 //! fractional timesteps, with and without skip-layer guidance's skipped block.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+mod common;
 
 use burn::prelude::*;
 use burn::tensor::DType;
+use common::{flow, refs, tensor};
 use kiln_transformer::embeddings::sincos_pos_embed_2d;
 use kiln_transformer::{LoadOptions, Sd3Transformer2DModel, Sd3TransformerConfig};
-use safetensors::{Dtype, SafeTensors};
-
-fn flow() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/fixtures/models/flow")
-}
-
-/// `reference.safetensors` as (shape, f32 values).
-fn refs() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(flow().join("reference.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .filter(|(_, v)| v.dtype() == Dtype::F32)
-        .map(|(k, v)| {
-            let values = v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-            (k, (v.shape().to_vec(), values))
-        })
-        .collect()
-}
-
-fn tensor<const D: usize>(r: &(Vec<usize>, Vec<f32>), device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(r.1.clone(), r.0.clone()), device)
-}
 
 fn load(name: &str, dtype: DType) -> Sd3Transformer2DModel {
     Sd3Transformer2DModel::load(&flow().join(format!("transformer_{name}")), &LoadOptions::new(&Device::flex()).with_dtype(dtype)).unwrap()

@@ -9,7 +9,9 @@ use kiln_pipeline::image_processor::{decode_image, image_size, pil_grayscale};
 use kiln_pipeline::model::{cached_snapshot, check_model_index, valid_revision, HubId, ModelSource};
 use kiln_pipeline::png::{parse_infotext, read_png_texts, GenerationParams};
 use kiln_scheduler::{SamplerChoice, SamplerName, SchedulerClass, SchedulerConfig, StepOptions};
+use kiln_text_encoder::t5::{T5Config, T5EncoderModel, T5Tokenizer};
 use kiln_text_encoder::{ClipTextConfig, ClipTextModel, ClipTokenizer};
+use kiln_transformer::{FluxTransformer2DModel, FluxTransformerConfig, Sd3Transformer2DModel, Sd3TransformerConfig};
 use kiln_unet::UNet2DConditionConfig;
 use kiln_vae::AutoencoderKLConfig;
 
@@ -33,6 +35,10 @@ pub const TARGETS: &[Target] = &[
     Target { name: "clip_config", run: clip_config },
     Target { name: "scheduler_config", run: scheduler_config },
     Target { name: "tokenizer", run: tokenizer },
+    Target { name: "t5_config", run: t5_config },
+    Target { name: "t5_tokenizer", run: t5_tokenizer },
+    Target { name: "transformer_config", run: transformer_config },
+    Target { name: "sharded_index", run: sharded_index },
     Target { name: "hub_id", run: hub_id },
     Target { name: "image", run: image },
     Target { name: "serve_request", run: serve_request },
@@ -158,6 +164,98 @@ fn clip_config(input: &[u8], _: &Scratch) -> Outcome {
     match config.validate(Path::new("config.json")) {
         Ok(resolved) => {
             let _ = ClipTextModel::new(&resolved, &Device::flex());
+            Outcome::Accepted
+        }
+        Err(_) => Outcome::Refused,
+    }
+}
+
+/// A T5 config, then the encoder built from it (lazily: nothing is allocated).
+fn t5_config(input: &[u8], _: &Scratch) -> Outcome {
+    let Ok(config) = serde_json::from_slice::<T5Config>(input) else { return Outcome::Refused };
+    match config.validate(Path::new("config.json")) {
+        Ok(resolved) => {
+            let _ = T5EncoderModel::new(&resolved, &Device::flex());
+            Outcome::Accepted
+        }
+        Err(_) => Outcome::Refused,
+    }
+}
+
+/// An SD 3 or FLUX transformer config (by its `_class_name`; SD 3's without one), then the model
+/// built from it (lazily).
+fn transformer_config(input: &[u8], _: &Scratch) -> Outcome {
+    let flux = input.windows(22).any(|w| w == b"FluxTransformer2DModel");
+    let device = Device::flex();
+    let ok = if flux {
+        match serde_json::from_slice::<FluxTransformerConfig>(input) {
+            Ok(c) if c.validate(Path::new("config.json")).is_ok() => {
+                let _ = FluxTransformer2DModel::new(&c, &device);
+                true
+            }
+            _ => false,
+        }
+    } else {
+        match serde_json::from_slice::<Sd3TransformerConfig>(input) {
+            Ok(c) if c.validate(Path::new("config.json")).is_ok() => {
+                let _ = Sd3Transformer2DModel::new(&c, &device);
+                true
+            }
+            _ => false,
+        }
+    };
+    accepted(ok)
+}
+
+/// A T5 tokenizer folder: the input split at 0xFF bytes into `tokenizer.json` and
+/// `tokenizer_config.json` (absent when there is no second part), the rest a prompt encoded at
+/// 32 and 77 tokens.
+fn t5_tokenizer(input: &[u8], s: &Scratch) -> Outcome {
+    let parts: Vec<&[u8]> = input.splitn(3, |&b| b == 0xff).collect();
+    let dir = s.dir.join("t5_tokenizer");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a tokenizer folder");
+    std::fs::write(dir.join("tokenizer.json"), parts[0]).expect("tokenizer.json");
+    if let Some(config) = parts.get(1) {
+        std::fs::write(dir.join("tokenizer_config.json"), config).expect("tokenizer_config.json");
+    }
+    match T5Tokenizer::from_dir(&dir) {
+        Ok(t) => {
+            let prompt = String::from_utf8_lossy(parts.get(2).copied().unwrap_or(b"a cat"));
+            for len in [32, 77] {
+                let _ = t.encode(&prompt, len);
+            }
+            Outcome::Accepted
+        }
+        Err(_) => Outcome::Refused,
+    }
+}
+
+/// A sharded checkpoint's index (`*.safetensors.index.json`) beside two small shards, opened and
+/// every tensor it lists read.
+fn sharded_index(input: &[u8], s: &Scratch) -> Outcome {
+    // shard 1 holds `a`, shard 2 holds `b` and `c` (f32 [3], 12 bytes each)
+    fn shard(names: &[&str]) -> Vec<u8> {
+        let mut header = serde_json::Map::new();
+        for (i, name) in names.iter().enumerate() {
+            header.insert(name.to_string(), serde_json::json!({"dtype": "F32", "shape": [3], "data_offsets": [12 * i, 12 * (i + 1)]}));
+        }
+        let mut out = kiln_nn::header_bytes(&header);
+        out.extend(std::iter::repeat_n(0u8, 12 * names.len()));
+        out
+    }
+    let dir = s.dir.join("sharded");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a shard folder");
+    std::fs::write(dir.join("w-00001-of-00002.safetensors"), shard(&["a"])).expect("shard 1");
+    std::fs::write(dir.join("w-00002-of-00002.safetensors"), shard(&["b", "c"])).expect("shard 2");
+    let index = dir.join("w.safetensors.index.json");
+    std::fs::write(&index, input).expect("the index");
+    match kiln_nn::WeightsFile::open(&index) {
+        Ok(w) => {
+            for t in w.tensors().to_vec() {
+                let _ = w.read(&t.name);
+            }
             Outcome::Accepted
         }
         Err(_) => Outcome::Refused,

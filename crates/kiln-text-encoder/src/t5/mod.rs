@@ -1,6 +1,7 @@
 //! T5's encoder (`T5EncoderModel`, the third text encoder of SD 3 and the second of FLUX.1) and its
 //! tokenizer (`T5TokenizerFast`), as transformers 5.25 implements them.
 
+mod charsmap;
 pub mod config;
 pub mod model;
 pub mod tokenizer;

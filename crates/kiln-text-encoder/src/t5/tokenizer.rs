@@ -24,6 +24,7 @@ use std::path::Path;
 use serde_json::Value;
 use tokenizers::decoders::metaspace::Metaspace as MetaspaceDecoder;
 use tokenizers::models::unigram::Unigram;
+use tokenizers::normalizers::Precompiled;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
@@ -130,9 +131,14 @@ impl T5Tokenizer {
             Some(n) => vec![n],
         };
         if let Some(precompiled) = normalizers.into_iter().find(|n| n.get("type").and_then(Value::as_str) == Some("Precompiled")) {
-            let normalizer: NormalizerWrapper = serde_json::from_value(precompiled.clone())
-                .map_err(|e| bad(format!("the precompiled character map does not load: {e}")))?;
-            tokenizer.with_normalizer(Some(normalizer)).map_err(|e| bad(e.to_string()))?;
+            let map = precompiled
+                .get("precompiled_charsmap")
+                .and_then(Value::as_str)
+                .and_then(super::charsmap::decode_base64)
+                .ok_or_else(|| bad("the precompiled character map is not base64".into()))?;
+            super::charsmap::check(&map).map_err(|e| bad(format!("the precompiled character map is malformed: {e}")))?;
+            let normalizer = Precompiled::from(&map).map_err(|e| bad(format!("the precompiled character map does not load: {e}")))?;
+            tokenizer.with_normalizer(Some(NormalizerWrapper::Precompiled(normalizer))).map_err(|e| bad(e.to_string()))?;
         }
         let metaspace = Metaspace::new('▁', PrependScheme::Always, true);
         tokenizer.with_pre_tokenizer(Some(PreTokenizerSequence::new(vec![WhitespaceSplit.into(), metaspace.into()])));

@@ -121,7 +121,7 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "PATH")]
     init_image: Option<PathBuf>,
     /// How much of the schedule runs on the init image, in [0, 1]; default 0.8 (img2img; 0.3 for
-    /// SDXL), 1.0 (inpainting).
+    /// SDXL), 1.0 (inpainting); 0.6 for both on SD 3 and FLUX.
     #[arg(long, value_name = "F")]
     strength: Option<f64>,
     /// Inpainting mask (needs --init-image, same size): white repaints, black keeps; colour masks
@@ -369,10 +369,9 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
             (!loras.is_empty(), "--lora (and <lora:…>)"),
             (!embeddings.is_empty(), "--embedding / --embeddings-dir"),
             (a1111, "--prompt-syntax a1111"),
-            (a.mask.is_some(), "--mask (inpainting)"),
         ];
         if let Some((_, flag)) = sd_only.iter().find(|(set, _)| *set) {
-            return Err(format!("{flag}: not supported with {kind} models yet (text-to-image and img2img are)").into());
+            return Err(format!("{flag}: not supported with {kind} models yet (text-to-image, img2img and inpainting are)").into());
         }
     } else {
         let flow_only = [

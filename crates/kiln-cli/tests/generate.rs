@@ -384,21 +384,25 @@ fn generate_and_schedule_refuse_karras_alike() {
 }
 
 /// SD 3 and FLUX.1 through `kiln generate`: the flow-matching fixtures' pictures
-/// (scripts/fixtures/flow_pipelines.py, cases 3, 6, 7 and 9: SD 3 with skip-layer guidance, SD 3
-/// img2img, FLUX.1-schnell, FLUX.1-dev with true CFG and two images), the family's defaults
-/// (SD 3 img2img's strength 0.6), and the SD-only and flow-only flags refused by name.
+/// (scripts/fixtures/flow_pipelines.py, cases 3, 6, 7, 9, 13 and 15: SD 3 with skip-layer guidance,
+/// SD 3 img2img, FLUX.1-schnell, FLUX.1-dev with true CFG and two images, SD 3 and FLUX.1-dev
+/// inpainting), the family's defaults (img2img's and inpainting's strength 0.6), and the SD-only
+/// and flow-only flags refused by name.
 #[test]
 fn generate_sd3_and_flux_reproduce_diffusers() {
     let dir = tmp("flow");
     let fixtures = root().join("assets/fixtures/flow_pipelines");
     let models = root().join("assets/fixtures/models");
     let init = fixtures.join("inputs/init-32x24.png");
+    let mask = fixtures.join("inputs/mask-32x24.png");
     let model = |name: &str| models.join(name).to_str().unwrap().to_string();
     let runs: Vec<(&str, Vec<String>)> = vec![
         ("case03-0.png", ["--model", &model("sd3"), "--prompt", "a cat on a sofa", "--steps", "6", "--guidance-scale", "4.5", "--seed", "5", "--width", "32", "--height", "24", "--max-sequence-length", "24", "--skip-layer-guidance", "1", "--slg-scale", "2.8", "--slg-start", "0.01", "--slg-stop", "0.6"].map(String::from).to_vec()),
         ("case06-0.png", ["--model", &model("sd3"), "--prompt", "a blue square", "--steps", "5", "--seed", "21", "--init-image", init.to_str().unwrap(), "--max-sequence-length", "32"].map(String::from).to_vec()),
         ("case07-0.png", ["--model", &model("flux-schnell"), "--prompt", "a red circle on a blue background", "--steps", "4", "--guidance-scale", "0", "--seed", "0", "--width", "32", "--height", "24", "--max-sequence-length", "32"].map(String::from).to_vec()),
         ("case09-0.png", ["--model", &model("flux-dev"), "--prompt", "two yellow triangles", "--negative-prompt", "blurry", "--true-cfg-scale", "4", "--steps", "3", "--seed", "9", "--width", "24", "--height", "32", "--num-images", "2", "--max-sequence-length", "32"].map(String::from).to_vec()),
+        ("case13-0.png", ["--model", &model("sd3"), "--prompt", "a yellow star", "--negative-prompt", "blurry", "--steps", "5", "--strength", "0.8", "--seed", "23", "--init-image", init.to_str().unwrap(), "--mask", mask.to_str().unwrap(), "--max-sequence-length", "32"].map(String::from).to_vec()),
+        ("case15-0.png", ["--model", &model("flux-dev"), "--prompt", "a green triangle", "--steps", "4", "--seed", "31", "--init-image", init.to_str().unwrap(), "--mask", mask.to_str().unwrap(), "--max-sequence-length", "32"].map(String::from).to_vec()),
     ];
     for (file, args) in runs {
         let out = dir.join(file);
@@ -419,6 +423,9 @@ fn generate_sd3_and_flux_reproduce_diffusers() {
     let info = kiln(&["info", dir.join("case06-0.png").to_str().unwrap()]);
     let text = String::from_utf8_lossy(&info.stdout);
     assert!(text.contains("Denoising strength: 0.6") && text.contains("CFG scale: 7"), "{text}");
+    let info = kiln(&["info", dir.join("case15-0.png").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("Denoising strength: 0.6") && text.contains("CFG scale: 3.5"), "{text}");
 
     let sd3 = model("sd3");
     let sd1 = model("sd1");

@@ -1,7 +1,7 @@
 //! What the flow-matching pipelines (SD 3, FLUX) share: the resolution-dependent shift μ
 //! (`calculate_shift`), the input checks common to both, the 16-channel VAE's latent scaling with
-//! `shift_factor` in and out, the CLIP and T5 text encoders as both pipelines call them, and the
-//! flow scheduler built from a run's options.
+//! `shift_factor` in and out, the CLIP and T5 text encoders as both pipelines call them, the
+//! flow scheduler built from a run's options, and inpainting's blend of the known region.
 
 use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbImage;
@@ -10,7 +10,7 @@ use kiln_text_encoder::{ClipTextModel, ClipTextOutput, ClipTokenizer, T5EncoderM
 use kiln_vae::AutoencoderKL;
 
 use crate::error::PipelineError;
-use crate::image_processor::{image_to_tensor, to_rgb_images};
+use crate::image_processor::{image_to_tensor, interpolate_nearest, to_rgb_images};
 use crate::options::{GenerateOptions, Task};
 use crate::rng::TorchGenerator;
 
@@ -73,25 +73,78 @@ pub(crate) fn check_common(o: &GenerateOptions, task: &Task, width: usize, heigh
     }
     match task {
         Task::Txt2Img => {}
-        Task::Img2Img { image, strength } => {
+        Task::Img2Img { image, strength } | Task::Inpaint { image, strength, .. } => {
             flow_img2img_begin_index(o.num_inference_steps, *strength, 1).map_err(|e| PipelineError::Input {
                 what: "strength",
                 value: strength.to_string(),
                 allowed: format!("in [0, 1] and leaving a denoising step ({e})"),
             })?;
-            if (image.width() as usize, image.height() as usize) != (width, height) {
-                return Err(PipelineError::Input {
-                    what: "init image size",
-                    value: format!("{}x{}", image.width(), image.height()),
-                    allowed: format!("the output size {width}x{height} (kiln does not resize; resize the image or pass its size)"),
-                });
+            let mut sizes = vec![("init image size", image.width(), image.height())];
+            if let Task::Inpaint { mask, .. } = task {
+                sizes.push(("mask size", mask.width(), mask.height()));
             }
-        }
-        Task::Inpaint { .. } => {
-            return Err(PipelineError::Unsupported("inpainting with SD 3 and FLUX models is not supported yet (text-to-image and img2img are)".into()));
+            for (what, w, h) in sizes {
+                if (w as usize, h as usize) != (width, height) {
+                    return Err(PipelineError::Input {
+                        what,
+                        value: format!("{w}x{h}"),
+                        allowed: format!("the output size {width}x{height} (kiln does not resize; resize the image or pass its size)"),
+                    });
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// Inpainting with a 16-channel transformer (diffusers' `StableDiffusion3InpaintPipeline` and
+/// `FluxInpaintPipeline`): the transformer sees only the latents; after each step the region the
+/// mask keeps is replaced by the init image's latents noised to the next step's σ.
+///
+/// # Shapes
+/// - mask, image_latents, noise: `[n, latent_channels, h / f, w / f]` (the mask 0 or 1, repeated
+///   over the channels)
+pub(crate) struct FlowInpaint {
+    pub mask: Tensor<4>,
+    pub image_latents: Tensor<4>,
+    pub noise: Tensor<4>,
+}
+
+impl FlowInpaint {
+    /// `prepare_latents` (with `return_image_latents`) and the mask of `prepare_mask_latents`:
+    /// the init image's latents (one posterior sample from the generator), repeated n times, then
+    /// the noise; the first latents are the noise at strength 1, else the image latents
+    /// `scale_noise`d to the first step. The mask is binarised at one half and resized to the
+    /// latents by nearest neighbour (`F.interpolate`). diffusers then encodes the masked image
+    /// too, drawing from the generator, but uses it only for 33-channel transformers, and nothing
+    /// after it draws from that generator: kiln skips that encode.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn prepare(
+        vae: &AutoencoderKL,
+        image: &RgbImage,
+        mask: &image::GrayImage,
+        strength: f64,
+        n: usize,
+        scheduler: &dyn Scheduler,
+        begin: usize,
+        generator: &mut TorchGenerator,
+        device: &Device,
+    ) -> Result<(Tensor<4>, Self), PipelineError> {
+        let image_latents = encode_image(vae, image, generator, device)?.repeat_dim(0, n);
+        let noise = randn(generator, image_latents.dims(), device);
+        let latents = if strength == 1.0 { noise.clone() } else { scheduler.add_noise(image_latents.clone(), noise.clone(), begin) };
+        let [_, _, lh, lw] = image_latents.dims();
+        let mask = interpolate_nearest(mask, lh, lw, device).repeat_dim(0, n).expand(image_latents.dims());
+        Ok((latents, FlowInpaint { mask, image_latents, noise }))
+    }
+
+    /// After the scheduler's step `i` of `len`: `(1 − mask) · init_latents_proper + mask · latents`,
+    /// `init_latents_proper` the image latents `scale_noise`d to step i + 1's σ (the clean image
+    /// latents after the last step).
+    pub(crate) fn blend(&self, latents: Tensor<4>, scheduler: &dyn Scheduler, i: usize, len: usize) -> Tensor<4> {
+        let proper = if i + 1 < len { scheduler.add_noise(self.image_latents.clone(), self.noise.clone(), i + 1) } else { self.image_latents.clone() };
+        self.mask.clone().neg().add_scalar(1.0) * proper + self.mask.clone() * latents
+    }
 }
 
 /// The flow scheduler of a run: `o.scheduler` (euler, heun) and `o.karras` on the model's config,

@@ -1,5 +1,5 @@
-//! diffusers' FLUX.1 pipelines (`pipelines/flux/`): `FluxPipeline` (text-to-image) and
-//! `FluxImg2ImgPipeline`, one loaded model.
+//! diffusers' FLUX.1 pipelines (`pipelines/flux/`): `FluxPipeline` (text-to-image),
+//! `FluxImg2ImgPipeline` and `FluxInpaintPipeline`, one loaded model.
 //!
 //! The conditioning: CLIP-L's pooled output and T5's sequence (`max_sequence_length`, 512 by
 //! default), text ids all zero. The latents (16 channels at 1/8 of the image, sizes rounded down
@@ -21,7 +21,7 @@ use kiln_vae::AutoencoderKL;
 
 use crate::components;
 use crate::error::PipelineError;
-use crate::flow;
+use crate::flow::{self, FlowInpaint};
 use crate::model::{ModelFolder, ResolveOptions};
 use crate::options::{GenerateOptions, StepInfo, Task};
 use crate::rng::TorchGenerator;
@@ -122,7 +122,8 @@ impl Flux {
     }
 
     /// `check_inputs` and the checks both flow pipelines make; sizes not a multiple of 2f are
-    /// rounded down (txt2img) or refused (img2img, whose init image kiln does not resize).
+    /// rounded down (txt2img) or refused (img2img and inpainting, whose init image kiln does not
+    /// resize).
     pub fn check_inputs(&self, o: &GenerateOptions, task: &Task) -> Result<(), PipelineError> {
         let (height, width) = self.requested_size(o, task);
         let m = 2 * self.vae_scale_factor();
@@ -131,8 +132,15 @@ impl Flux {
                 return Err(PipelineError::Input { what, value: v.to_string(), allowed: format!("{m} to 65536 (FLUX packs 2×2 latents of 1/{} the image)", self.vae_scale_factor()) });
             }
             if v % m != 0 && !matches!(task, Task::Txt2Img) {
-                return Err(PipelineError::Input { what, value: v.to_string(), allowed: format!("a multiple of {m} for img2img (kiln does not resize the init image)") });
+                return Err(PipelineError::Input { what, value: v.to_string(), allowed: format!("a multiple of {m} for img2img and inpainting (kiln does not resize the init image)") });
             }
+        }
+        let (packed, latent_channels) = (self.transformer.x_embedder.weight.dims()[1], self.vae.config.latent_channels);
+        if packed != 4 * latent_channels {
+            return Err(PipelineError::Unsupported(format!(
+                "a FLUX transformer with {packed} input channels over a VAE with {latent_channels} latent channels (kiln runs transformers that take the packed latents alone, {}; FLUX Fill and Control models are not supported yet)",
+                4 * latent_channels
+            )));
         }
         if o.clip_skip.is_some() {
             return Err(PipelineError::Unsupported("clip_skip: FLUX conditions on CLIP's pooled output, which clip_skip does not change (diffusers' FluxPipeline has no clip_skip)".into()));
@@ -162,7 +170,9 @@ impl Flux {
         flow::build_scheduler(o, &self.scheduler_config, Some(mu), sigmas)
     }
 
-    /// `pipe(prompt, ...)` for txt2img or img2img. `callback` sees each step and may cancel.
+    /// `pipe(prompt, ...)` for txt2img, img2img or inpainting (`FluxInpaintPipeline`: the known
+    /// region blended back after each step, on the unpacked latents). `callback` sees each step
+    /// and may cancel.
     pub fn generate(&self, o: &GenerateOptions, task: Task, callback: &mut dyn FnMut(StepInfo, &Tensor<4>) -> bool) -> Result<Vec<RgbImage>, PipelineError> {
         self.check_inputs(o, &task)?;
         let (height, width) = self.requested_size(o, &task);
@@ -185,13 +195,19 @@ impl Flux {
         let mut scheduler = self.build_scheduler(o, seq)?;
         let begin = flow::begin_index(o, &task, scheduler.as_ref())?;
         let mut generator = TorchGenerator::new(o.seed);
+        let mut inpaint = None;
         let mut latents = match task {
             Task::Img2Img { image, .. } => {
                 let init = flow::encode_image(&self.vae, image, &mut generator, &self.device)?.repeat_dim(0, n);
                 let noise = flow::randn(&mut generator, [n, c, lh, lw], &self.device);
                 pack_latents(scheduler.add_noise(init, noise, begin))
             }
-            _ => pack_latents(flow::randn(&mut generator, [n, c, lh, lw], &self.device)),
+            Task::Inpaint { image, mask, strength } => {
+                let (latents, blend) = FlowInpaint::prepare(&self.vae, image, mask, strength, n, scheduler.as_ref(), begin, &mut generator, &self.device)?;
+                inpaint = Some(blend);
+                pack_latents(latents)
+            }
+            Task::Txt2Img => pack_latents(flow::randn(&mut generator, [n, c, lh, lw], &self.device)),
         };
         let txt_ids = vec![[0.0f32; 3]; cond.prompt_embeds.dims()[1]];
         let guidance = self.transformer.has_guidance_embeds().then(|| vec![f64::from(o.guidance_scale as f32); n]);
@@ -216,6 +232,9 @@ impl Flux {
             let [b, s, ch] = latents.dims();
             let stepped = scheduler.step(pred.reshape([b, s, ch, 1]), i, latents.clone().reshape([b, s, ch, 1]), &mut generator);
             latents = stepped.reshape([b, s, ch]);
+            if let Some(blend) = &inpaint {
+                latents = pack_latents(blend.blend(unpack_latents(latents, lh, lw), scheduler.as_ref(), i, timesteps.len()));
+            }
             let view = unpack_latents(latents.clone(), lh, lw);
             if !callback(StepInfo { step: k, total, timestep: t }, &view) {
                 return Err(PipelineError::Cancelled(k));

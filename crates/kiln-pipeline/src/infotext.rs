@@ -24,12 +24,12 @@ pub struct RunRecord {
 
 /// diffusers' default `strength` for a pipeline of `kind`: 1.0 for inpainting, 0.8 for SD
 /// img2img, 0.3 for SDXL img2img (`StableDiffusionXLImg2ImgPipeline.__call__`'s default), 0.6
-/// for SD 3 and FLUX img2img.
+/// for SD 3 and FLUX img2img and inpainting.
 pub fn default_strength(kind: PipelineKind, inpaint: bool) -> f64 {
     match (inpaint, kind) {
+        (_, PipelineKind::StableDiffusion3 | PipelineKind::Flux) => 0.6,
         (true, _) => 1.0,
         (false, PipelineKind::StableDiffusionXL) => 0.3,
-        (false, PipelineKind::StableDiffusion3 | PipelineKind::Flux) => 0.6,
         (false, _) => 0.8,
     }
 }

@@ -5,6 +5,9 @@
 //!   txt2img, img2img and inpainting ([`Task`]) with diffusers' stages, run with
 //!   [`GenerateOptions`] ([`options`]); [`PipelineError`] ([`error`]) says why a run could not be
 //!   built or run; [`image_processor`] converts images and masks.
+//! * [`StableDiffusion3`] ([`stable_diffusion_3`]) and [`Flux`] ([`flux`]), the flow-matching
+//!   families, with what they share in [`flow`]: txt2img, img2img and inpainting; [`Pipeline`]
+//!   ([`pipeline`]) holds any family, as `model_index.json` says.
 //! * [`TorchGenerator`] ([`rng`]), a host-side generator that draws bit for bit what
 //!   `torch.Generator("cpu").manual_seed(seed)` draws (`torch.randn`, `torch.rand`), so that kiln
 //!   runs reproduce diffusers runs seeded the same way. It is the [`kiln_scheduler::NoiseSource`]

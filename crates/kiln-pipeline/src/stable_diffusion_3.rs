@@ -1,5 +1,9 @@
 //! diffusers' SD 3 pipelines (`pipelines/stable_diffusion_3/`): `StableDiffusion3Pipeline`
-//! (text-to-image) and `StableDiffusion3Img2ImgPipeline`, one loaded model.
+//! (text-to-image), `StableDiffusion3Img2ImgPipeline` and `StableDiffusion3InpaintPipeline` (for
+//! 16-channel transformers: the known region blended back after each step), one loaded model.
+//! Inpainting decodes `latents / scaling_factor + shift_factor` as the other SD 3 pipelines do;
+//! diffusers 0.42.1's inpaint pipeline leaves out the `+ shift_factor` (huggingface/diffusers
+//! issue 13611, PR 14671), which scripts/fixtures/flow_pipelines.py corrects in its reference.
 //!
 //! The conditioning (`encode_prompt`): each CLIP encoder's `hidden_states[-(clip_skip + 2)]`
 //! concatenated on the feature axis and zero-padded to T5's width, then T5's sequence after it
@@ -22,7 +26,7 @@ use kiln_vae::AutoencoderKL;
 
 use crate::components;
 use crate::error::PipelineError;
-use crate::flow;
+use crate::flow::{self, FlowInpaint};
 use crate::model::{ModelFolder, ResolveOptions};
 use crate::options::{GenerateOptions, StepInfo, Task};
 use crate::rng::TorchGenerator;
@@ -128,9 +132,16 @@ impl StableDiffusion3 {
                 return Err(PipelineError::Input { what: "clip_skip", value: skip.to_string(), allowed: format!("at most {} for this model's text encoders ({layers} layers)", layers.saturating_sub(1)) });
             }
         }
+        let latent_channels = self.vae.config.latent_channels;
+        if self.transformer.in_channels != latent_channels {
+            return Err(PipelineError::Unsupported(format!(
+                "an SD 3 transformer with {} input channels over a VAE with {latent_channels} latent channels (kiln runs transformers that take the latents alone; SD 3's 33-channel inpainting transformers are not supported yet)",
+                self.transformer.in_channels
+            )));
+        }
         if let Some(slg) = &o.flow.skip_layer_guidance {
             if !matches!(task, Task::Txt2Img) {
-                return Err(PipelineError::Unsupported("skip-layer guidance is a text-to-image option (diffusers' SD 3 img2img pipeline has none)".into()));
+                return Err(PipelineError::Unsupported("skip-layer guidance is a text-to-image option (diffusers' SD 3 img2img and inpaint pipelines have none)".into()));
             }
             let n = self.transformer.transformer_blocks.len();
             if let Some(l) = slg.layers.iter().find(|&&l| l >= n) {
@@ -213,8 +224,9 @@ impl StableDiffusion3 {
 
     /// `prepare_latents`: txt2img draws `randn([n, 16, h/8, w/8])`; img2img encodes the init
     /// image (one posterior sample), repeats it n times, draws the noise and `scale_noise`s it to
-    /// the first timestep.
-    fn prepare_latents(&self, o: &GenerateOptions, task: &Task, height: usize, width: usize, scheduler: &dyn Scheduler, begin: usize, generator: &mut TorchGenerator) -> Result<Tensor<4>, PipelineError> {
+    /// the first timestep; inpainting as [`FlowInpaint::prepare`].
+    #[allow(clippy::too_many_arguments)]
+    fn prepare_latents(&self, o: &GenerateOptions, task: &Task, height: usize, width: usize, scheduler: &dyn Scheduler, begin: usize, generator: &mut TorchGenerator) -> Result<(Tensor<4>, Option<FlowInpaint>), PipelineError> {
         let f = self.vae_scale_factor();
         let n = o.num_images_per_prompt;
         let c = self.transformer.in_channels;
@@ -222,16 +234,30 @@ impl StableDiffusion3 {
             Task::Img2Img { image, .. } => {
                 let init = flow::encode_image(&self.vae, image, generator, &self.device)?.repeat_dim(0, n);
                 let noise = flow::randn(generator, init.dims(), &self.device);
-                Ok(scheduler.add_noise(init, noise, begin))
+                Ok((scheduler.add_noise(init, noise, begin), None))
             }
-            _ => Ok(flow::randn(generator, [n, c, height / f, width / f], &self.device)),
+            Task::Inpaint { image, mask, strength } => {
+                let (latents, inpaint) = FlowInpaint::prepare(&self.vae, image, mask, *strength, n, scheduler, begin, generator, &self.device)?;
+                Ok((latents, Some(inpaint)))
+            }
+            Task::Txt2Img => Ok((flow::randn(generator, [n, c, height / f, width / f], &self.device), None)),
         }
     }
 
     /// The denoising loop: CFG in one batched transformer call, skip-layer guidance's extra pass
-    /// where it applies, scheduler steps.
+    /// where it applies, scheduler steps, inpainting's blend after each.
     #[allow(clippy::too_many_arguments)]
-    fn denoise(&self, o: &GenerateOptions, cond: &Sd3PromptEmbeds, mut latents: Tensor<4>, scheduler: &mut dyn Scheduler, begin: usize, generator: &mut TorchGenerator, callback: &mut dyn FnMut(StepInfo, &Tensor<4>) -> bool) -> Result<Tensor<4>, PipelineError> {
+    fn denoise(
+        &self,
+        o: &GenerateOptions,
+        cond: &Sd3PromptEmbeds,
+        mut latents: Tensor<4>,
+        scheduler: &mut dyn Scheduler,
+        begin: usize,
+        inpaint: Option<&FlowInpaint>,
+        generator: &mut TorchGenerator,
+        callback: &mut dyn FnMut(StepInfo, &Tensor<4>) -> bool,
+    ) -> Result<Tensor<4>, PipelineError> {
         let do_cfg = cond.positive.is_some();
         let n = o.num_images_per_prompt;
         let timesteps = scheduler.timesteps().to_vec();
@@ -263,6 +289,9 @@ impl StableDiffusion3 {
                 None => pred,
             };
             latents = scheduler.step(pred, i, latents, generator);
+            if let Some(inpaint) = inpaint {
+                latents = inpaint.blend(latents, scheduler, i, timesteps.len());
+            }
             if !callback(StepInfo { step: k, total, timestep: t }, &latents) {
                 return Err(PipelineError::Cancelled(k));
             }
@@ -273,7 +302,8 @@ impl StableDiffusion3 {
         Ok(latents)
     }
 
-    /// `pipe(prompt, ...)` for txt2img or img2img. `callback` sees each step and may cancel.
+    /// `pipe(prompt, ...)` for txt2img, img2img or inpainting. `callback` sees each step and may
+    /// cancel.
     pub fn generate(&self, o: &GenerateOptions, task: Task, callback: &mut dyn FnMut(StepInfo, &Tensor<4>) -> bool) -> Result<Vec<RgbImage>, PipelineError> {
         self.check_inputs(o, &task)?;
         let (height, width) = self.output_size(o, &task);
@@ -285,8 +315,8 @@ impl StableDiffusion3 {
         let mut generator = TorchGenerator::new(o.seed);
         let mut scheduler = self.build_scheduler(o, height, width)?;
         let begin = flow::begin_index(o, &task, scheduler.as_ref())?;
-        let latents = self.prepare_latents(o, &task, height, width, scheduler.as_ref(), begin, &mut generator)?;
-        let latents = self.denoise(o, &cond, latents, scheduler.as_mut(), begin, &mut generator, callback)?;
+        let (latents, inpaint) = self.prepare_latents(o, &task, height, width, scheduler.as_ref(), begin, &mut generator)?;
+        let latents = self.denoise(o, &cond, latents, scheduler.as_mut(), begin, inpaint.as_ref(), &mut generator, callback)?;
         flow::decode(&self.vae, latents, &self.device)
     }
 }

@@ -162,8 +162,8 @@ fn broken_folders_name_what_is_wrong() {
             fs::write(d.join("model_index.json"), v.to_string()).unwrap();
         }
     };
-    let (_, e) = broken("unsupported", &|r| r == "model_index.json", &edit_index(|v| v["_class_name"] = "StableDiffusion3InpaintPipeline".into()));
-    assert!(e.contains("pipeline class `StableDiffusion3InpaintPipeline` is not supported; kiln runs StableDiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusion3Pipeline, StableDiffusion3Img2ImgPipeline, FluxPipeline, FluxImg2ImgPipeline"), "{e}");
+    let (_, e) = broken("unsupported", &|r| r == "model_index.json", &edit_index(|v| v["_class_name"] = "FluxFillPipeline".into()));
+    assert!(e.contains("pipeline class `FluxFillPipeline` is not supported; kiln runs StableDiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusion3Pipeline, StableDiffusion3Img2ImgPipeline, StableDiffusion3InpaintPipeline, FluxPipeline, FluxImg2ImgPipeline, FluxInpaintPipeline"), "{e}");
     let (t, e) = broken("refiner", &|r| r == "model_index.json", &edit_index(|v| v["text_encoder"] = serde_json::json!([null, null])));
     assert_eq!(
         e,

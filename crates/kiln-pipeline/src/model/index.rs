@@ -26,8 +26,9 @@ pub enum PipelineKind {
     Flux,
 }
 
-/// `_class_name` values kiln accepts, and the pipeline each one runs as. The img2img classes share
-/// their txt2img sibling's folder layout; img2img itself is chosen by `--init-image`.
+/// `_class_name` values kiln accepts, and the pipeline each one runs as. The img2img classes (and
+/// SD 3's and FLUX's inpaint classes) share their txt2img sibling's folder layout; img2img itself
+/// is chosen by `--init-image`, inpainting by `--mask`.
 pub const SUPPORTED_PIPELINES: &[(&str, PipelineKind)] = &[
     ("StableDiffusionPipeline", PipelineKind::StableDiffusion),
     ("StableDiffusionImg2ImgPipeline", PipelineKind::StableDiffusion),
@@ -36,8 +37,10 @@ pub const SUPPORTED_PIPELINES: &[(&str, PipelineKind)] = &[
     ("StableDiffusionXLImg2ImgPipeline", PipelineKind::StableDiffusionXL),
     ("StableDiffusion3Pipeline", PipelineKind::StableDiffusion3),
     ("StableDiffusion3Img2ImgPipeline", PipelineKind::StableDiffusion3),
+    ("StableDiffusion3InpaintPipeline", PipelineKind::StableDiffusion3),
     ("FluxPipeline", PipelineKind::Flux),
     ("FluxImg2ImgPipeline", PipelineKind::Flux),
+    ("FluxInpaintPipeline", PipelineKind::Flux),
 ];
 
 impl PipelineKind {

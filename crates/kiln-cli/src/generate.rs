@@ -137,9 +137,10 @@ pub struct GenerateArgs {
     /// SDXL micro-conditioning: crop coordinates TOP,LEFT (default 0,0).
     #[arg(long, value_name = "TOP,LEFT")]
     crops_coords_top_left: Option<String>,
-    /// A LoRA to merge into the UNet and text encoders, with its scale (default 1.0); repeatable.
-    /// kohya/A1111 (`lora_unet_…`, LoCon) and diffusers/PEFT (`lora_A`/`lora_B`) files, SD 1.x/2.x
-    /// and SDXL. Applied whole or refused naming the keys that match nothing.
+    /// A LoRA to merge into the denoiser and text encoders, with its scale (default 1.0);
+    /// repeatable. kohya/A1111 (`lora_unet_…`, LoCon) and diffusers/PEFT (`lora_A`/`lora_B`) files
+    /// for SD 1.x/2.x and SDXL; diffusers/PEFT files (`transformer.…`) for SD 3 and FLUX. Applied
+    /// whole or refused naming the keys that match nothing.
     #[arg(long, value_name = "PATH[:SCALE]")]
     lora: Vec<String>,
     /// How prompts are read: `diffusers` (the text as it is, cut at 77 tokens) or `a1111`
@@ -366,7 +367,6 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
     if kind.is_flow_matching() {
         // what the SD 3 and FLUX pipelines do not take yet, refused by flag before any work
         let sd_only = [
-            (!loras.is_empty(), "--lora (and <lora:…>)"),
             (!embeddings.is_empty(), "--embedding / --embeddings-dir"),
             (a1111, "--prompt-syntax a1111"),
         ];
@@ -385,6 +385,13 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
         }
     }
     let (steps, guidance_scale) = defaults(kind, a.steps, a.guidance_scale);
+    let mut lora_hashes = Vec::new();
+    for (path, scale) in &loras {
+        let report = pipe.load_lora(path, *scale).map_err(|e| format!("--lora: {e}"))?;
+        eprintln!("{report}");
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        lora_hashes.push(format!("{name}: {}", report.hash));
+    }
     let mut ti_hashes = Vec::new();
     let sd = match &mut pipe {
         Pipeline::StableDiffusion(sd) => Some(sd.as_mut()),
@@ -398,14 +405,6 @@ pub fn generate(a: GenerateArgs) -> Result<(), crate::CliError> {
         eprintln!("{}: embedding {}", path.display(), tokens.join(" "));
         let hash = kiln::pipeline::lora::hash::short_hash(path, false).map_err(|e| format!("--embedding {}: {e}", path.display()))?;
         ti_hashes.push(format!("{}: {hash}", tokens[0]));
-    }
-    let mut lora_hashes = Vec::new();
-    for (path, scale) in &loras {
-        let Some(pipe) = sd.as_deref_mut() else { break };
-        let report = pipe.load_lora(path, *scale).map_err(|e| format!("--lora: {e}"))?;
-        eprintln!("{report}");
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        lora_hashes.push(format!("{name}: {}", report.hash));
     }
     // (the flow families' VAE stays f32)
     if let (Some(pipe), true) = (sd.as_deref_mut(), vae_dtype != DType::F32) {

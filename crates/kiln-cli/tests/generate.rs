@@ -420,6 +420,20 @@ fn generate_sd3_and_flux_reproduce_diffusers() {
             assert!(worst <= 2, "{want}: {worst} levels from diffusers");
         }
     }
+    // a PEFT LoRA on FLUX.1-dev (scripts/fixtures/flow_loras.py), recorded in the PNG's parameters
+    let lora_out = dir.join("flux-lora.png");
+    let lora = root().join("assets/fixtures/loras/flux-dev-peft.safetensors");
+    let o = kiln(&[
+        "generate", "--model", &model("flux-dev"), "--prompt", "a photograph of an astronaut riding a horse", "--steps", "4", "--seed", "1", "--width", "40", "--height", "24",
+        "--max-sequence-length", "48", "--lora", &format!("{}:0.8", lora.display()), "--output", lora_out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "flux LoRA: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("65 of its 65 modules applied"), "{}", String::from_utf8_lossy(&o.stderr));
+    let (got, want) = (pixels(&lora_out), pixels(&root().join("assets/fixtures/loras/flux-dev.png")));
+    let worst = got.iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
+    assert!(got.len() == want.len() && worst <= 2, "flux LoRA: {worst} levels from diffusers");
+    let info = kiln(&["info", lora_out.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&info.stdout).contains("Lora hashes: \"flux-dev-peft: "), "{}", String::from_utf8_lossy(&info.stdout));
     let info = kiln(&["info", dir.join("case06-0.png").to_str().unwrap()]);
     let text = String::from_utf8_lossy(&info.stdout);
     assert!(text.contains("Denoising strength: 0.6") && text.contains("CFG scale: 7"), "{text}");

@@ -41,6 +41,8 @@ pub struct Flux {
     pub vae: AutoencoderKL,
     pub scheduler_config: SchedulerConfig,
     pub device: Device,
+    /// The LoRAs merged into the weights ([`Self::load_lora`]).
+    pub loras: crate::lora::LoraState,
 }
 
 /// One prompt's conditioning, repeated for the images of the run.
@@ -91,6 +93,7 @@ impl Flux {
             vae: AutoencoderKL::load(&dir("vae")?, &options("vae"))?,
             scheduler_config: SchedulerConfig::from_file(dir("scheduler")?.join("scheduler_config.json"))?,
             device: device.clone(),
+            loras: Default::default(),
         })
     }
 

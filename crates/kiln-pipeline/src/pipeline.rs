@@ -11,6 +11,7 @@ use kiln_scheduler::SchedulerConfig;
 
 use crate::error::PipelineError;
 use crate::flux::Flux;
+use crate::lora::LoraReport;
 use crate::model::{ModelFolder, PipelineKind, ResolveOptions};
 use crate::options::{GenerateOptions, StepInfo, Task};
 use crate::stable_diffusion::StableDiffusion;
@@ -57,6 +58,24 @@ impl Pipeline {
             Self::StableDiffusion(p) => &p.scheduler_config,
             Self::StableDiffusion3(p) => &p.scheduler_config,
             Self::Flux(p) => &p.scheduler_config,
+        }
+    }
+
+    /// Loads a LoRA into any family's pipeline (`StableDiffusion::load_lora` and its siblings).
+    pub fn load_lora(&mut self, path: &Path, scale: f64) -> Result<LoraReport, PipelineError> {
+        match self {
+            Self::StableDiffusion(p) => p.load_lora(path, scale),
+            Self::StableDiffusion3(p) => p.load_lora(path, scale),
+            Self::Flux(p) => p.load_lora(path, scale),
+        }
+    }
+
+    /// Takes every LoRA out again.
+    pub fn unload_loras(&mut self) {
+        match self {
+            Self::StableDiffusion(p) => p.unload_loras(),
+            Self::StableDiffusion3(p) => p.unload_loras(),
+            Self::Flux(p) => p.unload_loras(),
         }
     }
 

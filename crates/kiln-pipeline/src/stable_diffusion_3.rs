@@ -46,6 +46,8 @@ pub struct StableDiffusion3 {
     pub vae: AutoencoderKL,
     pub scheduler_config: SchedulerConfig,
     pub device: Device,
+    /// The LoRAs merged into the weights ([`Self::load_lora`]).
+    pub loras: crate::lora::LoraState,
 }
 
 /// The conditioning of one run, CFG halves concatenated (negative first).
@@ -86,6 +88,7 @@ impl StableDiffusion3 {
             vae: AutoencoderKL::load(&dir("vae")?, &options("vae"))?,
             scheduler_config: SchedulerConfig::from_file(dir("scheduler")?.join("scheduler_config.json"))?,
             device: device.clone(),
+            loras: Default::default(),
         })
     }
 

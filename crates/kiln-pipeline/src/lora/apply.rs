@@ -1,126 +1,318 @@
-//! [`StableDiffusion::load_lora`], [`StableDiffusion::set_lora_scales`],
-//! [`StableDiffusion::unload_loras`]: the loaded LoRAs' updates merged into the UNet's and text
-//! encoders' weights, every change undone exactly from the parameters kept as they were.
+//! `load_lora`, `set_lora_scales`, `unload_loras` of every pipeline ([`StableDiffusion`],
+//! [`StableDiffusion3`], [`Flux`]): the loaded LoRAs' updates merged into the denoiser's and text
+//! encoders' weights, every change undone exactly from the parameters kept as they were. A
+//! pipeline says which components it has ([`LoraTarget`]); the rest is shared.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use kiln_nn::{merge_deltas, param_names, restore, Delta, LoadError};
+use burn::module::Module;
+use burn::tensor::{DType, Device};
+use kiln_nn::{merge_deltas, param_names, restore, Delta, LoadError, Originals};
 use kiln_unet::PerBlock;
 
-use super::{hash, LoadedLora, LoraError, LoraFile, LoraReport, Updates};
+use super::{hash, LoadedLora, LoraError, LoraFile, LoraReport, LoraState};
 use crate::error::PipelineError;
-use crate::StableDiffusion;
+use crate::{Flux, StableDiffusion, StableDiffusion3};
 
-impl StableDiffusion {
-    /// Loads the LoRA at `path` at `scale` (diffusers' adapter weight; A1111's `<lora:name:scale>`)
-    /// and merges every loaded LoRA into the weights. Nothing changes when it fails: a module the
-    /// model lacks, an update that does not fit, an unsupported layer kind are errors.
-    pub fn load_lora(&mut self, path: &Path, scale: f64) -> Result<LoraReport, PipelineError> {
-        if !scale.is_finite() {
-            return Err(PipelineError::Input { what: "a LoRA's scale", value: scale.to_string(), allowed: "a finite number".into() });
-        }
-        let file = LoraFile::open(path).map_err(PipelineError::Lora)?;
-        let updates = self.match_lora(&file).map_err(PipelineError::Lora)?;
-        let hash = hash::lora_short_hash(path).map_err(|source| PipelineError::Lora(LoadError::Io { path: path.into(), source }.into()))?;
-        self.loras.loaded.push(LoadedLora { path: file.path.clone(), format: file.format, modules: file.modules(), hash, scale, updates });
-        match self.merge_loras() {
-            Ok(reports) => Ok(reports.last().cloned().expect("one per LoRA")),
-            Err(e) => {
-                self.loras.loaded.pop();
-                self.merge_loras().expect("the LoRAs that were loaded merge again");
-                Err(e)
-            }
+/// Merge errors: `(parameter, why)`.
+type MergeErrors = Vec<(String, String)>;
+
+/// A pipeline whose components LoRAs update, by the component names of its LoRA files (`unet`,
+/// `transformer`, `text_encoder`, `text_encoder_2`, `text_encoder_3`).
+pub(crate) trait LoraTarget {
+    fn lora_state(&mut self) -> &mut LoraState;
+    fn lora_device(&self) -> &Device;
+    /// Each component's parameter names (PyTorch's).
+    fn lora_params(&self) -> HashMap<&'static str, Vec<String>>;
+    /// The original (LDM) name of a UNet parameter, which SDXL's kohya LoRAs use.
+    fn ldm_name(&self, _name: &str) -> Option<String> {
+        None
+    }
+    /// Merges `deltas` into component `name` (one it has): what it replaced, and what did not fit.
+    fn merge_component(&mut self, name: &str, deltas: &HashMap<String, Vec<Delta>>) -> Option<(Originals, MergeErrors)>;
+    /// Puts back what a merge into component `name` replaced.
+    fn restore_component(&mut self, name: &str, originals: Originals);
+}
+
+/// [`merge_deltas`] in place, computing in the module's dtype.
+fn merge_into<M: Module>(module: &mut M, deltas: &HashMap<String, Vec<Delta>>, dtype: DType) -> (Originals, MergeErrors) {
+    let (merged, originals, errors) = merge_deltas(module.clone(), deltas, dtype);
+    *module = merged;
+    (originals, errors)
+}
+
+/// [`restore`] in place.
+fn restore_into<M: Module>(module: &mut M, originals: Originals) {
+    *module = restore(module.clone(), originals);
+}
+
+fn names<M: Module>(module: &M) -> Vec<String> {
+    param_names(module).into_iter().map(|(n, _)| n).collect()
+}
+
+/// Loads the LoRA at `path` at `scale` and merges every loaded LoRA; nothing changes on failure.
+fn load<T: LoraTarget>(target: &mut T, path: &Path, scale: f64) -> Result<LoraReport, PipelineError> {
+    if !scale.is_finite() {
+        return Err(PipelineError::Input { what: "a LoRA's scale", value: scale.to_string(), allowed: "a finite number".into() });
+    }
+    let file = LoraFile::open(path).map_err(PipelineError::Lora)?;
+    let params = target.lora_params();
+    let updates = file.updates(&params, &|n| target.ldm_name(n), target.lora_device()).map_err(PipelineError::Lora)?;
+    let hash = hash::lora_short_hash(path).map_err(|source| PipelineError::Lora(LoadError::Io { path: path.into(), source }.into()))?;
+    target.lora_state().loaded.push(LoadedLora { path: file.path.clone(), format: file.format, modules: file.modules(), hash, scale, updates });
+    match merge(target) {
+        Ok(reports) => Ok(reports.last().cloned().expect("one per LoRA")),
+        Err(e) => {
+            target.lora_state().loaded.pop();
+            merge(target).expect("the LoRAs that were loaded merge again");
+            Err(e)
         }
     }
+}
 
-    /// `file`'s updates matched to this model's UNet and text encoders.
-    fn match_lora(&self, file: &LoraFile) -> Result<Updates, LoraError> {
-        let mut params: HashMap<&str, Vec<String>> = HashMap::new();
-        params.insert("unet", param_names(&self.unet).into_iter().map(|(n, _)| n).collect());
-        params.insert("text_encoder", param_names(&self.text_encoder).into_iter().map(|(n, _)| n).collect());
-        if let Some(te) = &self.text_encoder_2 {
-            params.insert("text_encoder_2", param_names(te).into_iter().map(|(n, _)| n).collect());
+fn set_scales<T: LoraTarget>(target: &mut T, scales: &[f64]) -> Result<Vec<LoraReport>, PipelineError> {
+    let loaded = target.lora_state().loaded.len();
+    if scales.len() != loaded || scales.iter().any(|s| !s.is_finite()) {
+        return Err(PipelineError::Input { what: "LoRA scales", value: format!("{scales:?}"), allowed: format!("{loaded} finite numbers, one per loaded LoRA") });
+    }
+    for (lora, new) in target.lora_state().loaded.iter_mut().zip(scales) {
+        lora.scale = *new;
+    }
+    merge(target)
+}
+
+fn unload<T: LoraTarget>(target: &mut T) {
+    restore_all(target);
+    target.lora_state().loaded.clear();
+}
+
+fn restore_all<T: LoraTarget>(target: &mut T) {
+    let originals = std::mem::take(&mut target.lora_state().originals);
+    for (name, o) in originals {
+        target.restore_component(name, o);
+    }
+}
+
+/// Restores the weights, then merges every loaded LoRA at its scale (no file is read).
+fn merge<T: LoraTarget>(target: &mut T) -> Result<Vec<LoraReport>, PipelineError> {
+    restore_all(target);
+    let mut all: HashMap<&'static str, HashMap<String, Vec<Delta>>> = HashMap::new();
+    let state = target.lora_state();
+    for lora in &state.loaded {
+        lora.updates.add_to(lora.scale, &mut all);
+    }
+    let reports: Vec<LoraReport> = state.loaded.iter().map(LoadedLora::report).collect();
+    let path = state.loaded.last().map(|l| l.path.clone()).unwrap_or_default();
+    let mut errors = Vec::new();
+    let mut components: Vec<_> = all.into_iter().collect();
+    components.sort_by_key(|(name, _)| *name);
+    for (name, deltas) in components {
+        if let Some((originals, e)) = target.merge_component(name, &deltas) {
+            errors.extend(e);
+            target.lora_state().originals.insert(name, originals);
         }
-        // SDXL kohya LoRAs name the UNet's modules as the original (LDM) model does
+    }
+    if !errors.is_empty() {
+        restore_all(target);
+        return Err(PipelineError::Lora(LoraError::Shape { path, errors: errors.into_iter().map(|(n, e)| format!("`{n}`: {e}")).collect() }));
+    }
+    Ok(reports)
+}
+
+/// The public LoRA methods of a pipeline type, over its [`LoraTarget`].
+macro_rules! lora_methods {
+    ($pipeline:ty) => {
+        impl $pipeline {
+            /// Loads the LoRA at `path` at `scale` (diffusers' adapter weight; A1111's
+            /// `<lora:name:scale>`) and merges every loaded LoRA into the weights. Nothing changes
+            /// when it fails: a module the model lacks, an update that does not fit, an
+            /// unsupported layer kind are errors.
+            pub fn load_lora(&mut self, path: &Path, scale: f64) -> Result<LoraReport, PipelineError> {
+                load(self, path, scale)
+            }
+
+            /// Sets each loaded LoRA's scale (in the order they were loaded) and merges again.
+            pub fn set_lora_scales(&mut self, scales: &[f64]) -> Result<Vec<LoraReport>, PipelineError> {
+                set_scales(self, scales)
+            }
+
+            /// Takes every LoRA out: the weights are again exactly those loaded from the model.
+            pub fn unload_loras(&mut self) {
+                unload(self)
+            }
+
+            /// The loaded LoRAs, in order.
+            pub fn loras(&self) -> Vec<(&Path, f64)> {
+                self.loras.loaded.iter().map(|l| (l.path.as_path(), l.scale)).collect()
+            }
+        }
+    };
+}
+
+lora_methods!(StableDiffusion);
+lora_methods!(StableDiffusion3);
+lora_methods!(Flux);
+
+impl LoraTarget for StableDiffusion {
+    fn lora_state(&mut self) -> &mut LoraState {
+        &mut self.loras
+    }
+
+    fn lora_device(&self) -> &Device {
+        &self.device
+    }
+
+    fn lora_params(&self) -> HashMap<&'static str, Vec<String>> {
+        let mut params = HashMap::from([("unet", names(&self.unet)), ("text_encoder", names(&self.text_encoder))]);
+        if let Some(te) = &self.text_encoder_2 {
+            params.insert("text_encoder_2", names(te));
+        }
+        params
+    }
+
+    /// SDXL kohya LoRAs name the UNet's modules as the original (LDM) model does.
+    fn ldm_name(&self, name: &str) -> Option<String> {
         let config = self.unet.config();
         let lpb = match &config.layers_per_block {
             PerBlock::One(n) => Some(*n),
             PerBlock::List(l) => l.first().copied().filter(|n| l.iter().all(|m| m == n)),
-        };
+        }?;
         let up_attention: Vec<bool> = config.up_block_types.iter().map(|t| t.contains("CrossAttn")).collect();
-        let ldm_name = |name: &str| lpb.and_then(|lpb| crate::single_file::unet::ldm_key(name, lpb, &|b| up_attention.get(b).copied().unwrap_or(false)));
-        file.updates(&params, &ldm_name, &self.device)
+        crate::single_file::unet::ldm_key(name, lpb, &|b| up_attention.get(b).copied().unwrap_or(false))
     }
 
-    /// Sets each loaded LoRA's scale (in the order they were loaded) and merges again.
-    pub fn set_lora_scales(&mut self, scales: &[f64]) -> Result<Vec<LoraReport>, PipelineError> {
-        if scales.len() != self.loras.loaded.len() || scales.iter().any(|s| !s.is_finite()) {
-            return Err(PipelineError::Input {
-                what: "LoRA scales",
-                value: format!("{scales:?}"),
-                allowed: format!("{} finite numbers, one per loaded LoRA", self.loras.loaded.len()),
-            });
-        }
-        for (lora, new) in self.loras.loaded.iter_mut().zip(scales) {
-            lora.scale = *new;
-        }
-        self.merge_loras()
-    }
-
-    /// Takes every LoRA out: the weights are again exactly those loaded from the model.
-    pub fn unload_loras(&mut self) {
-        self.restore_weights();
-        self.loras.loaded.clear();
-    }
-
-    /// The loaded LoRAs, in order.
-    pub fn loras(&self) -> Vec<(&Path, f64)> {
-        self.loras.loaded.iter().map(|l| (l.path.as_path(), l.scale)).collect()
-    }
-
-    fn restore_weights(&mut self) {
-        let mut originals = std::mem::take(&mut self.loras.originals);
-        if let Some(o) = originals.remove("unet") {
-            self.unet = restore(self.unet.clone(), o);
-        }
-        if let Some(o) = originals.remove("text_encoder") {
-            self.text_encoder = restore(self.text_encoder.clone(), o);
-        }
-        if let Some(o) = originals.remove("text_encoder_2") {
-            self.text_encoder_2 = self.text_encoder_2.take().map(|te| restore(te, o));
+    fn merge_component(&mut self, name: &str, deltas: &HashMap<String, Vec<Delta>>) -> Option<(Originals, MergeErrors)> {
+        match name {
+            "unet" => {
+                let dtype = self.unet.dtype();
+                Some(merge_into(&mut self.unet, deltas, dtype))
+            }
+            "text_encoder" => {
+                let dtype = self.text_encoder.dtype();
+                Some(merge_into(&mut self.text_encoder, deltas, dtype))
+            }
+            "text_encoder_2" => self.text_encoder_2.as_mut().map(|te| {
+                let dtype = te.dtype();
+                merge_into(te, deltas, dtype)
+            }),
+            _ => None,
         }
     }
 
-    /// Restores the weights, then merges every loaded LoRA at its scale (no file is read).
-    fn merge_loras(&mut self) -> Result<Vec<LoraReport>, PipelineError> {
-        self.restore_weights();
-        let mut all: HashMap<&'static str, HashMap<String, Vec<Delta>>> = HashMap::new();
-        for lora in &self.loras.loaded {
-            lora.updates.add_to(lora.scale, &mut all);
+    fn restore_component(&mut self, name: &str, originals: Originals) {
+        match name {
+            "unet" => restore_into(&mut self.unet, originals),
+            "text_encoder" => restore_into(&mut self.text_encoder, originals),
+            "text_encoder_2" => {
+                if let Some(te) = self.text_encoder_2.as_mut() {
+                    restore_into(te, originals)
+                }
+            }
+            _ => {}
         }
-        let reports = self.loras.loaded.iter().map(LoadedLora::report).collect();
-        let mut errors = Vec::new();
-        if let Some(d) = all.get("unet") {
-            let (m, o, e) = merge_deltas(self.unet.clone(), d, self.unet.dtype());
-            (self.unet, errors) = (m, [errors, e].concat());
-            self.loras.originals.insert("unet", o);
+    }
+}
+
+impl LoraTarget for StableDiffusion3 {
+    fn lora_state(&mut self) -> &mut LoraState {
+        &mut self.loras
+    }
+
+    fn lora_device(&self) -> &Device {
+        &self.device
+    }
+
+    fn lora_params(&self) -> HashMap<&'static str, Vec<String>> {
+        let mut params = HashMap::from([
+            ("transformer", names(&self.transformer)),
+            ("text_encoder", names(&self.text_encoder)),
+            ("text_encoder_2", names(&self.text_encoder_2)),
+        ]);
+        if let Some((_, t5)) = &self.t5 {
+            params.insert("text_encoder_3", names(t5));
         }
-        if let Some(d) = all.get("text_encoder") {
-            let (m, o, e) = merge_deltas(self.text_encoder.clone(), d, self.text_encoder.dtype());
-            (self.text_encoder, errors) = (m, [errors, e].concat());
-            self.loras.originals.insert("text_encoder", o);
+        params
+    }
+
+    fn merge_component(&mut self, name: &str, deltas: &HashMap<String, Vec<Delta>>) -> Option<(Originals, MergeErrors)> {
+        match name {
+            "transformer" => {
+                let dtype = self.transformer.dtype();
+                Some(merge_into(&mut self.transformer, deltas, dtype))
+            }
+            "text_encoder" => {
+                let dtype = self.text_encoder.dtype();
+                Some(merge_into(&mut self.text_encoder, deltas, dtype))
+            }
+            "text_encoder_2" => {
+                let dtype = self.text_encoder_2.dtype();
+                Some(merge_into(&mut self.text_encoder_2, deltas, dtype))
+            }
+            "text_encoder_3" => self.t5.as_mut().map(|(_, t5)| {
+                let dtype = t5.dtype();
+                merge_into(t5, deltas, dtype)
+            }),
+            _ => None,
         }
-        if let (Some(d), Some(te)) = (all.get("text_encoder_2"), self.text_encoder_2.as_ref()) {
-            let (m, o, e) = merge_deltas(te.clone(), d, te.dtype());
-            (self.text_encoder_2, errors) = (Some(m), [errors, e].concat());
-            self.loras.originals.insert("text_encoder_2", o);
+    }
+
+    fn restore_component(&mut self, name: &str, originals: Originals) {
+        match name {
+            "transformer" => restore_into(&mut self.transformer, originals),
+            "text_encoder" => restore_into(&mut self.text_encoder, originals),
+            "text_encoder_2" => restore_into(&mut self.text_encoder_2, originals),
+            "text_encoder_3" => {
+                if let Some((_, t5)) = self.t5.as_mut() {
+                    restore_into(t5, originals)
+                }
+            }
+            _ => {}
         }
-        if !errors.is_empty() {
-            self.restore_weights();
-            let path = self.loras.loaded.last().map(|l| l.path.clone()).unwrap_or_default();
-            return Err(PipelineError::Lora(LoraError::Shape { path, errors: errors.into_iter().map(|(n, e)| format!("`{n}`: {e}")).collect() }));
+    }
+}
+
+impl LoraTarget for Flux {
+    fn lora_state(&mut self) -> &mut LoraState {
+        &mut self.loras
+    }
+
+    fn lora_device(&self) -> &Device {
+        &self.device
+    }
+
+    fn lora_params(&self) -> HashMap<&'static str, Vec<String>> {
+        HashMap::from([
+            ("transformer", names(&self.transformer)),
+            ("text_encoder", names(&self.text_encoder)),
+            ("text_encoder_2", names(&self.text_encoder_2)),
+        ])
+    }
+
+    fn merge_component(&mut self, name: &str, deltas: &HashMap<String, Vec<Delta>>) -> Option<(Originals, MergeErrors)> {
+        match name {
+            "transformer" => {
+                let dtype = self.transformer.dtype();
+                Some(merge_into(&mut self.transformer, deltas, dtype))
+            }
+            "text_encoder" => {
+                let dtype = self.text_encoder.dtype();
+                Some(merge_into(&mut self.text_encoder, deltas, dtype))
+            }
+            "text_encoder_2" => {
+                let dtype = self.text_encoder_2.dtype();
+                Some(merge_into(&mut self.text_encoder_2, deltas, dtype))
+            }
+            _ => None,
         }
-        Ok(reports)
+    }
+
+    fn restore_component(&mut self, name: &str, originals: Originals) {
+        match name {
+            "transformer" => restore_into(&mut self.transformer, originals),
+            "text_encoder" => restore_into(&mut self.text_encoder, originals),
+            "text_encoder_2" => restore_into(&mut self.text_encoder_2, originals),
+            _ => {}
+        }
     }
 }

@@ -1,6 +1,8 @@
-//! LoRAs: low-rank updates of the UNet's and text encoders' linear and convolution weights,
-//! merged into the loaded model's weights (`W + scale · alpha/rank · up @ down`) and taken out
-//! again exactly ([`crate::StableDiffusion::load_lora`], `unload_loras`, `set_lora_scales`).
+//! LoRAs: low-rank updates of the denoiser's (UNet, SD 3 / FLUX transformer) and text encoders'
+//! linear and convolution weights, merged into the loaded model's weights
+//! (`W + scale · alpha/rank · up @ down`) and taken out again exactly
+//! ([`crate::StableDiffusion::load_lora`], `unload_loras`, `set_lora_scales`; the same methods on
+//! [`crate::StableDiffusion3`] and [`crate::Flux`]).
 //!
 //! Formats, told apart by their keys:
 //! * kohya / A1111 (`lora_unet_*`, `lora_te_*`, SDXL's `lora_te1_*`/`lora_te2_*`, with
@@ -9,7 +11,11 @@
 //!   diffusers' names (SD 1.x/2.x) or the original LDM names (SDXL's `input_blocks_4_1_…`,
 //!   `_maybe_map_sgm_blocks_to_diffusers`); LoCon's convolution updates (3×3 down, 1×1 up) too;
 //! * diffusers / PEFT (`unet.<module>.lora_A.weight` / `.lora_B.weight`, or `.lora.down.weight` /
-//!   `.lora.up.weight`, `text_encoder.…`, `text_encoder_2.…`, optional `.alpha`).
+//!   `.lora.up.weight`, `transformer.…` for SD 3 and FLUX, `text_encoder.…`, `text_encoder_2.…`,
+//!   `text_encoder_3.…`), alpha from `.alpha` keys or from the `lora_adapter_metadata` diffusers'
+//!   `save_lora_weights` writes into the safetensors header (each component's peft `lora_alpha`
+//!   and `alpha_pattern`), else the rank. kohya's SD 3 / FLUX LoRAs (`lora_unet_double_blocks_…`,
+//!   the original model's fused modules) are not read yet: an error says so.
 //!
 //! A LoRA is applied whole or not at all: a module the model does not have, an update whose shape
 //! does not fit its weight, or a layer kind kiln does not apply (LoHa, LoKr, Tucker `lora_mid`,
@@ -159,6 +165,52 @@ pub struct LoraFile {
     pub format: LoraFormat,
     file: Arc<WeightsFile>,
     modules: Vec<StoredModule>,
+    /// diffusers' `lora_adapter_metadata`: each component's peft alphas.
+    peft_alphas: HashMap<String, PeftAlphas>,
+}
+
+/// A component's alphas in diffusers' `lora_adapter_metadata` (peft's `LoraConfig`).
+#[derive(Debug, Default)]
+struct PeftAlphas {
+    lora_alpha: Option<f64>,
+    /// `alpha_pattern`: module name (or its last parts) → alpha.
+    alpha_pattern: Vec<(String, f64)>,
+    /// `use_rslora`: alpha / √rank in place of alpha / rank.
+    rslora: bool,
+}
+
+impl PeftAlphas {
+    /// The alpha of module `name`: the first pattern `name` ends with (as peft's
+    /// `get_pattern_key` matches `(.*\.)?pattern$`), else `lora_alpha`.
+    fn alpha(&self, name: &str) -> Option<f64> {
+        self.alpha_pattern.iter().find(|(p, _)| name == p || name.ends_with(&format!(".{p}"))).map(|(_, a)| *a).or(self.lora_alpha)
+    }
+}
+
+/// Reads diffusers' `lora_adapter_metadata` (a JSON object of `component.field` keys) from a
+/// safetensors header; empty where there is none.
+fn peft_metadata(path: &Path) -> Result<HashMap<String, PeftAlphas>, String> {
+    let Ok(header) = kiln_nn::read_safetensors_header(path) else { return Ok(HashMap::new()) };
+    let Some(text) = header.metadata.get("lora_adapter_metadata") else { return Ok(HashMap::new()) };
+    let json: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text).map_err(|e| format!("its lora_adapter_metadata is not a JSON object: {e}"))?;
+    let mut out: HashMap<String, PeftAlphas> = HashMap::new();
+    let number = |key: &str, v: &serde_json::Value| v.as_f64().filter(|a| a.is_finite()).ok_or_else(|| format!("lora_adapter_metadata `{key}`: {v} is not a finite number"));
+    for (key, value) in &json {
+        let Some((component, field)) = key.split_once('.') else { continue };
+        let entry = out.entry(component.to_string()).or_default();
+        match field {
+            "lora_alpha" => entry.lora_alpha = Some(number(key, value)?),
+            "alpha_pattern" => {
+                for (pattern, alpha) in value.as_object().into_iter().flatten() {
+                    entry.alpha_pattern.push((pattern.clone(), number(&format!("{key}.{pattern}"), alpha)?));
+                }
+            }
+            "use_rslora" => entry.rslora = value.as_bool().unwrap_or(false),
+            "use_dora" if value.as_bool() == Some(true) => return Err("it is a DoRA (use_dora), which kiln does not apply yet".into()),
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 /// What a LoRA did: the modules it updated of those it holds.
@@ -184,7 +236,8 @@ impl std::fmt::Display for LoraReport {
 }
 
 const KOHYA_PREFIXES: [(&str, &str); 4] = [("lora_unet_", "unet"), ("lora_te1_", "text_encoder"), ("lora_te2_", "text_encoder_2"), ("lora_te_", "text_encoder")];
-const PEFT_PREFIXES: [(&str, &str); 3] = [("unet.", "unet"), ("text_encoder_2.", "text_encoder_2"), ("text_encoder.", "text_encoder")];
+const PEFT_PREFIXES: [(&str, &str); 5] =
+    [("unet.", "unet"), ("transformer.", "transformer"), ("text_encoder_2.", "text_encoder_2"), ("text_encoder_3.", "text_encoder_3"), ("text_encoder.", "text_encoder")];
 /// Layer kinds not applied yet: LoKr's `lokr_t1` (A1111 has none either), and the kinds A1111
 /// has besides (IA³, GLoRA, OFT, norms).
 const UNSUPPORTED: [&str; 6] = [".lokr_t1", ".on_input", ".a1.weight", ".oft_blocks", ".oft_diag", ".w_norm"];
@@ -246,7 +299,7 @@ impl LoraFile {
             }
             let prefixes: &[(&str, &str)] = if fmt == LoraFormat::Kohya { &KOHYA_PREFIXES } else { &PEFT_PREFIXES };
             let Some((component, module)) = prefixes.iter().find_map(|(p, c)| stem.strip_prefix(p).map(|m| (*c, m))) else {
-                return Err(bad(format!("`{name}`: a LoRA module outside the UNet and text encoders ({})", prefixes.iter().map(|p| p.0).collect::<Vec<_>>().join(", "))));
+                return Err(bad(format!("`{name}`: a LoRA module outside the denoiser and text encoders ({})", prefixes.iter().map(|p| p.0).collect::<Vec<_>>().join(", "))));
             };
             let alpha = format!("{stem}.alpha");
             let alpha = has(&alpha).then_some(alpha);
@@ -260,7 +313,8 @@ impl LoraFile {
             let first = names.first().map(|n| format!(" (e.g. `{n}`)")).unwrap_or_default();
             return Err(bad(format!("no `.lora_down.weight`, `.lora_A.weight`, `.hada_w1_a`, `.lokr_w1` or `.diff` keys{first}")));
         };
-        Ok(Self { path: path.into(), format, file, modules })
+        let peft_alphas = if format == LoraFormat::Peft { peft_metadata(path).map_err(bad)? } else { HashMap::new() };
+        Ok(Self { path: path.into(), format, file, modules, peft_alphas })
     }
 
     /// The number of modules the file updates.
@@ -374,8 +428,12 @@ impl LoraFile {
                 StoredKind::LowRank { down, up, mid } => {
                     let (down, up) = (self.matrix(down, device)?, self.matrix(up, device)?);
                     let rank = down.dims()[0];
-                    // kohya and PEFT without an alpha: alpha = rank
-                    let s = Scaling::AlphaOverRank { alpha: alpha.unwrap_or(rank as f64), rank: rank as f64 };
+                    // an `.alpha` key, else diffusers' metadata; kohya and PEFT without either:
+                    // alpha = rank
+                    let peft = self.peft_alphas.get(m.component);
+                    let alpha = alpha.or_else(|| peft.and_then(|p| p.alpha(&m.name)));
+                    let rank_divisor = if peft.is_some_and(|p| p.rslora) { (rank as f64).sqrt() } else { rank as f64 };
+                    let s = Scaling::AlphaOverRank { alpha: alpha.unwrap_or(rank_divisor), rank: rank_divisor };
                     let factor = match mid {
                         Some(mid) => NnFactor::Cp { left: up, core: self.core(mid, device)?, right: down },
                         None => NnFactor::Product(up, down),
@@ -426,7 +484,16 @@ impl LoraFile {
             }
         }
         if !unmatched.is_empty() {
-            let family = if self.modules.iter().any(|m| m.component == "text_encoder_2") && !params.contains_key("text_encoder_2") {
+            let has = |c: &str| self.modules.iter().any(|m| m.component == c);
+            let family = if has("unet") && params.contains_key("transformer") {
+                if self.format == LoraFormat::Kohya {
+                    "; this SD 3 / FLUX model has a transformer: kiln reads diffusers/PEFT LoRAs (`transformer.…`) for it, not yet kohya's (`lora_unet_double_blocks_…`, the original model's fused modules)"
+                } else {
+                    "; it updates a UNet, this model has a transformer: an SD-family LoRA on an SD 3 / FLUX model?"
+                }
+            } else if has("transformer") && params.contains_key("unet") {
+                "; it updates an SD 3 / FLUX transformer, this model has a UNet"
+            } else if has("text_encoder_2") && !params.contains_key("text_encoder_2") {
                 "; it has SDXL's second text encoder (lora_te2_), this model has none: an SDXL LoRA on an SD 1.x/2.x model?"
             } else {
                 ""

@@ -1,7 +1,7 @@
 //! `load_lora`, `set_lora_scales`, `unload_loras` of every pipeline ([`StableDiffusion`],
 //! [`StableDiffusion3`], [`Flux`]): the loaded LoRAs' updates merged into the denoiser's and text
 //! encoders' weights, every change undone exactly from the parameters kept as they were. A
-//! pipeline says which components it has ([`LoraTarget`]); the rest is shared.
+//! pipeline says which components it has (its `LoraTarget` impl); the rest is shared.
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -429,7 +429,7 @@ fn generate_sd3_and_flux_reproduce_diffusers() {
     ]);
     assert!(o.status.success(), "flux LoRA: {}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("65 of its 65 modules applied"), "{}", String::from_utf8_lossy(&o.stderr));
-    let (got, want) = (pixels(&lora_out), pixels(&root().join("assets/fixtures/loras/flux-dev.png")));
+    let (got, want) = (pixels(&lora_out), pixels(&root().join("assets/fixtures/loras/flux-dev-peft.png")));
     let worst = got.iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
     assert!(got.len() == want.len() && worst <= 2, "flux LoRA: {worst} levels from diffusers");
     let info = kiln(&["info", lora_out.to_str().unwrap()]);

@@ -39,6 +39,7 @@ pub const TARGETS: &[Target] = &[
     Target { name: "t5_tokenizer", run: t5_tokenizer },
     Target { name: "transformer_config", run: transformer_config },
     Target { name: "sharded_index", run: sharded_index },
+    Target { name: "lora_file", run: lora_file },
     Target { name: "hub_id", run: hub_id },
     Target { name: "image", run: image },
     Target { name: "serve_request", run: serve_request },
@@ -260,6 +261,29 @@ fn sharded_index(input: &[u8], s: &Scratch) -> Outcome {
         }
         Err(_) => Outcome::Refused,
     }
+}
+
+/// A LoRA file (`--lora`), loaded into a tiny model and taken out again: the first byte picks
+/// the SD 1.x fixture (even) or the FLUX.1-dev one (odd), the rest is the file. Reading its keys,
+/// alphas and diffusers' metadata, matching every module (kohya, PEFT, LyCORIS, kohya's FLUX
+/// names), checking the factors' shapes and merging them.
+fn lora_file(input: &[u8], s: &Scratch) -> Outcome {
+    use kiln_pipeline::{LoadOptions, Pipeline};
+    use std::sync::Mutex;
+    static PIPES: std::sync::OnceLock<[Mutex<Pipeline>; 2]> = std::sync::OnceLock::new();
+    let pipes = PIPES.get_or_init(|| {
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/fixtures/models");
+        let load = |name: &str| Mutex::new(Pipeline::load(&models.join(name), &LoadOptions::new(&Device::flex())).expect("a fixture model"));
+        [load("sd1"), load("flux-dev")]
+    });
+    // (the models load on the first call, the engine's warm-up on the empty input)
+    let Some((which, file)) = input.split_first() else { return Outcome::Refused };
+    let path = s.dir.join("lora.safetensors");
+    std::fs::write(&path, file).expect("the LoRA file");
+    let mut pipe = pipes[usize::from(which % 2)].lock().unwrap_or_else(|e| e.into_inner());
+    let ok = pipe.load_lora(&path, 0.5).is_ok();
+    pipe.unload_loras();
+    accepted(ok)
 }
 
 /// A scheduler config, built as every class and through every sampler name (with and without

@@ -30,6 +30,22 @@ pub enum Factor {
 }
 
 impl Factor {
+    /// The matrix's shape `[out, in·K]`, or why its parts do not multiply (a file's inner
+    /// dimensions that disagree), checked before [`Factor::eval`] would multiply them.
+    pub fn checked_dims(&self) -> Result<[usize; 2], String> {
+        match self {
+            Factor::Dense(m) => Ok(m.dims()),
+            Factor::Product(a, b) => {
+                let ([out, i], [j, inn]) = (a.dims(), b.dims());
+                if i == j { Ok([out, inn]) } else { Err(format!("a [{out}, {i}] factor times a [{j}, {inn}] one")) }
+            }
+            Factor::Cp { left, core, right } => {
+                let ([out, i], [ci, cj, k], [j, inn]) = (left.dims(), core.dims(), right.dims());
+                if i == ci && j == cj { Ok([out, inn * k]) } else { Err(format!("a [{out}, {i}] factor, a [{ci}, {cj}, {k}] core and a [{j}, {inn}] factor")) }
+            }
+        }
+    }
+
     /// The matrix, f32.
     pub fn eval(&self) -> Tensor<2> {
         match self {
@@ -60,6 +76,24 @@ pub enum Update {
     /// LyCORIS LoKr: `kron(w1, w2)` (`network_lokr.py`; a convolution's `w2` `[c, d, kh, kw]`
     /// flattened to `[c, d·kh·kw]` gives the same elements).
     Kronecker(Factor, Factor),
+}
+
+impl Update {
+    /// The update's matrix shape, or why its parts do not fit together (checked before any
+    /// product is taken).
+    pub fn checked_dims(&self) -> Result<[usize; 2], String> {
+        match self {
+            Update::One(f) => f.checked_dims(),
+            Update::Hadamard(a, b) => {
+                let (da, db) = (a.checked_dims()?, b.checked_dims()?);
+                if da == db { Ok(da) } else { Err(format!("a Hadamard product of a {da:?} and a {db:?} matrix")) }
+            }
+            Update::Kronecker(a, b) => {
+                let ([p, q], [r, s]) = (a.checked_dims()?, b.checked_dims()?);
+                Ok([p * r, q * s])
+            }
+        }
+    }
 }
 
 /// One update of a weight, times `scale`.
@@ -159,11 +193,19 @@ impl ModuleMapper for Merger<'_> {
             let cols: usize = torch_dims[1..].iter().product();
             let mut sum: Option<Tensor<2>> = None;
             for d in deltas {
-                let m = d.matrix();
-                if m.dims() != [rows, cols] {
-                    error = Some(format!("an update of shape {:?} for a weight of shape {torch_dims:?}", m.dims()));
+                // shapes first: a file whose factors do not multiply is an error, not a panic
+                let shape = match d.update.checked_dims() {
+                    Ok(shape) => shape,
+                    Err(e) => {
+                        error = Some(format!("its factors do not fit together ({e})"));
+                        return t;
+                    }
+                };
+                if shape != [rows, cols] {
+                    error = Some(format!("an update of shape {shape:?} for a weight of shape {torch_dims:?}"));
                     return t;
                 }
+                let m = d.matrix();
                 sum = Some(match sum {
                     Some(s) => s + m,
                     None => m,

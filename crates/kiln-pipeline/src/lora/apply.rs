@@ -23,8 +23,8 @@ type MergeErrors = Vec<(String, String)>;
 pub(crate) trait LoraTarget {
     fn lora_state(&mut self) -> &mut LoraState;
     fn lora_device(&self) -> &Device;
-    /// Each component's parameter names (PyTorch's).
-    fn lora_params(&self) -> HashMap<&'static str, Vec<String>>;
+    /// Each component's parameter names (PyTorch's) and shapes.
+    fn lora_params(&self) -> HashMap<&'static str, Vec<(String, Vec<usize>)>>;
     /// The original (LDM) name of a UNet parameter, which SDXL's kohya LoRAs use.
     fn ldm_name(&self, _name: &str) -> Option<String> {
         None
@@ -47,8 +47,8 @@ fn restore_into<M: Module>(module: &mut M, originals: Originals) {
     *module = restore(module.clone(), originals);
 }
 
-fn names<M: Module>(module: &M) -> Vec<String> {
-    param_names(module).into_iter().map(|(n, _)| n).collect()
+fn names<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
+    param_names(module)
 }
 
 /// Loads the LoRA at `path` at `scale` and merges every loaded LoRA; nothing changes on failure.
@@ -163,7 +163,7 @@ impl LoraTarget for StableDiffusion {
         &self.device
     }
 
-    fn lora_params(&self) -> HashMap<&'static str, Vec<String>> {
+    fn lora_params(&self) -> HashMap<&'static str, Vec<(String, Vec<usize>)>> {
         let mut params = HashMap::from([("unet", names(&self.unet)), ("text_encoder", names(&self.text_encoder))]);
         if let Some(te) = &self.text_encoder_2 {
             params.insert("text_encoder_2", names(te));
@@ -223,7 +223,7 @@ impl LoraTarget for StableDiffusion3 {
         &self.device
     }
 
-    fn lora_params(&self) -> HashMap<&'static str, Vec<String>> {
+    fn lora_params(&self) -> HashMap<&'static str, Vec<(String, Vec<usize>)>> {
         let mut params = HashMap::from([
             ("transformer", names(&self.transformer)),
             ("text_encoder", names(&self.text_encoder)),
@@ -281,7 +281,7 @@ impl LoraTarget for Flux {
         &self.device
     }
 
-    fn lora_params(&self) -> HashMap<&'static str, Vec<String>> {
+    fn lora_params(&self) -> HashMap<&'static str, Vec<(String, Vec<usize>)>> {
         HashMap::from([
             ("transformer", names(&self.transformer)),
             ("text_encoder", names(&self.text_encoder)),

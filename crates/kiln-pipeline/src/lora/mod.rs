@@ -14,8 +14,10 @@
 //!   `.lora.up.weight`, `transformer.…` for SD 3 and FLUX, `text_encoder.…`, `text_encoder_2.…`,
 //!   `text_encoder_3.…`), alpha from `.alpha` keys or from the `lora_adapter_metadata` diffusers'
 //!   `save_lora_weights` writes into the safetensors header (each component's peft `lora_alpha`
-//!   and `alpha_pattern`), else the rank. kohya's SD 3 / FLUX LoRAs (`lora_unet_double_blocks_…`,
-//!   the original model's fused modules) are not read yet: an error says so.
+//!   and `alpha_pattern`), else the rank;
+//! * kohya's FLUX LoRAs (`lora_unet_double_blocks_{i}_img_attn_qkv`, `…single_blocks_{i}_linear1`:
+//!   the original model's modules, fused ones split as diffusers splits them, `lora/kohya_flux.rs`) on a
+//!   model with a transformer. kohya's SD 3 LoRAs are not read yet: an error says so.
 //!
 //! A LoRA is applied whole or not at all: a module the model does not have, an update whose shape
 //! does not fit its weight, or a layer kind kiln does not apply (LoHa, LoKr, Tucker `lora_mid`,
@@ -23,6 +25,7 @@
 
 pub mod apply;
 pub mod hash;
+mod kohya_flux;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -76,7 +79,7 @@ pub(crate) struct LoadedLora {
 impl LoadedLora {
     /// What it does at its scale.
     pub(crate) fn report(&self) -> LoraReport {
-        let applied = self.updates.0.iter().map(|(c, d)| (c.to_string(), d.len())).collect();
+        let applied = self.updates.1.iter().map(|(c, n)| (c.to_string(), *n)).collect();
         LoraReport { path: self.path.clone(), scale: self.scale, format: self.format, modules: self.modules, applied, hash: self.hash.clone() }
     }
 }
@@ -101,7 +104,7 @@ impl Scaling {
 /// A LoRA's updates matched to a model: for each component, each parameter's updates with how
 /// they scale.
 #[derive(Debug, Default)]
-pub(crate) struct Updates(HashMap<&'static str, HashMap<String, Vec<(Update, Scaling)>>>);
+pub(crate) struct Updates(HashMap<&'static str, HashMap<String, Vec<(Update, Scaling)>>>, HashMap<&'static str, usize>);
 
 impl Updates {
     /// The deltas at `scale`, added to `all` (by component and parameter, in order).
@@ -221,7 +224,8 @@ pub struct LoraReport {
     pub format: LoraFormat,
     /// Modules in the file.
     pub modules: usize,
-    /// Weights it updates, by component.
+    /// Modules applied, by component (a fused kohya FLUX module or a full delta with a bias
+    /// updates several weights).
     pub applied: BTreeMap<String, usize>,
     /// A1111's short hash of the file (`Lora hashes`).
     pub hash: String,
@@ -379,13 +383,14 @@ impl LoraFile {
 
     /// The file's updates matched to the model (read from the file once): for each component,
     /// its parameters' updates. `params`: each component's parameter names (PyTorch's,
+    /// with their shapes,
     /// `…weight`). Every module must match.
-    pub(crate) fn updates(&self, params: &HashMap<&str, Vec<String>>, ldm_name: &dyn Fn(&str) -> Option<String>, device: &Device) -> Result<Updates, LoraError> {
+    pub(crate) fn updates(&self, params: &HashMap<&str, Vec<(String, Vec<usize>)>>, ldm_name: &dyn Fn(&str) -> Option<String>, device: &Device) -> Result<Updates, LoraError> {
         // each component's modules by the names this format gives them
         let mut tables: HashMap<&str, HashMap<String, String>> = HashMap::new();
         for (component, names) in params {
             let table = tables.entry(component).or_default();
-            for name in names.iter().filter_map(|n| n.strip_suffix(".weight")) {
+            for name in names.iter().filter_map(|(n, _)| n.strip_suffix(".weight")) {
                 match self.format {
                     LoraFormat::Peft => {
                         table.insert(name.to_string(), name.to_string());
@@ -407,7 +412,38 @@ impl LoraFile {
         }
         let mut out: HashMap<&'static str, HashMap<String, Vec<(Update, Scaling)>>> = HashMap::new();
         let mut unmatched = Vec::new();
+        // modules matched, by component (a fused kohya FLUX module updates several weights)
+        let mut applied: HashMap<&'static str, usize> = HashMap::new();
+        // kohya's FLUX names (the original model's modules) on a model with a transformer
+        let transformer_widths: HashMap<&str, usize> =
+            params.get("transformer").into_iter().flatten().filter_map(|(n, shape)| Some((n.strip_suffix(".weight")?, *shape.first()?))).collect();
         for m in &self.modules {
+            if let (LoraFormat::Kohya, "unet", false, StoredKind::LowRank { down, up, mid: None }) = (self.format, m.component, transformer_widths.is_empty(), &m.kind) {
+                let rows = self.file.get(up).expect("listed keys exist").shape.first().copied().unwrap_or(0) as usize;
+                if let Some(targets) = kohya_flux::targets(&m.name, rows, &|module| transformer_widths.get(module).copied()) {
+                    let (down, up) = (self.matrix(down, device)?, self.matrix(up, device)?);
+                    let rank = down.dims()[0];
+                    let alpha = match &m.alpha {
+                        Some(key) => self.scalar(key)?,
+                        None => rank as f64,
+                    };
+                    let s = Scaling::AlphaOverRank { alpha, rank: rank as f64 };
+                    let updates = out.entry("transformer").or_default();
+                    for t in targets {
+                        let mut part = match t.rows {
+                            Some((start, n)) => up.clone().narrow(0, start, n),
+                            None => up.clone(),
+                        };
+                        if t.swap_halves {
+                            let h = part.dims()[0] / 2;
+                            part = Tensor::cat(vec![part.clone().narrow(0, h, part.dims()[0] - h), part.narrow(0, 0, h)], 0);
+                        }
+                        updates.entry(format!("{}.weight", t.module)).or_default().push((Update::One(NnFactor::Product(part, down.clone())), s));
+                    }
+                    *applied.entry("transformer").or_default() += 1;
+                    continue;
+                }
+            }
             let Some(target) = tables.get(m.component).and_then(|t| t.get(&m.name)) else {
                 unmatched.push(m.key.clone());
                 continue;
@@ -416,6 +452,7 @@ impl LoraFile {
                 Some(key) => Some(self.scalar(key)?),
                 None => None,
             };
+            *applied.entry(m.component).or_default() += 1;
             let targets = out.entry(m.component).or_default();
             // A1111's `calc_scale`: alpha / rank where the file has both, else 1
             let scaled = |rank: Option<usize>| {
@@ -487,7 +524,7 @@ impl LoraFile {
             let has = |c: &str| self.modules.iter().any(|m| m.component == c);
             let family = if has("unet") && params.contains_key("transformer") {
                 if self.format == LoraFormat::Kohya {
-                    "; this SD 3 / FLUX model has a transformer: kiln reads diffusers/PEFT LoRAs (`transformer.…`) for it, not yet kohya's (`lora_unet_double_blocks_…`, the original model's fused modules)"
+                    "; this SD 3 / FLUX model has a transformer: kiln reads diffusers/PEFT LoRAs (`transformer.…`) and kohya's FLUX names (`lora_unet_double_blocks_…`) for it, not yet kohya's SD 3 names or these"
                 } else {
                     "; it updates a UNet, this model has a transformer: an SD-family LoRA on an SD 3 / FLUX model?"
                 }
@@ -501,7 +538,7 @@ impl LoraFile {
             unmatched.sort();
             return Err(LoraError::Unmatched { path: self.path.clone(), keys: unmatched, total: self.modules.len(), hint: family.into() });
         }
-        Ok(Updates(out))
+        Ok(Updates(out, applied))
     }
 }
 

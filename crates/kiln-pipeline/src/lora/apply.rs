@@ -47,6 +47,14 @@ fn restore_into<M: Module>(module: &mut M, originals: Originals) {
     *module = restore(module.clone(), originals);
 }
 
+/// [`merge_into`] on a component, computing in its own dtype.
+macro_rules! merge {
+    ($module:expr, $deltas:expr) => {{
+        let dtype = $module.dtype();
+        merge_into(&mut $module, $deltas, dtype)
+    }};
+}
+
 fn names<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
     param_names(module)
 }
@@ -184,18 +192,9 @@ impl LoraTarget for StableDiffusion {
 
     fn merge_component(&mut self, name: &str, deltas: &HashMap<String, Vec<Delta>>) -> Option<(Originals, MergeErrors)> {
         match name {
-            "unet" => {
-                let dtype = self.unet.dtype();
-                Some(merge_into(&mut self.unet, deltas, dtype))
-            }
-            "text_encoder" => {
-                let dtype = self.text_encoder.dtype();
-                Some(merge_into(&mut self.text_encoder, deltas, dtype))
-            }
-            "text_encoder_2" => self.text_encoder_2.as_mut().map(|te| {
-                let dtype = te.dtype();
-                merge_into(te, deltas, dtype)
-            }),
+            "unet" => Some(merge!(self.unet, deltas)),
+            "text_encoder" => Some(merge!(self.text_encoder, deltas)),
+            "text_encoder_2" => self.text_encoder_2.as_mut().map(|te| merge!(*te, deltas)),
             _ => None,
         }
     }
@@ -237,22 +236,10 @@ impl LoraTarget for StableDiffusion3 {
 
     fn merge_component(&mut self, name: &str, deltas: &HashMap<String, Vec<Delta>>) -> Option<(Originals, MergeErrors)> {
         match name {
-            "transformer" => {
-                let dtype = self.transformer.dtype();
-                Some(merge_into(&mut self.transformer, deltas, dtype))
-            }
-            "text_encoder" => {
-                let dtype = self.text_encoder.dtype();
-                Some(merge_into(&mut self.text_encoder, deltas, dtype))
-            }
-            "text_encoder_2" => {
-                let dtype = self.text_encoder_2.dtype();
-                Some(merge_into(&mut self.text_encoder_2, deltas, dtype))
-            }
-            "text_encoder_3" => self.t5.as_mut().map(|(_, t5)| {
-                let dtype = t5.dtype();
-                merge_into(t5, deltas, dtype)
-            }),
+            "transformer" => Some(merge!(self.transformer, deltas)),
+            "text_encoder" => Some(merge!(self.text_encoder, deltas)),
+            "text_encoder_2" => Some(merge!(self.text_encoder_2, deltas)),
+            "text_encoder_3" => self.t5.as_mut().map(|(_, t5)| merge!(*t5, deltas)),
             _ => None,
         }
     }
@@ -291,18 +278,9 @@ impl LoraTarget for Flux {
 
     fn merge_component(&mut self, name: &str, deltas: &HashMap<String, Vec<Delta>>) -> Option<(Originals, MergeErrors)> {
         match name {
-            "transformer" => {
-                let dtype = self.transformer.dtype();
-                Some(merge_into(&mut self.transformer, deltas, dtype))
-            }
-            "text_encoder" => {
-                let dtype = self.text_encoder.dtype();
-                Some(merge_into(&mut self.text_encoder, deltas, dtype))
-            }
-            "text_encoder_2" => {
-                let dtype = self.text_encoder_2.dtype();
-                Some(merge_into(&mut self.text_encoder_2, deltas, dtype))
-            }
+            "transformer" => Some(merge!(self.transformer, deltas)),
+            "text_encoder" => Some(merge!(self.text_encoder, deltas)),
+            "text_encoder_2" => Some(merge!(self.text_encoder_2, deltas)),
             _ => None,
         }
     }

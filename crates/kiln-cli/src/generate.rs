@@ -257,11 +257,7 @@ fn embeddings_in(dir: &Path, texts: &[&str]) -> Result<Vec<PathBuf>, String> {
 /// `--steps` and `--guidance-scale`, or the family's defaults: kiln's 30 steps and 7.5 for the SD
 /// family, diffusers' 28 steps and 7.0 (SD 3) or 3.5 (FLUX).
 fn defaults(kind: PipelineKind, steps: Option<usize>, guidance: Option<f64>) -> (usize, f64) {
-    let (s, g) = match kind {
-        PipelineKind::StableDiffusion3 => (28, 7.0),
-        PipelineKind::Flux => (28, 3.5),
-        _ => (30, 7.5),
-    };
+    let (s, g) = kiln::pipeline::infotext::default_steps_and_guidance(kind);
     (steps.unwrap_or(s), guidance.unwrap_or(g))
 }
 

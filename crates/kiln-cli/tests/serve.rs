@@ -686,3 +686,74 @@ fn sigterm_finishes_the_queued_requests_then_exits_0() {
     let status = server.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "exit status after draining: {:?}", server.log.lock().unwrap());
 }
+
+/// The pixels of a PNG.
+fn png_pixels(png: &[u8]) -> Vec<u8> {
+    image::load_from_memory(png).unwrap().to_rgb8().into_raw()
+}
+
+/// SD 3 and FLUX.1 served beside an SD model: FLUX.1-schnell through `/v1/images/generations`
+/// with kiln's fields draws scripts/fixtures/flow_pipelines.py's case 7 within 2 levels of
+/// diffusers' and byte for byte `kiln generate`'s PNG; SD 3 through the OpenAI client with its
+/// fields only gets its family's defaults (28 steps, guidance 7), again `kiln generate`'s PNG;
+/// A1111's txt2img reads a flow model's prompt as plain text and says so; an SD-only option is
+/// refused naming it.
+#[test]
+fn sd3_and_flux_models_are_served() {
+    let models = repo_root().join("assets/fixtures/models");
+    let (flux, sd3) = (models.join("flux-schnell"), models.join("sd3"));
+    let server = Server::start(&["--model", flux.to_str().unwrap(), "--model", sd3.to_str().unwrap()]);
+    let dir = TempDir::new("serve-flow");
+    server.wait_ready();
+    runtime().block_on(async {
+        let http = reqwest::Client::new();
+        let body = json!({"model": "flux-schnell", "prompt": PROMPT, "size": "32x24", "steps": 4, "guidance_scale": 0.0, "seed": 0,
+            "max_sequence_length": 32, "response_format": "b64_json"});
+        let r = http.post(server.url("/v1/images/generations")).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        let served = unb64(v["data"][0]["b64_json"].as_str().unwrap());
+        let want = png_pixels(&std::fs::read(repo_root().join("assets/fixtures/flow_pipelines/case07-0.png")).unwrap());
+        let got = png_pixels(&served);
+        let worst = got.iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
+        assert!(got.len() == want.len() && worst <= 2, "FLUX.1-schnell served: {worst} levels from diffusers");
+        let cli = generate_with(flux.to_str().unwrap(), &dir, "flux.png", &["--prompt", PROMPT, "--width", "32", "--height", "24", "--steps", "4", "--guidance-scale", "0", "--max-sequence-length", "32"]);
+        assert_eq!(served, cli, "the served FLUX PNG differs from kiln generate's");
+
+        // SD 3 through the OpenAI client: OpenAI's fields only, SD 3's defaults
+        let client = Client::with_config(OpenAIConfig::new().with_api_base(server.url("/v1")));
+        #[allow(deprecated)]
+        let request = CreateImageRequest {
+            prompt: "a cat".into(),
+            model: ImageModel::Other("sd3".into()),
+            size: Some(ImageSize::Other("32x24".into())),
+            response_format: Some(ImageResponseFormat::B64Json),
+            ..Default::default()
+        };
+        let response = client.images().generate(request).await.expect("the OpenAI client generates with SD 3");
+        let Image::B64Json { b64_json, .. } = response.data[0].as_ref() else { panic!("asked for b64_json") };
+        let served = unb64(b64_json);
+        assert!(infotext(&served).contains("Steps: 28") && infotext(&served).contains("CFG scale: 7"), "{}", infotext(&served));
+        let cli = generate_with(sd3.to_str().unwrap(), &dir, "sd3.png", &["--prompt", "a cat", "--width", "32", "--height", "24"]);
+        assert_eq!(served, cli, "the served SD 3 PNG differs from kiln generate's");
+
+        // A1111's txt2img on FLUX: plain-text prompts, said in the warnings
+        let body = json!({"prompt": "a (red:1.2) circle", "steps": 2, "cfg_scale": 1, "width": 32, "height": 24,
+            "sampler_name": "Euler", "override_settings": {"sd_model_checkpoint": "flux-schnell"}});
+        let r = http.post(server.url("/sdapi/v1/txt2img")).json(&body).send().await.unwrap();
+        let status = r.status();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(status, 200, "{v}");
+        assert!(v["images"][0].is_string() && v["info"].as_str().unwrap_or_default().contains("plain text"), "{v}");
+
+        // an SD 3 / FLUX option on the SD model, an SD sampler on FLUX: 400s naming them
+        let r = http.post(server.url("/v1/images/generations")).json(&json!({"prompt": "p", "size": "64x64", "max_sequence_length": 32})).send().await.unwrap();
+        assert_eq!(r.status(), 400);
+        assert!(r.text().await.unwrap().contains("max_sequence_length"));
+        let r = http.post(server.url("/v1/images/generations")).json(&json!({"model": "flux-schnell", "prompt": "p", "size": "32x24", "steps": 2, "scheduler": "dpm++2m"})).send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains("dpm++2m") || text.contains("DPM"), "{text}");
+    });
+}

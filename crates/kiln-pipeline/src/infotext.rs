@@ -22,6 +22,17 @@ pub struct RunRecord {
     pub lora_hashes: Vec<String>,
 }
 
+/// The default `(num_inference_steps, guidance_scale)` of a pipeline of `kind`: kiln's 30 and 7.5
+/// for the SD family; diffusers' 28 and 7.0 (`StableDiffusion3Pipeline.__call__`) for SD 3 and 28
+/// and 3.5 (`FluxPipeline.__call__`) for FLUX.
+pub fn default_steps_and_guidance(kind: PipelineKind) -> (usize, f64) {
+    match kind {
+        PipelineKind::StableDiffusion3 => (28, 7.0),
+        PipelineKind::Flux => (28, 3.5),
+        _ => (30, 7.5),
+    }
+}
+
 /// diffusers' default `strength` for a pipeline of `kind`: 1.0 for inpainting, 0.8 for SD
 /// img2img, 0.3 for SDXL img2img (`StableDiffusionXLImg2ImgPipeline.__call__`'s default), 0.6
 /// for SD 3 and FLUX img2img and inpainting.

@@ -52,6 +52,24 @@ impl Pipeline {
         }
     }
 
+    /// diffusers' default `(height, width)` of the family's model.
+    pub fn default_size(&self) -> (usize, usize) {
+        match self {
+            Self::StableDiffusion(p) => p.default_size(),
+            Self::StableDiffusion3(p) => p.default_size(),
+            Self::Flux(p) => p.default_size(),
+        }
+    }
+
+    /// The VAE's downsampling factor (8 for every published model).
+    pub fn vae_scale_factor(&self) -> usize {
+        match self {
+            Self::StableDiffusion(p) => p.vae_scale_factor(),
+            Self::StableDiffusion3(p) => p.vae_scale_factor(),
+            Self::Flux(p) => p.vae_scale_factor(),
+        }
+    }
+
     /// The model's `scheduler_config.json`.
     pub fn scheduler_config(&self) -> &SchedulerConfig {
         match self {

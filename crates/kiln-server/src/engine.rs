@@ -13,7 +13,7 @@ use std::time::Instant;
 use burn::tensor::{DType, Device};
 use kiln_pipeline::infotext::{generation_params, RunRecord};
 use kiln_pipeline::png::{encode_png, PARAMETERS_KEY};
-use kiln_pipeline::{resolve, GenerateOptions, HubConfig, LoadOptions, PipelineError, PipelineKind, ResolveOptions, StableDiffusion, Task};
+use kiln_pipeline::{resolve, GenerateOptions, HubConfig, LoadOptions, Pipeline, PipelineError, PipelineKind, ResolveOptions, StableDiffusion, Task};
 
 use crate::error::ApiError;
 use crate::jobs::{Job, JobStatus, Latents, Queue};
@@ -61,25 +61,26 @@ struct Loaded {
     spec: ModelSpec,
     /// Its name in the parameters text: a single file's stem, a folder's name (as `kiln generate`).
     record_name: String,
-    pipe: StableDiffusion,
+    pipe: Pipeline,
     loras: Vec<(PathBuf, f64)>,
     lora_hashes: Vec<String>,
 }
 
 /// Loads `spec` as `kiln generate --model` does (a single file with its family's published
-/// configs, a folder, a Hub id through the cache).
-fn load(spec: &ModelSpec, device: &Device, dtype: DType, vae_dtype: DType) -> Result<(StableDiffusion, String), PipelineError> {
+/// configs, a folder of any family, a Hub id through the cache).
+fn load(spec: &ModelSpec, device: &Device, dtype: DType, vae_dtype: DType) -> Result<(Pipeline, String), PipelineError> {
     let path = Path::new(&spec.source);
     let (mut pipe, name) = if path.is_file() {
         // a single file with its family's published configs
         let pipe = StableDiffusion::load(path, &LoadOptions::new(device).with_dtype(dtype))?;
-        (pipe, path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| spec.source.clone()))
+        (Pipeline::StableDiffusion(Box::new(pipe)), path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| spec.source.clone()))
     } else {
         let folder = resolve(&spec.source, &ResolveOptions::default(), &HubConfig::from_env())?;
-        (StableDiffusion::load_folder(&folder, device, dtype)?, folder.name.clone())
+        (Pipeline::load_folder(&folder, device, dtype)?, folder.name.clone())
     };
-    if vae_dtype != DType::F32 {
-        pipe.set_vae_dtype(vae_dtype);
+    // (the flow families' VAE stays f32, as in kiln generate)
+    if let (Pipeline::StableDiffusion(sd), true) = (&mut pipe, vae_dtype != DType::F32) {
+        sd.set_vae_dtype(vae_dtype);
     }
     Ok((pipe, name))
 }
@@ -114,9 +115,12 @@ pub fn run_worker(
             Ok(model) => {
                 let seconds = start.elapsed().as_secs_f64();
                 metrics.model_load_seconds(&spec.name, seconds);
-                let pipe = &model.pipe;
-                let a1111_chunks = pipe.text_encoder.max_position_embeddings() >= 77 && pipe.text_encoder_2.as_ref().is_none_or(|t| t.max_position_embeddings() >= 77);
-                let _ = startup.send(Startup::Loaded { name: spec.name.clone(), seconds, kind: pipe.kind, default_size: pipe.default_size(), a1111_chunks });
+                // A1111's prompt syntax: SD-family text encoders of 77 tokens (not SD 3 / FLUX)
+                let a1111_chunks = match &model.pipe {
+                    Pipeline::StableDiffusion(pipe) => pipe.text_encoder.max_position_embeddings() >= 77 && pipe.text_encoder_2.as_ref().is_none_or(|t| t.max_position_embeddings() >= 77),
+                    _ => false,
+                };
+                let _ = startup.send(Startup::Loaded { name: spec.name.clone(), seconds, kind: model.pipe.kind(), default_size: model.pipe.default_size(), a1111_chunks });
                 models.insert(spec.name.clone(), model);
             }
             Err(e) => {
@@ -137,9 +141,10 @@ pub fn run_worker(
     }
 }
 
-/// One step, one image at the model's smallest size: the first run's one-time costs (kernel
-/// selection, allocator growth) are paid before the server says it is ready.
-fn warm_up(pipe: &StableDiffusion) -> Result<(), PipelineError> {
+/// One step, one image at a small size (8 latents a side, which every family takes): the first
+/// run's one-time costs (kernel selection, allocator growth) are paid before the server says it
+/// is ready.
+fn warm_up(pipe: &Pipeline) -> Result<(), PipelineError> {
     let f = pipe.vae_scale_factor();
     let options = GenerateOptions {
         prompt: "warm-up".into(),
@@ -200,7 +205,7 @@ fn run_job(models: &mut BTreeMap<String, Loaded>, job: &Job, metrics: &Metrics) 
         });
         let images = images.map_err(|e| ApiError::from_pipeline(&e, &job.id))?;
         let record = RunRecord { prompt: request.shown_prompt.clone(), model: model.record_name.clone(), ti_hashes: Vec::new(), lora_hashes: model.lora_hashes.clone() };
-        let params = generation_params(&model.pipe.scheduler_config, options, &task, &record, &images);
+        let params = generation_params(model.pipe.scheduler_config(), options, &task, &record, &images);
         for (image, params) in images.iter().zip(params) {
             let infotext = params.to_infotext();
             let png = encode_png(image, &[(PARAMETERS_KEY, &infotext)]).map_err(|e| ApiError::internal(format!("PNG encoding failed: {e}")))?;

@@ -232,7 +232,9 @@ pub fn parse_request(state: &AppState, body: &[u8], img2img: bool) -> Result<A11
     let f = Fields::parse(body)?;
     let (merged, mut warnings) = merge(&request_fields(img2img), f.map());
     let (mut p, _) = a1111_params(state, &f)?;
-    if !p.model.a1111_chunks {
+    if p.model.kind.is_flow_matching() {
+        warnings.push(format!("{} is a {} model: the prompt was read as plain text, not with A1111's syntax", p.model.name, p.model.kind));
+    } else if !p.model.a1111_chunks {
         warnings.push(format!("{}'s text encoder takes fewer than 77 tokens: the prompt was read as plain text, not with A1111's syntax", p.model.name));
     }
     let mut strength = None;

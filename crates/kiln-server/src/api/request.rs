@@ -35,19 +35,22 @@ pub struct Params {
     pub init_image: Option<RgbImage>,
     pub mask: Option<GrayImage>,
     pub strength: Option<f64>,
+    /// SD 3 / FLUX: T5's `max_sequence_length` (`None`: the family's default).
+    pub max_sequence_length: Option<usize>,
 }
 
 impl Params {
-    /// kiln generate's defaults for `model`.
+    /// kiln generate's defaults for `model` (its family's steps and guidance).
     pub fn new(model: ServedModel, prompt: String) -> Self {
+        let (steps, guidance_scale) = kiln_pipeline::infotext::default_steps_and_guidance(model.kind);
         Params {
             model,
             prompt,
             negative_prompt: None,
             n: 1,
             size: None,
-            steps: 30,
-            guidance_scale: 7.5,
+            steps,
+            guidance_scale,
             seed: 0,
             sampler: None,
             clip_skip: None,
@@ -57,6 +60,7 @@ impl Params {
             init_image: None,
             mask: None,
             strength: None,
+            max_sequence_length: None,
         }
     }
 }
@@ -199,6 +203,7 @@ pub fn to_request(state: &AppState, p: Params) -> Result<GenRequest, ApiError> {
         clip_skip: p.clip_skip,
         eta: p.eta,
         prompt_syntax: p.syntax,
+        flow: kiln_pipeline::FlowOptions { max_sequence_length: p.max_sequence_length, ..kiln_pipeline::FlowOptions::default() },
         ..GenerateOptions::default()
     };
     Ok(GenRequest { model: p.model.name.clone(), options, shown_prompt: p.prompt, init_image: p.init_image, mask: p.mask, strength, loras, seed_per_image: false })
@@ -277,8 +282,17 @@ fn wrong(key: &str, want: &str, v: &serde_json::Value) -> ApiError {
 
 /// kiln's own fields, shared by the OpenAI routes and `/v1/jobs`: `negative_prompt`, `steps`,
 /// `guidance_scale`, `seed`, `scheduler` (A1111 or kiln names) with `karras`, `clip_skip`,
-/// `strength`, `loras` (`[{"name", "scale"}]` or `{"NAME": SCALE}`), `prompt_syntax`.
+/// `strength`, `loras` (`[{"name", "scale"}]` or `{"NAME": SCALE}`), `prompt_syntax`,
+/// `max_sequence_length` (SD 3 / FLUX: T5's length, 1 to 512).
 pub fn kiln_fields(f: &Fields, p: &mut Params) -> Result<(), ApiError> {
+    if let Some(v) = f.i64("max_sequence_length")? {
+        let bad = || ApiError::invalid("max_sequence_length", format!("max_sequence_length must be between 1 and {}, got {v}", kiln_pipeline::flow::MAX_SEQUENCE_LENGTH));
+        let len = usize::try_from(v).ok().filter(|l| (1..=kiln_pipeline::flow::MAX_SEQUENCE_LENGTH).contains(l)).ok_or_else(bad)?;
+        if !p.model.kind.is_flow_matching() {
+            return Err(ApiError::invalid("max_sequence_length", format!("max_sequence_length is an SD 3 / FLUX option; {} is a {} model", p.model.name, p.model.kind)));
+        }
+        p.max_sequence_length = Some(len);
+    }
     if let Some(v) = f.str("negative_prompt")? {
         p.negative_prompt = Some(v.to_string());
     }

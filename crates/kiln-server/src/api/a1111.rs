@@ -376,8 +376,8 @@ pub async fn progress(State(state): State<Arc<AppState>>, Query(q): Query<Progre
         }
         interrupted = job.cancel_requested();
         if !q.skip_current_image {
-            let sdxl = state.model(&job.model).is_some_and(|m| m.kind == kiln_pipeline::PipelineKind::StableDiffusionXL);
-            image = job.latents().and_then(|l| crate::preview::latents_to_rgb(&l, sdxl)).and_then(|img| {
+            let kind = state.model(&job.model).map_or(kiln_pipeline::PipelineKind::StableDiffusion, |m| m.kind);
+            image = job.latents().and_then(|l| crate::preview::latents_to_rgb(&l, kind)).and_then(|img| {
                 kiln_pipeline::png::encode_png(&img, &[]).ok().map(|png| base64::engine::general_purpose::STANDARD.encode(png))
             });
         }

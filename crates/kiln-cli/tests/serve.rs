@@ -694,15 +694,16 @@ fn png_pixels(png: &[u8]) -> Vec<u8> {
 
 /// SD 3 and FLUX.1 served beside an SD model: FLUX.1-schnell through `/v1/images/generations`
 /// with kiln's fields draws scripts/fixtures/flow_pipelines.py's case 7 within 2 levels of
-/// diffusers' and byte for byte `kiln generate`'s PNG; SD 3 through the OpenAI client with its
+/// diffusers' and byte for byte `kiln generate`'s PNG, FLUX.1-dev with a negative prompt and
+/// `true_cfg_scale` its case 9 (two images), SD 3 with `prompt_3`, clip skip and Heun its case 4; SD 3 through the OpenAI client with its
 /// fields only gets its family's defaults (28 steps, guidance 7), again `kiln generate`'s PNG;
 /// A1111's txt2img reads a flow model's prompt as plain text and says so; an SD-only option is
 /// refused naming it.
 #[test]
 fn sd3_and_flux_models_are_served() {
     let models = repo_root().join("assets/fixtures/models");
-    let (flux, sd3) = (models.join("flux-schnell"), models.join("sd3"));
-    let server = Server::start(&["--model", flux.to_str().unwrap(), "--model", sd3.to_str().unwrap()]);
+    let (flux, sd3, dev) = (models.join("flux-schnell"), models.join("sd3"), models.join("flux-dev"));
+    let server = Server::start(&["--model", flux.to_str().unwrap(), "--model", sd3.to_str().unwrap(), "--model", dev.to_str().unwrap()]);
     let dir = TempDir::new("serve-flow");
     server.wait_ready();
     runtime().block_on(async {
@@ -719,6 +720,26 @@ fn sd3_and_flux_models_are_served() {
         assert!(got.len() == want.len() && worst <= 2, "FLUX.1-schnell served: {worst} levels from diffusers");
         let cli = generate_with(flux.to_str().unwrap(), &dir, "flux.png", &["--prompt", PROMPT, "--width", "32", "--height", "24", "--steps", "4", "--guidance-scale", "0", "--max-sequence-length", "32"]);
         assert_eq!(served, cli, "the served FLUX PNG differs from kiln generate's");
+
+        // FLUX.1-dev's true CFG with a negative prompt, two images (case 9)
+        let body = json!({"model": "flux-dev", "prompt": "two yellow triangles", "negative_prompt": "blurry", "true_cfg_scale": 4.0,
+            "n": 2, "size": "24x32", "steps": 3, "guidance_scale": 3.5, "seed": 9, "max_sequence_length": 32, "response_format": "b64_json"});
+        let v: Value = http.post(server.url("/v1/images/generations")).json(&body).send().await.unwrap().json().await.unwrap();
+        for k in 0..2 {
+            let got = png_pixels(&unb64(v["data"][k]["b64_json"].as_str().unwrap_or_else(|| panic!("{v}"))));
+            let want = png_pixels(&std::fs::read(repo_root().join(format!("assets/fixtures/flow_pipelines/case09-{k}.png"))).unwrap());
+            let worst = got.iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
+            assert!(got.len() == want.len() && worst <= 2, "FLUX.1-dev true CFG, image {k}: {worst} levels from diffusers");
+        }
+
+        // SD 3 with T5's own prompt, clip_skip and the flow Heun sampler (case 4)
+        let body = json!({"model": "sd3", "prompt": "a dog", "prompt_3": "a dog in the snow, 4k", "size": "48x48", "steps": 3, "guidance_scale": 6.0,
+            "seed": 11, "clip_skip": 1, "max_sequence_length": 16, "scheduler": "heun", "response_format": "b64_json"});
+        let v: Value = http.post(server.url("/v1/images/generations")).json(&body).send().await.unwrap().json().await.unwrap();
+        let got = png_pixels(&unb64(v["data"][0]["b64_json"].as_str().unwrap_or_else(|| panic!("{v}"))));
+        let want = png_pixels(&std::fs::read(repo_root().join("assets/fixtures/flow_pipelines/case04-0.png")).unwrap());
+        let worst = got.iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
+        assert!(got.len() == want.len() && worst <= 2, "SD 3 with prompt_3 and Heun: {worst} levels from diffusers");
 
         // SD 3 through the OpenAI client: OpenAI's fields only, SD 3's defaults
         let client = Client::with_config(OpenAIConfig::new().with_api_base(server.url("/v1")));
@@ -750,6 +771,9 @@ fn sd3_and_flux_models_are_served() {
         let r = http.post(server.url("/v1/images/generations")).json(&json!({"prompt": "p", "size": "64x64", "max_sequence_length": 32})).send().await.unwrap();
         assert_eq!(r.status(), 400);
         assert!(r.text().await.unwrap().contains("max_sequence_length"));
+        let r = http.post(server.url("/v1/images/generations")).json(&json!({"model": "flux-schnell", "prompt": "p", "size": "32x24", "prompt_3": "q"})).send().await.unwrap();
+        assert_eq!(r.status(), 400);
+        assert!(r.text().await.unwrap().contains("prompt_3 is an SD 3 option"));
         let r = http.post(server.url("/v1/images/generations")).json(&json!({"model": "flux-schnell", "prompt": "p", "size": "32x24", "steps": 2, "scheduler": "dpm++2m"})).send().await.unwrap();
         let status = r.status();
         let text = r.text().await.unwrap();

@@ -37,6 +37,10 @@ pub struct Params {
     pub strength: Option<f64>,
     /// SD 3 / FLUX: T5's `max_sequence_length` (`None`: the family's default).
     pub max_sequence_length: Option<usize>,
+    /// SD 3: `prompt_3` and `negative_prompt_3` (T5's prompts); FLUX: `true_cfg_scale`.
+    pub prompt_3: Option<String>,
+    pub negative_prompt_3: Option<String>,
+    pub true_cfg_scale: f64,
 }
 
 impl Params {
@@ -61,6 +65,9 @@ impl Params {
             mask: None,
             strength: None,
             max_sequence_length: None,
+            prompt_3: None,
+            negative_prompt_3: None,
+            true_cfg_scale: 1.0,
         }
     }
 }
@@ -203,7 +210,13 @@ pub fn to_request(state: &AppState, p: Params) -> Result<GenRequest, ApiError> {
         clip_skip: p.clip_skip,
         eta: p.eta,
         prompt_syntax: p.syntax,
-        flow: kiln_pipeline::FlowOptions { max_sequence_length: p.max_sequence_length, ..kiln_pipeline::FlowOptions::default() },
+        flow: kiln_pipeline::FlowOptions {
+            max_sequence_length: p.max_sequence_length,
+            prompt_3: p.prompt_3.clone(),
+            negative_prompt_3: p.negative_prompt_3.clone(),
+            true_cfg_scale: p.true_cfg_scale,
+            ..kiln_pipeline::FlowOptions::default()
+        },
         ..GenerateOptions::default()
     };
     Ok(GenRequest { model: p.model.name.clone(), options, shown_prompt: p.prompt, init_image: p.init_image, mask: p.mask, strength, loras, seed_per_image: false })
@@ -283,15 +296,32 @@ fn wrong(key: &str, want: &str, v: &serde_json::Value) -> ApiError {
 /// kiln's own fields, shared by the OpenAI routes and `/v1/jobs`: `negative_prompt`, `steps`,
 /// `guidance_scale`, `seed`, `scheduler` (A1111 or kiln names) with `karras`, `clip_skip`,
 /// `strength`, `loras` (`[{"name", "scale"}]` or `{"NAME": SCALE}`), `prompt_syntax`,
-/// `max_sequence_length` (SD 3 / FLUX: T5's length, 1 to 512).
+/// `max_sequence_length` (SD 3 / FLUX: T5's length, 1 to 512), `prompt_3` and
+/// `negative_prompt_3` (SD 3: T5's prompts), `true_cfg_scale` (FLUX, with a negative prompt).
 pub fn kiln_fields(f: &Fields, p: &mut Params) -> Result<(), ApiError> {
+    // an option of one family on a model of another is refused by name
+    let (model, kind) = (p.model.name.clone(), p.model.kind);
+    let family = |field: &str, ok: bool, family: &str| -> Result<(), ApiError> {
+        if ok { Ok(()) } else { Err(ApiError::invalid(field, format!("{field} is {family} option; {model} is a {kind} model"))) }
+    };
     if let Some(v) = f.i64("max_sequence_length")? {
         let bad = || ApiError::invalid("max_sequence_length", format!("max_sequence_length must be between 1 and {}, got {v}", kiln_pipeline::flow::MAX_SEQUENCE_LENGTH));
         let len = usize::try_from(v).ok().filter(|l| (1..=kiln_pipeline::flow::MAX_SEQUENCE_LENGTH).contains(l)).ok_or_else(bad)?;
-        if !p.model.kind.is_flow_matching() {
-            return Err(ApiError::invalid("max_sequence_length", format!("max_sequence_length is an SD 3 / FLUX option; {} is a {} model", p.model.name, p.model.kind)));
-        }
+        family("max_sequence_length", kind.is_flow_matching(), "an SD 3 / FLUX")?;
         p.max_sequence_length = Some(len);
+    }
+    let sd3 = kind == kiln_pipeline::PipelineKind::StableDiffusion3;
+    if let Some(v) = f.str("prompt_3")? {
+        family("prompt_3", sd3, "an SD 3")?;
+        p.prompt_3 = Some(v.to_string());
+    }
+    if let Some(v) = f.str("negative_prompt_3")? {
+        family("negative_prompt_3", sd3, "an SD 3")?;
+        p.negative_prompt_3 = Some(v.to_string());
+    }
+    if let Some(v) = f.f64("true_cfg_scale")? {
+        family("true_cfg_scale", kind == kiln_pipeline::PipelineKind::Flux, "a FLUX")?;
+        p.true_cfg_scale = check_range("true_cfg_scale", v, 0.0, 100.0)?;
     }
     if let Some(v) = f.str("negative_prompt")? {
         p.negative_prompt = Some(v.to_string());
